@@ -1,0 +1,2 @@
+"""Simulators of the destination APIs, faithful to their documented behaviour.
+Used by tests and the demo to exercise the worker over real HTTP."""

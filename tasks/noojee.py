@@ -1,0 +1,296 @@
+"""Noojee Contact CampaignAPI: lead update and insert jobs, the answer table, the client, the task.
+
+Noojee answers ``{"code", "message"}``; we classify on ``code``, never on the HTTP status (the
+retryable 109 arrives as HTTP 400). The table below is CRM_APIS.md §1 as data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import Field, field_validator
+
+from tasks.delivery import Answer, DeliveryTask
+from tasks.models import JobModel
+from tasks.outcomes import Delivered, Outcome, Rejected, Retry, Review
+from worker.app import app
+from worker.settings import NoojeeSettings, get_settings
+
+NO_CHANGE = "<No Change>"
+CALLBACK_FORMAT = "%Y/%m/%d %H:%M"
+PHONE_SUFFIX = "Phone"
+_FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+_PHONE = re.compile(r"^\+?[0-9 ()\-.]+$")
+
+UPDATE_PATH = "/servicemanager/rest/CampaignAPI/updateLeadFast"
+INSERT_PATH = "/servicemanager/rest/CampaignAPI/insertLeadFast"
+
+
+# -- jobs --------------------------------------------------------------------------------------
+class _NoojeeLead(JobModel):
+    """Fields shared by update and insert. Python names; ``alias`` is Noojee's wire name."""
+
+    destination: ClassVar[str] = "noojee"
+    public_fields: ClassVar[frozenset[str]] = frozenset({
+        "template_id", "campaign_id", "allocation_id", "external_lead_id", "disposition",
+        "callback_date", "priority", "contact_hours", "allow_duplicates",
+    })  # fmt: skip
+    allows_no_change: ClassVar[bool]
+
+    template_id: int = Field(alias="fTemplateId", gt=0)
+    campaign_id: int = Field(alias="fCampaignId", gt=0)
+    allocation_id: int = Field(alias="fAllocationId", gt=0)
+    external_lead_id: str = Field(alias="njExternalLeadId", min_length=1, max_length=128)
+    callback_date: str | None = Field(None, alias="njCallBackDate")
+    priority: int | None = Field(None, alias="njPriority", ge=0, le=100)
+    contact_hours: str | None = Field(None, alias="njContactHours", min_length=1, max_length=64)
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="lead fields of the campaign template, e.g. Name, FirstPhone; phone fields "
+        "are the ones whose name ends in 'Phone'",
+    )
+
+    @field_validator("external_lead_id")
+    @classmethod
+    def _lead_id_is_plain(cls, value: str) -> str:
+        if value != value.strip() or any(c in value for c in "<>&?#"):
+            raise ValueError("must not contain spaces at either end or any of < > & ? #")
+        return value
+
+    @field_validator("callback_date")
+    @classmethod
+    def _callback_format(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            datetime.strptime(value, CALLBACK_FORMAT)
+        except ValueError:
+            raise ValueError(
+                "must be yyyy/MM/dd HH:mm in the lead's contact-hours timezone, "
+                "e.g. 2026/11/24 09:30"
+            ) from None
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _field_names_and_phones(cls, fields: dict[str, str]) -> dict[str, str]:
+        for name, value in fields.items():
+            if not _FIELD_NAME.match(name):
+                raise ValueError(f"field name {name[:64]!r} must be letters, digits or _")
+            if name.startswith("nj"):
+                raise ValueError(f"{name}: nj* system fields have their own parameters")
+            if len(value) > 4000:
+                raise ValueError(f"{name}: longer than 4000 characters")
+            cls._check_no_change(name, value)
+            if name.endswith(PHONE_SUFFIX) and value != NO_CHANGE:
+                digits = sum(c.isdigit() for c in value)
+                if not _PHONE.match(value) or not 6 <= digits <= 20:
+                    raise ValueError(
+                        f"{name}: not a phone number (6 to 20 digits; spaces, + - ( ) . allowed)"
+                    )
+        if not any(name.endswith(PHONE_SUFFIX) and value for name, value in fields.items()):
+            raise ValueError(
+                "at least one phone field is required (a field whose name ends in 'Phone', "
+                f"e.g. FirstPhone); on update, pass {NO_CHANGE} to keep a phone as it is"
+            )
+        return fields
+
+    @field_validator("disposition", "contact_hours", check_fields=False)
+    @classmethod
+    def _no_change_allowed(cls, value: str | None) -> str | None:
+        if value is not None:
+            cls._check_no_change("value", value)
+        return value
+
+    @classmethod
+    def _check_no_change(cls, name: str, value: str) -> None:
+        if value.strip().lower() == NO_CHANGE.lower():
+            if value != NO_CHANGE:
+                raise ValueError(f"{name}: write the no-change marker exactly as {NO_CHANGE}")
+            if not cls.allows_no_change:
+                raise ValueError(f"{name}: {NO_CHANGE} is only valid on update, not on insert")
+
+    def lead(self) -> dict[str, Any]:
+        """The lead object Noojee takes in the body."""
+        body: dict[str, Any] = dict(self.fields)
+        for name in ("disposition", "callback_date", "priority", "contact_hours"):
+            value = getattr(self, name, None)
+            if value is not None:
+                body[type(self).model_fields[name].alias or name] = value
+        return body
+
+
+class NoojeeLeadUpdate(_NoojeeLead):
+    """``updateLeadFast``: change an existing lead. Setting ``disposition`` fires its actions on
+    every call; pass ``<No Change>`` to keep the current one (fails with 107 on a lead never
+    dialed)."""
+
+    kind: ClassVar[str] = "noojee.update"
+    allows_no_change: ClassVar[bool] = True
+    disposition: str = Field(alias="njDisposition", min_length=1, max_length=128)
+
+    def request(self) -> tuple[str, dict[str, Any], Any]:
+        params = {"fTemplateId": self.template_id, "fCampaignId": self.campaign_id,
+                  "fAllocationId": self.allocation_id, "njExternalLeadId": self.external_lead_id}
+        return UPDATE_PATH, params, self.lead()
+
+
+class NoojeeLeadInsert(_NoojeeLead):
+    """``insertLeadFast``: add a new lead (one lead per job)."""
+
+    kind: ClassVar[str] = "noojee.insert"
+    allows_no_change: ClassVar[bool] = False
+    disposition: str | None = Field(None, alias="njDisposition", min_length=1, max_length=128)
+    allow_duplicates: bool = Field(False, alias="allowDuplicates")
+
+    def request(self) -> tuple[str, dict[str, Any], Any]:
+        params = {"fTemplateId": self.template_id, "fCampaignId": self.campaign_id,
+                  "fAllocationId": self.allocation_id,
+                  "allowDuplicates": str(self.allow_duplicates).lower()}
+        return INSERT_PATH, params, [{"njExternalLeadId": self.external_lead_id, **self.lead()}]
+
+
+# -- the answer table --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """How one Noojee code settles: the outcome class and what the operator reads."""
+
+    kind: Literal["delivered", "retry", "fault", "review", "rejected"]
+    reason: str
+
+    def outcome(self, code: str) -> Outcome:
+        if self.kind == "delivered":
+            return Delivered(code, self.reason)
+        if self.kind in ("retry", "fault"):
+            return Retry(code, self.reason, bounded=self.kind == "fault", busy=code == "109")
+        if self.kind == "review":
+            return Review(code, self.reason)
+        return Rejected(code, self.reason)
+
+
+ANSWERS: dict[int, Rule] = {
+    0: Rule("delivered", "OK"),
+    101: Rule("rejected", "COULDNT_FIND_THE_LEAD: no lead has this njExternalLeadId"),
+    102: Rule("rejected", "NO_PHONE_FIELDS: the lead has no phone number"),
+    103: Rule("fault", "EXCEPTION: the PBX failed while handling the call"),
+    104: Rule("rejected", "DNC: the lead's phone numbers are on the do-not-call list; "
+                          "compliance forbids retrying"),
+    105: Rule("rejected", "DUPLICATE: a lead with this phone number already exists"),
+    106: Rule("rejected", "INVALID_DISPOSTION: no such disposition in the campaign; "
+                          "fix the disposition, then requeue"),
+    107: Rule("rejected", "DISPOSTION_ISNT_SET_AND_NOCHANGE_SPECIFIED: the lead was never "
+                          "dialed; send a real disposition instead of <No Change>"),
+    108: Rule("rejected", "IMPORT_BUT_NOCHANGE_SPECIFIED: <No Change> is not valid on insert"),
+    109: Rule("retry", "TIMEOUT_TOO_MANY_CONCURRENT_REQUESTS: the PBX queued the call too long"),
+    110: Rule("review", "LEAD_NOT_UPDATED_DUE_TO_CONFLICT: a user edited the lead at the same "
+                        "moment; check the lead in Noojee, then requeue or discard"),
+    111: Rule("rejected", "INVALID_TIMEZONE_SPECIFIED: unknown njContactHours"),
+    112: Rule("rejected", "DUPLICATE_EXTERNAL_ID: njExternalLeadId already exists in the campaign"),
+    113: Rule("rejected", "EDIT_BUT_NO_EXTERNAL_ID_SUPPLIED: njExternalLeadId is missing"),
+    114: Rule("rejected", "INVALID_CALLBACK_DATE_FORMAT: njCallBackDate is not yyyy/MM/dd HH:mm"),
+    115: Rule("rejected", "ALLOCATIN_ID_REQUIRED: fAllocationId is not a valid allocation"),
+    116: Rule("rejected", "TEMPLATE_ID_REQUIRED: fTemplateId is not a valid campaign template"),
+    117: Rule("rejected", "CAMPAIGN_ID_REQUIRED: fCampaignId is not a valid campaign"),
+}
+UNKNOWN_CODE = Rule("review", "unknown Noojee code: not in the documented table; a person decides")
+
+#: Transport errors, by what they say about whether the PBX may have acted on the call.
+#: Before the request was sent: safe to retry. After: the update may have applied (and a
+#: disposition's actions fired), so a person decides.
+TRANSPORT: dict[type[Exception], Rule] = {
+    httpx.ConnectError: Rule("fault", "could not connect to the PBX (down for maintenance?)"),
+    httpx.ConnectTimeout: Rule("fault", "connecting to the PBX timed out"),
+    httpx.PoolTimeout: Rule("fault", "no free connection to the PBX in this worker"),
+    httpx.WriteError: Rule("fault", "the connection broke while sending the request"),
+    httpx.WriteTimeout: Rule("fault", "sending the request timed out"),
+    httpx.ReadTimeout: Rule("review", "no answer within the read timeout: the update may or may "
+                                      "not have applied; check the lead, then requeue or discard"),
+    httpx.ReadError: Rule("review", "the connection broke before the answer: the update may or "
+                                    "may not have applied; check the lead"),
+    httpx.RemoteProtocolError: Rule("review", "the PBX closed the connection without an answer: "
+                                              "the update may or may not have applied"),
+}
+TRANSPORT_OTHER = Rule("fault", "transport error talking to the PBX")
+
+
+def classify_answer(status: int, body: bytes) -> Outcome:
+    """One Noojee HTTP answer → one outcome, by ``code`` (``Code`` tolerated)."""
+    try:
+        data = httpx.Response(status, content=body).json()
+    except ValueError:
+        data = None
+    code = None
+    if isinstance(data, dict):
+        code = data.get("code", data.get("Code"))
+    if isinstance(code, int) and not isinstance(code, bool):
+        return ANSWERS.get(code, UNKNOWN_CODE).outcome(str(code))
+    if status in (401, 403):
+        return Retry(f"http-{status}", "the PBX refused the apiKey: check "
+                     "CONTACTSYNC_NOOJEE__API_KEY and that this host is whitelisted", bounded=True)
+    if status >= 500:
+        return Retry(f"http-{status}", f"HTTP {status} without a Noojee code", bounded=True)
+    return Review(f"http-{status}", f"HTTP {status} without a Noojee code; a person decides")
+
+
+def classify_transport(exc: Exception) -> Outcome:
+    for cls in type(exc).__mro__:
+        if cls in TRANSPORT:
+            return TRANSPORT[cls].outcome(type(exc).__name__)
+    return TRANSPORT_OTHER.outcome(type(exc).__name__)
+
+
+# -- the client --------------------------------------------------------------------------------
+class NoojeeClient:
+    """One pooled, thread-safe HTTP client per worker process for one PBX."""
+
+    def __init__(self, settings: NoojeeSettings, max_connections: int = 64) -> None:
+        if settings.base_url is None:
+            raise RuntimeError(
+                "CONTACTSYNC_NOOJEE__BASE_URL is not set: point it at the PBX "
+                "(https://pbx.example.com), or run `contactsync up` to use the simulator"
+            )
+        self._api_key = settings.api_key.get_secret_value()
+        timeout = httpx.Timeout(
+            connect=settings.connect_timeout_s, read=settings.read_timeout_s,
+            write=settings.connect_timeout_s, pool=settings.connect_timeout_s,
+        )  # fmt: skip
+        self._http = httpx.Client(
+            base_url=str(settings.base_url).rstrip("/"),
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=max_connections),
+            headers={"Accept": "application/json"},
+        )
+
+    def send(self, job: JobModel) -> Answer:
+        assert isinstance(job, NoojeeLeadUpdate | NoojeeLeadInsert)
+        path, params, body = job.request()
+        try:
+            response = self._http.post(path, params={**params, "apiKey": self._api_key}, json=body)
+        except httpx.TransportError as exc:
+            return Answer(classify_transport(exc), type(exc).__name__)
+        outcome = classify_answer(response.status_code, response.content)
+        return Answer(outcome, f"HTTP {response.status_code} {response.text[:200]}")
+
+    def secrets(self) -> list[str]:
+        return [self._api_key]
+
+
+def _client() -> NoojeeClient:
+    settings = get_settings()
+    return NoojeeClient(settings.noojee, max_connections=settings.worker_concurrency * 2)
+
+
+class NoojeeDelivery(DeliveryTask):
+    abstract = True
+    connector_factory: ClassVar[Callable[[], NoojeeClient]] = staticmethod(_client)
+
+
+@app.task(base=NoojeeDelivery, bind=True, name="noojee.deliver", queue="noojee")
+def deliver(self: NoojeeDelivery, job_id: str) -> dict[str, Any]:
+    """Deliver one Noojee job (update or insert) from the ledger."""
+    return self.deliver(job_id)

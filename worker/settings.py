@@ -1,0 +1,143 @@
+"""The one settings object: every knob of contactsync, read from the environment.
+
+Variables use the prefix ``CONTACTSYNC_`` and ``__`` for nesting (``CONTACTSYNC_NOOJEE__API_KEY``);
+a ``.env`` file in the working directory is read too. Secrets are ``SecretStr`` and never printed.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RetrySettings(BaseModel):
+    """How a job that failed transiently is tried again (backoff through Redis)."""
+
+    base_delay_s: float = Field(5.0, gt=0, description="first backoff delay; doubles per retry")
+    max_delay_s: float = Field(600.0, gt=0, description="cap of one backoff delay")
+    window_s: float = Field(
+        86_400.0, gt=0, description="a job still failing this long after submission goes to review"
+    )
+    fault_attempts: int = Field(
+        5, ge=1, description="attempts for faults (5xx, 103, transport) before review"
+    )
+    fast_window_s: float = Field(
+        5.0, ge=0, description="in-process retries (tenacity) for this long before backing off"
+    )
+
+
+class NoojeeSettings(BaseModel):
+    """Noojee Contact CampaignAPI (the dialer)."""
+
+    base_url: AnyHttpUrl | None = Field(
+        None, description="e.g. https://pbx.example.com; unset means the sandbox simulator"
+    )
+    api_key: SecretStr = Field(SecretStr(""), description="apiKey issued by Noojee support")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    pbx_queue_timeout_s: float = Field(
+        60.0, gt=0, description="how long the PBX queues a call before answering 109 (Noojee: 60)"
+    )
+    read_timeout_s: float = Field(
+        75.0, gt=0, description="must exceed pbx_queue_timeout_s, or a 109 looks like a timeout"
+    )
+
+    @model_validator(mode="after")
+    def _read_timeout_outlasts_pbx_queue(self) -> NoojeeSettings:
+        if self.read_timeout_s <= self.pbx_queue_timeout_s:
+            raise ValueError(
+                f"CONTACTSYNC_NOOJEE__READ_TIMEOUT_S={self.read_timeout_s} must be greater than "
+                f"CONTACTSYNC_NOOJEE__PBX_QUEUE_TIMEOUT_S={self.pbx_queue_timeout_s}: the PBX "
+                "answers 109 only after that long, and a client timeout leaves the outcome unknown"
+            )
+        return self
+
+
+class FlowerSettings(BaseModel):
+    """Flower, the operators' view of the fleet."""
+
+    user: str = "operator"
+    password: SecretStr | None = Field(
+        None, description="basic-auth password; `contactsync up` generates one when unset"
+    )
+    port: int = Field(5555, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    """Everything a contactsync process reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONTACTSYNC_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    redis_url: str | None = Field(
+        None,
+        description="broker and state; unset means the embedded server started by `contactsync up`",
+    )
+    data_dir: Path = Field(Path(".contactsync"), description="embedded server data and AOF")
+    key_prefix: str = Field("cs:", min_length=1, description="prefix of every ledger key")
+    retention_days: float = Field(14.0, gt=0, description="how long finished jobs stay listed")
+    visibility_timeout_s: int = Field(
+        600,
+        ge=5,
+        description="a job whose worker died is redelivered after this long (kombu's setting)",
+    )
+    worker_concurrency: int = Field(8, ge=1, description="threads per worker process")
+    retry: RetrySettings = RetrySettings()
+    noojee: NoojeeSettings = NoojeeSettings()
+    flower: FlowerSettings = FlowerSettings()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError(
+                "CONTACTSYNC_REDIS_URL must start with redis://, rediss:// or unix:// "
+                "(for example redis://127.0.0.1:6379/0)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _visibility_covers_longest_task(self) -> Settings:
+        # Redis redelivers an unacknowledged message after visibility_timeout; a task that runs
+        # longer than that would run twice. The longest task is the fast-retry window plus one
+        # call that waits its full read timeout.
+        longest_s = (
+            self.retry.fast_window_s + self.noojee.connect_timeout_s + self.noojee.read_timeout_s
+        )
+        if self.visibility_timeout_s < 2 * longest_s:
+            raise ValueError(
+                f"CONTACTSYNC_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} is too short: a "
+                f"task can run {longest_s:.0f} s, so set it to at least {2 * longest_s:.0f}"
+            )
+        return self
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings with every secret masked, for `contactsync config`."""
+        shown = self.model_dump(mode="json")
+        if self.redis_url:
+            shown["redis_url"] = mask_url_password(self.redis_url)
+        return shown
+
+
+def mask_url_password(url: str) -> str:
+    """``redis://:secret@host:6379/0`` → ``redis://:***@host:6379/0``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once (tests call ``get_settings.cache_clear()``)."""
+    return Settings()
