@@ -55,11 +55,9 @@ def discard(job_id: str, reason: str, by: str) -> None:
     """Give up on a job in review: it ends ``rejected`` with the operator's reason."""
     if not reason.strip():
         raise ValueError("a reason is required to discard a job")
-    ledger().transition(
-        job_id, REJECTED,
-        {"event": "discarded", "by": by, "code": "discarded", "reason": f"discarded by {by}: {reason}"},
-        allowed=(REVIEW,),
-    )  # fmt: skip
+    entry = {"event": "discarded", "by": by, "code": "discarded",
+             "reason": f"discarded by {by}: {reason}"}  # fmt: skip
+    ledger().transition(job_id, REJECTED, entry, allowed=(REVIEW,))
 
 
 __all__ = ["JobValidationError", "LedgerConflict", "discard", "requeue"]

@@ -54,7 +54,7 @@ class Connector(Protocol):
         ...
 
 
-class DeliveryTask(Task):  # type: ignore[misc]
+class DeliveryTask(Task):
     """Base of every destination task. Subclasses (via ``@app.task(base=...)``) set
     ``connector_factory``; the task body calls ``self.deliver(job_id)``."""
 

@@ -122,7 +122,9 @@ def ledger(stack: Any) -> Any:
     return runtime_ledger()
 
 
-def wait_for_state(ledger: Any, job_id: str, states: tuple[str, ...], timeout_s: float = 30.0) -> Any:
+def wait_for_state(
+    ledger: Any, job_id: str, states: tuple[str, ...], timeout_s: float = 30.0
+) -> Any:
     def settled() -> Any:
         record = ledger.get(job_id, with_history=True)
         return record if record is not None and record.state in states else None

@@ -14,7 +14,7 @@ import pkgutil
 from typing import Any
 
 from celery import Celery, signals
-from kombu import Queue
+from kombu.entity import Queue
 
 from worker.broker import redis_url
 from worker.settings import get_settings

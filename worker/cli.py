@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import getpass
 import json
+import signal
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import click
@@ -25,6 +25,15 @@ def _when(ms: int) -> str:
     if not ms:
         return "-"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _stop_on_sigterm() -> None:
+    """Let SIGTERM (docker stop, systemd) stop `up` and `demo` as cleanly as Ctrl-C does."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _fail(message: str) -> None:
@@ -63,10 +72,11 @@ def up(workers: int) -> None:
     from worker.settings import get_settings
     from worker.stack import Stack
 
+    _stop_on_sigterm()
     stack = Stack(get_settings().data_dir, workers=workers)
-    with console.status("starting contactsync..."):
-        stack.start()
     try:
+        with console.status("starting contactsync..."):
+            stack.start()
         _print_stack(stack)
         console.print("Ctrl-C stops everything.")
         while True:
@@ -98,6 +108,7 @@ def demo(count: int, linger: bool | None) -> None:
     """Start the whole system, deliver a realistic sample through it, and print what happened."""
     from worker.demo import run_demo
 
+    _stop_on_sigterm()
     run_demo(console, count, sys.stdout.isatty() if linger is None else linger)
 
 

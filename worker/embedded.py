@@ -20,6 +20,8 @@ from types import TracebackType
 import redis
 
 STATE_FILE = "embedded.json"
+#: Where, under the settings' data_dir, the embedded server keeps its AOF, log and state file.
+SUBDIR = "redis"
 
 
 def server_binary() -> Path:
@@ -46,13 +48,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedRedis:
     """A valkey-server process owned by this process.
 
-    data_dir: where the AOF, log and ``embedded.json`` (the URL, for other local processes) live.
+    data_dir: where the AOF, log and ``embedded.json`` (the URL, for other local processes) live;
+    ``EmbeddedRedis.under(settings.data_dir)`` is where `contactsync up` puts them.
     port: TCP port on 127.0.0.1; 0 picks a free one.
     """
 
     data_dir: Path
     port: int = 0
     _process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def under(cls, data_dir: Path, port: int = 0) -> EmbeddedRedis:
+        return cls(data_dir / SUBDIR, port)
 
     @property
     def url(self) -> str:
@@ -111,15 +118,19 @@ class EmbeddedRedis:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
 
 def running_url(data_dir: Path) -> str | None:
-    """URL of an embedded server another local process started under data_dir, if it is alive."""
+    """URL of the embedded server a local process (`contactsync up`) runs under the settings'
+    data_dir, if it is alive."""
     try:
-        state = json.loads((data_dir / STATE_FILE).read_text())
+        state = json.loads((data_dir / SUBDIR / STATE_FILE).read_text())
         os.kill(int(state["pid"]), 0)
     except (OSError, ValueError, KeyError):
         return None

@@ -37,7 +37,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _script(client: redis.Redis, name: str) -> Any:
+def _script(client: redis.Redis[str], name: str) -> Any:
     source = resources.files("worker").joinpath("lua", f"{name}.lua").read_text()
     return client.register_script(source)
 
@@ -119,7 +119,7 @@ class Ledger:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis[str],
         prefix: str = "cs:",
         retention_s: int = 14 * 86_400,
         history_len: int = 50,

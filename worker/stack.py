@@ -73,7 +73,7 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             if settings.redis_url is None:
-                self.redis = EmbeddedRedis(self.data_dir / "redis").start()
+                self.redis = EmbeddedRedis.under(self.data_dir).start()
                 self.env["CONTACTSYNC_REDIS_URL"] = self.redis.url
             if settings.noojee.base_url is None:
                 self._start_simulator()
@@ -182,7 +182,10 @@ class Stack:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
