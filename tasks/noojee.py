@@ -51,6 +51,7 @@ class _NoojeeLead(JobModel):
     contact_hours: str | None = Field(None, alias="njContactHours", min_length=1, max_length=64)
     fields: dict[str, str] = Field(
         default_factory=dict,
+        validate_default=True,  # no fields at all must still fail "at least one phone field"
         description="lead fields of the campaign template, e.g. Name, FirstPhone; phone fields "
         "are the ones whose name ends in 'Phone'",
     )
@@ -227,6 +228,8 @@ def classify_answer(status: int, body: bytes) -> Outcome:
     code = None
     if isinstance(data, dict):
         code = data.get("code", data.get("Code"))
+    if isinstance(code, str) and code.isdigit():  # documented as a number; tolerate "109"
+        code = int(code)
     if isinstance(code, int) and not isinstance(code, bool):
         return ANSWERS.get(code, UNKNOWN_CODE).outcome(str(code))
     if status in (401, 403):

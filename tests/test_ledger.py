@@ -29,7 +29,9 @@ def new_job(job_id: str = "j1", key: str | None = None, **overrides: Any) -> New
     return NewJob(**values)
 
 
-def test_same_idempotency_key_returns_the_first_job_and_records_nothing_new(ledger: Ledger) -> None:
+def test_same_idempotency_key_returns_the_first_job_and_records_nothing_new(
+    ledger: Ledger,
+) -> None:
     assert ledger.create(new_job("j1", key="k")) == ("j1", True)
     assert ledger.create(new_job("j2", key="k")) == ("j1", False)
     assert ledger.get("j2") is None
@@ -103,7 +105,9 @@ class FakeApp:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, int]] = []
 
-    def send_task(self, name: str, args: list[str], task_id: str, queue: str, priority: int) -> None:
+    def send_task(
+        self, name: str, args: list[str], task_id: str, queue: str, priority: int
+    ) -> None:
         self.sent.append((task_id, queue, priority))
 
 
@@ -125,7 +129,14 @@ def settle(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> Any:
     returns (the job record, the Flower events sent)."""
     from tasks import delivery
 
+    from worker.settings import RetrySettings, Settings
+
     events: list[tuple[str, dict[str, Any]]] = []
+    settings = Settings(  # explicit: other tests' CONTACTSYNC_* variables must not leak in
+        visibility_timeout_s=600,
+        retry=RetrySettings(base_delay_s=5, max_delay_s=600, fault_attempts=5),
+    )
+    monkeypatch.setattr(delivery, "get_settings", lambda: settings)
     monkeypatch.setattr(delivery, "runtime_ledger", lambda: ledger)
     task = delivery.DeliveryTask()
     monkeypatch.setattr(task, "send_event", lambda kind, **fields: events.append((kind, fields)))

@@ -393,11 +393,6 @@ def test_insert_without_disposition_is_valid() -> None:
     assert "njDisposition" not in job.lead()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG tasks/noojee.py:52-56: `fields` defaults to {} without validate_default, so a job "
-    "that omits `fields` skips the phone check and reaches Noojee, which answers 102",
-)
 @pytest.mark.parametrize("kind", ["noojee.update", "noojee.insert"])
 def test_job_without_any_fields_is_refused_for_want_of_a_phone(kind: str) -> None:
     error = refusal(kind, job_data(fields=None))

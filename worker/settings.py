@@ -9,14 +9,25 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class RetrySettings(BaseModel):
     """How a job that failed transiently is tried again (backoff through Redis)."""
+
+    # A validation error must not echo what it was given: it may be a secret.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     base_delay_s: float = Field(5.0, gt=0, description="first backoff delay; doubles per retry")
     max_delay_s: float = Field(600.0, gt=0, description="cap of one backoff delay")
@@ -33,6 +44,9 @@ class RetrySettings(BaseModel):
 
 class NoojeeSettings(BaseModel):
     """Noojee Contact CampaignAPI (the dialer)."""
+
+    # A validation error must not echo what it was given: it may be a secret.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     base_url: AnyHttpUrl | None = Field(
         None, description="e.g. https://pbx.example.com; unset means the sandbox simulator"
@@ -60,6 +74,9 @@ class NoojeeSettings(BaseModel):
 class FlowerSettings(BaseModel):
     """Flower, the operators' view of the fleet."""
 
+    # A validation error must not echo what it was given: it may be a secret.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     user: str = "operator"
     password: SecretStr | None = Field(
         None, description="basic-auth password; `contactsync up` generates one when unset"
@@ -75,10 +92,12 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         extra="ignore",
+        hide_input_in_errors=True,
     )
 
     redis_url: str | None = Field(
         None,
+        repr=False,  # may hold a password; `masked()` shows it safely
         description="broker and state; unset means the embedded server started by `contactsync up`",
     )
     data_dir: Path = Field(Path(".contactsync"), description="embedded server data and AOF")
@@ -128,13 +147,16 @@ class Settings(BaseSettings):
 
 
 def mask_url_password(url: str) -> str:
-    """``redis://:secret@host:6379/0`` → ``redis://:***@host:6379/0``."""
+    """``redis://:secret@host:6379/0`` → ``redis://:***@host:6379/0``; a ``password=`` query
+    parameter (which redis-py also accepts) is masked too."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+    if parts.query:
+        query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
 
 
 @lru_cache(maxsize=1)
