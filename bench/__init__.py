@@ -1,0 +1,1 @@
+"""Benchmarks: each prints what it measured and writes it as JSON under bench/results/."""
