@@ -13,8 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import wait_for
-
 pytestmark = pytest.mark.integration
 
 
@@ -66,10 +64,14 @@ def test_up_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
         httpx.get(f"{flower_url}/healthcheck", timeout=2)
 
 
-def test_demo_prints_its_table_and_exits(tmp_path: Path) -> None:
+def test_demo_prints_its_table_and_never_touches_configured_endpoints(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    # Were the demo to use these, it would fail: nothing listens on port 1.
+    env["CONTACTSYNC_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    env["CONTACTSYNC_NOOJEE__BASE_URL"] = "http://127.0.0.1:1"
     result = subprocess.run(
         [sys.executable, "-m", "worker.cli", "demo", "--jobs", "60", "--no-linger"],
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=170,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -77,5 +79,32 @@ def test_demo_prints_its_table_and_exits(tmp_path: Path) -> None:
                 "elapsed", "Flower: http://127.0.0.1:"):  # fmt: skip
         assert row in out, out
     assert "LEAD_NOT_UPDATED_DUE_TO_CONFLICT" in out and "DNC" in out
-    wait_for(lambda: not (tmp_path / ".contactsync" / "redis" / "embedded.json").exists(), 5,
-             "the embedded server to be stopped")  # fmt: skip
+    assert "delivered" in out.split("of which retried")[0]
+    assert not (tmp_path / ".contactsync" / "demo" / "redis" / "embedded.json").exists()
+
+
+def test_cli_explains_an_unreachable_redis_and_bad_settings(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    env["CONTACTSYNC_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    down = subprocess.run([sys.executable, "-m", "worker.cli", "jobs"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert down.returncode == 2
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in down.stdout
+    assert "Traceback" not in down.stdout + down.stderr
+
+    env["CONTACTSYNC_NOOJEE__API_KEY"] = "k-very-secret"
+    env["CONTACTSYNC_NOOJEE__READ_TIMEOUT_S"] = "30"
+    bad = subprocess.run([sys.executable, "-m", "worker.cli", "config"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2
+    assert "CONTACTSYNC_NOOJEE__READ_TIMEOUT_S=30.0 must be greater than" in bad.stdout
+    assert "k-very-secret" not in bad.stdout + bad.stderr
+
+
+def test_second_embedded_server_on_the_same_data_is_refused(tmp_path: Path) -> None:
+    from worker.embedded import EmbeddedRedis
+
+    with EmbeddedRedis.under(tmp_path) as first:
+        with pytest.raises(RuntimeError, match="already runs on"):
+            EmbeddedRedis.under(tmp_path).start()
+        assert first.url.startswith("redis://127.0.0.1:")

@@ -54,8 +54,10 @@ def sample_jobs(count: int, rng: random.Random) -> tuple[list[Any], dict[str, li
 
 
 def run_demo(console: Console, count: int, linger: bool) -> None:
-    settings = get_settings()
-    stack = Stack(settings.data_dir, simulator_args=["--slots", "4", "--latency", "0.1"])
+    # Sandboxed, under its own data dir: sample jobs never reach a configured Redis or PBX, and
+    # the demo runs beside a `contactsync up` without touching its ledger.
+    stack = Stack(get_settings().data_dir / "demo", sandboxed=True,
+                  simulator_args=["--slots", "4", "--latency", "0.1"])  # fmt: skip
     with console.status("starting embedded Redis, the Noojee simulator, a worker and Flower..."):
         stack.start()
     try:

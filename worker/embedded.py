@@ -68,6 +68,13 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 15.0) -> EmbeddedRedis:
         self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        running = _running_state(self.data_dir)
+        if running is not None:
+            raise RuntimeError(
+                f"an embedded server already runs on {self.data_dir} (pid {running['pid']}, "
+                f"{running['url']}), started by another `contactsync up` or `demo`: stop that one, "
+                "or use it from here with CONTACTSYNC_REDIS_URL"
+            )
         if self.port == 0:
             self.port = free_port()
         args = [
@@ -126,12 +133,17 @@ class EmbeddedRedis:
         self.stop()
 
 
+def _running_state(server_dir: Path) -> dict[str, str] | None:
+    try:
+        state = json.loads((server_dir / STATE_FILE).read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {"url": str(state["url"]), "pid": str(state["pid"])}
+
+
 def running_url(data_dir: Path) -> str | None:
     """URL of the embedded server a local process (`contactsync up`) runs under the settings'
     data_dir, if it is alive."""
-    try:
-        state = json.loads((data_dir / SUBDIR / STATE_FILE).read_text())
-        os.kill(int(state["pid"]), 0)
-    except (OSError, ValueError, KeyError):
-        return None
-    return str(state["url"])
+    state = _running_state(data_dir / SUBDIR)
+    return state["url"] if state else None

@@ -49,11 +49,16 @@ def wait_until(check: object, timeout_s: float, what: str, interval_s: float = 0
 @dataclass
 class Stack:
     """Children started in order and stopped in reverse. ``env`` is what they (and this process,
-    after ``start``) see: the Redis URL, the simulator URL and key, Flower's credentials."""
+    after ``start``) see: the Redis URL, the simulator URL and key, Flower's credentials.
+
+    sandboxed: ignore configured endpoints and always use a private embedded server and the
+    simulators, so sample traffic (the demo) can never reach a real queue or destination.
+    """
 
     data_dir: Path
     workers: int = 1
     flower: bool = True
+    sandboxed: bool = False
     simulator_args: list[str] = field(default_factory=list)
     worker_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -72,10 +77,10 @@ class Stack:
         self.data_dir = self.data_dir.resolve()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
-            if settings.redis_url is None:
+            if settings.redis_url is None or self.sandboxed:
                 self.redis = EmbeddedRedis.under(self.data_dir).start()
                 self.env["CONTACTSYNC_REDIS_URL"] = self.redis.url
-            if settings.noojee.base_url is None:
+            if settings.noojee.base_url is None or self.sandboxed:
                 self._start_simulator()
             self._apply_env()
             for n in range(1, self.workers + 1):
