@@ -41,7 +41,30 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """Turns the two errors a person can fix (configuration, an unreachable Redis) into a
+    message that says what to do, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from pydantic import ValidationError
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            lines = [f"  {'.'.join(map(str, e['loc'])) or 'settings'}: "
+                     f"{e['msg'].removeprefix('Value error, ')}"
+                     for e in exc.errors(include_input=False, include_url=False)]  # fmt: skip
+            _fail("invalid configuration (CONTACTSYNC_* variables or .env):\n" + "\n".join(lines))
+        except RedisConnectionError:
+            from worker.broker import redis_url
+            from worker.settings import mask_url_password
+
+            _fail(f"cannot reach Redis at {mask_url_password(redis_url())}: start the system with "
+                  "`contactsync up`, or set CONTACTSYNC_REDIS_URL to a running server")  # fmt: skip
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """contactsync: deliver contact updates to CRMs and dialers through Celery and Redis.
 
