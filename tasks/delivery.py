@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import traceback
 import uuid
@@ -61,13 +62,16 @@ class DeliveryTask(Task):
     abstract = True
     connector_factory: ClassVar[Callable[[], Connector]]
     _connector: Connector | None = None
+    _connector_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @property
     def connector(self) -> Connector:
-        if self._connector is None:
-            type(self)._connector = type(self).connector_factory()
-        assert self._connector is not None
-        return self._connector
+        """The destination's client: one per task class per process, shared by its threads."""
+        with self._connector_lock:
+            if self._connector is None:
+                type(self)._connector = type(self).connector_factory()
+            assert self._connector is not None
+            return self._connector
 
     def deliver(self, job_id: str) -> dict[str, Any]:
         ledger = runtime_ledger()

@@ -128,7 +128,6 @@ def settle(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``settle(outcome, faults=0, attempts=1)`` runs DeliveryTask._settle on a claimed job and
     returns (the job record, the Flower events sent)."""
     from tasks import delivery
-
     from worker.settings import RetrySettings, Settings
 
     events: list[tuple[str, dict[str, Any]]] = []
