@@ -23,7 +23,7 @@ def redis_url() -> str:
 
 
 @lru_cache(maxsize=8)
-def redis_client(url: str | None = None) -> redis.Redis[str]:
+def redis_client(url: str | None = None) -> redis.Redis:
     """A thread-safe, pooled client (one per URL per process); replies are ``str``."""
     return redis.Redis.from_url(
         url or redis_url(),

@@ -23,7 +23,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -37,7 +37,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _script(client: redis.Redis[str], name: str) -> Any:
+def _script(client: redis.Redis, name: str) -> Any:
     source = resources.files("worker").joinpath("lua", f"{name}.lua").read_text()
     return client.register_script(source)
 
@@ -119,7 +119,7 @@ class Ledger:
 
     def __init__(
         self,
-        client: redis.Redis[str],
+        client: redis.Redis,
         prefix: str = "cs:",
         retention_s: int = 14 * 86_400,
         history_len: int = 50,
@@ -186,7 +186,8 @@ class Ledger:
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, job_id: str, with_history: bool = False) -> JobRecord | None:
-        raw = self.r.hgetall(self.job_key(job_id))
+        # The client decodes replies (decode_responses=True); redis-py's types cannot say so.
+        raw = cast(dict[str, str], self.r.hgetall(self.job_key(job_id)))
         if not raw:
             return None
         record = JobRecord.from_hash(raw)
@@ -197,14 +198,17 @@ class Ledger:
     def listing(self, name: str, offset: int = 0, limit: int = 50) -> list[tuple[str, int]]:
         """Ids in the ``review`` or ``rejected`` set, oldest first, with the time (ms) they got
         there."""
-        rows = self.r.zrange(self.set_key(name), offset, offset + limit - 1, withscores=True)
+        rows = cast(
+            list[tuple[str, float]],
+            self.r.zrange(self.set_key(name), offset, offset + limit - 1, withscores=True),
+        )
         return [(job_id, int(score)) for job_id, score in rows]
 
     def size(self, name: str) -> int:
         return int(self.r.zcard(self.set_key(name)))
 
     def counts(self) -> dict[str, int]:
-        raw = self.r.hgetall(self.counts_key)
+        raw = cast(dict[str, str], self.r.hgetall(self.counts_key))
         return {state: int(raw.get(state, 0)) for state in STATES}
 
     # -- workers ------------------------------------------------------------------------------
