@@ -198,12 +198,14 @@ def test_flower_lists_delivered_task_and_no_personal_data_anywhere(
 ) -> None:
     from producers import submit
 
-    lead, conflict = new_lead_id(), new_lead_id()
+    lead, conflict, dnc = new_lead_id(), new_lead_id(), new_lead_id()
     simulator.script(conflict, [110])
+    simulator.script(dnc, [104])
     delivered = submit(sample_update(lead))
     review = submit(sample_update(conflict))
-    wait_for_state(ledger, delivered, ("delivered",))
-    wait_for_state(ledger, review, ("review",))
+    rejected = submit(sample_update(dnc))
+    for job_id, state in ((delivered, "delivered"), (review, "review"), (rejected, "rejected")):
+        wait_for_state(ledger, job_id, (state,))
 
     auth = stack.flower_credentials
     assert httpx.get(f"{stack.flower_url}/api/tasks").status_code == 401  # basic auth is on
@@ -217,6 +219,7 @@ def test_flower_lists_delivered_task_and_no_personal_data_anywhere(
     assert info["name"] == "noojee.deliver"
     assert info["args"] == f"['{delivered}']"
     wait_for(lambda: flower_task(review, "REVIEW"), 20, "Flower to show REVIEW")
+    wait_for(lambda: flower_task(rejected, "DEADLETTER"), 20, "Flower to show DEADLETTER")
 
     pages = [httpx.get(f"{stack.flower_url}{path}", auth=auth).text
              for path in ("/api/tasks", f"/api/task/info/{delivered}", f"/api/task/info/{review}",
