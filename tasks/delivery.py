@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_random_exponential
 
 from tasks.models import JobModel, JobValidationError, model_for
@@ -74,6 +75,15 @@ class DeliveryTask(Task):
             return self._connector
 
     def deliver(self, job_id: str) -> dict[str, Any]:
+        """Deliver the job; a Redis error on the way puts its message back on the queue, so a
+        blip between claiming and settling cannot strand the job without a message."""
+        try:
+            return self._deliver(job_id)
+        except RedisError:
+            log.warning("Redis failed while handling job %s; its message goes back", job_id)
+            raise Reject(requeue=True) from None
+
+    def _deliver(self, job_id: str) -> dict[str, Any]:
         ledger = runtime_ledger()
         settings = get_settings()
         token = uuid.uuid4().hex
@@ -87,8 +97,7 @@ class DeliveryTask(Task):
         if claim.status == "locked":
             # Another worker runs this job (a redelivered duplicate). Check again once its lease
             # can have ended; NX keeps a retry it schedules meanwhile.
-            due = now_ms() + int(claim.detail) + 1000
-            ledger.r.zadd(ledger.set_key("schedule"), {job_id: due}, nx=True)
+            ledger.recheck(job_id, due_ms=now_ms() + int(claim.detail) + 1000)
             raise Ignore()
 
         record = ledger.get(job_id)

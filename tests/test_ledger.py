@@ -190,3 +190,29 @@ def test_rejected_is_dead_lettered_with_its_reason(settle: Any, ledger: Ledger) 
 def test_review_keeps_the_payload_for_the_operator(settle: Any) -> None:
     record, _ = settle(Review("110", "conflict"))
     assert (record.state, json.loads(record.payload)) == ("review", {"x": 1})
+
+
+def test_a_redis_failure_mid_job_puts_the_message_back(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+    from celery.exceptions import Reject
+
+    from tasks import delivery
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("connection reset")
+
+    monkeypatch.setattr(delivery, "runtime_ledger", lambda: ledger)
+    monkeypatch.setattr(ledger, "claim", broken)
+    with pytest.raises(Reject) as rejected:
+        delivery.DeliveryTask().deliver("j1")
+    assert rejected.value.requeue is True
+
+
+def test_a_duplicate_of_a_running_job_is_checked_again_after_the_lease(ledger: Ledger) -> None:
+    ledger.create(new_job())
+    ledger.claim("j1", "a", 10_000)
+    ledger.recheck("j1", due_ms=123)
+    ledger.recheck("j1", due_ms=456)  # the first time set stays
+    assert ledger.r.zscore(ledger.set_key("schedule"), "j1") == 123

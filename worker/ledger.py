@@ -278,5 +278,10 @@ class Ledger:
         flat = self._claim_due(keys=[self.set_key(name)], args=[now_ms(), lease_ms, limit])
         return [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
+    def recheck(self, job_id: str, due_ms: int) -> None:
+        """Put a job on the schedule for then, unless it is already scheduled (a retry its
+        runner set keeps its own time)."""
+        self.r.zadd(self.set_key("schedule"), {job_id: due_ms}, nx=True)
+
     def release(self, name: str, job_id: str, leased_score: int) -> None:
         self._release(keys=[self.set_key(name)], args=[job_id, leased_score])
