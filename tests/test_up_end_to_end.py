@@ -23,11 +23,17 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def _as_a_background_script_starts_it() -> None:
+    # A non-interactive shell starts background jobs with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_up_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
     env = _env(tmp_path)
     up = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "up"], cwd=tmp_path, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=_as_a_background_script_starts_it,
     )  # fmt: skip
     lines: list[str] = []
     try:

@@ -27,13 +27,15 @@ def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _stop_on_sigterm() -> None:
-    """Let SIGTERM (docker stop, systemd) stop `up` and `demo` as cleanly as Ctrl-C does."""
+def _stop_on_signals() -> None:
+    """Let SIGTERM (docker stop, systemd) and SIGINT stop `up` and `demo` cleanly. SIGINT is set
+    explicitly: a shell script that starts us in the background leaves it ignored."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def _fail(message: str) -> None:
@@ -95,7 +97,7 @@ def up(workers: int) -> None:
     from worker.settings import get_settings
     from worker.stack import Stack
 
-    _stop_on_sigterm()
+    _stop_on_signals()
     stack = Stack(get_settings().data_dir, workers=workers)
     try:
         with console.status("starting contactsync..."):
@@ -131,7 +133,7 @@ def demo(count: int, linger: bool | None) -> None:
     """Start the whole system, deliver a realistic sample through it, and print what happened."""
     from worker.demo import run_demo
 
-    _stop_on_sigterm()
+    _stop_on_signals()
     run_demo(console, count, sys.stdout.isatty() if linger is None else linger)
 
 

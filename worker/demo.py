@@ -63,9 +63,18 @@ def run_demo(console: Console, count: int, linger: bool) -> None:
     try:
         _run(console, stack, count)
         if linger:
-            console.print("\nThe system keeps running so you can look around; Ctrl-C stops it.")
+            url = stack.env["CONTACTSYNC_REDIS_URL"]
+            console.print(
+                "\nThe system keeps running so you can look around; Ctrl-C stops it. In another "
+                f"terminal:\n  export CONTACTSYNC_REDIS_URL={url}\n  contactsync review list"
+                "\n  contactsync review show JOB_ID\n  contactsync review requeue JOB_ID",
+                highlight=False,
+            )
             while True:
                 time.sleep(3600)
+        else:
+            console.print("`contactsync demo --linger` keeps the system running afterwards, to "
+                          "look around in Flower and resolve the review jobs.")  # fmt: skip
     except KeyboardInterrupt:
         pass
     finally:
@@ -151,6 +160,3 @@ def _report(
     user, password = stack.flower_credentials
     console.print(f"Flower: {stack.flower_url}  user [bold]{user}[/bold]  password "
                   f"[bold]{password}[/bold]")  # fmt: skip
-    console.print("Operators: `contactsync review list`, `contactsync review show ID`, "
-                  "`contactsync review requeue ID`, `contactsync rejected list` "
-                  "(with `contactsync up` running).")  # fmt: skip
