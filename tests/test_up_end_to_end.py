@@ -114,3 +114,10 @@ def test_second_embedded_server_on_the_same_data_is_refused(tmp_path: Path) -> N
         with pytest.raises(RuntimeError, match="already runs on"):
             EmbeddedRedis.under(tmp_path).start()
         assert first.url.startswith("redis://127.0.0.1:")
+
+
+def test_sandbox_noojee_help_is_the_simulators_own(tmp_path: Path) -> None:
+    shown = subprocess.run([sys.executable, "-m", "worker.cli", "sandbox", "noojee", "--help"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert shown.returncode == 0
+    assert "--slots" in shown.stdout and "--queue-timeout" in shown.stdout

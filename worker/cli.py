@@ -137,12 +137,19 @@ def demo(count: int, linger: bool | None) -> None:
     run_demo(console, count, sys.stdout.isatty() if linger is None else linger)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("destination", type=click.Choice(["noojee"]))
+@main.group()
+def sandbox() -> None:
+    """Destination simulators, for trying contactsync without the real systems."""
+
+
+@sandbox.command(
+    "noojee",
+    add_help_option=False,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
 @click.pass_context
-def sandbox(ctx: click.Context, destination: str) -> None:
-    """Run a destination simulator, e.g. `contactsync sandbox noojee --slots 4 --port 8081`
-    (`contactsync sandbox noojee --help` lists its options)."""
+def sandbox_noojee(ctx: click.Context) -> None:
+    """The Noojee CampaignAPI simulator, e.g. `--slots 4 --port 8081` (`--help` lists all)."""
     from sandbox.noojee import main as simulator
 
     sys.exit(simulator(list(ctx.args)))
