@@ -7,9 +7,7 @@ from typing import Any
 
 import fakeredis
 import pytest
-from celery.exceptions import Ignore
 
-from tasks.outcomes import Delivered, Rejected, Retry, Review
 from worker.ledger import Ledger, LedgerConflict, NewJob, now_ms
 from worker.republisher import Republisher
 
@@ -81,7 +79,7 @@ def test_transitions_keep_counts_sets_and_history_in_step(ledger: Ledger) -> Non
     assert ledger.listing("review")[0][0] == "j1"
     assert ledger.counts() == {"queued": 0, "running": 0, "retrying": 0, "delivered": 0,
                                "review": 1, "rejected": 0}  # fmt: skip
-    assert 0 < ledger.r.ttl(ledger.job_key("j1")) <= 3600  # terminal: kept for the retention
+    assert ledger.r.ttl(ledger.job_key("j1")) == -1  # review waits for a person
 
     ledger.transition("j1", "queued", {"event": "requeued"}, allowed=("review", "rejected"))
     assert ledger.listing("review") == []
@@ -122,97 +120,35 @@ def test_republisher_sends_due_retries_and_skips_settled_jobs(ledger: Ledger) ->
     assert ledger.r.zcard(ledger.set_key("outbox")) == 0
 
 
-# -- settlement -------------------------------------------------------------------------------
-@pytest.fixture
-def settle(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``settle(outcome, faults=0, attempts=1)`` runs DeliveryTask._settle on a claimed job and
-    returns (the job record, the Flower events sent)."""
-    from tasks import delivery
-    from worker.settings import RetrySettings, Settings
-
-    events: list[tuple[str, dict[str, Any]]] = []
-    settings = Settings(  # explicit: other tests' CONTACTSYNC_* variables must not leak in
-        visibility_timeout_s=600,
-        retry=RetrySettings(base_delay_s=5, max_delay_s=600, fault_attempts=5),
-    )
-    monkeypatch.setattr(delivery, "get_settings", lambda: settings)
-    monkeypatch.setattr(delivery, "runtime_ledger", lambda: ledger)
-    task = delivery.DeliveryTask()
-    monkeypatch.setattr(task, "send_event", lambda kind, **fields: events.append((kind, fields)))
-
-    def run(outcome: Any, faults: int = 0, attempts: int = 1, window_ms: int = 60_000) -> Any:
-        ledger.create(new_job(retry_until_ms=now_ms() + window_ms))
-        ledger.claim("j1", "tok", 10_000)
-        ledger.r.hset(ledger.job_key("j1"), "attempts", attempts)
-        try:
-            task._settle(ledger, "j1", "tok", outcome, faults)
-        except Ignore:
-            pass
-        return ledger.get("j1", with_history=True), events
-
-    return run
-
-
-def test_delivered_drops_the_payload(settle: Any) -> None:
-    record, events = settle(Delivered())
-    assert (record.state, record.payload) == ("delivered", "")
-    assert events == []  # Celery itself reports SUCCESS
-
-
-def test_retry_is_scheduled_in_redis_with_backoff(settle: Any, ledger: Ledger) -> None:
-    record, events = settle(Retry("109", "busy"))
-    assert record.state == "retrying"
-    due = ledger.r.zscore(ledger.set_key("schedule"), "j1")
-    assert due == record.next_attempt_at_ms > now_ms()
-    assert events[0][0] == "task-retried"
-
-
-def test_faults_beyond_the_budget_go_to_review(settle: Any) -> None:
-    record, events = settle(Retry("103", "exception", bounded=True), faults=5)
-    assert (record.state, record.last_code) == ("review", "103")
-    assert record.last_reason.startswith("gave up after 5 faults")
-    assert events[0][0] == "task-review"
-
-
-def test_a_retry_past_the_window_goes_to_review_never_silence(settle: Any) -> None:
-    record, _ = settle(Retry("109", "busy"), attempts=10, window_ms=1000)
-    assert record.state == "review"
-    assert "retry window closed" in record.last_reason
-
-
-def test_rejected_is_dead_lettered_with_its_reason(settle: Any, ledger: Ledger) -> None:
-    record, events = settle(Rejected("104", "DNC"))
-    assert (record.state, record.last_reason) == ("rejected", "DNC")
-    assert ledger.listing("rejected")[0][0] == "j1"
-    assert events == [("task-deadletter", {"reason": "104: DNC"})]
-
-
-def test_review_keeps_the_payload_for_the_operator(settle: Any) -> None:
-    record, _ = settle(Review("110", "conflict"))
-    assert (record.state, json.loads(record.payload)) == ("review", {"x": 1})
-
-
-def test_a_redis_failure_mid_job_puts_the_message_back(
-    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import redis
-    from celery.exceptions import Reject
-
-    from tasks import delivery
-
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise redis.ConnectionError("connection reset")
-
-    monkeypatch.setattr(delivery, "runtime_ledger", lambda: ledger)
-    monkeypatch.setattr(ledger, "claim", broken)
-    with pytest.raises(Reject) as rejected:
-        delivery.DeliveryTask().deliver("j1")
-    assert rejected.value.requeue is True
-
-
 def test_a_duplicate_of_a_running_job_is_checked_again_after_the_lease(ledger: Ledger) -> None:
     ledger.create(new_job())
     ledger.claim("j1", "a", 10_000)
-    ledger.recheck("j1", due_ms=123)
-    ledger.recheck("j1", due_ms=456)  # the first time set stays
-    assert ledger.r.zscore(ledger.set_key("schedule"), "j1") == 123
+    ledger.recheck("j1", due_ms=456)
+    ledger.recheck("j1", due_ms=123)  # never earlier than asked before
+    assert ledger.r.zscore(ledger.set_key("schedule"), "j1") == 456
+
+
+def test_a_recheck_outlives_a_republisher_lease_on_the_same_entry(ledger: Ledger) -> None:
+    ledger.r.zadd(ledger.set_key("schedule"), {"j1": 1})
+    ((_, leased),) = ledger.claim_due("schedule", lease_ms=30_000)
+    ledger.recheck("j1", due_ms=leased + 60_000)  # a duplicate found the job locked
+    ledger.release("schedule", "j1", leased)
+    assert ledger.r.zscore(ledger.set_key("schedule"), "j1") == leased + 60_000
+
+
+def test_review_jobs_never_expire_and_expired_rejected_jobs_leave_set_and_count(
+    ledger: Ledger,
+) -> None:
+    for job_id, state in (("r", "review"), ("x", "rejected")):
+        ledger.create(new_job(job_id))
+        ledger.claim(job_id, "t", 10_000)
+        ledger.transition(job_id, state, {"event": state}, token="t")
+    assert ledger.r.ttl(ledger.job_key("r")) == -1  # waits for a person, however long
+    assert ledger.r.ttl(ledger.job_key("x")) > 0
+
+    ledger.r.delete(ledger.job_key("x"))  # as if its retention ran out...
+    ledger.r.zadd(ledger.set_key("rejected"), {"x": 1})  # ...long ago
+    assert ledger.prune_rejected() == 1
+    assert ledger.listing("rejected") == []
+    assert ledger.counts()["rejected"] == 0
+    assert ledger.counts()["review"] == 1

@@ -4,15 +4,19 @@ operator works from (review, rejected) and the runtime works from (schedule, out
 Keys, under ``prefix`` (``cs:`` by default):
 
 - ``job:{id}`` hash: the envelope (kind, task, queue, priority, payload JSON, idempotency key,
-  client), ``state``, ``attempts``, ``faults``, ``last_code``/``last_reason``/``last_answer``,
-  times in epoch milliseconds. Expires ``retention_s`` after a terminal state.
+  client), ``state``, ``attempts`` (calls made), ``faults`` (of them, faults), ``retries``
+  (backoffs through the schedule since submission or requeue), ``last_code``/``last_reason``/
+  ``last_answer``, times in epoch milliseconds. Expires ``retention_s`` after it is delivered or
+  rejected; a job in review stays until a person resolves it.
 - ``job:{id}:history`` list: newest first, JSON entries ``{"at", "event", ...}``, capped.
 - ``job:{id}:lock`` string: the token of the worker running the job (a lease, PX).
 - ``idem:{destination}:{key}`` string: idempotency key → job id.
 - ``review``, ``rejected`` zsets: job ids by the time they got there.
 - ``schedule`` zset: job ids by the time (ms) their next attempt is due.
 - ``outbox`` zset: jobs recorded but not yet confirmed published (a crashed producer's jobs).
-- ``counts`` hash: number of jobs in each state.
+- ``counts`` hash: number of jobs in each state. ``delivered`` is a running total (delivered
+  records expire, the count does not); rejected jobs leave the count and the set when their
+  records expire (``prune_rejected``).
 
 Every state change runs ``lua/transition.lua``, so these keys never disagree.
 """
@@ -75,6 +79,7 @@ class JobRecord:
     retry_until_ms: int
     attempts: int = 0
     faults: int = 0
+    retries: int = 0
     idempotency_key: str = ""
     client: str = ""
     last_code: str = ""
@@ -86,7 +91,7 @@ class JobRecord:
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> JobRecord:
         ints = {"submitted_at_ms", "updated_at_ms", "retry_until_ms", "attempts", "faults",
-                "next_attempt_at_ms"}  # fmt: skip
+                "retries", "next_attempt_at_ms"}  # fmt: skip
         known = cls.__dataclass_fields__
         values: dict[str, Any] = {
             k: (int(v) if k in ints else v) for k, v in raw.items() if k in known
@@ -133,6 +138,8 @@ class Ledger:
         self._transition = _script(client, "transition")
         self._claim_due = _script(client, "claim_due")
         self._release = _script(client, "release")
+        self._unlock = _script(client, "unlock")
+        self._prune = _script(client, "prune")
 
     # -- keys ---------------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -165,7 +172,8 @@ class Ledger:
             "id": job.id, "kind": job.kind, "destination": job.destination, "task": job.task,
             "queue": job.queue, "priority": job.priority, "state": QUEUED, "payload": job.payload,
             "submitted_at_ms": at, "updated_at_ms": at, "retry_until_ms": job.retry_until_ms,
-            "attempts": 0, "faults": 0, "idempotency_key": job.idempotency_key or "",
+            "attempts": 0, "faults": 0, "retries": 0,
+            "idempotency_key": job.idempotency_key or "",
             "client": job.client,
         }  # fmt: skip
         entry = json.dumps({"at": at, "event": "submitted", "priority": job.priority,
@@ -218,6 +226,15 @@ class Ledger:
             args=[token, lease_ms, now_ms()],
         )
         return Claim(status, detail)
+
+    def last_entry(self, job_id: str) -> dict[str, Any] | None:
+        """The newest history entry of a job."""
+        raw = self.r.lindex(self.history_key(job_id), 0)
+        return json.loads(cast(str, raw)) if raw else None
+
+    def unlock(self, job_id: str, token: str) -> None:
+        """Give up this worker's claim on a job early (it keeps its state)."""
+        self._unlock(keys=[self.lock_key(job_id)], args=[token])
 
     def record_attempt(self, job_id: str, entry: dict[str, Any], fault: bool) -> None:
         """One call to the destination happened: count it and keep its answer in the history."""
@@ -279,9 +296,16 @@ class Ledger:
         return [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def recheck(self, job_id: str, due_ms: int) -> None:
-        """Put a job on the schedule for then, unless it is already scheduled (a retry its
-        runner set keeps its own time)."""
-        self.r.zadd(self.set_key("schedule"), {job_id: due_ms}, nx=True)
+        """Put a job on the schedule, due no earlier than ``due_ms``. An entry due later stays;
+        an earlier one moves to ``due_ms`` (GT). That includes a republisher's lease on the
+        entry, whose release then no longer matches and leaves the entry in place."""
+        self.r.zadd(self.set_key("schedule"), {job_id: due_ms}, gt=True)
+
+    def prune_rejected(self, limit: int = 500) -> int:
+        """Forget rejected jobs whose records have expired; returns how many."""
+        cutoff = now_ms() - self.retention_s * 1000
+        return int(self._prune(keys=[self.set_key("rejected"), self.counts_key],
+                               args=[cutoff, limit, self.job_key("")]))  # fmt: skip
 
     def release(self, name: str, job_id: str, leased_score: int) -> None:
         self._release(keys=[self.set_key(name)], args=[job_id, leased_score])

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.5
 LEASE_MS = 30_000
+#: Every this many ticks (a minute), forget rejected jobs whose records have expired.
+PRUNE_EVERY_TICKS = 120
 
 
 class Republisher:
@@ -44,11 +46,15 @@ class Republisher:
         return sent
 
     def run(self) -> None:
+        ticks = 0
         while not self.stopped.is_set():
             try:
                 self.run_once()
+                if ticks % PRUNE_EVERY_TICKS == 0:
+                    self.ledger.prune_rejected()
             except Exception:  # keep going: a Redis blip must not stop retries for good
                 log.exception("republisher pass failed; trying again in %s s", TICK_S)
+            ticks += 1
             self.stopped.wait(TICK_S)
 
 

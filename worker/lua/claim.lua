@@ -10,7 +10,7 @@ end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {'locked', tostring(redis.call('PTTL', KEYS[2]))}
 end
-redis.call('HSET', KEYS[1], 'state', 'running', 'updated_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'running', 'updated_at_ms', ARGV[3])
 redis.call('HINCRBY', KEYS[3], state, -1)
 redis.call('HINCRBY', KEYS[3], 'running', 1)
 return {'claimed', state}

@@ -16,7 +16,7 @@ if ARGV[2] ~= '' and not string.find(',' .. ARGV[2] .. ',', ',' .. current .. ',
 end
 local id = redis.call('HGET', KEYS[1], 'id')
 local new = ARGV[3]
-local fields = {'state', new, 'updated_at', ARGV[4]}
+local fields = {'state', new, 'updated_at_ms', ARGV[4]}
 for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('HINCRBY', KEYS[3], current, -1)
@@ -29,7 +29,9 @@ if new == 'rejected' then redis.call('ZADD', KEYS[6], ARGV[4], id) end
 if ARGV[5] ~= '' then redis.call('ZADD', KEYS[7], ARGV[5], id) end
 redis.call('LPUSH', KEYS[4], ARGV[7])
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[8]) - 1)
-if new == 'delivered' or new == 'review' or new == 'rejected' then
+-- Delivered and rejected records expire after the retention; a job in review waits for a person
+-- however long that takes.
+if new == 'delivered' or new == 'rejected' then
   redis.call('EXPIRE', KEYS[1], ARGV[6])
   redis.call('EXPIRE', KEYS[4], ARGV[6])
 else
