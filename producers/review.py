@@ -24,7 +24,8 @@ def requeue(job_id: str, changes: dict[str, str], by: str) -> None:
 
     changes: edits applied first; a name of the job model (``disposition``, ``njDisposition``)
     sets that field, any other name a lead field (``fields.NAME``). The edited job is validated
-    like a new one (``JobValidationError``); the retry window and fault count start afresh.
+    like a new one (``JobValidationError``); the retry window, fault count and backoff start
+    afresh.
     """
     book = ledger()
     record = book.get(job_id)
@@ -45,7 +46,8 @@ def requeue(job_id: str, changes: dict[str, str], by: str) -> None:
     window_ms = int(get_settings().retry.window_s * 1000)
     entry = {"event": "requeued", "by": by, "edited": ",".join(sorted(changes)) or "-"}
     book.transition(job_id, QUEUED, entry, allowed=(REVIEW, REJECTED), due_ms=due, fields={
-        "payload": job.model_dump_json(), "faults": 0, "retry_until_ms": now_ms() + window_ms,
+        "payload": job.model_dump_json(), "faults": 0, "retries": 0,
+        "retry_until_ms": now_ms() + window_ms,
     })  # fmt: skip
     publish(app, job_id, record.task, record.queue, record.priority)
     book.release("schedule", job_id, due)

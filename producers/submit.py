@@ -69,5 +69,10 @@ def submit(
         # Recorded in the outbox: a worker's republisher publishes it within a minute.
         log.warning("job %s recorded but not published yet; the republisher will send it", job_id)
         return job_id
-    book.published(job_id)
+    try:
+        book.published(job_id)
+    except RedisError:
+        # The job is queued; at worst the republisher sends a duplicate message, which the
+        # worker drops. Raising here would invite the caller to submit the job again.
+        log.warning("job %s published; its outbox entry stays for the republisher", job_id)
     return job_id

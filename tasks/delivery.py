@@ -1,10 +1,14 @@
-"""The one Celery base task: claim a job, call its destination (with short in-process retries),
-and settle the outcome in the ledger: delivered, retrying (through Redis), review or rejected.
+"""The one Celery base task: claim a job, call its destination, and settle the outcome in the
+ledger: delivered, retrying (through Redis), review or rejected.
 
 Flower sees each settlement as a state: SUCCESS for delivered, RETRY, and the custom states REVIEW
 and DEADLETTER (ledger ``rejected``), sent as task events; the task then ends with ``Ignore`` so no
 SUCCESS or FAILURE overwrites them. (Celery's own ``task-rejected`` event would not do: Flower
 ranks REJECTED before STARTED and would keep showing STARTED.)
+
+Every answer is recorded in the job's history before it is settled. A worker that finds a job
+whose last entry is an answer that was never settled (Redis failed in between) settles that answer
+instead of calling again: a 110 conflict is never sent twice by accident.
 """
 
 from __future__ import annotations
@@ -23,7 +27,15 @@ from celery import Task
 from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 from redis.exceptions import RedisError
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_random_exponential
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_random_exponential,
+)
 
 from tasks.models import JobModel, JobValidationError, model_for
 from tasks.outcomes import Delivered, Outcome, Reauth, Rejected, Retry, Review
@@ -34,13 +46,24 @@ from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-#: How much of a destination's answer the ledger keeps (answers carry codes, not contact data).
+#: How much of a destination's answer the ledger keeps.
 ANSWER_CHARS = 300
+
+#: Outcomes that end a job, by the name an attempt records them under.
+FINAL_OUTCOMES: dict[str, type[Delivered | Review | Rejected]] = {
+    "delivered": Delivered, "review": Review, "rejected": Rejected,
+}  # fmt: skip
+
+
+class NotConfigured(RuntimeError):
+    """The destination lacks configuration (a URL, a credential). Not the job's fault: its jobs
+    wait (retrying) until the configuration is fixed, and the worker logs this error."""
 
 
 @dataclass(frozen=True)
 class Answer:
-    """What one call produced: the outcome, and the destination's answer as text."""
+    """What one call produced: the outcome, and the destination's answer as text (codes and
+    messages only: connectors must not put request data or contact data in it)."""
 
     outcome: Outcome
     answer: str = ""
@@ -77,16 +100,20 @@ class DeliveryTask(Task):
     def deliver(self, job_id: str) -> dict[str, Any]:
         """Deliver the job; a Redis error on the way puts its message back on the queue, so a
         blip between claiming and settling cannot strand the job without a message."""
+        token = uuid.uuid4().hex
         try:
-            return self._deliver(job_id)
+            return self._deliver(job_id, token)
         except RedisError:
             log.warning("Redis failed while handling job %s; its message goes back", job_id)
+            try:  # let the requeued message run without waiting out our lease
+                runtime_ledger().unlock(job_id, token)
+            except RedisError:
+                pass  # the lease expires by itself
             raise Reject(requeue=True) from None
 
-    def _deliver(self, job_id: str) -> dict[str, Any]:
+    def _deliver(self, job_id: str, token: str) -> dict[str, Any]:
         ledger = runtime_ledger()
         settings = get_settings()
-        token = uuid.uuid4().hex
         claim = ledger.claim(job_id, token, lease_ms=settings.visibility_timeout_s * 1000)
         if claim.status == "missing":
             log.error("job %s has no ledger record (expired or never recorded); dropped", job_id)
@@ -95,10 +122,16 @@ class DeliveryTask(Task):
             log.info("job %s is already %s; duplicate message dropped", job_id, claim.detail)
             raise Ignore()
         if claim.status == "locked":
-            # Another worker runs this job (a redelivered duplicate). Check again once its lease
-            # can have ended; NX keeps a retry it schedules meanwhile.
+            # Another worker runs this job (a redelivered duplicate): check again once its lease
+            # can have ended.
             ledger.recheck(job_id, due_ms=now_ms() + int(claim.detail) + 1000)
             raise Ignore()
+
+        unsettled = _unsettled_answer(ledger.last_entry(job_id))
+        if unsettled is not None:
+            log.warning("job %s: settling its recorded answer %s without calling again",
+                        job_id, unsettled.code)  # fmt: skip
+            return self._settle(ledger, job_id, token, unsettled)
 
         record = ledger.get(job_id)
         assert record is not None
@@ -110,95 +143,94 @@ class DeliveryTask(Task):
                 else JobValidationError.from_pydantic(record.kind, exc).problems
             )  # fmt: skip
             reason = "payload no longer valid: " + "; ".join(f"{p}: {m}" for p, m in problems)
-            return self._settle(ledger, job_id, token, Rejected("invalid-payload", reason), 0)
+            return self._settle(ledger, job_id, token, Rejected("invalid-payload", reason))
 
-        outcome, faults = self._attempt(ledger, job_id, job, record.faults)
-        return self._settle(ledger, job_id, token, outcome, faults)
+        return self._settle(ledger, job_id, token, self._attempt(ledger, job_id, job))
 
     # -- calling ------------------------------------------------------------------------------
-    def _attempt(
-        self, ledger: Ledger, job_id: str, job: JobModel, faults: int
-    ) -> tuple[Outcome, int]:
-        """Call the destination, retrying in-process for ``retry.fast_window_s``; returns the
-        last outcome and the job's fault count."""
-        retry = get_settings().retry
-        count = {"faults": faults}
+    def _attempt(self, ledger: Ledger, job_id: str, job: JobModel) -> Outcome:
+        """Call the destination. Only "busy" answers (Noojee 109) are retried in-process, for
+        ``retry.fast_window_s``: the destination is up and a slot frees within moments. Faults
+        (a destination that is down) back off through Redis from the first one, so a short
+        outage does not burn through the fault budget in seconds."""
 
         def call() -> Outcome:
             started = time.monotonic()
             answer = self._call_once(job)
             outcome = answer.outcome
-            fault = isinstance(outcome, Retry) and outcome.bounded
-            count["faults"] += int(fault)
+            fault = isinstance(outcome, Reauth) or (isinstance(outcome, Retry) and outcome.bounded)
+            secrets = self._secrets()
             ledger.record_attempt(job_id, {
-                "at": now_ms(), "event": "attempt", "code": outcome.code,
-                "reason": outcome.reason, "answer": answer.answer[:ANSWER_CHARS],
+                "at": now_ms(), "event": "attempt", "outcome": type(outcome).__name__.lower(),
+                "code": outcome.code, "reason": scrub(outcome.reason, secrets),
+                "answer": scrub(answer.answer, secrets)[:ANSWER_CHARS],
                 "latency_ms": round((time.monotonic() - started) * 1000),
                 "worker": self.request.hostname or "",
             }, fault=fault)  # fmt: skip
             return outcome
 
-        def worth_retrying(outcome: Outcome) -> bool:
-            return isinstance(outcome, Retry) and count["faults"] < retry.fault_attempts
-
         retrying = Retrying(
-            stop=stop_after_delay(retry.fast_window_s),
+            stop=stop_after_delay(get_settings().retry.fast_window_s),
             wait=wait_random_exponential(multiplier=0.25, max=2.0),
-            retry=retry_if_result(worth_retrying),
+            retry=retry_if_result(lambda outcome: isinstance(outcome, Retry) and outcome.busy),
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
         outcome: Outcome = retrying(call)
-        return outcome, count["faults"]
+        return outcome
 
     def _call_once(self, job: JobModel) -> Answer:
         try:
             return self.connector.send(job)
-        except Exception as exc:  # a bug or a misconfiguration: a person looks, nothing is lost
+        except NotConfigured as exc:
+            log.error("%s cannot deliver: %s", self.name, exc)
+            return Answer(Retry("not-configured", str(exc)))
+        except Exception as exc:  # a bug: a person looks, nothing is lost
             frames = "".join(traceback.format_tb(exc.__traceback__))
             # The exception's message may quote payload values: log its type and frames only.
             log.error("connector error %s in %s:\n%s", type(exc).__name__, self.name, frames)
             return Answer(Review("internal-error", f"contactsync error {type(exc).__name__}; "
                                  "see the worker log, fix, then requeue"))  # fmt: skip
 
+    def _secrets(self) -> list[str]:
+        return self._connector.secrets() if self._connector is not None else []
+
     # -- settling -----------------------------------------------------------------------------
-    def _settle(
-        self, ledger: Ledger, job_id: str, token: str, outcome: Outcome, faults: int
-    ) -> dict[str, Any]:
-        settings = get_settings()
-        secrets = self.connector.secrets() if self._connector is not None else []
-        reason = scrub(outcome.reason, secrets)
+    def _settle(self, ledger: Ledger, job_id: str, token: str, outcome: Outcome) -> dict[str, Any]:
+        retry = get_settings().retry
+        if isinstance(outcome, Reauth):  # credentials are refreshed per destination (issue 4)
+            outcome = Retry(outcome.code, outcome.reason, bounded=True)
+        reason = scrub(outcome.reason, self._secrets())
         entry: dict[str, Any] = {"code": outcome.code, "reason": reason}
 
-        if isinstance(outcome, Reauth):  # credentials are refreshed per destination (issue 4)
-            outcome = Retry(outcome.code, reason, bounded=True)
         if isinstance(outcome, Retry):
             record = ledger.get(job_id)
             assert record is not None
-            if outcome.bounded and faults >= settings.retry.fault_attempts:
-                outcome = Review(outcome.code, f"gave up after {faults} faults: {reason}")
+            now = now_ms()
+            delay_s = min(retry.max_delay_s, retry.base_delay_s * 2 ** min(record.retries, 20))
+            due = now + int(random.uniform(delay_s / 2, delay_s) * 1000)
+            if outcome.bounded and record.faults >= retry.fault_attempts:
+                outcome = Review(outcome.code, f"gave up after {record.faults} faults: {reason}")
+            elif now >= record.retry_until_ms:
+                hours = retry.window_s / 3600
+                outcome = Review(outcome.code, f"still failing when the {hours:g} h retry window "
+                                               f"closed: {reason}")  # fmt: skip
             else:
-                delay_s = min(settings.retry.max_delay_s,
-                              settings.retry.base_delay_s * 2 ** min(record.attempts - 1, 20))
-                due = now_ms() + int(random.uniform(delay_s / 2, delay_s) * 1000)
-                if due > record.retry_until_ms:
-                    hours = settings.retry.window_s / 3600
-                    outcome = Review(outcome.code, f"still failing when the {hours:g} h retry "
-                                                   f"window closed: {reason}")  # fmt: skip
-                else:
-                    self._move(ledger, job_id, token, RETRYING, {"event": "retry", **entry},
-                               due_ms=due, fields={"next_attempt_at_ms": due})  # fmt: skip
-                    self.send_event("task-retried", exception=f"{outcome.code}: {reason}")
-                    raise Ignore()
+                due = min(due, record.retry_until_ms)  # one last try at the window's end
+                self._move(ledger, job_id, token, RETRYING, {"event": "retry", **entry},
+                           due_ms=due, fields={"next_attempt_at_ms": due,
+                                               "retries": record.retries + 1})  # fmt: skip
+                self.send_event("task-retried", exception=f"{outcome.code}: {reason}")
+                raise Ignore()
 
         if isinstance(outcome, Delivered):
             # The payload (personal data) is not kept once it has been delivered.
             self._move(ledger, job_id, token, DELIVERED, {"event": "delivered", **entry},
                        fields={"payload": ""})  # fmt: skip
             return {"state": DELIVERED, "code": outcome.code}
+        reason = scrub(outcome.reason, self._secrets())
+        entry = {"code": outcome.code, "reason": reason}
         if isinstance(outcome, Review):
-            reason = scrub(outcome.reason, secrets)
-            self._move(ledger, job_id, token, REVIEW,
-                       {"event": "review", "code": outcome.code, "reason": reason})
+            self._move(ledger, job_id, token, REVIEW, {"event": "review", **entry})
             self.send_event("task-review", reason=f"{outcome.code}: {reason}")
             raise Ignore()
         if isinstance(outcome, Rejected):
@@ -217,9 +249,29 @@ class DeliveryTask(Task):
         due_ms: int | None = None,
         fields: dict[str, str | int] | None = None,
     ) -> None:
+        # A short Redis blip here would otherwise send the job round again after its answer.
+        settling = Retrying(
+            retry=retry_if_exception_type(RedisError),
+            stop=stop_after_attempt(4),
+            wait=wait_exponential(multiplier=0.2, max=2),
+            reraise=True,
+        )
         try:
-            ledger.transition(job_id, state, entry, token=token, due_ms=due_ms, fields=fields)
+            settling(ledger.transition, job_id, state, entry, token=token, due_ms=due_ms,
+                     fields=fields)  # fmt: skip
         except LedgerConflict as exc:
-            # Our claim outlived visibility_timeout and another worker owns the job now.
+            # Our claim outlived its lease and the message may already be gone: make sure the
+            # job is looked at again rather than left running with nobody on it.
             log.warning("not settling %s as %s: %s", job_id, state, exc)
+            ledger.recheck(job_id, due_ms=now_ms() + 1000)
             raise Ignore() from None
+
+
+def _unsettled_answer(entry: dict[str, Any] | None) -> Outcome | None:
+    """A final answer that was recorded but never settled, from the job's newest history entry."""
+    if not entry or entry.get("event") != "attempt":
+        return None
+    final = FINAL_OUTCOMES.get(str(entry.get("outcome", "")))
+    if final is None:
+        return None
+    return final(str(entry.get("code", "")), str(entry.get("reason", "")))

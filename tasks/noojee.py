@@ -6,6 +6,7 @@ retryable 109 arrives as HTTP 400). The table below is CRM_APIS.md §1 as data.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, field_validator
 
-from tasks.delivery import Answer, DeliveryTask
+from tasks.delivery import Answer, DeliveryTask, NotConfigured
 from tasks.models import JobModel
 from tasks.outcomes import Delivered, Outcome, Rejected, Retry, Review
 from worker.app import app
@@ -240,6 +241,22 @@ def classify_answer(status: int, body: bytes) -> Outcome:
     return Review(f"http-{status}", f"HTTP {status} without a Noojee code; a person decides")
 
 
+def describe_answer(response: httpx.Response) -> str:
+    """What the ledger keeps of an answer: Noojee's code and message only. A body that is not a
+    Noojee answer (an error page, a proxy's echo) may quote the request, apiKey and contact data
+    included, so only its size and type are kept."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        kept = {k: data[k] for k in ("code", "Code", "message", "Message") if k in data}
+        return f"HTTP {response.status_code} {json.dumps(kept)[:200]}"
+    kind = response.headers.get("content-type", "no content type").split(";")[0]
+    size = len(response.content)
+    return f"HTTP {response.status_code}: {size} bytes of {kind}, not a Noojee answer"
+
+
 def classify_transport(exc: Exception) -> Outcome:
     for cls in type(exc).__mro__:
         if cls in TRANSPORT:
@@ -253,7 +270,7 @@ class NoojeeClient:
 
     def __init__(self, settings: NoojeeSettings, max_connections: int = 64) -> None:
         if settings.base_url is None:
-            raise RuntimeError(
+            raise NotConfigured(
                 "CONTACTSYNC_NOOJEE__BASE_URL is not set: point it at the PBX "
                 "(https://pbx.example.com), or run `contactsync up` to use the simulator"
             )
@@ -277,7 +294,7 @@ class NoojeeClient:
         except httpx.TransportError as exc:
             return Answer(classify_transport(exc), type(exc).__name__)
         outcome = classify_answer(response.status_code, response.content)
-        return Answer(outcome, f"HTTP {response.status_code} {response.text[:200]}")
+        return Answer(outcome, describe_answer(response))
 
     def secrets(self) -> list[str]:
         return [self._api_key]

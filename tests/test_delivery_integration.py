@@ -131,6 +131,9 @@ def test_repeated_faults_end_in_review_not_silence(
     assert record.faults == 3  # CONTACTSYNC_RETRY__FAULT_ATTEMPTS in the tests
     assert "gave up after 3 faults" in record.last_reason
     assert simulator.calls(lead) == 3
+    # Each fault backed off through the Redis schedule, none was retried in-process.
+    events = [e["event"] for e in reversed(record.history)]
+    assert events == ["submitted", "attempt", "retry", "attempt", "retry", "attempt", "review"]
 
 
 def test_invalid_job_is_refused_at_submit_and_nothing_is_enqueued(

@@ -454,3 +454,19 @@ def test_masked_keeps_ids_and_disposition_and_masks_the_contact() -> None:
     assert shown["fields"] == {"FirstPhone": "0***99", "Name": "J***th"}
     assert "Jane Smith" not in json.dumps(shown)
     assert "0383218199" not in json.dumps(shown)
+
+
+@respx.mock
+def test_only_code_and_message_of_an_answer_are_kept() -> None:
+    from tasks.noojee import NoojeeClient
+
+    client = NoojeeClient(NoojeeSettings(base_url="https://pbx.test", api_key="k-123"))
+    job = validate_job("noojee.update", job_data())
+    route = respx.post("https://pbx.test/servicemanager/rest/CampaignAPI/updateLeadFast")
+    route.mock(return_value=httpx.Response(400, json={"code": 110, "message": "CONFLICT",
+                                                      "lead": {"FirstPhone": "0383218199"}}))
+    assert client.send(job).answer == 'HTTP 400 {"code": 110, "message": "CONFLICT"}'
+    echo = "<html>POST /updateLeadFast?apiKey=k-123 FirstPhone=0383218199</html>"
+    route.mock(return_value=httpx.Response(500, text=echo, headers={"content-type": "text/html"}))
+    answer = client.send(job).answer
+    assert answer == f"HTTP 500: {len(echo)} bytes of text/html, not a Noojee answer"

@@ -35,7 +35,10 @@ class RetrySettings(BaseModel):
         86_400.0, gt=0, description="a job still failing this long after submission goes to review"
     )
     fault_attempts: int = Field(
-        5, ge=1, description="attempts for faults (5xx, 103, transport) before review"
+        8,
+        ge=1,
+        description="attempts for faults (5xx, 103, transport) before review; with the default "
+        "backoff, 8 attempts span about 10 minutes (Noojee: 'wait a couple of minutes')",
     )
     fast_window_s: float = Field(
         5.0, ge=0, description="in-process retries (tenacity) for this long before backing off"
