@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import wait_for
+
 pytestmark = pytest.mark.integration
 
 
@@ -44,6 +46,7 @@ def test_up_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
                 break
         output = "".join(lines)
         assert "flower" in output, output
+        assert "pw-e2e" not in output  # a configured password is not printed
         flower_line = next(line for line in lines if line.startswith("flower"))
         flower_url = flower_line.split()[1]
         state = json.loads((tmp_path / ".contactsync" / "redis" / "embedded.json").read_text())
@@ -60,6 +63,7 @@ def test_up_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
             == 200
     finally:
         os.killpg(up.pid, signal.SIGINT)
+        os.killpg(up.pid, signal.SIGINT)  # an impatient second Ctrl-C must not orphan anything
         rest, _ = up.communicate(timeout=60)
     assert up.returncode == 0, "".join(lines) + rest
     assert "stopping" in rest
@@ -68,6 +72,34 @@ def test_up_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
         os.kill(int(state["pid"]), 0)  # the embedded server is gone
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{flower_url}/healthcheck", timeout=2)
+
+
+def test_up_killed_with_sigkill_leaves_no_orphans(tmp_path: Path) -> None:
+    up = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "up"], cwd=tmp_path, env=_env(tmp_path),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert up.stdout is not None
+    for line in up.stdout:
+        if "Ctrl-C stops everything" in line:
+            break
+    children = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True)
+    pids = [int(p) for p in children.stdout.split()]
+    assert len(pids) >= 4  # embedded server, simulator, worker, Flower
+    up.kill()
+    up.wait()
+
+    def all_gone() -> bool:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        return not alive
+
+    wait_for(all_gone, 30, "the children of a killed `up` to exit")
 
 
 def test_demo_prints_its_table_and_never_touches_configured_endpoints(tmp_path: Path) -> None:
@@ -98,6 +130,13 @@ def test_cli_explains_an_unreachable_redis_and_bad_settings(tmp_path: Path) -> N
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in down.stdout
     assert "Traceback" not in down.stdout + down.stderr
 
+    env["CONTACTSYNC_FLOWER__PORT"] = "70000"
+    port = subprocess.run([sys.executable, "-m", "worker.cli", "config"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert port.returncode == 2
+    assert "CONTACTSYNC_FLOWER__PORT: Input should be less than or equal to 65535" in port.stdout
+    env["CONTACTSYNC_FLOWER__PORT"] = "0"
+
     env["CONTACTSYNC_NOOJEE__API_KEY"] = "k-very-secret"
     env["CONTACTSYNC_NOOJEE__READ_TIMEOUT_S"] = "30"
     bad = subprocess.run([sys.executable, "-m", "worker.cli", "config"], cwd=tmp_path, env=env,
@@ -121,3 +160,18 @@ def test_sandbox_noojee_help_is_the_simulators_own(tmp_path: Path) -> None:
                            cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert shown.returncode == 0
     assert "--slots" in shown.stdout and "--queue-timeout" in shown.stdout
+
+
+def test_nothing_configured_means_a_clear_refusal_not_a_stranger_redis(tmp_path: Path) -> None:
+    env = _env(tmp_path)  # no CONTACTSYNC_REDIS_URL, and no `up` running in this directory
+    jobs = subprocess.run([sys.executable, "-m", "worker.cli", "jobs"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert jobs.returncode == 2
+    assert "no Redis to use: set CONTACTSYNC_REDIS_URL" in jobs.stdout
+
+    worker = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "INFO"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert worker.returncode != 0
+    assert "no Redis to use: set CONTACTSYNC_REDIS_URL" in worker.stdout + worker.stderr

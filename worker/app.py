@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu.entity import Queue
 
-from worker.broker import redis_url
+from worker.broker import broker_url
 from worker.settings import get_settings
 
 #: Modules of ``tasks/`` that are not destinations.
@@ -52,7 +52,7 @@ def make_app() -> Celery:
     names = destinations()
     celery = Celery("contactsync", include=[f"tasks.{name}" for name in names])
     celery.conf.update(
-        broker_url=redis_url(),
+        broker_url=broker_url(),
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,

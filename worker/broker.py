@@ -1,7 +1,9 @@
 """Where Redis is, and the one factory for clients of it.
 
-Every process (producer, worker, CLI, Flower) resolves the same URL the same way: the configured
-``CONTACTSYNC_REDIS_URL``, else the embedded server that `contactsync up` runs, else localhost.
+Every process (producer, worker, CLI) resolves the same URL the same way: the configured
+``CONTACTSYNC_REDIS_URL``, else the embedded server that `contactsync up` runs under the data dir.
+There is no silent fallback to whatever listens on localhost: jobs written to an unrelated Redis
+would never be delivered.
 """
 
 from __future__ import annotations
@@ -13,13 +15,33 @@ import redis
 from worker.embedded import running_url
 from worker.settings import get_settings
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
+#: What the Celery app points at when nothing is configured, so that importing it never fails;
+#: the ledger (and so every producer and worker) refuses to run without a real answer.
+UNCONFIGURED_BROKER = "redis://127.0.0.1:6379/0"
+
+
+class RedisNotConfigured(RuntimeError):
+    """Neither CONTACTSYNC_REDIS_URL nor a running embedded server says which Redis to use."""
 
 
 def redis_url() -> str:
     """The broker/state URL this process should use."""
     settings = get_settings()
-    return settings.redis_url or running_url(settings.data_dir) or DEFAULT_URL
+    url = settings.redis_url or running_url(settings.data_dir)
+    if url is None:
+        raise RedisNotConfigured(
+            "no Redis to use: set CONTACTSYNC_REDIS_URL (e.g. redis://127.0.0.1:6379/0), or run "
+            f"`contactsync up` in this directory (it looks for one under {settings.data_dir}/)"
+        )
+    return url
+
+
+def broker_url() -> str:
+    """The URL for the Celery app: ``redis_url()``, or a placeholder when none is configured."""
+    try:
+        return redis_url()
+    except RedisNotConfigured:
+        return UNCONFIGURED_BROKER
 
 
 @lru_cache(maxsize=8)

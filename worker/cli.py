@@ -49,21 +49,36 @@ class _Main(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         from pydantic import ValidationError
+        from pydantic_settings import SettingsError
         from redis.exceptions import ConnectionError as RedisConnectionError
+
+        from worker.broker import RedisNotConfigured
 
         try:
             return super().invoke(ctx)
         except ValidationError as exc:
-            lines = [f"  {'.'.join(map(str, e['loc'])) or 'settings'}: "
-                     f"{e['msg'].removeprefix('Value error, ')}"
+            lines = [f"  {_variable(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
                      for e in exc.errors(include_input=False, include_url=False)]  # fmt: skip
             _fail("invalid configuration (CONTACTSYNC_* variables or .env):\n" + "\n".join(lines))
+        except SettingsError as exc:  # e.g. a nested variable set to malformed JSON
+            _fail(f"invalid configuration: {exc}; nested settings take JSON, or set each field "
+                  "with its own variable (CONTACTSYNC_NOOJEE__API_KEY=...)")  # fmt: skip
+        except RedisNotConfigured as exc:
+            _fail(str(exc))
         except RedisConnectionError:
             from worker.broker import redis_url
             from worker.settings import mask_url_password
 
             _fail(f"cannot reach Redis at {mask_url_password(redis_url())}: start the system with "
                   "`contactsync up`, or set CONTACTSYNC_REDIS_URL to a running server")  # fmt: skip
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The environment variable behind a settings field: ("noojee", "api_key") →
+    CONTACTSYNC_NOOJEE__API_KEY (a model-wide check names its variables in its message)."""
+    if not loc:
+        return "settings"
+    return "CONTACTSYNC_" + "__".join(str(part).upper() for part in loc)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,11 +95,15 @@ def main() -> None:
 @main.command()
 def config() -> None:
     """Show the effective settings, secrets masked."""
-    from worker.broker import redis_url
+    from worker.broker import RedisNotConfigured, redis_url
     from worker.settings import get_settings, mask_url_password
 
     shown = get_settings().masked()
-    shown["effective_redis_url"] = mask_url_password(redis_url())
+    try:
+        shown["effective_redis_url"] = mask_url_password(redis_url())
+    except RedisNotConfigured as exc:
+        shown["effective_redis_url"] = None
+        console.print(f"[yellow]note:[/yellow] {exc}")
     console.print_json(json.dumps(shown))
 
 
@@ -114,9 +133,10 @@ def up(workers: int) -> None:
 
 def _print_stack(stack: Any) -> None:
     from worker.broker import redis_url
+    from worker.settings import mask_url_password
 
-    user, password = stack.flower_credentials
-    console.print(f"redis      {redis_url()}  (data under {stack.data_dir})")
+    user, password = stack.flower_credentials[0], stack.flower_password_shown
+    console.print(f"redis      {mask_url_password(redis_url())}  (data under {stack.data_dir})")
     if stack.simulator_url:
         console.print(f"noojee     {stack.simulator_url}  (simulator)")
     console.print(f"workers    {stack.workers}, logs under {stack.log_dir}")

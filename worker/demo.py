@@ -157,6 +157,6 @@ def _report(
     table.add_row("elapsed", f"{elapsed:.1f} s", f"{len(records) / elapsed:.0f} jobs/s through "
                   "a PBX with 4 slots of ~100 ms each")  # fmt: skip
     console.print(table)
-    user, password = stack.flower_credentials
+    user, password = stack.flower_credentials[0], stack.flower_password_shown
     console.print(f"Flower: {stack.flower_url}  user [bold]{user}[/bold]  password "
                   f"[bold]{password}[/bold]")  # fmt: skip

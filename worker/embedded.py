@@ -8,14 +8,20 @@ than through that package's alpha lifecycle API: we need AOF, a fixed data dir a
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import redis
 
@@ -37,6 +43,21 @@ def server_binary() -> Path:
     return binary
 
 
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``preexec_fn`` for children of `up`: Linux sends them ``sig`` when their parent dies,
+    so a `contactsync up` killed with SIGKILL leaves no orphans. The server gets SIGTERM (it
+    flushes its append-only file); workers and Flower get SIGKILL, since their graceful shutdown
+    would hang on the server that is going away with them, and a killed worker's job is
+    redelivered anyway."""
+
+    def preexec() -> None:
+        if sys.platform.startswith("linux"):
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sig)
+
+    return preexec
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -56,6 +77,7 @@ class EmbeddedRedis:
     data_dir: Path
     port: int = 0
     _process: subprocess.Popen[bytes] | None = None
+    _lock: IO[str] | None = None
 
     @classmethod
     def under(cls, data_dir: Path, port: int = 0) -> EmbeddedRedis:
@@ -68,13 +90,20 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 15.0) -> EmbeddedRedis:
         self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        running = _running_state(self.data_dir)
-        if running is not None:
+        # One server per data dir, held for its whole life: two on one append-only file would
+        # split the jobs between them and corrupt the file.
+        self._lock = (self.data_dir / "server.lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            running = _running_state(self.data_dir) or {"pid": "?", "url": "?"}
             raise RuntimeError(
                 f"an embedded server already runs on {self.data_dir} (pid {running['pid']}, "
                 f"{running['url']}), started by another `contactsync up` or `demo`: stop that one, "
                 "or use it from here with CONTACTSYNC_REDIS_URL"
-            )
+            ) from None
         if self.port == 0:
             self.port = free_port()
         args = [
@@ -88,7 +117,12 @@ class EmbeddedRedis:
             "--logfile", "valkey.log",
             "--protected-mode", "yes",
         ]  # fmt: skip
-        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._process = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent(signal.SIGTERM),
+        )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -108,18 +142,20 @@ class EmbeddedRedis:
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Shut the server down cleanly (the AOF is flushed) and forget its URL."""
+        """Shut the server down cleanly (the AOF is flushed), then forget its URL and lock."""
+        if self._process is not None and self._process.poll() is None:
+            with contextlib.suppress(redis.RedisError):
+                redis.Redis.from_url(self.url, socket_timeout=timeout_s).shutdown(nosave=True)
+            try:
+                self._process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / STATE_FILE).unlink()
-        if self._process is None or self._process.poll() is not None:
-            return
-        with contextlib.suppress(redis.RedisError):
-            redis.Redis.from_url(self.url, socket_timeout=timeout_s).shutdown(nosave=True)
-        try:
-            self._process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

@@ -11,7 +11,9 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -19,7 +21,7 @@ from typing import IO
 
 import httpx
 
-from worker.embedded import EmbeddedRedis, free_port
+from worker.embedded import EmbeddedRedis, die_with_parent, free_port
 from worker.settings import get_settings
 
 SIM_API_KEY = "sandbox-key"
@@ -28,13 +30,13 @@ SIM_API_KEY = "sandbox-key"
 def refresh_settings() -> None:
     """Re-read settings and rebuild what was derived from them after the environment changed."""
     from worker.app import app
-    from worker.broker import redis_client, redis_url
+    from worker.broker import broker_url, redis_client
     from worker.runtime import ledger
 
     get_settings.cache_clear()
     redis_client.cache_clear()
     ledger.cache_clear()
-    app.conf.broker_url = redis_url()
+    app.conf.broker_url = broker_url()
 
 
 def wait_until(check: object, timeout_s: float, what: str, interval_s: float = 0.1) -> None:
@@ -65,8 +67,17 @@ class Stack:
     redis: EmbeddedRedis | None = None
     flower_url: str = ""
     flower_credentials: tuple[str, str] = ("", "")
+    flower_password_generated: bool = False
     simulator_url: str = ""
     _children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = field(default_factory=list)
+
+    @property
+    def flower_password_shown(self) -> str:
+        """Flower's password as `up` may print it: a generated one in full (nobody else knows
+        it), a configured one not at all (output ends up in logs)."""
+        if self.flower_password_generated:
+            return self.flower_credentials[1]
+        return "(from CONTACTSYNC_FLOWER__PASSWORD)"
 
     @property
     def log_dir(self) -> Path:
@@ -101,8 +112,9 @@ class Stack:
         log = (self.log_dir / f"{name}.log").open("ab")
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )  # fmt: skip
         self._children.append((name, proc, log))
         return proc
 
@@ -136,6 +148,7 @@ class Stack:
 
     def _start_flower(self) -> None:
         flower = get_settings().flower
+        self.flower_password_generated = flower.password is None
         password = (
             flower.password.get_secret_value() if flower.password else secrets.token_urlsafe(12)
         )
@@ -165,7 +178,12 @@ class Stack:
                 )
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """Stop every child (SIGTERM, then SIGKILL), then the embedded server."""
+        """Stop every child (SIGTERM, then SIGKILL), then the embedded server. A second Ctrl-C
+        or SIGTERM meanwhile is ignored: interrupting this would leave the server orphaned."""
+        with _signals_ignored():
+            self._stop(timeout_s)
+
+    def _stop(self, timeout_s: float) -> None:
         for _name, proc, _log in reversed(self._children):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -193,6 +211,19 @@ class Stack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _port_free(port: int) -> bool:
