@@ -15,7 +15,7 @@ from worker.ledger import QUEUED, REJECTED, REVIEW, LedgerConflict, now_ms
 from worker.runtime import ledger
 from worker.settings import get_settings
 
-#: A requeued job waits on the schedule this long as its outbox entry, in case publishing fails.
+#: A requeued job is also put on the schedule this far ahead, in case publishing fails.
 REQUEUE_GRACE_MS = 30_000
 
 
@@ -50,7 +50,6 @@ def requeue(job_id: str, changes: dict[str, str], by: str) -> None:
         "retry_until_ms": now_ms() + window_ms,
     })  # fmt: skip
     publish(app, job_id, record.task, record.queue, record.priority)
-    book.release("schedule", job_id, due)
 
 
 def discard(job_id: str, reason: str, by: str) -> None:

@@ -14,6 +14,8 @@ Keys, under ``prefix`` (``cs:`` by default):
 - ``review``, ``rejected`` zsets: job ids by the time they got there.
 - ``schedule`` zset: job ids by the time (ms) their next attempt is due.
 - ``outbox`` zset: jobs recorded but not yet confirmed published (a crashed producer's jobs).
+- ``schedule:leased``, ``outbox:leased`` zsets: members a republisher took and is publishing,
+  by the time its lease ends.
 - ``counts`` hash: number of jobs in each state. ``delivered`` is a running total (delivered
   records expire, the count does not); rejected jobs leave the count and the set when their
   records expire (``prune_rejected``).
@@ -137,7 +139,6 @@ class Ledger:
         self._claim = _script(client, "claim")
         self._transition = _script(client, "transition")
         self._claim_due = _script(client, "claim_due")
-        self._release = _script(client, "release")
         self._unlock = _script(client, "unlock")
         self._prune = _script(client, "prune")
 
@@ -290,15 +291,19 @@ class Ledger:
         return str(previous)
 
     # -- schedule and outbox ------------------------------------------------------------------
-    def claim_due(self, name: str, lease_ms: int, limit: int = 500) -> list[tuple[str, int]]:
+    def claim_due(self, name: str, lease_ms: int, limit: int = 500) -> list[str]:
         """Due members of ``schedule`` or ``outbox``, leased to the caller (see claim_due.lua)."""
-        flat = self._claim_due(keys=[self.set_key(name)], args=[now_ms(), lease_ms, limit])
-        return [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        due = self._claim_due(keys=[self.set_key(name), self.set_key(f"{name}:leased")],
+                              args=[now_ms(), lease_ms, limit])  # fmt: skip
+        return [str(job_id) for job_id in due]
+
+    def release(self, name: str, job_id: str) -> None:
+        """The caller published a member it had taken with ``claim_due``: end its lease."""
+        self.r.zrem(self.set_key(f"{name}:leased"), job_id)
 
     def recheck(self, job_id: str, due_ms: int) -> None:
-        """Put a job on the schedule, due no earlier than ``due_ms``. An entry due later stays;
-        an earlier one moves to ``due_ms`` (GT). That includes a republisher's lease on the
-        entry, whose release then no longer matches and leaves the entry in place."""
+        """Put a job on the schedule, due no earlier than ``due_ms``: an entry due later (a
+        retry its runner set) stays, an earlier one moves to ``due_ms`` (GT)."""
         self.r.zadd(self.set_key("schedule"), {job_id: due_ms}, gt=True)
 
     def prune_rejected(self, limit: int = 500) -> int:
@@ -307,5 +312,3 @@ class Ledger:
         return int(self._prune(keys=[self.set_key("rejected"), self.counts_key],
                                args=[cutoff, limit, self.job_key("")]))  # fmt: skip
 
-    def release(self, name: str, job_id: str, leased_score: int) -> None:
-        self._release(keys=[self.set_key(name)], args=[job_id, leased_score])

@@ -37,12 +37,12 @@ class Republisher:
 
         sent = 0
         for name in ("schedule", "outbox"):
-            for job_id, leased in self.ledger.claim_due(name, LEASE_MS):
+            for job_id in self.ledger.claim_due(name, LEASE_MS):
                 record = self.ledger.get(job_id)
                 if record is not None and not record.terminal:
                     publish(self.app, job_id, record.task, record.queue, record.priority)
                     sent += 1
-                self.ledger.release(name, job_id, leased)
+                self.ledger.release(name, job_id)
         return sent
 
     def run(self) -> None:

@@ -1,14 +1,19 @@
 -- Take due members of a schedule (retries, or the submit outbox) for republishing. Each member
--- taken is pushed ARGV[2] ms into the future rather than removed, so a scheduler that dies before
--- publishing leaves it to be taken again; `release.lua` removes it once published.
--- KEYS[1] zset; ARGV[1] now (ms), ARGV[2] lease (ms), ARGV[3] max members
--- Returns a flat list: id, lease score, id, lease score, ...
+-- taken moves to the schedule's lease set until ARGV[2] ms from now; `release.lua` removes it
+-- from there once published. A republisher that dies before publishing leaves its lease to
+-- expire, and the member is due again. Keeping leases apart means nothing written to the
+-- schedule meanwhile (a new retry, a recheck) can be removed by a release.
+-- KEYS[1] zset, KEYS[2] its lease zset; ARGV[1] now (ms), ARGV[2] lease (ms), ARGV[3] max members
+-- Returns the ids taken.
+local expired = redis.call('ZRANGE', KEYS[2], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZADD', KEYS[1], 'NX', ARGV[1], id)
+end
 local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[3])
 local leased = tonumber(ARGV[1]) + tonumber(ARGV[2])
-local out = {}
 for _, id in ipairs(due) do
-  redis.call('ZADD', KEYS[1], leased, id)
-  out[#out + 1] = id
-  out[#out + 1] = tostring(leased)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], leased, id)
 end
-return out
+return due
