@@ -265,3 +265,13 @@ def test_scrub_replaces_every_occurrence_of_each_secret() -> None:
 
 def test_scrub_ignores_empty_secrets() -> None:
     assert scrub("nothing to hide", ["", API_KEY]) == "nothing to hide"
+
+
+def test_a_flower_password_with_a_comma_is_refused_without_echoing_it() -> None:
+    from pydantic import ValidationError
+
+    from worker.settings import FlowerSettings
+
+    with pytest.raises(ValidationError, match="must not contain a comma") as refused:
+        FlowerSettings(password="pa,ss")  # type: ignore[arg-type]
+    assert "pa,ss" not in str(refused.value)

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -273,7 +274,7 @@ def _show_job(job_id: str, reveal: bool) -> None:
         ("next attempt", _when(record.next_attempt_at_ms) if record.state == "retrying" else "-"),
         ("retry until", _when(record.retry_until_ms)),
     ]:  # fmt: skip
-        table.add_row(f"[bold]{label}[/bold]", value)
+        table.add_row(f"[bold]{label}[/bold]", escape(value))
     console.print(table)
     if record.payload:
         job = model_for(record.kind).model_validate_json(record.payload)
@@ -305,7 +306,8 @@ def jobs(ctx: click.Context) -> None:
     """Job counts by state (`jobs show ID` for one job)."""
     if ctx.invoked_subcommand is None:
         counts = _ledger().counts()
-        table = Table("state", "jobs")
+        table = Table("state", "jobs", caption="delivered: every job delivered so far (records "
+                      "expire after the retention; the count does not)")  # fmt: skip
         for state, n in counts.items():
             table.add_row(state, str(n))
         console.print(table)
@@ -328,7 +330,7 @@ def _listing(name: str, limit: int, offset: int) -> None:
         record = ledger.get(job_id)
         if record is not None:
             table.add_row(job_id, _when(at), record.kind, str(record.attempts),
-                          f"{record.last_code} {record.last_reason}")  # fmt: skip
+                          escape(f"{record.last_code} {record.last_reason}"))  # fmt: skip
     console.print(table)
 
 

@@ -86,6 +86,14 @@ class FlowerSettings(BaseModel):
     )
     port: int = Field(5555, ge=0, le=65535)
 
+    @field_validator("password")
+    @classmethod
+    def _no_comma(cls, value: SecretStr | None) -> SecretStr | None:
+        # Flower splits its basic-auth option on commas (several user:password pairs).
+        if value is not None and "," in value.get_secret_value():
+            raise ValueError("CONTACTSYNC_FLOWER__PASSWORD must not contain a comma")
+        return value
+
 
 class Settings(BaseSettings):
     """Everything a contactsync process reads from its environment."""

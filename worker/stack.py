@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -39,10 +39,12 @@ def refresh_settings() -> None:
     app.conf.broker_url = broker_url()
 
 
-def wait_until(check: object, timeout_s: float, what: str, interval_s: float = 0.1) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1
+) -> None:
     """Poll ``check()`` until it is true; raise naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
+    while not check():
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} was not ready within {timeout_s:g} s")
         time.sleep(interval_s)
@@ -62,7 +64,6 @@ class Stack:
     flower: bool = True
     sandboxed: bool = False
     simulator_args: list[str] = field(default_factory=list)
-    worker_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
     flower_url: str = ""
@@ -134,7 +135,7 @@ class Stack:
         """Start one Celery worker process (``celery -A worker worker``) named ``name@host``."""
         return self._spawn(f"worker-{name}", [
             sys.executable, "-m", "celery", "-A", "worker", "worker", "-n", f"{name}@%h",
-            "--loglevel", "INFO", *self.worker_args,
+            "--loglevel", "INFO",
         ])  # fmt: skip
 
     def _wait_for_workers(self, count: int) -> None:
@@ -153,9 +154,7 @@ class Stack:
             flower.password.get_secret_value() if flower.password else secrets.token_urlsafe(12)
         )
         self.flower_credentials = (flower.user, password)
-        port = flower.port or free_port()
-        with contextlib.suppress(OSError):
-            port = port if _port_free(port) else free_port()
+        port = flower.port if flower.port and _port_free(flower.port) else free_port()
         self.env["FLOWER_BASIC_AUTH"] = f"{flower.user}:{password}"
         self.env["FLOWER_PORT"] = str(port)
         self._spawn("flower", [sys.executable, "-m", "celery", "-A", "worker", "flower",
