@@ -258,3 +258,46 @@ def test_worker_killed_mid_call_does_not_lose_the_job(
         assert any(w.startswith("w2@") for w in workers)
     finally:
         simulator.configure(latency_s=0.03, jitter_s=0.005)
+
+
+def _record_only(lead: str) -> str:
+    """Record a job the way submit() does, but publish nothing: what a crash leaves behind."""
+    import uuid
+
+    from worker.ledger import NewJob, now_ms
+    from worker.runtime import ledger as runtime_ledger
+
+    job = sample_update(lead)
+    job_id = uuid.uuid4().hex
+    runtime_ledger().create(NewJob(
+        id=job_id, kind=job.kind, destination="noojee", task="noojee.deliver", queue="noojee",
+        priority="realtime", payload=job.model_dump_json(), retry_until_ms=now_ms() + 60_000,
+    ), outbox_grace_ms=0)  # fmt: skip
+    return job_id
+
+
+def test_a_job_recorded_by_a_producer_that_died_before_publishing_is_still_sent(
+    stack: Any, simulator: Simulator, ledger: Any
+) -> None:
+    lead = new_lead_id()
+    job_id = _record_only(lead)  # in the ledger and its outbox; no message on any queue
+    wait_for_state(ledger, job_id, ("delivered",))
+    assert simulator.calls(lead) == 1
+
+
+def test_a_retry_waiting_in_redis_needs_no_worker_memory_to_happen(
+    stack: Any, simulator: Simulator, ledger: Any
+) -> None:
+    from worker.ledger import now_ms
+
+    lead = new_lead_id()
+    job_id = _record_only(lead)
+    ledger.published(job_id)
+    # As if a worker had answered 109, scheduled the retry and then been restarted: all that is
+    # left is the ledger's state and its schedule entry.
+    ledger.claim(job_id, "gone-worker", 60_000)
+    ledger.transition(job_id, "retrying", {"event": "retry", "code": "109"}, token="gone-worker",
+                      due_ms=now_ms() + 300)  # fmt: skip
+    record = wait_for_state(ledger, job_id, ("delivered",))
+    assert simulator.calls(lead) == 1
+    assert [e["event"] for e in record.history][:2] == ["delivered", "attempt"]
