@@ -5,6 +5,8 @@ worker process and Flower, with timeouts scaled down from minutes to seconds."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -130,6 +132,17 @@ def wait_for_state(
         return record if record is not None and record.state in states else None
 
     return wait_for(settled, timeout_s, f"job {job_id} to reach {'/'.join(states)}")
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`contactsync ARGS` as a person runs it (by default in this process's environment, which
+    the stack fixture points at its server)."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args], cwd=cwd, capture_output=True, text=True,
+        env={**os.environ, "COLUMNS": "250"} if env is None else env, timeout=60,
+    )  # fmt: skip
 
 
 def log_text(directory: Path) -> str:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -17,6 +15,7 @@ from tests.conftest import (
     Simulator,
     log_text,
     new_lead_id,
+    run_cli,
     sample_update,
     wait_for,
     wait_for_state,
@@ -142,12 +141,10 @@ def test_invalid_job_is_refused_at_submit_and_nothing_is_enqueued(
     from worker.broker import redis_client
 
     before = (ledger.counts(), redis_client().llen("noojee"), redis_client().llen("noojee:9"))
-    env = {**os.environ}
-    result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "submit", "noojee-update", "--template-id", "41",
-         "--campaign-id", "41", "--allocation-id", "38", "--lead-id", new_lead_id(),
-         "--disposition", "Sale", "--callback-date", "24/11/2026", "--field", "Name=Jane Smith"],
-        capture_output=True, text=True, env=env, timeout=60,
+    result = run_cli(
+        "submit", "noojee-update", "--template-id", "41", "--campaign-id", "41",
+        "--allocation-id", "38", "--lead-id", new_lead_id(), "--disposition", "Sale",
+        "--callback-date", "24/11/2026", "--field", "Name=Jane Smith",
     )  # fmt: skip
     assert result.returncode == 2
     assert "callback_date" in result.stdout and "yyyy/MM/dd HH:mm" in result.stdout

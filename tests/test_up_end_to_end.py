@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -23,14 +23,6 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env.update({"CONTACTSYNC_FLOWER__PORT": "0", "CONTACTSYNC_FLOWER__PASSWORD": "pw-e2e",
                 "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})  # fmt: skip
     return env
-
-
-def contactsync(
-    tmp_path: Path, env: dict[str, str] | None, *args: str
-) -> subprocess.CompletedProcess[str]:
-    """The CLI as a person runs it, in ``tmp_path``."""
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
 
 
 def _as_a_background_script_starts_it() -> None:
@@ -132,20 +124,20 @@ def test_demo_prints_its_table_and_never_touches_configured_endpoints(tmp_path: 
 def test_cli_explains_an_unreachable_redis_and_bad_settings(tmp_path: Path) -> None:
     env = _env(tmp_path)
     env["CONTACTSYNC_REDIS_URL"] = "redis://127.0.0.1:1/0"
-    down = contactsync(tmp_path, env, "jobs")
+    down = run_cli("jobs", cwd=tmp_path, env=env)
     assert down.returncode == 2
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in down.stdout
     assert "Traceback" not in down.stdout + down.stderr
 
     env["CONTACTSYNC_FLOWER__PORT"] = "70000"
-    port = contactsync(tmp_path, env, "config")
+    port = run_cli("config", cwd=tmp_path, env=env)
     assert port.returncode == 2
     assert "CONTACTSYNC_FLOWER__PORT: Input should be less than or equal to 65535" in port.stdout
     env["CONTACTSYNC_FLOWER__PORT"] = "0"
 
     env["CONTACTSYNC_NOOJEE__API_KEY"] = "k-very-secret"
     env["CONTACTSYNC_NOOJEE__READ_TIMEOUT_S"] = "30"
-    bad = contactsync(tmp_path, env, "config")
+    bad = run_cli("config", cwd=tmp_path, env=env)
     assert bad.returncode == 2
     assert "CONTACTSYNC_NOOJEE__READ_TIMEOUT_S=30.0 must be greater than" in bad.stdout
     assert "k-very-secret" not in bad.stdout + bad.stderr
@@ -161,14 +153,14 @@ def test_second_embedded_server_on_the_same_data_is_refused(tmp_path: Path) -> N
 
 
 def test_sandbox_noojee_help_is_the_simulators_own(tmp_path: Path) -> None:
-    shown = contactsync(tmp_path, None, "sandbox", "noojee", "--help")
+    shown = run_cli("sandbox", "noojee", "--help", cwd=tmp_path)
     assert shown.returncode == 0
     assert "--slots" in shown.stdout and "--queue-timeout" in shown.stdout
 
 
 def test_nothing_configured_means_a_clear_refusal_not_a_stranger_redis(tmp_path: Path) -> None:
     env = _env(tmp_path)  # no CONTACTSYNC_REDIS_URL, and no `up` running in this directory
-    jobs = contactsync(tmp_path, env, "jobs")
+    jobs = run_cli("jobs", cwd=tmp_path, env=env)
     assert jobs.returncode == 2
     assert "no Redis to use: set CONTACTSYNC_REDIS_URL" in jobs.stdout
 
