@@ -196,39 +196,17 @@ class DeliveryTask(Task):
 
     # -- settling -----------------------------------------------------------------------------
     def _settle(self, ledger: Ledger, job_id: str, token: str, outcome: Outcome) -> dict[str, Any]:
-        retry = get_settings().retry
         if isinstance(outcome, Reauth):  # credentials are refreshed per destination (issue 4)
             outcome = Retry(outcome.code, outcome.reason, bounded=True)
+        if isinstance(outcome, Retry):
+            outcome = self._retry_or_give_up(ledger, job_id, token, outcome)
         reason = scrub(outcome.reason, self._secrets())
         entry: dict[str, Any] = {"code": outcome.code, "reason": reason}
-
-        if isinstance(outcome, Retry):
-            record = ledger.get(job_id)
-            assert record is not None
-            now = now_ms()
-            delay_s = min(retry.max_delay_s, retry.base_delay_s * 2 ** min(record.retries, 20))
-            due = now + int(random.uniform(delay_s / 2, delay_s) * 1000)
-            if outcome.bounded and record.faults >= retry.fault_attempts:
-                outcome = Review(outcome.code, f"gave up after {record.faults} faults: {reason}")
-            elif now >= record.retry_until_ms:
-                hours = retry.window_s / 3600
-                outcome = Review(outcome.code, f"still failing when the {hours:g} h retry window "
-                                               f"closed: {reason}")  # fmt: skip
-            else:
-                due = min(due, record.retry_until_ms)  # one last try at the window's end
-                self._move(ledger, job_id, token, RETRYING, {"event": "retry", **entry},
-                           due_ms=due, fields={"next_attempt_at_ms": due,
-                                               "retries": record.retries + 1})  # fmt: skip
-                self.send_event("task-retried", exception=f"{outcome.code}: {reason}")
-                raise Ignore()
-
         if isinstance(outcome, Delivered):
             # The payload (personal data) is not kept once it has been delivered.
             self._move(ledger, job_id, token, DELIVERED, {"event": "delivered", **entry},
                        fields={"payload": ""})  # fmt: skip
             return {"state": DELIVERED, "code": outcome.code}
-        reason = scrub(outcome.reason, self._secrets())
-        entry = {"code": outcome.code, "reason": reason}
         if isinstance(outcome, Review):
             self._move(ledger, job_id, token, REVIEW, {"event": "review", **entry})
             self.send_event("task-review", reason=f"{outcome.code}: {reason}")
@@ -238,6 +216,29 @@ class DeliveryTask(Task):
             self.send_event("task-deadletter", reason=f"{outcome.code}: {reason}")
             raise Ignore()
         raise AssertionError(f"unhandled outcome {outcome!r}")
+
+    def _retry_or_give_up(self, ledger: Ledger, job_id: str, token: str, outcome: Retry) -> Review:
+        """Schedule the next attempt through Redis (ends the task with ``Ignore``), or, when the
+        fault budget is spent or the retry window has closed, return the Review that ends it."""
+        retry = get_settings().retry
+        reason = scrub(outcome.reason, self._secrets())
+        record = ledger.get(job_id)
+        assert record is not None
+        now = now_ms()
+        if outcome.bounded and record.faults >= retry.fault_attempts:
+            return Review(outcome.code, f"gave up after {record.faults} faults: {reason}")
+        if now >= record.retry_until_ms:
+            hours = retry.window_s / 3600
+            return Review(outcome.code, f"still failing when the {hours:g} h retry window "
+                                        f"closed: {reason}")  # fmt: skip
+        delay_s = min(retry.max_delay_s, retry.base_delay_s * 2 ** min(record.retries, 20))
+        due = now + int(random.uniform(delay_s / 2, delay_s) * 1000)
+        due = min(due, record.retry_until_ms)  # one last try at the window's end
+        self._move(ledger, job_id, token, RETRYING,
+                   {"event": "retry", "code": outcome.code, "reason": reason}, due_ms=due,
+                   fields={"next_attempt_at_ms": due, "retries": record.retries + 1})  # fmt: skip
+        self.send_event("task-retried", exception=f"{outcome.code}: {reason}")
+        raise Ignore()
 
     @staticmethod
     def _move(
