@@ -2,24 +2,27 @@
 
 Owns the PBX model (shared slots, FIFO queue, 109 after queue_timeout_s), scripted answers per
 lead, the stored leads, and the admin endpoints (/_stats, /_script, /_config, /_reset, /_leads).
+
+Benchmarks get more: POST /_foreign makes another client of the same PBX hold slots for a while
+(through the same FIFO gate, counted apart from "our" calls); /_stats adds exact time averages
+since the last reset (value x dt accumulated at every change); GET /_timeline lists every change
+of (our in-flight, foreign in-flight, our queued, slots); POST /_peaks starts a new peak window.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
-import os
+import math
 import random
 import re
-import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -28,12 +31,15 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from sandbox._serving import announcer, log_paths_only, run_admin_action, send, serve_app
+
 API_PREFIX = "/servicemanager/rest/CampaignAPI"
 NO_CHANGE = "<No Change>"
 MIN_SERVICE_S = 0.100  # Noojee: "no call finishes in under 100 ms"
 CALLBACK_DATE_RE = re.compile(r"[0-9]{4}/[0-9]{2}/[0-9]{2} [0-9]{2}:[0-9]{2}")  # yyyy/MM/dd HH:mm
 CALLBACK_FMT = "%Y/%m/%d %H:%M"
 ID_PARAMS = (("fTemplateId", 116), ("fCampaignId", 117), ("fAllocationId", 115))
+TIMELINE_MAX = 200_000  # changes kept by GET /_timeline; older ones are dropped
 
 # Noojee's answer table, spelled as Noojee spells it (typos included): code -> (message, HTTP).
 ANSWERS: dict[int, tuple[str, int]] = {
@@ -76,73 +82,186 @@ class NoojeeSimConfig:
 
 
 class SlotGate:
-    """The PBX's shared slots: FIFO admission of waiters, capacity changeable at runtime."""
+    """The PBX's shared slots: FIFO admission of waiters, capacity changeable at runtime.
 
-    def __init__(self, slots: int) -> None:
+    Every caller goes through it, ours and foreign (another client of the same PBX) alike; the
+    `foreign` flag only decides which counters a call moves. `on_change` is called after every
+    operation that may have changed a count or the capacity.
+    """
+
+    def __init__(self, slots: int, on_change: Callable[[], None] | None = None) -> None:
         self.slots = slots
-        self.in_flight = 0
+        self.in_flight = 0  # every call holding a slot, ours and foreign
+        self.foreign_in_flight = 0
+        self.foreign_queued = 0
         self.peak_in_flight = 0
+        self.peak_our_in_flight = 0
         self.peak_queued = 0
-        self._waiters: deque[asyncio.Future[bool]] = deque()
+        self.on_change = on_change
+        self._waiters: deque[tuple[asyncio.Future[bool], bool]] = deque()  # (waiter, foreign)
 
     @property
     def queued(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self, timeout_s: float) -> bool:
+    @property
+    def our_in_flight(self) -> int:
+        return self.in_flight - self.foreign_in_flight
+
+    @property
+    def our_queued(self) -> int:
+        return self.queued - self.foreign_queued
+
+    async def acquire(self, timeout_s: float, foreign: bool = False) -> bool:
         """Take a slot, waiting in FIFO order for at most timeout_s; False if the wait timed out."""
         # Newcomers may not overtake waiters, even when a slot looks free.
         if not self._waiters and self.in_flight < self.slots:
-            self._take()
+            self._take(foreign)
+            self._changed()
             return True
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
-        self._waiters.append(waiter)
+        entry = (waiter, foreign)
+        self._waiters.append(entry)
+        if foreign:
+            self.foreign_queued += 1
         self.peak_queued = max(self.peak_queued, len(self._waiters))
-        timer = loop.call_later(timeout_s, self._expire, waiter)
+        self._changed()
+        timer = loop.call_later(timeout_s, self._expire, entry)
         try:
             return await waiter
         except asyncio.CancelledError:
             # A slot handed over just before the cancel would otherwise leak forever.
             if waiter.done() and not waiter.cancelled() and waiter.result():
-                self.release()
+                self.release(foreign)
             else:
-                self._forget(waiter)
+                self._forget(entry)
             raise
         finally:
             timer.cancel()
 
-    def release(self) -> None:
+    def release(self, foreign: bool = False) -> None:
+        """Give back a slot taken by acquire() with the same `foreign` flag."""
         self.in_flight -= 1
+        if foreign:
+            self.foreign_in_flight -= 1
         self._admit()
+        self._changed()
 
     def set_slots(self, slots: int) -> None:
         """Raising admits waiters at once; lowering lets holders finish and admits no one new."""
         self.slots = slots
         self._admit()
+        self._changed()
 
-    def reset_peaks(self) -> None:
+    def reset_peaks(self) -> dict[str, int]:
+        """Restart the peaks from the current counts; answers the peaks they replace."""
+        previous = {
+            "peak_in_flight": self.peak_in_flight,
+            "peak_our_in_flight": self.peak_our_in_flight,
+            "peak_queued": self.peak_queued,
+        }
         self.peak_in_flight, self.peak_queued = self.in_flight, self.queued
+        self.peak_our_in_flight = self.our_in_flight
+        return previous
 
-    def _take(self) -> None:
+    def _take(self, foreign: bool) -> None:
         self.in_flight += 1
+        if foreign:
+            self.foreign_in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self.peak_our_in_flight = max(self.peak_our_in_flight, self.our_in_flight)
 
     def _admit(self) -> None:
         while self._waiters and self.in_flight < self.slots:
-            waiter = self._waiters.popleft()
+            waiter, foreign = self._waiters.popleft()
+            if foreign:
+                self.foreign_queued -= 1
             if not waiter.done():  # done = cancelled by its caller; it holds nothing
-                self._take()
+                self._take(foreign)
                 waiter.set_result(True)
 
-    def _expire(self, waiter: asyncio.Future[bool]) -> None:
-        if not waiter.done():
-            self._forget(waiter)
-            waiter.set_result(False)
+    def _expire(self, entry: tuple[asyncio.Future[bool], bool]) -> None:
+        if not entry[0].done():
+            self._forget(entry)
+            entry[0].set_result(False)
 
-    def _forget(self, waiter: asyncio.Future[bool]) -> None:
-        with contextlib.suppress(ValueError):  # already admitted or expired
-            self._waiters.remove(waiter)
+    def _forget(self, entry: tuple[asyncio.Future[bool], bool]) -> None:
+        try:
+            self._waiters.remove(entry)
+        except ValueError:  # already admitted or expired
+            return
+        if entry[1]:
+            self.foreign_queued -= 1
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+
+class GateRecorder:
+    """What the gate did since the last reset, measured exactly rather than sampled.
+
+    At every change of (our in-flight, foreign in-flight, our queued, slots) the previous values
+    are integrated over the time they held (value x dt), the peak of our in-flight calls is
+    updated and a sample [epoch t, our_in_flight, foreign_in_flight, queued, slots] is appended
+    to a bounded timeline. Durations use the monotonic clock; sample times are time.time().
+    """
+
+    def __init__(self, gate: SlotGate, max_samples: int = TIMELINE_MAX) -> None:
+        self.gate = gate
+        self.samples: deque[tuple[float, int, int, int, int]] = deque(maxlen=max_samples)
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the integrals and the peak; the timeline restarts with one sample of now."""
+        self._started_s = self._changed_s = time.monotonic()
+        self._our_in_flight_s = self._queued_s = 0.0  # integrals of the value over time
+        self._state = self._current()
+        self.peak_our_in_flight = self._state[0]
+        self.samples.clear()
+        self._sample()
+
+    def observe(self) -> None:
+        """Called after each gate operation; records only if a tracked value changed."""
+        state = self._current()
+        if state == self._state:
+            return
+        self._integrate(time.monotonic())
+        self._state = state
+        self.peak_our_in_flight = max(self.peak_our_in_flight, state[0])
+        self._sample()
+
+    def averages(self) -> dict[str, float]:
+        """Time-averaged our in-flight and our queued calls since the last reset."""
+        self._integrate(time.monotonic())
+        span_s = self._changed_s - self._started_s
+        if span_s <= 0:  # read in the same instant as the reset: the average is the value
+            our, _, queued, _ = self._state
+            return {"our_in_flight_time_avg": our, "queued_time_avg": queued, "span_s": 0.0}
+        return {
+            "our_in_flight_time_avg": round(self._our_in_flight_s / span_s, 6),
+            "queued_time_avg": round(self._queued_s / span_s, 6),
+            "span_s": round(span_s, 6),
+        }
+
+    def timeline(self, since: float | None = None) -> list[tuple[float, int, int, int, int]]:
+        return [s for s in self.samples if since is None or s[0] >= since]
+
+    def _current(self) -> tuple[int, int, int, int]:
+        gate = self.gate
+        return gate.our_in_flight, gate.foreign_in_flight, gate.our_queued, gate.slots
+
+    def _integrate(self, now_s: float) -> None:
+        dt_s = now_s - self._changed_s
+        our, _, queued, _ = self._state
+        self._our_in_flight_s += our * dt_s
+        self._queued_s += queued * dt_s
+        self._changed_s = now_s
+
+    def _sample(self) -> None:
+        self.samples.append((round(time.time(), 4), *self._state))
 
 
 class NoojeeSimulator:
@@ -152,6 +271,9 @@ class NoojeeSimulator:
         # A private copy, so /_config and consumed scripts never leak into the caller's object.
         self.config = replace(config, scripts={})
         self.gate = SlotGate(config.slots)
+        self.recorder = GateRecorder(self.gate)
+        self.gate.on_change = self.recorder.observe
+        self._foreign_calls: set[asyncio.Task[None]] = set()
         self._rng = random.Random(config.seed)
         self.scripts: dict[str, list[int]] = {k: list(v) for k, v in config.scripts.items()}
         self.leads: dict[str, dict[str, Any]] = {}
@@ -164,27 +286,52 @@ class NoojeeSimulator:
             [
                 (f"{API_PREFIX}/updateLeadFast", _CallHandler, {**sim, "kind": "update"}),
                 (f"{API_PREFIX}/insertLeadFast", _CallHandler, {**sim, "kind": "insert"}),
-                (r"/_(stats|script|config|reset)", _AdminHandler, sim),
+                (r"/_(stats|script|config|reset|foreign|peaks|timeline)", _AdminHandler, sim),
                 (r"/_(leads)/(.+)", _AdminHandler, sim),
             ],
             log_function=_log_request,
         )
 
     def stats(self) -> dict[str, Any]:
-        """What GET /_stats answers; `calls` counts calls that reached the PBX (incl. 109)."""
+        """What GET /_stats answers; `calls` counts calls that reached the PBX (incl. 109).
+
+        in_flight, queued, peak_in_flight and peak_queued count every caller, foreign ones
+        included; the our_* and foreign_* counts split them. The *_time_avg values are exact
+        time averages since the last reset, over `averaged_over_s` seconds.
+        """
+        gate = self.gate
+        averages = self.recorder.averages()
         return {
             "calls": self.calls,
             "answers": {str(code): n for code, n in sorted(self.answers.items())},
             "http_401": self.http_401,
             "calls_by_lead": dict(self.calls_by_lead),
-            "in_flight": self.gate.in_flight,
-            "queued": self.gate.queued,
-            "peak_in_flight": self.gate.peak_in_flight,
-            "peak_queued": self.gate.peak_queued,
-            "slots": self.gate.slots,
+            "in_flight": gate.in_flight,
+            "our_in_flight": gate.our_in_flight,
+            "foreign_in_flight": gate.foreign_in_flight,
+            "queued": gate.queued,
+            "our_queued": gate.our_queued,
+            "foreign_queued": gate.foreign_queued,
+            "peak_in_flight": gate.peak_in_flight,
+            "peak_our_in_flight": gate.peak_our_in_flight,
+            "peak_our_in_flight_since_reset": self.recorder.peak_our_in_flight,
+            "peak_queued": gate.peak_queued,
+            "slots": gate.slots,
             "busy_slot_s": round(self.busy_slot_s, 6),
+            "foreign_busy_slot_s": round(self.foreign_busy_slot_s, 6),
+            "our_in_flight_time_avg": averages["our_in_flight_time_avg"],
+            "queued_time_avg": averages["queued_time_avg"],
+            "averaged_over_s": averages["span_s"],
             "started_at": self.started_at,
         }
+
+    def timeline(self, since: str | None) -> dict[str, Any]:
+        """What GET /_timeline answers: every recorded change, those at t >= since if given."""
+        try:
+            since_t = None if since is None else float(since)
+        except ValueError:
+            raise ValueError(f"since must be a number (epoch seconds), got {since!r}") from None
+        return {"samples": self.recorder.timeline(since_t)}
 
     async def call(self, kind: str, args: dict[str, str], body: bytes) -> tuple[int, Any]:
         """Answer one insert/update call: (HTTP status, JSON answer or plain-text error)."""
@@ -246,11 +393,55 @@ class NoojeeSimulator:
             self.gate.set_slots(body["slots"])
         return {key: getattr(self.config, key) for key in sorted(allowed)}
 
-    def reset(self) -> dict[str, Any]:
+    async def foreign(self, body: Any) -> dict[str, Any]:
+        """Apply {"slots": N, "duration_s": D}: another client takes N more slots for D seconds.
+
+        Its N calls queue FIFO like any caller and each hangs up D seconds after this request,
+        whether or not it got a slot by then; holds add up. {"slots": 0} ends every foreign
+        hold at once. Answers without waiting for the slots; ValueError if the body is bad.
+        """
+        slots, duration_s = _foreign_request(body)
+        if slots == 0:
+            await self.end_foreign()
+            return {"holding": 0, "until": round(time.time(), 4)}
+        until = time.time() + duration_s
+        until_s = asyncio.get_running_loop().time() + duration_s
+        for _ in range(slots):
+            task = asyncio.create_task(self._foreign_call(until_s))
+            self._foreign_calls.add(task)
+            task.add_done_callback(self._foreign_calls.discard)
+        await asyncio.sleep(0)  # let them take their slots or queue before we answer
+        return {"holding": slots, "until": round(until, 4)}
+
+    async def end_foreign(self) -> None:
+        """Hang up every foreign call: holders release their slots, queued ones leave."""
+        calls = list(self._foreign_calls)
+        for task in calls:
+            task.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+
+    def reset_peaks(self) -> dict[str, Any]:
+        """What POST /_peaks answers: the peaks of the window it closes; a new one starts now."""
+        return self.gate.reset_peaks()
+
+    async def reset(self) -> dict[str, Any]:
+        await self.end_foreign()
         self.scripts.clear()
         self.leads.clear()
         self._reset_stats()
         return {"reset": True}
+
+    async def _foreign_call(self, until_s: float) -> None:
+        """One call of the foreign client: queue like anyone, hold the slot until until_s."""
+        loop = asyncio.get_running_loop()
+        if not await self.gate.acquire(max(0.0, until_s - loop.time()), foreign=True):
+            return  # the hold ended before a slot came free: give up without holding
+        started_s = loop.time()
+        try:
+            await asyncio.sleep(until_s - started_s)
+        finally:
+            self.foreign_busy_slot_s += loop.time() - started_s
+            self.gate.release(foreign=True)
 
     def _reset_stats(self) -> None:
         self.calls = 0
@@ -258,8 +449,10 @@ class NoojeeSimulator:
         self.http_401 = 0
         self.calls_by_lead: Counter[str] = Counter()
         self.busy_slot_s = 0.0
+        self.foreign_busy_slot_s = 0.0
         self.started_at = time.time()
         self.gate.reset_peaks()
+        self.recorder.reset()
 
     def _service_time_s(self) -> float:
         """Uniform in latency_s +/- jitter_s, never under Noojee's documented 100 ms.
@@ -337,14 +530,29 @@ def _is_callback_date(value: Any) -> bool:
         return False
 
 
+def _foreign_request(body: Any) -> tuple[int, float]:
+    """(slots, duration_s) from a POST /_foreign body; duration_s may be left out for slots 0."""
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object")
+    allowed = {"slots", "duration_s"}
+    if unknown := sorted(set(body) - allowed):
+        raise ValueError(f"unknown setting {unknown[0]!r}; allowed: {sorted(allowed)}")
+    slots: Any = body.get("slots")
+    if not (_is_int(slots) and slots >= 0):
+        raise ValueError(f"slots must be a non-negative integer, got {slots!r}")
+    duration_s: Any = body.get("duration_s", 0 if slots == 0 else None)
+    number_ok = _is_int(duration_s) or isinstance(duration_s, float)
+    if not (number_ok and math.isfinite(duration_s) and duration_s >= 0):  # no NaN, Infinity
+        raise ValueError(f"duration_s must be a non-negative number, got {duration_s!r}")
+    return slots, float(duration_s)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _log_request(handler: tornado.web.RequestHandler) -> None:
-    # Path only: the query string carries the apiKey, which must never reach a log.
-    request = handler.request
-    log.debug("%s %s %d", request.method, request.path, handler.get_status())
+# Path only: the query string carries the apiKey, which must never reach a log.
+_log_request = log_paths_only(log)
 
 
 class _SimHandler(tornado.web.RequestHandler):
@@ -353,10 +561,7 @@ class _SimHandler(tornado.web.RequestHandler):
         self.kind = kind
 
     def reply(self, status: int, body: Any) -> None:
-        self.set_status(status)
-        text = isinstance(body, str)
-        self.set_header("Content-Type", "text/plain; charset=UTF-8" if text else "application/json")
-        self.finish(body if text else json.dumps(body))
+        send(self, status, body, "text/plain")
 
 
 class _CallHandler(_SimHandler):
@@ -366,28 +571,32 @@ class _CallHandler(_SimHandler):
 
 
 class _AdminHandler(_SimHandler):
-    """GET /_stats, GET /_leads/ID; POST /_script, /_config, /_reset (no apiKey)."""
+    """GET /_stats, /_timeline, /_leads/ID; POST /_script, /_config, /_foreign, /_peaks,
+    /_reset (no apiKey)."""
 
     async def get(self, action: str, lead_id: str = "") -> None:
         if action == "stats":
             return self.reply(200, self.sim.stats())
+        if action == "timeline":
+            try:
+                return self.reply(200, self.sim.timeline(self.get_query_argument("since", None)))
+            except ValueError as exc:
+                return self.reply(400, {"error": str(exc)})
         if action != "leads":
             raise tornado.web.HTTPError(405)
         lead = self.sim.leads.get(lead_id)
         self.reply(*((200, lead) if lead is not None else (404, {"error": "unknown lead"})))
 
     async def post(self, action: str) -> None:
-        actions: dict[str, Callable[[Any], dict[str, Any]]] = {
+        Answer = dict[str, Any]
+        actions: dict[str, Callable[[Any], Answer | Awaitable[Answer]]] = {
             "script": self.sim.set_scripts,
             "config": self.sim.configure,
+            "foreign": self.sim.foreign,
+            "peaks": lambda _body: self.sim.reset_peaks(),
             "reset": lambda _body: self.sim.reset(),
         }
-        if action not in actions:
-            raise tornado.web.HTTPError(405)
-        try:
-            self.reply(200, actions[action](json.loads(self.request.body or b"{}")))
-        except ValueError as exc:  # including a body that is not JSON
-            self.reply(400, {"error": str(exc)})
+        await run_admin_action(actions, action, self.request.body, self.reply)
 
 
 def serve(
@@ -397,40 +606,8 @@ def serve(
     ready: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
 ) -> None:
-    """Run the simulator until SIGINT/SIGTERM (blocking).
-
-    `port=0` picks a free port; `ready(port)` is called once listening. Signals are handled only
-    when called from the main thread; to run it in a background thread (tests), pass `stop`:
-    serve() closes the server and returns once `stop` is set.
-    """
-
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        done = asyncio.Event()
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, done.set)
-        if stop is not None:
-            # threading.Event is not awaitable: a daemon thread forwards it into the loop.
-            def forward_stop() -> None:
-                stop.wait()
-                with contextlib.suppress(RuntimeError):  # the loop already ended on a signal
-                    loop.call_soon_threadsafe(done.set)
-
-            threading.Thread(target=forward_stop, name="noojee-sim-stop", daemon=True).start()
-
-        sockets = tornado.netutil.bind_sockets(port, host)
-        server = tornado.httpserver.HTTPServer(NoojeeSimulator(config).make_app())
-        server.add_sockets(sockets)
-        try:
-            if ready is not None:
-                ready(sockets[0].getsockname()[1])
-            await done.wait()
-        finally:
-            server.stop()
-            await server.close_all_connections()
-
-    asyncio.run(run())
+    """Run the simulator until SIGINT/SIGTERM, or until `stop` is set (``serve_app``)."""
+    serve_app(lambda: NoojeeSimulator(config).make_app(), host, port, ready, stop, "noojee")
 
 
 def _script_arg(text: str) -> tuple[str, list[int]]:
@@ -450,8 +627,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Simulate Noojee Contact's CampaignAPI (updateLeadFast, insertLeadFast) "
         "with a PBX of limited slots: calls queue FIFO and fail with 109 after --queue-timeout. "
         "Times are in seconds.",
-        epilog="Admin (no apiKey): GET /_stats, GET /_leads/ID, POST /_script {lead, codes}, "
-        "POST /_config {slots, latency_s, jitter_s, queue_timeout_s}, POST /_reset.",
+        epilog="Admin (no apiKey): GET /_stats, GET /_leads/ID, GET /_timeline?since=T, "
+        "POST /_script {lead, codes}, POST /_config {slots, latency_s, jitter_s, queue_timeout_s}, "
+        "POST /_foreign {slots, duration_s} (another client holds slots; slots 0 ends holds), "
+        "POST /_peaks (restart the peak counters), POST /_reset.",
     )
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
@@ -477,15 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
 
-    def announce(port: int) -> None:
-        url = f"http://{args.host}:{port}"
-        print(f"noojee simulator listening on {url} (slots={config.slots})", flush=True)
-        if args.port_file:
-            # Write then rename, so a parent polling the file never reads a partial number.
-            with open(f"{args.port_file}.tmp", "w") as f:
-                f.write(f"{port}\n")
-            os.replace(f"{args.port_file}.tmp", args.port_file)
-
+    announce = announcer("noojee", args.host, args.port_file, f"slots={config.slots}")
     serve(config, args.host, args.port, ready=announce)
     return 0
 

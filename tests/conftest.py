@@ -4,7 +4,9 @@ worker process and Flower, with timeouts scaled down from minutes to seconds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,9 +27,11 @@ TEST_ENV = {
     "CONTACTSYNC_RETRY__MAX_DELAY_S": "1",
     "CONTACTSYNC_RETRY__FAST_WINDOW_S": "0.5",
     "CONTACTSYNC_RETRY__FAULT_ATTEMPTS": "3",
+    "CONTACTSYNC_GATE__MAX_WAIT_S": "0.5",
     "CONTACTSYNC_VISIBILITY_TIMEOUT_S": "14",
     "CONTACTSYNC_WORKER_CONCURRENCY": "4",
     "CONTACTSYNC_FLOWER__PORT": "0",
+    "CONTACTSYNC_METRICS_PORT": "0",
 }
 
 
@@ -54,6 +58,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     finally:
         stack.stop()
         _clean_environment()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Valkey (the embedded binary) on a free port, for tests that need only Redis."""
+    from worker.embedded import EmbeddedRedis
+
+    with EmbeddedRedis.under(tmp_path_factory.mktemp("valkey")) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def client(redis_server: str) -> Iterator[Any]:
+    """A client (replies as str) of the private server of ``redis_server``. One for the session:
+    the process's lease keeper renews permits through the client their gate was built with, so
+    closing it under a test's feet would break renewals of gates still holding permits."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server, decode_responses=True)
+    yield client
+    client.close()
 
 
 class Simulator:
@@ -143,6 +168,62 @@ def run_cli(
         [sys.executable, "-m", "worker.cli", *args], cwd=cwd, capture_output=True, text=True,
         env={**os.environ, "COLUMNS": "250"} if env is None else env, timeout=60,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def simulator_in_thread(serve: Callable[..., None], config: Any) -> Iterator[httpx.Client]:
+    """``serve(config)`` of a simulator in a thread on a free port, and a client for it; the
+    server is stopped and joined on exit."""
+    import queue
+    import threading
+
+    ports: queue.Queue[int] = queue.Queue()
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=serve, args=(config,), kwargs={"port": 0, "ready": ports.put, "stop": stop}
+    )
+    thread.start()
+    try:
+        port = ports.get(timeout=3)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=3) as client:
+            yield client
+    finally:
+        stop.set()
+        thread.join(timeout=3)
+        assert not thread.is_alive(), "serve() did not return after stop was set"
+
+
+def wait_briefly(condition: Callable[[], bool], deadline_s: float = 3.0) -> None:
+    """Poll ``condition`` every 5 ms (simulator state changes in milliseconds)."""
+    give_up = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < give_up, "condition not met before the deadline"
+        time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def simulator_cli(
+    name: str, *args: str, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """``python -m sandbox.NAME --port 0 --port-file F ARGS`` as a person runs it. Yields the
+    process, its base URL and the line it printed; on leaving, SIGTERM must stop it cleanly."""
+    port_file = tmp_path / f"{name}.port"
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", f"sandbox.{name}", "--port", "0", "--port-file", str(port_file),
+         *args],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(port_file.exists, 5, f"the {name} simulator's port file")
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        yield process, f"http://127.0.0.1:{int(port_file.read_text())}", line
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+    finally:
+        process.kill()
+        process.wait()
 
 
 def log_text(directory: Path) -> str:

@@ -4,15 +4,9 @@ Each test starts its own server on a free port in a background thread and stops 
 from __future__ import annotations
 
 import asyncio
-import os
-import queue
-import signal
-import subprocess
-import sys
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +15,8 @@ import pytest
 from httpx import Response
 
 from sandbox.noojee import NoojeeSimConfig, serve
+from tests.conftest import simulator_cli, simulator_in_thread
+from tests.conftest import wait_briefly as wait_for
 
 pytestmark = pytest.mark.timeout(5)
 
@@ -32,36 +28,14 @@ JANE = {"FirstPhone": "0383218199", "Name": "Jane Smith", "njDisposition": "Sale
 FAST = {"latency_s": 0.01, "jitter_s": 0.0}
 
 
-@contextmanager
-def simulator(**settings: Any) -> Iterator[httpx.Client]:
+def simulator(**settings: Any) -> contextlib.AbstractContextManager[httpx.Client]:
     """A running simulator and a client for it; the server is stopped and joined on exit."""
-    ports: queue.Queue[int] = queue.Queue()
-    stop = threading.Event()
-    config = NoojeeSimConfig(**{**FAST, **settings})
-    thread = threading.Thread(
-        target=serve, args=(config,), kwargs={"port": 0, "ready": ports.put, "stop": stop}
-    )
-    thread.start()
-    try:
-        port = ports.get(timeout=3)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=3) as client:
-            yield client
-    finally:
-        stop.set()
-        thread.join(timeout=3)
-        assert not thread.is_alive(), "serve() did not return after stop was set"
+    return simulator_in_thread(serve, NoojeeSimConfig(**{**FAST, **settings}))
 
 
 def update(client: httpx.Client, lead: str, fields: dict[str, Any], **params: str) -> Response:
     query = {**IDS, "njExternalLeadId": lead, "apiKey": KEY, **params}
     return client.post(UPDATE, params=query, json=fields)
-
-
-def wait_for(condition: Callable[[], bool], deadline_s: float = 3.0) -> None:
-    give_up = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < give_up, "condition not met before the deadline"
-        time.sleep(0.005)
 
 
 async def concurrent_updates(base_url: str, leads: list[str]) -> list[Response]:
@@ -230,26 +204,240 @@ def test_config_rejects_unknown_settings_and_reset_clears_everything() -> None:
 
 
 def test_cli_prints_its_address_writes_the_port_file_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port_file = tmp_path / "port"
-    root = Path(__file__).resolve().parents[1]
-    argv = ["--port", "0", "--port-file", str(port_file), "--slots", "2", "--script", "L1=110,0"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox.noojee", *argv],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(port_file.exists, deadline_s=4)
-        port = int(port_file.read_text())
-        assert process.stdout is not None
-        line = process.stdout.readline().strip()
-        assert line == f"noojee simulator listening on http://127.0.0.1:{port} (slots=2)"
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=3) as client:
+    args = ("--slots", "2", "--script", "L1=110,0")
+    with simulator_cli("noojee", *args, tmp_path=tmp_path) as (_, url, line):
+        assert line == f"noojee simulator listening on {url} (slots=2)"
+        with httpx.Client(base_url=url, timeout=3) as client:
             assert update(client, "L1", JANE).json()["code"] == 110
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=3) == 0
-    finally:
-        process.kill()
-        process.wait()
+
+
+def stats(client: httpx.Client) -> dict[str, Any]:
+    answer: dict[str, Any] = client.get("/_stats").json()
+    return answer
+
+
+def foreign(client: httpx.Client, slots: int, duration_s: float) -> dict[str, Any]:
+    answer = client.post("/_foreign", json={"slots": slots, "duration_s": duration_s})
+    assert answer.status_code == 200, answer.text
+    hold: dict[str, Any] = answer.json()
+    return hold
+
+
+def test_foreign_hold_takes_slots_so_our_call_waits_and_is_not_counted_as_ours() -> None:
+    with simulator(slots=2, latency_s=0.05, queue_timeout_s=4.0) as client:
+        hold = foreign(client, 2, 0.6)
+        assert hold["holding"] == 2 and hold["until"] == pytest.approx(time.time() + 0.6, abs=0.2)
+        held = stats(client)
+        assert (held["foreign_in_flight"], held["our_in_flight"], held["in_flight"]) == (2, 0, 2)
+
+        # Our call queues behind the foreign client and is answered only once its hold ends.
+        assert update(client, "A", JANE).json()["code"] == 0
+        assert time.time() >= hold["until"] + 0.05 - 0.02
+
+        after = stats(client)
+        assert (after["calls"], after["answers"], after["calls_by_lead"]) == (1, {"0": 1}, {"A": 1})
+        assert after["busy_slot_s"] == pytest.approx(0.05, abs=0.03)
+        assert after["foreign_busy_slot_s"] == pytest.approx(2 * 0.6, abs=0.15)
+        assert (after["foreign_in_flight"], after["in_flight"], after["queued"]) == (0, 0, 0)
+        assert (after["peak_in_flight"], after["peak_our_in_flight"]) == (2, 1)
+
+
+def test_foreign_calls_queue_fifo_behind_ours_and_ahead_of_later_ones() -> None:
+    with simulator(slots=1, latency_s=0.3, queue_timeout_s=4.0) as client:
+        thread, answers = fire_in_background(str(client.base_url), ["A"])
+        wait_for(lambda: stats(client)["our_in_flight"] == 1)
+        hold = foreign(client, 1, 0.8)  # A holds the only slot: the foreign call queues
+        queued = stats(client)
+        assert (queued["foreign_queued"], queued["our_queued"], queued["queued"]) == (1, 0, 1)
+
+        # B arrives after the foreign call, so it waits for the whole foreign hold.
+        assert update(client, "B", JANE).json()["code"] == 0
+        assert time.time() >= hold["until"] + 0.3 - 0.02
+        thread.join(timeout=4)
+        assert [answer.json()["code"] for answer in answers] == [0]
+        after = stats(client)
+        assert after["foreign_busy_slot_s"] == pytest.approx(0.8 - 0.3, abs=0.1)
+        assert (after["calls"], after["foreign_queued"], after["foreign_in_flight"]) == (2, 0, 0)
+
+
+def test_a_foreign_call_still_queued_when_its_duration_ends_gives_up_without_holding() -> None:
+    with simulator(slots=1, latency_s=0.6, queue_timeout_s=4.0) as client:
+        thread, answers = fire_in_background(str(client.base_url), ["A"])
+        wait_for(lambda: stats(client)["our_in_flight"] == 1)
+        foreign(client, 1, 0.15)
+        assert stats(client)["foreign_queued"] == 1
+        wait_for(lambda: stats(client)["foreign_queued"] == 0)
+
+        gave_up = stats(client)
+        assert (gave_up["foreign_in_flight"], gave_up["foreign_busy_slot_s"]) == (0, 0)
+        assert gave_up["our_in_flight"] == 1  # A (0.6 s) still holds the slot: no one got it
+        thread.join(timeout=4)
+        assert [answer.json()["code"] for answer in answers] == [0]
+        assert stats(client)["peak_in_flight"] == 1
+
+
+def test_foreign_slots_0_and_reset_end_every_hold_at_once() -> None:
+    with simulator(slots=2, queue_timeout_s=4.0) as client:
+        foreign(client, 1, 30)
+        foreign(client, 1, 30)  # holds add up
+        thread, answers = fire_in_background(str(client.base_url), ["A"])
+        wait_for(lambda: stats(client)["our_queued"] == 1)
+
+        assert client.post("/_foreign", json={"slots": 0}).json()["holding"] == 0
+        ended = stats(client)
+        assert (ended["foreign_in_flight"], ended["foreign_queued"]) == (0, 0)
+        assert ended["foreign_busy_slot_s"] < 2  # the time actually held, not 2 x 30 s
+        thread.join(timeout=4)
+        assert [answer.json()["code"] for answer in answers] == [0]  # admitted at once
+
+        foreign(client, 3, 30)  # two hold, one queues
+        held = stats(client)
+        assert (held["foreign_in_flight"], held["foreign_queued"], held["our_queued"]) == (2, 1, 0)
+        assert client.post("/_reset").json() == {"reset": True}
+        reset = stats(client)
+        assert (reset["foreign_in_flight"], reset["foreign_queued"], reset["queued"]) == (0, 0, 0)
+        assert (reset["foreign_busy_slot_s"], reset["peak_in_flight"]) == (0, 0)
+        assert update(client, "B", JANE).json()["code"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        [],
+        {"duration_s": 1},
+        {"slots": -1, "duration_s": 1},
+        {"slots": 1.5, "duration_s": 1},
+        {"slots": True, "duration_s": 1},
+        {"slots": 1},
+        {"slots": 1, "duration_s": -0.5},
+        {"slots": 1, "duration_s": "1"},
+        {"slots": 1, "duration_s": None},
+        {"slots": 1, "duration_s": 1, "until": 5},
+    ],
+)
+def test_foreign_refuses_a_bad_body_with_400_and_holds_nothing(body: Any) -> None:
+    with simulator() as client:
+        kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
+        answer = client.post("/_foreign", **kwargs)
+        assert answer.status_code == 400 and answer.json()["error"]
+        assert stats(client)["foreign_in_flight"] == 0
+
+
+def test_foreign_refuses_infinite_duration_and_timeline_refuses_a_bad_since() -> None:
+    with simulator() as client:
+        infinity = b'{"slots": 1, "duration_s": Infinity}'  # which json.loads accepts
+        infinite = client.post("/_foreign", content=infinity)
+        assert infinite.status_code == 400 and "duration_s" in infinite.json()["error"]
+        bad_since = client.get("/_timeline", params={"since": "yesterday"})
+        assert bad_since.status_code == 400 and "since" in bad_since.json()["error"]
+
+
+def test_timeline_records_one_sample_per_change_and_filters_by_since() -> None:
+    started = time.time()
+    with simulator(slots=1, latency_s=0.05, queue_timeout_s=4.0) as client:
+        asyncio.run(concurrent_updates(str(client.base_url), ["A", "B"]))
+        client.post("/_config", json={"slots": 3})
+        foreign(client, 1, 0.1)
+        wait_for(lambda: stats(client)["foreign_in_flight"] == 0)
+
+        samples = client.get("/_timeline").json()["samples"]
+        # [our_in_flight, foreign_in_flight, queued (ours), slots] at each change, in order.
+        assert [s[1:] for s in samples] == [
+            [0, 0, 0, 1],  # the state at start (or at the last reset)
+            [1, 0, 0, 1],  # A takes the slot
+            [1, 0, 1, 1],  # B queues
+            [1, 0, 0, 1],  # A hangs up, B takes the slot in the same instant
+            [0, 0, 0, 1],  # B hangs up
+            [0, 0, 0, 3],  # /_config slots 3
+            [0, 1, 0, 3],  # the foreign call holds a slot
+            [0, 0, 0, 3],  # and gives it back after 0.1 s
+        ]
+        times = [s[0] for s in samples]
+        assert times == sorted(times) and started - 1 <= times[0] and times[-1] <= time.time()
+        assert times[-1] - times[-2] == pytest.approx(0.1, abs=0.05)
+
+        since = samples[5][0]
+        recent = client.get("/_timeline", params={"since": since}).json()["samples"]
+        assert recent == [s for s in samples if s[0] >= since] and 3 <= len(recent) < len(samples)
+
+        client.post("/_reset")
+        assert [s[1:] for s in client.get("/_timeline").json()["samples"]] == [[0, 0, 0, 3]]
+
+
+def test_time_averages_are_exact_integrals_since_the_reset() -> None:
+    with simulator(slots=1, latency_s=0.8, queue_timeout_s=4.0) as client:
+        thread, answers = fire_in_background(str(client.base_url), ["A", "B"])
+        wait_for(lambda: stats(client)["our_queued"] == 1)
+        client.post("/_reset")  # from here on: one call in flight and one queued, throughout
+
+        wait_for(lambda: stats(client)["averaged_over_s"] >= 0.3)
+        steady = stats(client)
+        assert steady["our_in_flight"] == 1 and steady["our_queued"] == 1  # nothing changed
+        assert steady["our_in_flight_time_avg"] == pytest.approx(1.0, abs=1e-3)
+        assert steady["queued_time_avg"] == pytest.approx(1.0, abs=1e-3)
+
+        # Later: one call held the slot until B ended; B was queued until A ended, and B ran
+        # for exactly latency_s, so the two integrals differ by 0.8 slot-seconds.
+        thread.join(timeout=4)
+        assert [answer.json()["code"] for answer in answers] == [0, 0]
+        done = stats(client)
+        span_s = done["averaged_over_s"]
+        in_flight_s = done["our_in_flight_time_avg"] * span_s
+        queued_s = done["queued_time_avg"] * span_s
+        assert in_flight_s - queued_s == pytest.approx(0.8, abs=0.05)
+        assert 0 < done["our_in_flight_time_avg"] < 1 and done["peak_our_in_flight"] == 1
+
+
+def test_foreign_calls_do_not_count_in_our_time_average_or_our_peaks() -> None:
+    with simulator(slots=2) as client:
+        client.post("/_reset")
+        foreign(client, 2, 0.2)
+        wait_for(lambda: stats(client)["foreign_in_flight"] == 0)
+        after = stats(client)
+        assert (after["our_in_flight_time_avg"], after["queued_time_avg"]) == (0, 0)
+        assert (after["peak_our_in_flight"], after["peak_our_in_flight_since_reset"]) == (0, 0)
+        assert after["peak_in_flight"] == 2
+
+
+def test_peaks_endpoint_restarts_only_the_peak_window() -> None:
+    with simulator(slots=3, latency_s=0.3, queue_timeout_s=4.0) as client:
+        thread, _ = fire_in_background(str(client.base_url), ["A", "B", "C", "D"])
+        wait_for(lambda: stats(client)["our_in_flight"] == 3)
+        thread.join(timeout=4)
+
+        closed = client.post("/_peaks").json()
+        assert closed == {"peak_in_flight": 3, "peak_our_in_flight": 3, "peak_queued": 1}
+        window = stats(client)
+        assert (window["peak_in_flight"], window["peak_our_in_flight"]) == (0, 0)
+        assert (window["peak_queued"], window["peak_our_in_flight_since_reset"]) == (0, 3)
+        assert (window["calls"], window["calls_by_lead"]["D"]) == (4, 1)  # the rest is kept
+
+        foreign(client, 1, 0.05)
+        wait_for(lambda: stats(client)["foreign_in_flight"] == 0)
+        assert (stats(client)["peak_in_flight"], stats(client)["peak_our_in_flight"]) == (1, 0)
+        client.post("/_reset")
+        assert stats(client)["peak_our_in_flight_since_reset"] == 0
+
+
+def test_lowering_slots_under_foreign_holds_admits_no_one_until_under_the_new_count() -> None:
+    with simulator(slots=2, latency_s=0.05, queue_timeout_s=4.0) as client:
+        foreign(client, 1, 0.3)
+        last = foreign(client, 1, 0.8)
+        client.post("/_config", json={"slots": 1})
+        thread, answers = fire_in_background(str(client.base_url), ["A"])
+        wait_for(lambda: stats(client)["our_queued"] == 1)
+
+        # The first hold ends: 1 call still holds a slot, which is the new count, so A waits.
+        wait_for(lambda: stats(client)["foreign_in_flight"] == 1)
+        waiting = stats(client)
+        assert (waiting["in_flight"], waiting["our_queued"], waiting["slots"]) == (1, 1, 1)
+        thread.join(timeout=4)
+        assert [answer.json()["code"] for answer in answers] == [0]
+        assert time.time() >= last["until"] + 0.05 - 0.02
+
+        # The holders ran over the new count for a while, but A only ever ran alone.
+        samples = client.get("/_timeline").json()["samples"]
+        after_lowering = [s[1:3] for s in samples if s[4] == 1]
+        assert [0, 2] in after_lowering and [1, 0] in after_lowering
+        assert all(theirs == 0 for our, theirs in after_lowering if our)
