@@ -59,4 +59,4 @@ WORKDIR /app
 USER 10001:10001
 
 # Overridden per service in docker-compose.yml (flower, sandbox-noojee).
-CMD ["celery", "-A", "worker", "worker", "--loglevel", "INFO"]
+CMD ["celery", "-A", "worker", "worker", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]

@@ -6,6 +6,10 @@ and DEADLETTER (ledger ``rejected``), sent as task events; the task then ends wi
 SUCCESS or FAILURE overwrites them. (Celery's own ``task-rejected`` event would not do: Flower
 ranks REJECTED before STARTED and would keep showing STARTED.)
 
+Every call goes through its destination's concurrency gate (``worker/gate.py``) when the connector
+has one: the permit is taken just before the call and given back, with the call's latency, right
+after it. A job that gets no permit within the gate's wait goes back to its queue unchanged.
+
 Every answer is recorded in the job's history before it is settled. A worker that finds a job
 whose last entry is an answer that was never settled (Redis failed in between) settles that answer
 instead of calling again: a 110 conflict is never sent twice by accident.
@@ -39,6 +43,7 @@ from tenacity import (
 
 from tasks.models import JobModel, JobValidationError, model_for
 from tasks.outcomes import Delivered, Outcome, Reauth, Rejected, Retry, Review
+from worker.gate import BUSY, NONE, OK, Gate, Permit
 from worker.ledger import DELIVERED, REJECTED, RETRYING, REVIEW, Ledger, LedgerConflict, now_ms
 from worker.redaction import scrub
 from worker.runtime import ledger as runtime_ledger
@@ -60,17 +65,35 @@ class NotConfigured(RuntimeError):
     wait (retrying) until the configuration is fixed, and the worker logs this error."""
 
 
+class NoPermit(Exception):
+    """The gate gave no permit within its wait: the job goes back to its queue, unchanged."""
+
+
 @dataclass(frozen=True)
 class Answer:
     """What one call produced: the outcome, and the destination's answer as text (codes and
-    messages only: connectors must not put request data or contact data in it)."""
+    messages only: connectors must not put request data or contact data in it).
+
+    measured: the destination processed the call (its latency says how loaded it is, a sample
+    for the adaptive gate); False for transport errors and answers given before any work.
+    """
 
     outcome: Outcome
     answer: str = ""
+    measured: bool = False
 
 
 class Connector(Protocol):
-    """A destination's client: one call for one job, classified by the destination's table."""
+    """A destination's client: one call for one job, classified by the destination's table.
+    ``gate`` limits the calls in flight to the destination across the fleet (None: no limit)."""
+
+    gate: Gate | None
+
+    def prepare(self, job: JobModel) -> Callable[[], Answer]:
+        """Build the request; the returned function sends it and classifies the answer. Built
+        before a permit is taken, so a permit covers the call alone and the next call is ready
+        to go the moment one is handed over."""
+        ...
 
     def send(self, job: JobModel) -> Answer: ...
 
@@ -145,18 +168,24 @@ class DeliveryTask(Task):
             reason = "payload no longer valid: " + "; ".join(f"{p}: {m}" for p, m in problems)
             return self._settle(ledger, job_id, token, Rejected("invalid-payload", reason))
 
-        return self._settle(ledger, job_id, token, self._attempt(ledger, job_id, job))
+        try:
+            outcome = self._attempt(ledger, job_id, job, record.priority)
+        except NoPermit:
+            # The destination is at its limit: back to the queue, no retry spent, and this
+            # thread is free for jobs of other queues.
+            ledger.unclaim(job_id, token, claim.detail)
+            raise Reject(requeue=True) from None
+        return self._settle(ledger, job_id, token, outcome)
 
     # -- calling ------------------------------------------------------------------------------
-    def _attempt(self, ledger: Ledger, job_id: str, job: JobModel) -> Outcome:
+    def _attempt(self, ledger: Ledger, job_id: str, job: JobModel, priority: str) -> Outcome:
         """Call the destination. Only "busy" answers (Noojee 109) are retried in-process, for
         ``retry.fast_window_s``: the destination is up and a slot frees within moments. Faults
         (a destination that is down) back off through Redis from the first one, so a short
         outage does not burn through the fault budget in seconds."""
 
         def call() -> Outcome:
-            started = time.monotonic()
-            answer = self._call_once(job)
+            answer, latency_s, waited_s = self._call_once(job, priority)
             outcome = answer.outcome
             fault = isinstance(outcome, Reauth) or (isinstance(outcome, Retry) and outcome.bounded)
             secrets = self._secrets()
@@ -164,7 +193,7 @@ class DeliveryTask(Task):
                 "at": now_ms(), "event": "attempt", "outcome": type(outcome).__name__.lower(),
                 "code": outcome.code, "reason": scrub(outcome.reason, secrets),
                 "answer": scrub(answer.answer, secrets)[:ANSWER_CHARS],
-                "latency_ms": round((time.monotonic() - started) * 1000),
+                "latency_ms": round(latency_s * 1000), "gate_wait_ms": round(waited_s * 1000),
                 "worker": self.request.hostname or "",
             }, fault=fault)  # fmt: skip
             return outcome
@@ -178,9 +207,39 @@ class DeliveryTask(Task):
         outcome: Outcome = retrying(call)
         return outcome
 
-    def _call_once(self, job: JobModel) -> Answer:
+    def _call_once(self, job: JobModel, priority: str) -> tuple[Answer, float, float]:
+        """One call, behind the destination's gate: (answer, call latency, gate wait) in s."""
         try:
-            return self.connector.send(job)
+            connector = self.connector
+        except NotConfigured as exc:
+            log.error("%s cannot deliver: %s", self.name, exc)
+            return Answer(Retry("not-configured", str(exc))), 0.0, 0.0
+        prepared = self._guarded(lambda: connector.prepare(job))
+        if isinstance(prepared, Answer):  # the request could not even be built
+            return prepared, 0.0, 0.0
+        gate, permit = connector.gate, None
+        if gate is not None:
+            permit = gate.acquire(priority)
+            if permit is None:
+                raise NoPermit(gate.name)
+        answer = Answer(Review("internal-error", "contactsync error; see the worker log"))
+        started = time.monotonic()
+        try:
+            sent = self._guarded(prepared)
+            if isinstance(sent, Answer):
+                answer = sent
+            else:  # a connector bug: a person looks
+                log.error("%s: the connector answered %s, not an Answer", self.name, type(sent))
+        finally:
+            latency_s = time.monotonic() - started
+            if gate is not None and permit is not None:
+                self._release(gate, permit, latency_s, answer)
+        return answer, latency_s, permit.waited_s if permit is not None else 0.0
+
+    def _guarded(self, step: Callable[[], Any]) -> Any:
+        """``step()``, or the Answer that settles the job if it raised."""
+        try:
+            return step()
         except NotConfigured as exc:
             log.error("%s cannot deliver: %s", self.name, exc)
             return Answer(Retry("not-configured", str(exc)))
@@ -190,6 +249,18 @@ class DeliveryTask(Task):
             log.error("connector error %s in %s:\n%s", type(exc).__name__, self.name, frames)
             return Answer(Review("internal-error", f"contactsync error {type(exc).__name__}; "
                                  "see the worker log, fix, then requeue"))  # fmt: skip
+
+    @staticmethod
+    def _release(gate: Gate, permit: Permit, latency_s: float, answer: Answer) -> None:
+        outcome = answer.outcome
+        signal = (
+            BUSY if isinstance(outcome, Retry) and outcome.busy
+            else OK if answer.measured else NONE
+        )  # fmt: skip
+        try:
+            gate.release(permit, latency_s, signal)
+        except RedisError as exc:  # the lease expires by itself within its TTL
+            log.warning("gate %s: could not release a permit: %s", gate.name, exc)
 
     def _secrets(self) -> list[str]:
         return self._connector.secrets() if self._connector is not None else []

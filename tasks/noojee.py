@@ -20,7 +20,9 @@ from tasks.delivery import Answer, DeliveryTask, NotConfigured
 from tasks.models import JobModel
 from tasks.outcomes import Delivered, Outcome, Rejected, Retry, Review
 from worker.app import app
-from worker.settings import NoojeeSettings, get_settings
+from worker.broker import redis_client
+from worker.gate import Gate, GateConfig, gate_name
+from worker.settings import NoojeeSettings, Settings, get_settings, mask_url_password
 
 NO_CHANGE = "<No Change>"
 CALLBACK_FORMAT = "%Y/%m/%d %H:%M"
@@ -219,6 +221,10 @@ TRANSPORT: dict[type[Exception], Rule] = {
 }
 TRANSPORT_OTHER = Rule("fault", "transport error talking to the PBX")
 
+#: Codes Noojee answers before the call reaches the PBX's slots: their latency says nothing
+#: about how loaded the PBX is.
+BEFORE_THE_PBX = frozenset({"113", "115", "116", "117"})
+
 
 def classify_answer(status: int, body: bytes) -> Outcome:
     """One Noojee HTTP answer → one outcome, by ``code`` (``Code`` tolerated)."""
@@ -268,41 +274,86 @@ def classify_transport(exc: Exception) -> Outcome:
 class NoojeeClient:
     """One pooled, thread-safe HTTP client per worker process for one PBX."""
 
-    def __init__(self, settings: NoojeeSettings, max_connections: int = 64) -> None:
+    def __init__(
+        self, settings: NoojeeSettings, max_connections: int = 64, gate: Gate | None = None
+    ) -> None:
         if settings.base_url is None:
             raise NotConfigured(
                 "CONTACTSYNC_NOOJEE__BASE_URL is not set: point it at the PBX "
                 "(https://pbx.example.com), or run `contactsync up` to use the simulator"
             )
         self._api_key = settings.api_key.get_secret_value()
+        self.gate = gate
         timeout = httpx.Timeout(
             connect=settings.connect_timeout_s, read=settings.read_timeout_s,
             write=settings.connect_timeout_s, pool=settings.connect_timeout_s,
         )  # fmt: skip
+        # Requests are built by the client (base URL, headers, timeouts) and sent straight to
+        # its transport: redirects, cookies and auth do not apply to this API, and skipping those
+        # layers shortens the moment between a permit handed over and the call on the wire.
+        self._transport = httpx.HTTPTransport(limits=httpx.Limits(max_connections=max_connections))
         self._http = httpx.Client(
             base_url=str(settings.base_url).rstrip("/"),
             timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections),
             headers={"Accept": "application/json"},
+            transport=self._transport,
         )
 
-    def send(self, job: JobModel) -> Answer:
+    def prepare(self, job: JobModel) -> Callable[[], Answer]:
         assert isinstance(job, NoojeeLeadUpdate | NoojeeLeadInsert)
         path, params, body = job.request()
+        request = self._http.build_request(
+            "POST", path, params={**params, "apiKey": self._api_key}, json=body
+        )
+        return lambda: self._exchange(request)
+
+    def send(self, job: JobModel) -> Answer:
+        """Build and send at once (tools and tests; deliveries prepare, then send)."""
+        return self.prepare(job)()
+
+    def _exchange(self, request: httpx.Request) -> Answer:
         try:
-            response = self._http.post(path, params={**params, "apiKey": self._api_key}, json=body)
+            response = self._transport.handle_request(request)
+            try:
+                response.read()
+            finally:
+                response.close()
         except httpx.TransportError as exc:
             return Answer(classify_transport(exc), type(exc).__name__)
         outcome = classify_answer(response.status_code, response.content)
-        return Answer(outcome, describe_answer(response))
+        measured = (
+            response.status_code < 500 and outcome.code.isdigit()
+            and outcome.code not in BEFORE_THE_PBX and not getattr(outcome, "busy", False)
+        )  # fmt: skip
+        return Answer(outcome, describe_answer(response), measured=measured)
 
     def secrets(self) -> list[str]:
         return [self._api_key]
 
 
+def pbx_gate(settings: Settings) -> Gate:
+    """The gate of the configured PBX: one per base URL, shared by insert and update, by every
+    worker, and adaptive unless CONTACTSYNC_NOOJEE__ADAPTIVE=false."""
+    noojee = settings.noojee
+    target = mask_url_password(str(noojee.base_url or "")).rstrip("/")
+    config = GateConfig(
+        maximum=noojee.max_concurrency,
+        adaptive=noojee.adaptive,
+        initial=noojee.initial_concurrency,
+        ttl_s=settings.gate.lease_ttl_s,
+        max_wait_s=settings.gate.max_wait_s,
+    )
+    return Gate(redis_client(), gate_name("noojee", target), config,
+                prefix=settings.key_prefix, target=target, destination="noojee")  # fmt: skip
+
+
 def _client() -> NoojeeClient:
     settings = get_settings()
-    return NoojeeClient(settings.noojee, max_connections=settings.worker_concurrency * 2)
+    return NoojeeClient(
+        settings.noojee,
+        max_connections=settings.worker_concurrency * 2,
+        gate=pbx_gate(settings) if settings.noojee.gate else None,
+    )
 
 
 class NoojeeDelivery(DeliveryTask):

@@ -172,6 +172,61 @@ def test_same_idempotency_key_twice_reaches_the_simulator_once(
     assert simulator.calls(lead) == 2
 
 
+def test_submit_many_delivers_each_job_once_and_honours_keys(
+    stack: Any, simulator: Simulator, ledger: Any
+) -> None:
+    from producers import submit_many
+
+    leads = [new_lead_id() for _ in range(30)]
+    keys = [f"backfill-{lead}" for lead in leads]
+    ids = submit_many([sample_update(lead) for lead in leads], idempotency_keys=keys)
+    # The same jobs again (a re-run): the same ids, nothing new queued.
+    again = submit_many([sample_update(lead) for lead in leads], idempotency_keys=keys)
+
+    assert len(set(ids)) == 30 and again == ids
+    for job_id in ids:
+        record = wait_for_state(ledger, job_id, ("delivered",))
+        assert record.priority == "bulk"
+    assert ledger.size("outbox") == 0
+    assert [simulator.calls(lead) for lead in leads] == [1] * 30
+
+
+def test_every_call_holds_a_permit_and_a_job_without_one_goes_back_unspent(
+    stack: Any, simulator: Simulator, ledger: Any
+) -> None:
+    from producers import submit
+    from tasks.noojee import pbx_gate
+    from worker.settings import get_settings
+
+    gate = pbx_gate(get_settings())  # the same gate as the workers': same PBX, same name
+    held = []
+    while (permit := gate.acquire("realtime", wait_s=0)) is not None:
+        held.append(permit)  # every permit of the fleet is now ours
+    try:
+        lead = new_lead_id()
+        job_id = submit(sample_update(lead))
+        # The job waits at the gate, gives up after CONTACTSYNC_GATE__MAX_WAIT_S (0.5 s), goes
+        # back to its queue and comes back to wait again: two different waiters seen.
+        seen: set[str] = set()
+
+        def waited_twice() -> bool:
+            seen.update(str(t) for t in gate.client.zrange(f"{gate.prefix}waiting:0", 0, -1))
+            return len(seen) >= 2
+
+        wait_for(waited_twice, 20, "the job to wait at the gate twice")
+        assert simulator.calls(lead) == 0
+        record = ledger.get(job_id)
+        assert record.attempts == 0 and record.retries == 0
+    finally:
+        for permit in held:
+            gate.release(permit, 0.0)
+
+    record = wait_for_state(ledger, job_id, ("delivered",))
+    assert (record.attempts, record.faults, record.retries) == (1, 0, 0)
+    assert simulator.calls(lead) == 1
+    assert [e["event"] for e in record.history][::-1] == ["submitted", "attempt", "delivered"]
+
+
 def test_realtime_job_is_fetched_before_queued_bulk_jobs(stack: Any, ledger: Any) -> None:
     from producers import submit
     from worker.app import app

@@ -30,6 +30,7 @@ class ScriptedConnector:
     script: list[Outcome | Exception]
     answer: str = "HTTP 200 {}"
     calls: int = 0
+    gate: Any = None
 
     def send(self, job: Any) -> Answer:
         self.calls += 1
@@ -37,6 +38,9 @@ class ScriptedConnector:
         if isinstance(step, Exception):
             raise step
         return Answer(step, self.answer)
+
+    def prepare(self, job: Any) -> Any:
+        return lambda: self.send(job)
 
     def secrets(self) -> list[str]:
         return [SECRET]

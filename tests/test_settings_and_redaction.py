@@ -163,31 +163,32 @@ def test_read_timeout_just_above_pbx_queue_timeout_is_accepted(env: pytest.Monke
 def test_short_visibility_timeout_is_refused_naming_the_variable_and_minimum(
     env: pytest.MonkeyPatch,
 ) -> None:
-    # Defaults: fast window 5 s + connect 5 s + read 75 s = 85 s a task, so at least 170 s.
+    # Defaults: fast window 5 s + gate wait 5 s + connect 5 s + read 75 s = 90 s, so at least 180.
     error = settings_error(env, CONTACTSYNC_VISIBILITY_TIMEOUT_S="100")
 
     assert "CONTACTSYNC_VISIBILITY_TIMEOUT_S" in error
-    assert "at least 170" in error
+    assert "at least 180" in error
 
 
 def test_visibility_timeout_follows_the_timeouts_it_must_cover(env: pytest.MonkeyPatch) -> None:
-    # 0.5 + 2 + 4 = 6.5 s a task, so at least 13 s.
+    # 0.5 + 0.5 + 2 + 4 = 7 s a task, so at least 14 s.
     error = settings_error(
         env,
         CONTACTSYNC_RETRY__FAST_WINDOW_S="0.5",
+        CONTACTSYNC_GATE__MAX_WAIT_S="0.5",
         CONTACTSYNC_NOOJEE__CONNECT_TIMEOUT_S="2",
         CONTACTSYNC_NOOJEE__PBX_QUEUE_TIMEOUT_S="2",
         CONTACTSYNC_NOOJEE__READ_TIMEOUT_S="4",
-        CONTACTSYNC_VISIBILITY_TIMEOUT_S="12",
+        CONTACTSYNC_VISIBILITY_TIMEOUT_S="13",
     )
 
-    assert "at least 13" in error
+    assert "at least 14" in error
 
 
 def test_visibility_timeout_at_the_minimum_is_accepted(env: pytest.MonkeyPatch) -> None:
-    env.setenv("CONTACTSYNC_VISIBILITY_TIMEOUT_S", "170")
+    env.setenv("CONTACTSYNC_VISIBILITY_TIMEOUT_S", "180")
 
-    assert Settings().visibility_timeout_s == 170
+    assert Settings().visibility_timeout_s == 180
 
 
 @pytest.mark.parametrize(

@@ -152,10 +152,14 @@ def test_second_embedded_server_on_the_same_data_is_refused(tmp_path: Path) -> N
         assert first.url.startswith("redis://127.0.0.1:")
 
 
-def test_sandbox_noojee_help_is_the_simulators_own(tmp_path: Path) -> None:
-    shown = run_cli("sandbox", "noojee", "--help", cwd=tmp_path)
+@pytest.mark.parametrize(("name", "option"), [
+    ("noojee", "--queue-timeout"), ("missioncapital", "--client-secret"),
+    ("trendsic", "--api-key"), ("expandable", "--data-source"),
+])  # fmt: skip
+def test_sandbox_help_is_the_simulators_own(tmp_path: Path, name: str, option: str) -> None:
+    shown = run_cli("sandbox", name, "--help", cwd=tmp_path)
     assert shown.returncode == 0
-    assert "--slots" in shown.stdout and "--queue-timeout" in shown.stdout
+    assert f"sandbox.{name}" in shown.stdout and option in shown.stdout
 
 
 def test_nothing_configured_means_a_clear_refusal_not_a_stranger_redis(tmp_path: Path) -> None:

@@ -34,8 +34,10 @@ def sample_jobs(count: int, rng: random.Random) -> tuple[list[Any], dict[str, li
     jobs = []
     for n in range(count):
         lead = f"DEMO-{n:05d}"
-        if n % 20 == 7:
-            scripts[lead] = [109, 109, 0]  # the PBX is busy twice, then takes it
+        if n % 100 == 7:
+            # The PBX says it is busy once, then takes it. (Each 109 also halves the adaptive
+            # gate's limit, which then climbs back: a few, not dozens, keep the demo quick.)
+            scripts[lead] = [109, 0]
         elif n % 50 == 13:
             scripts[lead] = [110, 0]  # an agent is editing this lead right now
         elif n == 42:
@@ -156,7 +158,23 @@ def _report(
         table.add_row("[red]not settled in time[/red]", str(unsettled), "see contactsync jobs")
     table.add_row("elapsed", f"{elapsed:.1f} s", f"{len(records) / elapsed:.0f} jobs/s through "
                   "a PBX with 4 slots of ~100 ms each")  # fmt: skip
+    table.add_row("gate", _gate_summary(), "calls in flight the fleet may have, learnt from "
+                  "latency and 109s (`contactsync gate status`)")  # fmt: skip
     console.print(table)
     user, password = stack.flower_credentials[0], stack.flower_password_shown
     console.print(f"Flower: {stack.flower_url}  user [bold]{user}[/bold]  password "
                   f"[bold]{password}[/bold]")  # fmt: skip
+
+
+def _gate_summary() -> str:
+    """The Noojee gate's limit now and its range over the run, e.g. ``4 (2-5)``."""
+    from worker.broker import redis_client
+    from worker.gate import gate_names, read_status
+
+    client, prefix = redis_client(), get_settings().key_prefix
+    names = [n for n in gate_names(client, prefix) if n.startswith("noojee")]
+    if not names:
+        return "-"
+    status = read_status(client, f"{prefix}gate:{names[0]}:", names[0])
+    limits = [limit for _, limit, _ in status.history] or [status.limit]
+    return f"{status.limit} ({min(limits)}-{max(limits)})"

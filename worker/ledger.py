@@ -140,6 +140,7 @@ class Ledger:
         self._transition = _script(client, "transition")
         self._claim_due = _script(client, "claim_due")
         self._unlock = _script(client, "unlock")
+        self._unclaim = _script(client, "unclaim")
         self._prune = _script(client, "prune")
 
     # -- keys ---------------------------------------------------------------------------------
@@ -168,6 +169,23 @@ class Ledger:
         """Record a new job; returns (job id, created). An idempotency key already used by a
         job returns that job's id and creates nothing. The job sits in the outbox until the
         producer calls ``published``; if it never does, the republisher sends it."""
+        status, job_id = self._create(**self._create_call(job, outbox_grace_ms))
+        return job_id, status == "created"
+
+    def create_many(
+        self, jobs: list[NewJob], outbox_grace_ms: int = 30_000
+    ) -> list[tuple[str, bool]]:
+        """``create`` for many jobs in one round trip (each job still atomic on its own)."""
+        pipe = self.r.pipeline(transaction=False)
+        for job in jobs:
+            self._create(**self._create_call(job, outbox_grace_ms), client=pipe)
+        return [(job_id, status == "created") for status, job_id in pipe.execute()]
+
+    def published_many(self, job_ids: list[str]) -> None:
+        if job_ids:
+            self.r.zrem(self.set_key("outbox"), *job_ids)
+
+    def _create_call(self, job: NewJob, outbox_grace_ms: int) -> dict[str, Any]:
         at = now_ms()
         fields = {
             "id": job.id, "kind": job.kind, "destination": job.destination, "task": job.task,
@@ -182,12 +200,11 @@ class Ledger:
         idem = self.idem_key(job.destination, job.idempotency_key or "")
         ttl = str(self.retention_s + 86_400) if job.idempotency_key else ""
         flat = [str(x) for pair in fields.items() for x in pair]
-        status, job_id = self._create(
-            keys=[self.job_key(job.id), idem, self.counts_key, self.history_key(job.id),
-                  self.set_key("outbox")],
-            args=[job.id, at + outbox_grace_ms, ttl, entry, *flat],
-        )  # fmt: skip
-        return job_id, status == "created"
+        return {
+            "keys": [self.job_key(job.id), idem, self.counts_key, self.history_key(job.id),
+                     self.set_key("outbox")],
+            "args": [job.id, at + outbox_grace_ms, ttl, entry, *flat],
+        }  # fmt: skip
 
     def published(self, job_id: str) -> None:
         """The producer published the job's message: it leaves the outbox."""
@@ -236,6 +253,14 @@ class Ledger:
     def unlock(self, job_id: str, token: str) -> None:
         """Give up this worker's claim on a job early (it keeps its state)."""
         self._unlock(keys=[self.lock_key(job_id)], args=[token])
+
+    def unclaim(self, job_id: str, token: str, previous_state: str) -> bool:
+        """Hand a claimed job back untouched, in the state it had before the claim; False if
+        this worker's claim had already ended."""
+        return bool(self._unclaim(
+            keys=[self.job_key(job_id), self.lock_key(job_id), self.counts_key],
+            args=[token, previous_state, now_ms()],
+        ))  # fmt: skip
 
     def record_attempt(self, job_id: str, entry: dict[str, Any], fault: bool) -> None:
         """One call to the destination happened: count it and keep its answer in the history."""

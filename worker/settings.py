@@ -45,6 +45,23 @@ class RetrySettings(BaseModel):
     )
 
 
+class GateSettings(BaseModel):
+    """The concurrency gates (``worker/gate.py``): permits are leases in Redis."""
+
+    # A validation error must not echo what it was given: it may be a secret.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    lease_ttl_s: float = Field(
+        10.0, gt=0, description="a killed worker's permits come back after at most this long"
+    )
+    max_wait_s: float = Field(
+        5.0,
+        ge=0,
+        description="a job that gets no permit within this long goes back to its queue "
+        "(no retry is spent), freeing its worker thread for other jobs",
+    )
+
+
 class NoojeeSettings(BaseModel):
     """Noojee Contact CampaignAPI (the dialer)."""
 
@@ -61,6 +78,25 @@ class NoojeeSettings(BaseModel):
     )
     read_timeout_s: float = Field(
         75.0, gt=0, description="must exceed pbx_queue_timeout_s, or a 109 looks like a timeout"
+    )
+    gate: bool = Field(
+        True,
+        description="false: no gate at all, calls are limited only by worker threads and "
+        "queue inside the PBX (for benchmarks; never on a PBX shared with anyone)",
+    )
+    max_concurrency: int = Field(
+        16,
+        ge=1,
+        description="most calls in flight to this PBX from the whole fleet; with adaptive off, "
+        "exactly this many (set it to the PBX's hardware threads / 2)",
+    )
+    adaptive: bool = Field(
+        True,
+        description="learn the PBX's free slots from latency and 109s (it shares them with other "
+        "clients and never publishes the number); off: a fixed limit of max_concurrency",
+    )
+    initial_concurrency: int = Field(
+        2, ge=1, description="where the adaptive limit starts before it has measured anything"
     )
 
     @model_validator(mode="after")
@@ -120,7 +156,16 @@ class Settings(BaseSettings):
         description="a job whose worker died is redelivered after this long (kombu's setting)",
     )
     worker_concurrency: int = Field(8, ge=1, description="threads per worker process")
+    metrics_port: int | None = Field(
+        9808,
+        ge=0,
+        le=65535,
+        description="Prometheus metrics (gates, job counts) on http://HOST:PORT/metrics; the "
+        "figures are fleet-wide, so the first worker on a host serves them and the others skip; "
+        "0 turns them off",
+    )
     retry: RetrySettings = RetrySettings()
+    gate: GateSettings = GateSettings()
     noojee: NoojeeSettings = NoojeeSettings()
     flower: FlowerSettings = FlowerSettings()
 
@@ -134,13 +179,21 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("metrics_port")
+    @classmethod
+    def _zero_turns_metrics_off(cls, value: int | None) -> int | None:
+        return value or None
+
     @model_validator(mode="after")
     def _visibility_covers_longest_task(self) -> Settings:
         # Redis redelivers an unacknowledged message after visibility_timeout; a task that runs
         # longer than that would run twice. The longest task is the fast-retry window plus one
-        # call that waits its full read timeout.
+        # wait at the gate and one call that waits its full read timeout.
         longest_s = (
-            self.retry.fast_window_s + self.noojee.connect_timeout_s + self.noojee.read_timeout_s
+            self.retry.fast_window_s
+            + self.gate.max_wait_s
+            + self.noojee.connect_timeout_s
+            + self.noojee.read_timeout_s
         )
         if self.visibility_timeout_s < 2 * longest_s:
             raise ValueError(

@@ -1,0 +1,280 @@
+"""The concurrency gate on a real Redis-compatible server: many threads and processes on one
+gate, expiry of a dead holder's lease, priority, hand-off without polling, renewal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import wait_for
+from worker.gate import BUSY, OK, Gate, GateConfig, LeaseKeeper, make_way
+
+pytestmark = pytest.mark.integration
+
+
+def new_gate(client: redis.Redis, **config: Any) -> Gate:
+    config.setdefault("maximum", 1)
+    return Gate(client, f"test-{uuid.uuid4().hex[:8]}", GateConfig(**config))
+
+
+class IdleKeeper(LeaseKeeper):
+    """A process that stopped renewing its leases: what a killed worker looks like to Redis."""
+
+    def hold(self, gate: Gate, token: str) -> None:
+        pass
+
+
+HAMMER = textwrap.dedent("""
+    import random, sys, threading, time
+    import redis
+    from worker.gate import Gate, GateConfig
+    url, name, limit, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    client = redis.Redis.from_url(url, decode_responses=True)
+    gate = Gate(client, name, GateConfig(maximum=limit, ttl_s=5, max_wait_s=10))
+    inside = f"{gate.prefix}test:inside"
+    def worker():
+        for _ in range(rounds):
+            permit = gate.acquire("realtime" if random.random() < 0.2 else "bulk")
+            assert permit is not None, "no permit within 10 s"
+            now_inside = client.incr(inside)
+            client.rpush(f"{gate.prefix}test:seen", now_inside)
+            time.sleep(random.uniform(0, 0.004))  # the call's work
+            client.decr(inside)
+            gate.release(permit, 0.002)
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+""")
+
+
+def test_many_processes_and_threads_never_hold_more_than_the_limit(
+    client: redis.Redis, redis_server: str
+) -> None:
+    limit, rounds = 3, 40
+    gate = new_gate(client, maximum=limit)
+    args = [sys.executable, "-c", HAMMER, redis_server, gate.name, str(limit), str(rounds)]
+    procs = [subprocess.Popen(args) for _ in range(3)]
+    # This process hammers too, with its own threads.
+    errors: list[BaseException] = []
+
+    def local() -> None:
+        try:
+            for _ in range(rounds):
+                permit = gate.acquire("bulk", wait_s=10)
+                assert permit is not None
+                assert permit.held <= limit
+                seen = client.incr(f"{gate.prefix}test:inside")
+                client.rpush(f"{gate.prefix}test:seen", seen)
+                client.decr(f"{gate.prefix}test:inside")
+                gate.release(permit, 0.001)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=local) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    assert not errors
+
+    seen = [int(v) for v in client.lrange(f"{gate.prefix}test:seen", 0, -1)]
+    assert len(seen) == (3 * 8 + 8) * rounds
+    assert max(seen) == limit  # the gate was full, and never over
+    status = gate.status()
+    assert status.held == 0 and status.waiting == {"realtime": 0, "bulk": 0}
+
+
+def test_a_dead_holders_lease_expires_and_a_waiter_gets_it(client: redis.Redis) -> None:
+    dead = Gate(client, f"test-{uuid.uuid4().hex[:8]}", GateConfig(maximum=1, ttl_s=0.8),
+                keeper=IdleKeeper())  # fmt: skip
+    assert dead.acquire() is not None
+    gate = Gate(client, dead.name, GateConfig(maximum=1, ttl_s=0.8))
+
+    started = time.monotonic()
+    permit = gate.acquire(wait_s=5)
+    waited = time.monotonic() - started
+
+    assert permit is not None
+    assert 0.5 < waited < 1.5  # the lease's TTL, not the waiter's 5 s
+    assert gate.status().expired_total == 1
+    gate.release(permit, 0.01)
+
+
+def test_a_killed_process_gives_its_permits_back_within_the_ttl(
+    client: redis.Redis, redis_server: str
+) -> None:
+    gate = new_gate(client, maximum=2, ttl_s=1.0)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys, time, redis
+            from worker.gate import Gate, GateConfig
+            client = redis.Redis.from_url(sys.argv[1], decode_responses=True)
+            gate = Gate(client, sys.argv[2], GateConfig(maximum=2, ttl_s=1.0))
+            permits = [gate.acquire(), gate.acquire()]
+            print("held", flush=True)
+            time.sleep(600)
+        """), redis_server, gate.name],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert gate.acquire(wait_s=0) is None  # both permits are out, renewed by the holder
+        os.kill(holder.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        first, second = gate.acquire(wait_s=5), gate.acquire(wait_s=5)
+        back_after = time.monotonic() - killed
+    finally:
+        holder.kill()
+        holder.wait()
+    assert first is not None and second is not None
+    gate.release(first, 0.001)
+    gate.release(second, 0.001)
+    assert back_after < 1.0 + 0.3  # one TTL (renewal every TTL/3 keeps it at most that)
+
+
+def test_realtime_waiters_are_served_before_bulk_waiters(client: redis.Redis) -> None:
+    gate = new_gate(client, maximum=1)
+    holder = gate.acquire()
+    assert holder is not None
+    order: list[str] = []
+
+    def wait(name: str, priority: str) -> None:
+        permit = gate.acquire(priority, wait_s=10)
+        assert permit is not None
+        order.append(name)
+        gate.release(permit, 0.001)
+
+    threads = []
+    for name, priority, waiting in [("bulk-1", "bulk", 1), ("bulk-2", "bulk", 2),
+                                    ("realtime-1", "realtime", 3), ("bulk-3", "bulk", 4),
+                                    ("realtime-2", "realtime", 5)]:  # fmt: skip
+        thread = threading.Thread(target=wait, args=(name, priority))
+        thread.start()
+        threads.append(thread)
+        wait_for(lambda n=waiting: sum(gate.status().waiting.values()) == n, 5,
+                 f"{name} to wait")  # fmt: skip
+    gate.release(holder, 0.001)
+    for thread in threads:
+        thread.join(10)
+
+    assert order == ["realtime-1", "realtime-2", "bulk-1", "bulk-2", "bulk-3"]
+
+
+def test_a_release_wakes_a_waiter_at_once(client: redis.Redis) -> None:
+    # With a 30 s lease, a waiter that polled would look again only after seconds.
+    gate = new_gate(client, maximum=1, ttl_s=30)
+    holder = gate.acquire()
+    assert holder is not None
+    granted_at: list[float] = []
+
+    def wait() -> None:
+        permit = gate.acquire(wait_s=20)
+        granted_at.append(time.monotonic())
+        assert permit is not None
+        gate.release(permit, 0.001)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    wait_for(lambda: gate.status().waiting["bulk"] == 1, 5, "the waiter to wait")
+    released_at = time.monotonic()
+    gate.release(holder, 0.001)
+    thread.join(10)
+
+    assert granted_at and granted_at[0] - released_at < 0.05
+
+
+def test_a_lease_is_renewed_while_its_call_outlasts_the_ttl(client: redis.Redis) -> None:
+    gate = new_gate(client, maximum=1, ttl_s=0.6)
+    permit = gate.acquire()
+    assert permit is not None
+    # The call runs for four TTLs; a waiter must not get the permit meanwhile.
+    assert gate.acquire(wait_s=2.4) is None
+    status = gate.status()
+    assert status.held == 1 and status.expired_total == 0
+    gate.release(permit, 2.4)
+    assert gate.status().held == 0
+
+
+def test_a_waiter_that_gives_up_leaves_nothing_behind(client: redis.Redis) -> None:
+    gate = new_gate(client, maximum=1)
+    holder = gate.acquire()
+    assert holder is not None
+
+    assert gate.acquire("realtime", wait_s=0.2) is None
+
+    assert gate.status().waiting == {"realtime": 0, "bulk": 0}
+    assert client.keys(f"{gate.prefix}wake:*") == []
+    gate.release(holder, 0.001)
+
+
+def test_fixed_limit_ignores_busy_answers_and_follows_the_setting(client: redis.Redis) -> None:
+    gate = new_gate(client, maximum=4)
+    for _ in range(3):
+        permit = gate.acquire()
+        assert permit is not None
+        assert gate.release(permit, 60, BUSY) == 4
+    raised = Gate(client, gate.name, GateConfig(maximum=6))
+    with raised.permit() as permit:
+        assert permit is not None
+    assert raised.status().limit == 6
+
+
+def test_adaptive_limit_halves_on_a_busy_answer(client: redis.Redis) -> None:
+    gate = new_gate(client, maximum=32, adaptive=True, initial=8)
+    permit = gate.acquire()
+    assert permit is not None
+    assert gate.release(permit, 60, BUSY) == 4
+    status = gate.status()
+    assert status.busy_last_minute == 1 and status.busy_total == 1
+
+
+def test_adaptive_limit_never_leaves_its_bounds(client: redis.Redis) -> None:
+    gate = new_gate(client, maximum=3, adaptive=True, initial=10)
+    permit = gate.acquire()
+    assert permit is not None and gate.status().limit == 3
+    for _ in range(5):
+        assert gate.release(permit, 60, BUSY) >= 1
+        permit = gate.acquire()
+        assert permit is not None
+    gate.release(permit, 0.1, OK)
+    assert gate.status().limit == 1
+
+
+def test_a_bulk_waiter_makes_way_for_a_realtime_job_and_a_realtime_waiter_does_not(
+    client: redis.Redis,
+) -> None:
+    gate = new_gate(client, maximum=1)
+    holder = gate.acquire()
+    assert holder is not None
+    outcome: dict[str, Any] = {}
+
+    def wait(priority: str) -> None:
+        started = time.monotonic()
+        outcome[priority] = (gate.acquire(priority, wait_s=10), time.monotonic() - started)
+
+    threads = [threading.Thread(target=wait, args=(p,)) for p in ("realtime", "bulk")]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: sum(gate.status().waiting.values()) == 2, 5, "both to wait")
+
+    make_way(client, "cs:", gate.name.split(":")[0])  # a realtime job was just published
+    threads[1].join(5)
+
+    permit, waited = outcome["bulk"]
+    assert permit is None and waited < 1  # gave up at once, not after its 10 s
+    assert gate.status().waiting == {"realtime": 1, "bulk": 0}
+    gate.release(holder, 0.001)
+    threads[0].join(5)
+    assert outcome["realtime"][0] is not None
+    gate.release(outcome["realtime"][0], 0.001)
