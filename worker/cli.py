@@ -34,9 +34,15 @@ def _when(ms: int) -> str:
 
 def _stop_on_signals() -> None:
     """Let SIGTERM (docker stop, systemd) and SIGINT stop `up` and `demo` cleanly. SIGINT is set
-    explicitly: a shell script that starts us in the background leaves it ignored."""
+    explicitly: a shell script that starts us in the background leaves it ignored.
+
+    The first signal starts the shutdown and every later one is ignored: an impatient second
+    Ctrl-C landing between the first and `Stack.stop()` would otherwise abort the shutdown
+    half-way (exit 1, and children left behind)."""
 
     def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
