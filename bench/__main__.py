@@ -1,13 +1,101 @@
-"""`make bench`: run every benchmark in turn."""
+"""`make bench`: the gate's scenarios A-F, plain Celery and the gate side by side.
+
+``python -m bench`` runs them all; ``python -m bench C D`` runs some. Results are printed as a
+table and written to ``bench/results/gate.json``.
+"""
 
 from __future__ import annotations
 
-from bench import throughput
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import gate
+
+RESULTS = Path(__file__).parent / "results"
+
+#: The figures shown for each scenario: (key in the results, label).
+SHOWN: dict[str, list[tuple[str, str]]] = {
+    "A": [("utilisation", "utilisation"),
+          ("utilisation_from_first_submit", "utilisation from the first submit"),
+          ("answers_109", "109 answers"),
+          ("peak_our_in_flight", "peak of our calls in the PBX"),
+          ("peak_queued_in_pbx", "peak of our calls queued in the PBX"),
+          ("elapsed_s", "seconds for 2,000 jobs")],
+    "B": [("utilisation", "utilisation"),
+          ("utilisation_from_first_submit", "utilisation from the first submit"),
+          ("answers_109", "109 answers"), ("calls", "calls"),
+          ("queued_in_pbx_time_avg", "time-avg queue in the PBX")],
+    "C": [("limit_settled_after_s", "limit within ±1 after (s)"), ("answers_109", "109 answers"),
+          ("utilisation", "utilisation"), ("queued_in_pbx_time_avg", "time-avg queue in the PBX"),
+          ("limit_by_second", "limit, second by second")],
+    "D": [("our_max_in_flight_10_to_20_s", "our max in flight, 10-20 s"),
+          ("our_max_in_flight_12_to_20_s", "our max in flight, 12-20 s"),
+          ("our_back_to_6_after_s", "back to 6 in flight after (s)"),
+          ("foreign_client_waited_s", "foreign client waited for its slots (s)"),
+          ("queued_in_pbx_time_avg", "time-avg queue in the PBX"), ("answers_109", "109 answers"),
+          ("limit_by_second", "limit, second by second")],
+    "E": [("realtime_p50_s", "realtime p50 (s)"), ("realtime_p99_s", "realtime p99 (s)"),
+          ("realtime_max_s", "realtime max (s)"),
+          ("realtime_gate_wait_p50_max_s", "of which waiting for a permit, p50 max (s)"),
+          ("realtime_call_p50_max_s", "of which the call, p50 max (s)"),
+          ("realtime_delivered", "realtime delivered"),
+          ("bulk_delivered_meanwhile", "bulk delivered meanwhile")],
+    "F": [("permits_it_held", "permits the killed worker held"),
+          ("leases_ended_after_s", "its leases' expiry, after the kill (s)"),
+          ("permits_back_after_s", "its permits back after (s)"),
+          ("delivered", "jobs delivered (of 600)"), ("leads_called_twice", "leads called twice"),
+          ("elapsed_s", "seconds until all delivered")],
+}  # fmt: skip
 
 
-def main() -> None:
-    throughput.main()
+def show(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {show(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [f"{'':3}{'figure':42}{'plain Celery':>16}  {'gate':>16}"]
+    for key, entry in results.items():
+        verdict = "MET" if entry["met"] else "NOT MET"
+        lines += ["", f"{key}. {entry['title']}", f"   target: {entry['target']} → {verdict}"]
+        for field, label in SHOWN[key]:
+            celery, gated = show(entry["celery"].get(field)), show(entry["gate"].get(field))
+            if len(celery) > 16 or len(gated) > 16:
+                lines += [f"   {label}", f"      plain Celery: {celery}", f"      gate: {gated}"]
+            else:
+                lines.append(f"   {label:42}{celery:>16}  {gated:>16}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    keys = [a.upper() for a in argv] or None
+    print(f"gate benchmark: {gate.WORKERS} workers x {gate.THREADS} threads, simulator "
+          f"{gate.SERVICE_S * 1000:.0f} ms ± 20 ms, 109 after 2 s queued", flush=True)  # fmt: skip
+    started = time.time()
+    results = gate.run(keys)
+    report = {
+        "benchmark": "noojee gate vs plain celery",
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "ran_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "duration_s": round(time.time() - started),
+        "scenarios": results,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    name = "gate.json" if keys is None else f"gate-{''.join(keys)}.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
+    print(table(results))
+    print(f"\nwritten to {RESULTS / name}")
+    return 0 if all(entry["met"] for entry in results.values()) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))
