@@ -10,6 +10,10 @@ Every call goes through its destination's concurrency gate (``worker/gate.py``) 
 has one: the permit is taken just before the call and given back, with the call's latency, right
 after it. A job that gets no permit within the gate's wait goes back to its queue unchanged.
 
+A destination that keeps failing (refused connections, 502/503/504), or whose credentials or
+configuration are refused, is paused fleet-wide (``worker/pause.py``): its jobs wait in Redis
+without spending a retry or a fault, and one job at a time probes it.
+
 Every answer is recorded in the job's history before it is settled. A worker that finds a job
 whose last entry is an answer that was never settled (Redis failed in between) settles that answer
 instead of calling again: a 110 conflict is never sent twice by accident.
@@ -27,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+import httpx
 from celery import Task
 from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
@@ -43,11 +48,13 @@ from tenacity import (
 
 from tasks.models import JobModel, JobValidationError, model_for
 from tasks.outcomes import Delivered, Outcome, Reauth, Rejected, Retry, Review
-from worker.gate import BUSY, NONE, OK, Gate, Permit
+from worker.broker import redis_client
+from worker.gate import BUSY, NONE, OK, Gate, GateConfig, Permit, gate_name
 from worker.ledger import DELIVERED, REJECTED, RETRYING, REVIEW, Ledger, LedgerConflict, now_ms
+from worker.pause import Pause, Verdict
 from worker.redaction import scrub
 from worker.runtime import ledger as runtime_ledger
-from worker.settings import get_settings
+from worker.settings import DestinationSettings, get_settings, mask_url_password
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,15 @@ class NotConfigured(RuntimeError):
 
 class NoPermit(Exception):
     """The gate gave no permit within its wait: the job goes back to its queue, unchanged."""
+
+
+class Deferred(Exception):
+    """The destination is paused: the job waits in Redis until ``until_ms``, nothing spent."""
+
+    def __init__(self, until_ms: int, reason: str) -> None:
+        super().__init__(reason)
+        self.until_ms = until_ms
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,71 @@ class Connector(Protocol):
         ...
 
 
+# -- what the HTTP connectors share -------------------------------------------------------------
+def destination_gate(destination: str, target: str, config: DestinationSettings) -> Gate:
+    """The fleet-wide cap of calls in flight to one endpoint of ``destination`` (fixed at
+    ``max_concurrency`` unless ``adaptive``), shared by every thread, process and host."""
+    settings = get_settings()
+    target = mask_url_password(target).rstrip("/")
+    gate_config = GateConfig(
+        maximum=config.max_concurrency,
+        adaptive=config.adaptive,
+        initial=min(2, config.max_concurrency) if config.adaptive else config.max_concurrency,
+        ttl_s=settings.gate.lease_ttl_s,
+        max_wait_s=settings.gate.max_wait_s,
+    )
+    return Gate(redis_client(), gate_name(destination, target), gate_config,
+                prefix=settings.key_prefix, target=target, destination=destination)  # fmt: skip
+
+
+def http_timeout(config: DestinationSettings) -> httpx.Timeout:
+    return httpx.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s,
+                         write=config.connect_timeout_s, pool=config.connect_timeout_s)  # fmt: skip
+
+
+def require(destination: str, config: DestinationSettings) -> None:
+    """Raise ``NotConfigured`` naming every variable still to set for ``destination``."""
+    missing = config.missing()
+    if missing:
+        names = ", ".join(f"CONTACTSYNC_{destination.upper()}__{name}" for name in missing)
+        raise NotConfigured(f"{destination} is not configured: set {names} (or run "
+                            "`contactsync up` to use the simulator)")  # fmt: skip
+
+
+#: Status codes of a proxy or load balancer in front of a destination that is down.
+GATEWAY_DOWN = frozenset({502, 503, 504})
+
+
+def gateway_outcome(status: int, name: str) -> Retry:
+    """502/503/504: the destination (or the way to it) is down; enough in a row pause it."""
+    return Retry(f"http-{status}", f"{name} answered HTTP {status} (down or overloaded)",
+                 bounded=True, down=True)  # fmt: skip
+
+
+def idempotent_transport_outcome(exc: Exception, name: str) -> Retry:
+    """A transport error on a call that is safe to repeat (sending it twice does no harm, so
+    even an answer lost after sending is retried). Failing to connect means the destination
+    is down (counted towards a pause); the rest are bounded retries."""
+    kind = type(exc).__name__
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return Retry(kind, f"could not connect to {name}", bounded=True, down=True)
+    if isinstance(exc, httpx.ReadTimeout):
+        return Retry(kind, f"{name} did not answer within the read timeout; the call is safe "
+                     "to repeat, so it is sent again", bounded=True)  # fmt: skip
+    return Retry(kind, f"transport error {kind} talking to {name}", bounded=True)
+
+
+def record_api_usage(destination: str, used: int, allowed: int) -> None:
+    """What a destination said of its API allowance (Salesforce ``Sforce-Limit-Info``), for the
+    metrics (``contactsync_api_usage``)."""
+    settings = get_settings()
+    try:
+        redis_client().hset(f"{settings.key_prefix}api-usage:{destination}", mapping={
+            "used": used, "allowed": allowed, "at_ms": now_ms()})  # fmt: skip
+    except RedisError as exc:
+        log.warning("%s: could not record API usage: %s", destination, exc)
+
+
 class DeliveryTask(Task):
     """Base of every destination task. Subclasses (via ``@app.task(base=...)``) set
     ``connector_factory``; the task body calls ``self.deliver(job_id)``."""
@@ -109,6 +190,7 @@ class DeliveryTask(Task):
     abstract = True
     connector_factory: ClassVar[Callable[[], Connector]]
     _connector: Connector | None = None
+    _pause: Pause | None = None
     _connector_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @property
@@ -119,6 +201,21 @@ class DeliveryTask(Task):
                 type(self)._connector = type(self).connector_factory()
             assert self._connector is not None
             return self._connector
+
+    def pause_for(self, connector: Connector) -> Pause:
+        """The destination's pause, named after its gate (one per endpoint)."""
+        with self._connector_lock:
+            if self._pause is None:
+                settings = get_settings()
+                name = connector.gate.name if connector.gate is not None else self.name
+                type(self)._pause = Pause(
+                    redis_client(), name, prefix=settings.key_prefix,
+                    after_failures=settings.pause.after_failures,
+                    probe_interval_s=settings.pause.probe_interval_s,
+                    config_probe_interval_s=settings.pause.config_probe_interval_s,
+                )  # fmt: skip
+            assert self._pause is not None
+            return self._pause
 
     def deliver(self, job_id: str) -> dict[str, Any]:
         """Deliver the job; a Redis error on the way puts its message back on the queue, so a
@@ -175,6 +272,8 @@ class DeliveryTask(Task):
             # thread is free for jobs of other queues.
             ledger.unclaim(job_id, token, claim.detail)
             raise Reject(requeue=True) from None
+        except Deferred as paused:
+            return self._defer(ledger, job_id, token, paused)
         return self._settle(ledger, job_id, token, outcome)
 
     # -- calling ------------------------------------------------------------------------------
@@ -185,9 +284,10 @@ class DeliveryTask(Task):
         outage does not burn through the fault budget in seconds."""
 
         def call() -> Outcome:
-            answer, latency_s, waited_s = self._call_once(job, priority)
+            answer, latency_s, waited_s, paused_until = self._call_once(job, priority)
             outcome = answer.outcome
-            fault = isinstance(outcome, Reauth) or (isinstance(outcome, Retry) and outcome.bounded)
+            # A failure that paused the destination is the destination's, not the job's.
+            fault = not paused_until and isinstance(outcome, Retry) and outcome.bounded
             secrets = self._secrets()
             ledger.record_attempt(job_id, {
                 "at": now_ms(), "event": "attempt", "outcome": type(outcome).__name__.lower(),
@@ -196,6 +296,9 @@ class DeliveryTask(Task):
                 "latency_ms": round(latency_s * 1000), "gate_wait_ms": round(waited_s * 1000),
                 "worker": self.request.hostname or "",
             }, fault=fault)  # fmt: skip
+            if paused_until:
+                raise Deferred(paused_until, "the destination is paused: "
+                               + scrub(outcome.reason, secrets))  # fmt: skip
             return outcome
 
         retrying = Retrying(
@@ -207,16 +310,24 @@ class DeliveryTask(Task):
         outcome: Outcome = retrying(call)
         return outcome
 
-    def _call_once(self, job: JobModel, priority: str) -> tuple[Answer, float, float]:
-        """One call, behind the destination's gate: (answer, call latency, gate wait) in s."""
+    def _call_once(self, job: JobModel, priority: str) -> tuple[Answer, float, float, int]:
+        """One call, behind the destination's pause and gate: (answer, call latency, gate wait
+        in s, and the time the destination is paused until if this answer paused it, else 0).
+        Raises ``Deferred`` without calling if the destination is paused, ``NoPermit`` if the
+        gate gave no permit in time."""
         try:
             connector = self.connector
         except NotConfigured as exc:
             log.error("%s cannot deliver: %s", self.name, exc)
-            return Answer(Retry("not-configured", str(exc))), 0.0, 0.0
+            return Answer(Retry("not-configured", str(exc))), 0.0, 0.0, 0
+        pause = self.pause_for(connector)
+        verdict = pause.check()
+        if verdict.wait_until_ms:
+            raise Deferred(verdict.wait_until_ms, f"{pause.name} is paused: "
+                           f"{pause.status().reason or 'down'}")  # fmt: skip
         prepared = self._guarded(lambda: connector.prepare(job))
         if isinstance(prepared, Answer):  # the request could not even be built
-            return prepared, 0.0, 0.0
+            return prepared, 0.0, 0.0, 0
         gate, permit = connector.gate, None
         if gate is not None:
             permit = gate.acquire(priority)
@@ -234,7 +345,24 @@ class DeliveryTask(Task):
             latency_s = time.monotonic() - started
             if gate is not None and permit is not None:
                 self._release(gate, permit, latency_s, answer)
-        return answer, latency_s, permit.waited_s if permit is not None else 0.0
+        paused_until = self._judge(pause, verdict, answer.outcome)
+        return answer, latency_s, permit.waited_s if permit is not None else 0.0, paused_until
+
+    def _judge(self, pause: Pause, verdict: Verdict, outcome: Outcome) -> int:
+        """Tell the destination's pause what the call found; returns the time it is paused
+        until if the job must wait for it, else 0."""
+        try:
+            if isinstance(outcome, Reauth):
+                return pause.pause_now(scrub(outcome.reason, self._secrets()))
+            if isinstance(outcome, Rejected) and outcome.pause:
+                pause.pause_now(scrub(outcome.reason, self._secrets()))
+                return 0  # this job is rejected all the same
+            if isinstance(outcome, Retry) and outcome.down:
+                return pause.failed(scrub(outcome.reason, self._secrets()))
+            pause.succeeded(verdict)
+        except RedisError as exc:
+            log.warning("%s: could not update the pause: %s", pause.name, exc)
+        return 0
 
     def _guarded(self, step: Callable[[], Any]) -> Any:
         """``step()``, or the Answer that settles the job if it raised."""
@@ -243,6 +371,8 @@ class DeliveryTask(Task):
         except NotConfigured as exc:
             log.error("%s cannot deliver: %s", self.name, exc)
             return Answer(Retry("not-configured", str(exc)))
+        except RedisError:
+            raise  # (a token cache or gate in Redis failed): the message goes back, see deliver()
         except Exception as exc:  # a bug: a person looks, nothing is lost
             frames = "".join(traceback.format_tb(exc.__traceback__))
             # The exception's message may quote payload values: log its type and frames only.
@@ -266,8 +396,28 @@ class DeliveryTask(Task):
         return self._connector.secrets() if self._connector is not None else []
 
     # -- settling -----------------------------------------------------------------------------
+    def _defer(self, ledger: Ledger, job_id: str, token: str, paused: Deferred) -> dict[str, Any]:
+        """The destination is paused: the job waits in the schedule until a little after the
+        next probe (spread over one probe interval, so a recovered destination is not hit by
+        the whole backlog at once). Nothing is spent; the retry window still applies."""
+        record = ledger.get(job_id)
+        assert record is not None
+        now = now_ms()
+        if now >= record.retry_until_ms:
+            hours = get_settings().retry.window_s / 3600
+            return self._settle(ledger, job_id, token, Review(
+                "paused", f"the destination was still paused when the {hours:g} h retry window "
+                f"closed: {paused.reason}"))  # fmt: skip
+        spread = int(get_settings().pause.probe_interval_s * 1000)
+        due = min(max(paused.until_ms, now) + random.randint(0, spread), record.retry_until_ms)
+        self._move(ledger, job_id, token, RETRYING,
+                   {"event": "paused", "code": "paused", "reason": paused.reason}, due_ms=due,
+                   fields={"next_attempt_at_ms": due})  # fmt: skip
+        self.send_event("task-retried", exception=f"paused: {paused.reason}")
+        raise Ignore()
+
     def _settle(self, ledger: Ledger, job_id: str, token: str, outcome: Outcome) -> dict[str, Any]:
-        if isinstance(outcome, Reauth):  # credentials are refreshed per destination (issue 4)
+        if isinstance(outcome, Reauth):  # only if it could not pause the destination
             outcome = Retry(outcome.code, outcome.reason, bounded=True)
         if isinstance(outcome, Retry):
             outcome = self._retry_or_give_up(ledger, job_id, token, outcome)

@@ -56,12 +56,25 @@ class JobValidationError(ValueError):
         return cls(kind, problems)
 
 
+def load_kinds() -> None:
+    """Import every destination module of ``tasks/`` (each registers its kinds on import)."""
+    import importlib
+
+    from worker.app import destinations
+
+    for name in destinations():
+        importlib.import_module(f"tasks.{name}")
+
+
 def kinds() -> dict[str, type[JobModel]]:
-    """Every job kind known to this process (destination modules register on import)."""
+    """Every job kind of every destination."""
+    load_kinds()
     return dict(_KINDS)
 
 
 def model_for(kind: str) -> type[JobModel]:
+    if kind not in _KINDS:
+        load_kinds()
     try:
         return _KINDS[kind]
     except KeyError:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, field_validator
 
-from tasks.delivery import Answer, DeliveryTask, NotConfigured
+from tasks.delivery import GATEWAY_DOWN, Answer, DeliveryTask, NotConfigured
 from tasks.models import JobModel
 from tasks.outcomes import Delivered, Outcome, Rejected, Retry, Review
 from worker.app import app
@@ -164,14 +164,15 @@ class NoojeeLeadInsert(_NoojeeLead):
 class Rule:
     """How one Noojee code settles: the outcome class and what the operator reads."""
 
-    kind: Literal["delivered", "retry", "fault", "review", "rejected"]
+    kind: Literal["delivered", "retry", "fault", "down", "review", "rejected"]
     reason: str
 
     def outcome(self, code: str) -> Outcome:
         if self.kind == "delivered":
             return Delivered(code, self.reason)
-        if self.kind in ("retry", "fault"):
-            return Retry(code, self.reason, bounded=self.kind == "fault", busy=code == "109")
+        if self.kind in ("retry", "fault", "down"):
+            return Retry(code, self.reason, bounded=self.kind != "retry", busy=code == "109",
+                         down=self.kind == "down")  # fmt: skip
         if self.kind == "review":
             return Review(code, self.reason)
         return Rejected(code, self.reason)
@@ -207,8 +208,8 @@ UNKNOWN_CODE = Rule("review", "unknown Noojee code: not in the documented table;
 #: Before the request was sent: safe to retry. After: the update may have applied (and a
 #: disposition's actions fired), so a person decides.
 TRANSPORT: dict[type[Exception], Rule] = {
-    httpx.ConnectError: Rule("fault", "could not connect to the PBX (down for maintenance?)"),
-    httpx.ConnectTimeout: Rule("fault", "connecting to the PBX timed out"),
+    httpx.ConnectError: Rule("down", "could not connect to the PBX (down for maintenance?)"),
+    httpx.ConnectTimeout: Rule("down", "connecting to the PBX timed out"),
     httpx.PoolTimeout: Rule("fault", "no free connection to the PBX in this worker"),
     httpx.WriteError: Rule("fault", "the connection broke while sending the request"),
     httpx.WriteTimeout: Rule("fault", "sending the request timed out"),
@@ -243,7 +244,8 @@ def classify_answer(status: int, body: bytes) -> Outcome:
         return Retry(f"http-{status}", "the PBX refused the apiKey: check "
                      "CONTACTSYNC_NOOJEE__API_KEY and that this host is whitelisted", bounded=True)
     if status >= 500:
-        return Retry(f"http-{status}", f"HTTP {status} without a Noojee code", bounded=True)
+        return Retry(f"http-{status}", f"HTTP {status} without a Noojee code", bounded=True,
+                     down=status in GATEWAY_DOWN)  # fmt: skip
     return Review(f"http-{status}", f"HTTP {status} without a Noojee code; a person decides")
 
 

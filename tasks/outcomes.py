@@ -26,12 +26,15 @@ class Retry:
     ``retry.fault_attempts`` times before review; unbounded retries (Noojee 109, the PBX is busy)
     end only when the retry window closes.
     busy: the destination said it is overloaded (109); the concurrency gate wants to know.
+    down: the destination itself is failing (refused connections, 502/503/504), not this job;
+    enough of these in a row pause it (``worker/pause.py``).
     """
 
     code: str
     reason: str
     bounded: bool = False
     busy: bool = False
+    down: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,15 +47,20 @@ class Review:
 
 @dataclass(frozen=True)
 class Rejected:
-    """Will never succeed as sent; dead-lettered with the reason, can be requeued after a fix."""
+    """Will never succeed as sent; dead-lettered with the reason, can be requeued after a fix.
+    pause: the answer says the destination's configuration is broken (no job can succeed until
+    a person fixes it), so the destination is paused too."""
 
     code: str
     reason: str
+    pause: bool = False
 
 
 @dataclass(frozen=True)
 class Reauth:
-    """The credential is stale: refresh it once for the fleet, then retry."""
+    """The credential was refused even after the connector refreshed it once for the fleet (or
+    the login itself failed): the destination is misconfigured, so it is paused, and its jobs
+    wait for a person to fix the credentials."""
 
     code: str
     reason: str

@@ -163,15 +163,22 @@ def test_read_timeout_just_above_pbx_queue_timeout_is_accepted(env: pytest.Monke
 def test_short_visibility_timeout_is_refused_naming_the_variable_and_minimum(
     env: pytest.MonkeyPatch,
 ) -> None:
-    # Defaults: fast window 5 s + gate wait 5 s + connect 5 s + read 75 s = 90 s, so at least 180.
+    # Defaults: fast window 5 s + gate wait 5 s + the longest calls: three of (5 s connect + 30 s
+    # read) for a login, Trendsic's read and its write = 115 s, so at least 230.
     error = settings_error(env, CONTACTSYNC_VISIBILITY_TIMEOUT_S="100")
 
     assert "CONTACTSYNC_VISIBILITY_TIMEOUT_S" in error
-    assert "at least 180" in error
+    assert "at least 230" in error
+
+
+SHORT_DESTINATION_TIMEOUTS = {
+    f"CONTACTSYNC_{name}__{knob}": value for name in ("MISSIONCAPITAL", "TRENDSIC", "EXPANDABLE")
+    for knob, value in (("CONNECT_TIMEOUT_S", "0.5"), ("READ_TIMEOUT_S", "1"))
+}  # fmt: skip
 
 
 def test_visibility_timeout_follows_the_timeouts_it_must_cover(env: pytest.MonkeyPatch) -> None:
-    # 0.5 + 0.5 + 2 + 4 = 7 s a task, so at least 14 s.
+    # Noojee's one call is the longest here: 0.5 + 0.5 + 2 + 4 = 7 s a task, so at least 14 s.
     error = settings_error(
         env,
         CONTACTSYNC_RETRY__FAST_WINDOW_S="0.5",
@@ -180,15 +187,33 @@ def test_visibility_timeout_follows_the_timeouts_it_must_cover(env: pytest.Monke
         CONTACTSYNC_NOOJEE__PBX_QUEUE_TIMEOUT_S="2",
         CONTACTSYNC_NOOJEE__READ_TIMEOUT_S="4",
         CONTACTSYNC_VISIBILITY_TIMEOUT_S="13",
+        **SHORT_DESTINATION_TIMEOUTS,
     )
 
     assert "at least 14" in error
 
 
-def test_visibility_timeout_at_the_minimum_is_accepted(env: pytest.MonkeyPatch) -> None:
-    env.setenv("CONTACTSYNC_VISIBILITY_TIMEOUT_S", "180")
+def test_three_calls_of_another_destination_count_too(env: pytest.MonkeyPatch) -> None:
+    # Trendsic may log in, read and write: 3 x (1 + 9) = 30 s, more than Noojee's 2 + 4.
+    error = settings_error(
+        env,
+        CONTACTSYNC_RETRY__FAST_WINDOW_S="0.5",
+        CONTACTSYNC_GATE__MAX_WAIT_S="0.5",
+        CONTACTSYNC_NOOJEE__CONNECT_TIMEOUT_S="2",
+        CONTACTSYNC_NOOJEE__PBX_QUEUE_TIMEOUT_S="2",
+        CONTACTSYNC_NOOJEE__READ_TIMEOUT_S="4",
+        CONTACTSYNC_VISIBILITY_TIMEOUT_S="14",
+        **{**SHORT_DESTINATION_TIMEOUTS, "CONTACTSYNC_TRENDSIC__CONNECT_TIMEOUT_S": "1",
+           "CONTACTSYNC_TRENDSIC__READ_TIMEOUT_S": "9"},
+    )  # fmt: skip
 
-    assert Settings().visibility_timeout_s == 180
+    assert "at least 62" in error
+
+
+def test_visibility_timeout_at_the_minimum_is_accepted(env: pytest.MonkeyPatch) -> None:
+    env.setenv("CONTACTSYNC_VISIBILITY_TIMEOUT_S", "230")
+
+    assert Settings().visibility_timeout_s == 230
 
 
 @pytest.mark.parametrize(

@@ -121,9 +121,9 @@ def config() -> None:
 @main.command()
 @click.option("--workers", default=1, show_default=True, help="Celery worker processes.")
 def up(workers: int) -> None:
-    """Run everything: embedded Redis (unless CONTACTSYNC_REDIS_URL is set), the Noojee
-    simulator (unless CONTACTSYNC_NOOJEE__BASE_URL is set), workers and Flower. Ctrl-C stops
-    it all."""
+    """Run everything: embedded Redis (unless CONTACTSYNC_REDIS_URL is set), a simulator for
+    each destination that is not configured (e.g. unless CONTACTSYNC_NOOJEE__BASE_URL is set),
+    workers and Flower. Ctrl-C stops it all."""
     from worker.settings import get_settings
     from worker.stack import Stack
 
@@ -148,8 +148,8 @@ def _print_stack(stack: Any) -> None:
 
     user, password = stack.flower_credentials[0], stack.flower_password_shown
     console.print(f"redis      {mask_url_password(redis_url())}  (data under {stack.data_dir})")
-    if stack.simulator_url:
-        console.print(f"noojee     {stack.simulator_url}  (simulator)")
+    for name, url in stack.simulator_urls.items():
+        console.print(f"{name:<10} {url}  (simulator)", highlight=False)
     console.print(f"workers    {stack.workers}, logs under {stack.log_dir}")
     if stack.flower_url:
         console.print(f"flower     {stack.flower_url}  user [bold]{user}[/bold] "
@@ -285,9 +285,9 @@ def _ledger() -> Any:
 
 
 def _show_job(job_id: str, reveal: bool) -> None:
-    from tasks.models import model_for
+    from tasks.models import load_kinds, model_for
 
-    _load_kinds()
+    load_kinds()
     record = _ledger().get(job_id, with_history=True)
     if record is None:
         _fail(f"no job {job_id} (unknown id, or its record expired after the retention period)")
@@ -316,15 +316,6 @@ def _show_job(job_id: str, reveal: bool) -> None:
         event = entry.pop("event", "")
         details = " ".join(f"{k}={v}" for k, v in entry.items() if v not in ("", None))
         console.print(f"  {at}  {event:<10} {details}", highlight=False, markup=False)
-
-
-def _load_kinds() -> None:
-    import importlib
-
-    from worker.app import destinations
-
-    for name in destinations():
-        importlib.import_module(f"tasks.{name}")
 
 
 @main.group(invoke_without_command=True)
@@ -392,7 +383,6 @@ def review_requeue(job_id: str, changes: tuple[str, ...], by: str) -> None:
     """Send a job in review (or rejected) to its destination again, optionally edited."""
     from producers.review import JobValidationError, LedgerConflict, requeue
 
-    _load_kinds()
     try:
         requeue(job_id, _pairs(changes, "--set"), by)
     except (JobValidationError, LedgerConflict) as exc:

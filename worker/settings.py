@@ -110,6 +110,114 @@ class NoojeeSettings(BaseModel):
         return self
 
 
+class DestinationSettings(BaseModel):
+    """What every HTTP destination besides Noojee shares: timeouts, and its cap of calls in
+    flight from the whole fleet (a fixed gate, ``worker/gate.py``)."""
+
+    # A validation error must not echo what it was given: it may be a secret.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0, description="a call without an answer this long "
+                                  "ends with its outcome unknown")  # fmt: skip
+    max_concurrency: int = Field(
+        8, ge=1, description="most calls in flight to this destination from the whole fleet"
+    )
+    adaptive: bool = Field(
+        False, description="learn the limit from latency as for Noojee (max_concurrency stays "
+        "the ceiling); off: exactly max_concurrency"
+    )
+
+    def missing(self) -> list[str]:
+        """Names of the settings (env suffixes) this destination cannot run without."""
+        return []
+
+    @staticmethod
+    def _unset(**values: object) -> list[str]:
+        return [
+            name.upper() for name, value in values.items()
+            if value is None or (isinstance(value, SecretStr) and not value.get_secret_value())
+            or value == ""
+        ]  # fmt: skip
+
+
+class MissionCapitalSettings(DestinationSettings):
+    """Mission Capital partner API (Salesforce Apex REST ``contactUser``)."""
+
+    login_url: AnyHttpUrl | None = Field(
+        None, description="OAuth host: https://login.salesforce.com (production) or "
+        "https://test.salesforce.com (sandbox orgs)"
+    )
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    security_token: SecretStr = Field(SecretStr(""), description="appended to the password")
+    partner_id: str = Field("", description="sent as the PartnerId header")
+    partner_name: str = Field("", description="sent as the PartnerName header")
+    token_lifetime_s: float = Field(
+        7200.0, gt=60, description="how long a token lasts (Salesforce: about 2 h, never said "
+        "in the answer); a new one is fetched at 90 % of it"
+    )
+    max_concurrency: int = Field(
+        10, ge=1, description="most calls in flight (an org allows 25 long-running ones)"
+    )
+
+    def missing(self) -> list[str]:
+        return self._unset(login_url=self.login_url, client_id=self.client_id,
+                           client_secret=self.client_secret, username=self.username,
+                           password=self.password, partner_id=self.partner_id,
+                           partner_name=self.partner_name)  # fmt: skip
+
+
+class TrendsicSettings(DestinationSettings):
+    """Trendsic Platform Service (ServiceStack ``ContactConnections``). Auth: ``api_key``, or
+    ``username`` and ``password`` (credentials login with refresh tokens)."""
+
+    base_url: AnyHttpUrl | None = Field(None, description="e.g. https://api.dynamics.trendsic.com")
+    api_key: SecretStr = Field(SecretStr(""), description="sent as the bearer token when set")
+    username: str = ""
+    password: SecretStr = SecretStr("")
+
+    def missing(self) -> list[str]:
+        if self.base_url is None:
+            return ["BASE_URL"]
+        if self.api_key.get_secret_value():
+            return []
+        return [f"API_KEY (or {n})" for n in self._unset(username=self.username,
+                                                         password=self.password)]  # fmt: skip
+
+
+class ExpandableSettings(DestinationSettings):
+    """Expandable ERP API (``customer-contact-update``)."""
+
+    base_url: AnyHttpUrl | None = Field(None, description="the customer installation's API host")
+    data_source: str = Field("", description="DATA_SOURCE of the login")
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    max_concurrency: int = Field(4, ge=1, description="most calls in flight")
+
+    def missing(self) -> list[str]:
+        return self._unset(base_url=self.base_url, data_source=self.data_source,
+                           username=self.username, password=self.password)  # fmt: skip
+
+
+class PauseSettings(BaseModel):
+    """A destination that keeps failing (refused connections, 502/503/504) is paused: its jobs
+    wait in Redis without spending retries, and one call probes it every ``probe_interval_s``."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    after_failures: int = Field(
+        5, ge=1, description="consecutive failures, fleet-wide, that pause a destination"
+    )
+    probe_interval_s: float = Field(5.0, gt=0, description="one probe this often while down")
+    config_probe_interval_s: float = Field(
+        60.0, gt=0, description="the same, when the pause is for a login or configuration error "
+        "(a person must fix it; Salesforce locks a user after 3,600 logins an hour)"
+    )
+
+
 class FlowerSettings(BaseModel):
     """Flower, the operators' view of the fleet."""
 
@@ -167,6 +275,10 @@ class Settings(BaseSettings):
     retry: RetrySettings = RetrySettings()
     gate: GateSettings = GateSettings()
     noojee: NoojeeSettings = NoojeeSettings()
+    missioncapital: MissionCapitalSettings = MissionCapitalSettings()
+    trendsic: TrendsicSettings = TrendsicSettings()
+    expandable: ExpandableSettings = ExpandableSettings()
+    pause: PauseSettings = PauseSettings()
     flower: FlowerSettings = FlowerSettings()
 
     @field_validator("redis_url")
@@ -189,12 +301,14 @@ class Settings(BaseSettings):
         # Redis redelivers an unacknowledged message after visibility_timeout; a task that runs
         # longer than that would run twice. The longest task is the fast-retry window plus one
         # wait at the gate and one call that waits its full read timeout.
-        longest_s = (
-            self.retry.fast_window_s
-            + self.gate.max_wait_s
-            + self.noojee.connect_timeout_s
-            + self.noojee.read_timeout_s
-        )
+        # The other destinations may make three calls for one job (a login, Trendsic's read
+        # before its write, and the write).
+        calls_s = max(
+            self.noojee.connect_timeout_s + self.noojee.read_timeout_s,
+            *(3 * (d.connect_timeout_s + d.read_timeout_s)
+              for d in (self.missioncapital, self.trendsic, self.expandable)),
+        )  # fmt: skip
+        longest_s = self.retry.fast_window_s + self.gate.max_wait_s + calls_s
         if self.visibility_timeout_s < 2 * longest_s:
             raise ValueError(
                 f"CONTACTSYNC_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} is too short: a "
