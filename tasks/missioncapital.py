@@ -1,0 +1,425 @@
+"""Mission Capital partner API (Salesforce Apex REST ``contactUser``): the job, the answer tables,
+the client with the fleet's one OAuth token, and the task.
+
+``contactUser`` answers ``{"IsSuccessful", "ResponseText"}`` with an HTTP status nobody documents,
+so that body decides first; Salesforce's platform errors (a JSON array of ``errorCode``) and the
+HTTP status decide the rest. The tables below are CRM_APIS.md §2 as data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import httpx
+import redis
+from pydantic import Field, field_validator
+
+from tasks.delivery import (
+    GATEWAY_DOWN,
+    Answer,
+    DeliveryTask,
+    destination_gate,
+    gateway_outcome,
+    http_timeout,
+    idempotent_transport_outcome,
+    record_api_usage,
+    require,
+)
+from tasks.models import JobModel
+from tasks.outcomes import Delivered, Outcome, Reauth, Rejected, Retry, Review
+from worker.app import app
+from worker.broker import redis_client
+from worker.credentials import LoginFailed, SharedToken, Token
+from worker.gate import Gate, gate_name
+from worker.settings import MissionCapitalSettings, get_settings
+
+DESTINATION = "missioncapital"
+NAME = "Mission Capital"
+LOGIN_NAME = "Salesforce login"
+OAUTH_PATH = "/services/oauth2/token"
+CONTACT_USER_PATH = "/services/apexrest/creditapp/contactUser"
+LIMIT_HEADER = "Sforce-Limit-Info"
+ENV = "CONTACTSYNC_MISSIONCAPITAL__"
+
+#: A Salesforce id: 15 case-sensitive characters, or 18 with a case-checksum suffix.
+_SALESFORCE_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+_SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_API_USAGE = re.compile(r"(?:^|[,\s])api-usage=(\d+)/(\d+)")
+SAMPLE_ID = "00QEa00000ItVf8MAF"
+
+
+# -- the job -----------------------------------------------------------------------------------
+def id_suffix(base: str) -> str:
+    """The 3-character case checksum of a 15-character Salesforce id: per block of 5, bit i set
+    if character i is upper case, written as one character of A-Z0-5."""
+    suffix = ""
+    for start in range(0, 15, 5):
+        bits = sum(1 << i for i, char in enumerate(base[start : start + 5]) if char.isupper())
+        suffix += _SUFFIX_ALPHABET[bits]
+    return suffix
+
+
+class MissionCapitalContactUser(JobModel):
+    """``contactUser``: re-enable contact for an application (a Salesforce Lead) that was marked
+    "Do Not Contact". Safe to repeat."""
+
+    kind: ClassVar[str] = "missioncapital.contact_user"
+    destination: ClassVar[str] = DESTINATION
+    public_fields: ClassVar[frozenset[str]] = frozenset({"application_id"})
+
+    application_id: str = Field(
+        alias="ApplicationID", description=f"the application's Salesforce Lead id, e.g. {SAMPLE_ID}"
+    )
+
+    @field_validator("application_id")
+    @classmethod
+    def _salesforce_lead_id(cls, value: str) -> str:
+        if not _SALESFORCE_ID.fullmatch(value):
+            raise ValueError(
+                "must be a Salesforce Lead id: 15 or 18 letters and digits, nothing else, "
+                f"e.g. {SAMPLE_ID}"
+            )
+        if len(value) == 18 and value[15:].upper() != id_suffix(value[:15]):
+            raise ValueError(
+                "the last 3 characters of an 18-character Salesforce id are a checksum of the "
+                "upper/lower case of the first 15, and they do not match: copy the id exactly as "
+                f"Salesforce shows it (case matters), e.g. {SAMPLE_ID}"
+            )
+        return value
+
+
+# -- the answer tables -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """How one answer settles: the outcome class and what the operator reads. ``refused``: the
+    token was refused (the client logs in again once, then it is Reauth); ``limit``: an unbounded
+    retry; ``fault``: a bounded one; ``pause``: rejected, and the destination paused. ``code`` set:
+    the outcome's code (contactUser's texts have none of their own). ``{instance}`` in the reason
+    becomes the instance URL the login returned."""
+
+    kind: Literal["delivered", "review", "rejected", "pause", "refused", "limit", "fault"]
+    reason: str
+    code: str = ""
+
+    def outcome(self, code: str, instance: str = "") -> Outcome:
+        code = self.code or code
+        reason = self.reason.replace("{instance}", instance or "unknown")
+        if self.kind == "delivered":
+            return Delivered(code, reason)
+        if self.kind == "refused":
+            return Reauth(code, reason)
+        if self.kind in ("limit", "fault"):
+            return Retry(code, reason, bounded=self.kind == "fault")
+        if self.kind == "review":
+            return Review(code, reason)
+        return Rejected(code, reason, pause=self.kind == "pause")
+
+
+DELIVERED = Rule("delivered", "contact re-enabled for the application", code="IsSuccessful")
+
+#: contactUser's own failures (``IsSuccessful: false``), by ``ResponseText``.
+RESPONSE_TEXTS: dict[str, Rule] = {
+    "Missing Application ID": Rule(
+        "rejected", "Missing Application ID: the call carried no ApplicationID header; "
+        "validation should have stopped this job (a contactsync bug: report it)",
+        code="missing-application-id"),
+    "Application not found": Rule(
+        "review", "Application not found: the org has no Lead with this ApplicationID; check "
+        f"the id, and that it belongs to the org {ENV}LOGIN_URL logs in to (a staging id sent "
+        "to production, login.salesforce.com, or a production id to staging, test.salesforce.com)",
+        code="application-not-found"),
+    "Invalid username and password": Rule(
+        "refused", "Invalid username and password: Mission Capital refused the integration user "
+        f"even right after a fresh login; check {ENV}USERNAME, {ENV}PASSWORD and "
+        f"{ENV}SECURITY_TOKEN, and that {ENV}LOGIN_URL is the org Mission Capital set the user "
+        "up in", code="invalid-credentials"),
+    "Invalid Request Header. PartnerName or PartnerId parameters are missing.": Rule(
+        "pause", f"Invalid Request Header: Mission Capital did not accept the PartnerId or "
+        f"PartnerName header; set {ENV}PARTNER_ID and {ENV}PARTNER_NAME to the values Mission "
+        "Capital issued (the destination is paused until they are fixed), then requeue",
+        code="missing-partner-header"),
+}  # fmt: skip
+UNKNOWN_TEXT = Rule(
+    "review", "contactUser answered IsSuccessful: false with a text not in the documented table; "
+    "a person decides", code="unknown-response")  # fmt: skip
+
+#: Salesforce platform errors (``[{"message", "errorCode"}]``), by ``errorCode``.
+PLATFORM_ERRORS: dict[str, Rule] = {
+    "INVALID_SESSION_ID": Rule(
+        "refused", "Salesforce refused the session (INVALID_SESSION_ID) even right after a fresh "
+        f"login; check the connected app's session and IP policies for {ENV}USERNAME, and "
+        f"{ENV}LOGIN_URL"),
+    "REQUEST_LIMIT_EXCEEDED": Rule(
+        "limit", "the org's API allowance for the last 24 h is spent (REQUEST_LIMIT_EXCEEDED): "
+        "retried with long waits until Salesforce frees calls; ask Mission Capital for a larger "
+        "allowance if this recurs"),
+}  # fmt: skip
+
+#: What the HTTP status says when neither body decides.
+STATUSES: dict[int, Rule] = {
+    401: PLATFORM_ERRORS["INVALID_SESSION_ID"],
+    403: Rule(
+        "review", "Salesforce refused access (HTTP 403): the integration user may lack permission "
+        "for the contactUser Apex class; ask Mission Capital to check its profile, then requeue"),
+    404: Rule(
+        "rejected", f"HTTP 404: no {CONTACT_USER_PATH} at the instance {{instance}}; check "
+        f"{ENV}LOGIN_URL (https://login.salesforce.com for production, https://test.salesforce.com "
+        "for staging) and that Mission Capital deployed the endpoint there, then requeue"),
+    405: Rule(
+        "rejected", f"HTTP 405: the instance {{instance}} does not take POST at "
+        f"{CONTACT_USER_PATH}; the endpoint changed or {ENV}LOGIN_URL logs in to the wrong org; "
+        "check with Mission Capital, then requeue"),
+    500: Rule("fault", "Salesforce failed while running contactUser (HTTP 500)"),
+}  # fmt: skip
+
+
+def classify_answer(status: int, data: Any, instance: str = "") -> Outcome:
+    """One contactUser answer (its parsed JSON body, None if not JSON) → one outcome: the
+    ``IsSuccessful`` body first (its HTTP status is undocumented), then the platform
+    ``errorCode``, then the HTTP status. A refused token comes out as ``Reauth``: the client logs
+    in again once before it settles the job."""
+    if isinstance(data, dict) and isinstance(data.get("IsSuccessful"), bool):
+        if data["IsSuccessful"]:
+            return DELIVERED.outcome("IsSuccessful")
+        text = data.get("ResponseText")
+        rule = RESPONSE_TEXTS.get(text.strip()) if isinstance(text, str) else None
+        return (rule or UNKNOWN_TEXT).outcome("", instance)
+    codes = _error_codes(data)
+    for code in codes:
+        if code in PLATFORM_ERRORS:
+            return PLATFORM_ERRORS[code].outcome(code, instance)
+    code = codes[0] if codes else f"http-{status}"
+    if status in STATUSES:
+        return STATUSES[status].outcome(code, instance)
+    if status in GATEWAY_DOWN:
+        return gateway_outcome(status, NAME)
+    return Review(code, f"HTTP {status} without a documented contactUser answer; a person decides")
+
+
+def describe_answer(response: httpx.Response, data: Any) -> str:
+    """What the ledger keeps of an answer (``data``: its parsed JSON body): contactUser's fields,
+    or the platform's error codes and messages; of anything else (an error page) only its size
+    and type."""
+    head = f"HTTP {response.status_code}"
+    if isinstance(data, dict) and "IsSuccessful" in data:
+        kept = {k: data[k] for k in ("IsSuccessful", "ResponseText") if k in data}
+        return f"{head} {json.dumps(kept)[:200]}"
+    if _error_codes(data):
+        errors = [{k: e.get(k) for k in ("errorCode", "message")} for e in data[:3]
+                  if isinstance(e, dict)]  # fmt: skip
+        return f"{head} {json.dumps(errors)[:200]}"
+    kind = response.headers.get("content-type", "no content type").split(";")[0]
+    return f"{head}: {len(response.content)} bytes of {kind}, not a Salesforce answer"
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _error_codes(data: Any) -> list[str]:
+    if not isinstance(data, list):
+        return []
+    return [e["errorCode"] for e in data if isinstance(e, dict)
+            and isinstance(e.get("errorCode"), str)]  # fmt: skip
+
+
+# -- the login ---------------------------------------------------------------------------------
+_CREDENTIALS = f"{ENV}USERNAME, {ENV}PASSWORD and {ENV}SECURITY_TOKEN"
+_WHICH_ORG = (
+    f"and that {ENV}LOGIN_URL is the org's environment (https://login.salesforce.com for "
+    "production, https://test.salesforce.com for staging)"
+)
+
+#: Salesforce's OAuth ``error`` → what the operator should check.
+LOGIN_ERRORS: dict[str, str] = {
+    "invalid_grant": f"check {_CREDENTIALS} (password and security token are sent together), "
+                     f"that the user is not locked out, {_WHICH_ORG}",
+    "invalid_client_id": f"check {ENV}CLIENT_ID (the connected app's consumer key) {_WHICH_ORG}",
+    "invalid_client": f"check {ENV}CLIENT_SECRET (the connected app's consumer secret) and "
+                      f"{ENV}CLIENT_ID",
+    "unsupported_grant_type": "the connected app does not allow the username-password flow; "
+                              "ask Mission Capital to enable it",
+}  # fmt: skip
+LOGIN_OTHER = (
+    f"check {ENV}LOGIN_URL (https://login.salesforce.com or https://test.salesforce.com), "
+    f"{ENV}CLIENT_ID, {ENV}CLIENT_SECRET, {_CREDENTIALS}"
+)
+
+
+class LoginUnanswered(Exception):
+    """The login endpoint failed (5xx) rather than refusing the credentials: a Retry, not a
+    Reauth, since the configuration may be right."""
+
+    def __init__(self, outcome: Retry, answer: str) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
+        self.answer = answer
+
+
+def login_refusal(response: httpx.Response) -> str:
+    """The ``LoginFailed`` message for a refused login: Salesforce's error and what to check."""
+    data = _json(response.content)
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, str) or not error:
+        return f"Salesforce refused the login (HTTP {response.status_code}): {LOGIN_OTHER}"
+    description = data.get("error_description") if isinstance(data, dict) else None
+    said = f"{error}: {description}" if isinstance(description, str) else error
+    return f"Salesforce refused the login ({said[:100]}): {LOGIN_ERRORS.get(error, LOGIN_OTHER)}"
+
+
+# -- the client --------------------------------------------------------------------------------
+class MissionCapitalClient:
+    """One pooled, thread-safe HTTP client per worker process; the token is the fleet's."""
+
+    def __init__(
+        self,
+        settings: MissionCapitalSettings,
+        client: redis.Redis | None = None,
+        prefix: str | None = None,
+        max_connections: int = 64,
+    ) -> None:
+        require(DESTINATION, settings)
+        self._settings = settings
+        self._login_url = str(settings.login_url).rstrip("/")
+        self._password = settings.password.get_secret_value() + (
+            settings.security_token.get_secret_value()
+        )
+        self._configured_secrets = [
+            s for s in (self._password, settings.password.get_secret_value(),
+                        settings.security_token.get_secret_value(),
+                        settings.client_secret.get_secret_value()) if s
+        ]  # fmt: skip
+        self._partner = {"PartnerId": settings.partner_id, "PartnerName": settings.partner_name}
+        self._tokens: deque[str] = deque(maxlen=4)  # the latest token values seen, to scrub
+        self._tokens_lock = threading.Lock()
+        self.gate: Gate | None = destination_gate(DESTINATION, self._login_url, settings)
+        self._http = httpx.Client(
+            timeout=http_timeout(settings),
+            headers={"Accept": "application/json"},
+            limits=httpx.Limits(max_connections=max_connections),
+        )
+        # One token per org user and connected app, for the whole fleet.
+        who = f"{self._login_url} {settings.username} {settings.client_id}"
+        self.shared_token = SharedToken(
+            client if client is not None else redis_client(), gate_name(DESTINATION, who),
+            self._login, prefix=get_settings().key_prefix if prefix is None else prefix,
+        )  # fmt: skip
+
+    def prepare(self, job: JobModel) -> Callable[[], Answer]:
+        assert isinstance(job, MissionCapitalContactUser)
+        headers = {**self._partner, "Content-Type": "application/json",
+                   "ApplicationID": job.application_id}  # fmt: skip
+        return lambda: self._deliver(headers)
+
+    def send(self, job: JobModel) -> Answer:
+        """Build and send at once (tools and tests; deliveries prepare, then send)."""
+        return self.prepare(job)()
+
+    def secrets(self) -> list[str]:
+        with self._tokens_lock:
+            return [*self._configured_secrets, *self._tokens]
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _deliver(self, headers: dict[str, str]) -> Answer:
+        """Call with the fleet's token; a refused token is renewed once for the fleet and the
+        call sent once more (safe: contactUser is idempotent)."""
+        try:
+            token = self.shared_token.get()
+            answer = self._call(token, headers)
+            if isinstance(answer.outcome, Reauth):
+                answer = self._call(self.shared_token.refresh(token), headers)
+        except LoginFailed as exc:
+            return Answer(Reauth("login-failed", str(exc)), "login refused")
+        except LoginUnanswered as exc:
+            return Answer(exc.outcome, exc.answer)
+        except httpx.TransportError as exc:
+            return Answer(idempotent_transport_outcome(exc, LOGIN_NAME), type(exc).__name__)
+        return answer
+
+    def _call(self, token: Token, headers: dict[str, str]) -> Answer:
+        self._seen(token.value)
+        instance = token.data.get("instance_url", "").rstrip("/")
+        try:
+            response = self._http.post(
+                f"{instance}{CONTACT_USER_PATH}",
+                headers={**headers, "Authorization": f"Bearer {token.value}"},
+            )
+        except httpx.TransportError as exc:
+            return Answer(idempotent_transport_outcome(exc, NAME), type(exc).__name__)
+        self._record_usage(response)
+        data = _json(response.content)
+        outcome = classify_answer(response.status_code, data, instance)
+        measured = isinstance(data, dict)  # the Apex code itself answered
+        return Answer(outcome, describe_answer(response, data), measured=measured)
+
+    def _login(self, stale: Token | None) -> Token:
+        """The OAuth2 username-password grant (``SharedToken`` calls it under the fleet's lock).
+        Raises ``LoginFailed`` if the credentials are refused, ``LoginUnanswered`` on a 5xx."""
+        settings = self._settings
+        response = self._http.post(f"{self._login_url}{OAUTH_PATH}", data={
+            "grant_type": "password", "client_id": settings.client_id,
+            "client_secret": settings.client_secret.get_secret_value(),
+            "username": settings.username, "password": self._password,
+        })  # fmt: skip
+        self._record_usage(response)
+        status = response.status_code
+        if status >= 500:
+            outcome = (
+                gateway_outcome(status, LOGIN_NAME) if status in GATEWAY_DOWN
+                else Retry(f"http-{status}", f"{LOGIN_NAME} failed (HTTP {status})", bounded=True)
+            )  # fmt: skip
+            raise LoginUnanswered(outcome, f"login HTTP {status}")
+        if status != 200:
+            raise LoginFailed(login_refusal(response))
+        data = _json(response.content)
+        value = data.get("access_token") if isinstance(data, dict) else None
+        instance = data.get("instance_url") if isinstance(data, dict) else None
+        if not (isinstance(value, str) and value and isinstance(instance, str)
+                and instance.startswith(("https://", "http://"))):  # fmt: skip
+            raise LoginFailed(f"{LOGIN_NAME} answered HTTP 200 without an access_token and an "
+                              f"instance_url: check {ENV}LOGIN_URL")  # fmt: skip
+        self._seen(value)
+        refresh_at_ms = int(time.time() * 1000 + 0.9 * settings.token_lifetime_s * 1000)
+        return Token(value, {"instance_url": instance}, refresh_at_ms=refresh_at_ms)
+
+    def _seen(self, token: str) -> None:
+        with self._tokens_lock:
+            if token not in self._tokens:
+                self._tokens.append(token)
+
+    @staticmethod
+    def _record_usage(response: httpx.Response) -> None:
+        found = _API_USAGE.search(response.headers.get(LIMIT_HEADER, ""))
+        if found:
+            record_api_usage(DESTINATION, int(found[1]), int(found[2]))
+
+
+def _client() -> MissionCapitalClient:
+    settings = get_settings()
+    return MissionCapitalClient(
+        settings.missioncapital, max_connections=settings.worker_concurrency * 2
+    )
+
+
+class MissionCapitalDelivery(DeliveryTask):
+    abstract = True
+    connector_factory: ClassVar[Callable[[], MissionCapitalClient]] = staticmethod(_client)
+
+
+@app.task(base=MissionCapitalDelivery, bind=True, name="missioncapital.deliver",
+          queue="missioncapital")  # fmt: skip
+def deliver(self: MissionCapitalDelivery, job_id: str) -> dict[str, Any]:
+    """Deliver one Mission Capital job (contactUser) from the ledger."""
+    return self.deliver(job_id)
