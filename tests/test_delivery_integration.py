@@ -299,6 +299,7 @@ def test_worker_killed_mid_call_does_not_lose_the_job(
         victim = next(proc for name, proc, _ in stack._children if name == "worker-w1")
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait()
+        stack.stop_child("worker-w1")  # forget it: the stack checks that its children live
         simulator.configure(latency_s=0.03, jitter_s=0.005)
         stack.start_worker("w2")
 

@@ -108,16 +108,18 @@ def test_demo_prints_its_table_and_never_touches_configured_endpoints(tmp_path: 
     env["CONTACTSYNC_REDIS_URL"] = "redis://127.0.0.1:1/0"
     env["CONTACTSYNC_NOOJEE__BASE_URL"] = "http://127.0.0.1:1"
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "demo", "--jobs", "60", "--no-linger"],
+        [sys.executable, "-m", "worker.cli", "demo", "--jobs", "80", "--no-linger"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    for row in ("delivered", "retried (109)", "in review", "rejected", "refused at submit",
-                "elapsed", "Flower: http://127.0.0.1:"):  # fmt: skip
+    for row in ("noojee", "missioncapital", "trendsic", "expandable", "answered busy (109)",
+                "review", "rejected", "refused at submit", "80 jobs settled in",
+                "Flower: http://127.0.0.1:"):  # fmt: skip
         assert row in out, out
     assert "LEAD_NOT_UPDATED_DUE_TO_CONFLICT" in out and "DNC" in out
-    assert "delivered" in out.split("of which retried")[0]
+    assert "Application not found" in out  # Mission Capital's scripted unknown application
+    assert "not settled in time" not in out
     assert not (tmp_path / ".contactsync" / "demo" / "redis" / "embedded.json").exists()
 
 

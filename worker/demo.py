@@ -1,8 +1,10 @@
 """`contactsync demo`: the whole system on the embedded default, fed a realistic sample.
 
-A few hundred Noojee lead updates, among them leads the PBX answers busy (109) before accepting,
-leads a person is editing (110), a lead on the do-not-call list (104), a lead that does not exist
-(101) and a job refused at the door; a live progress bar; then a table of where every job ended.
+Lead updates for Noojee, among them leads the PBX answers busy (109) before accepting, leads a
+person is editing (110), a lead on the do-not-call list (104), a lead that does not exist (101)
+and a job refused at the door; and updates for Mission Capital, Trendsic and Expandable, with an
+unknown application, a field the CRM refuses, and every token expired half-way through. A live
+progress bar, then a table of where every job ended, destination by destination.
 """
 
 from __future__ import annotations
@@ -55,6 +57,52 @@ def sample_jobs(count: int, rng: random.Random) -> tuple[list[Any], dict[str, li
     return jobs, scripts
 
 
+#: The demo's share of jobs for each of the other destinations.
+OTHER_SHARE = 0.1
+EXPANDABLE_CONTACTS = [("ABCCORP", "JHERNANDEZ"), ("ABCCORP", "MSMITH"), ("XYZINC", "TJONES")]
+
+
+def salesforce_id(n: int) -> str:
+    """An 18-character Salesforce Lead id with its case-checksum suffix."""
+    base = f"00QDm{n:05d}Xy8Qa"
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+    return base + "".join(
+        alphabet[sum(1 << i for i, c in enumerate(base[s : s + 5]) if c.isupper())]
+        for s in range(0, 15, 5)
+    )
+
+
+def other_jobs(count: int, rng: random.Random) -> tuple[list[Any], dict[str, list[Any]]]:
+    """``count`` jobs for each of Mission Capital, Trendsic and Expandable, and the scripts (one
+    admin body per scripted id) that make some of them interesting."""
+    from tasks.models import validate_job
+
+    jobs: list[Any] = []
+    for n in range(count):
+        jobs.append(validate_job("missioncapital.contact_user",
+                                 {"application_id": salesforce_id(n)}))  # fmt: skip
+        first, last = rng.choice(FIRST), rng.choice(LAST)
+        jobs.append(validate_job("trendsic.contact_connection", {
+            "contact_id": 1001 + n % 10, "agent_id": 7,
+            "contact": {"FirstName": first, "LastName": last,
+                        "Phone": f"(03) 9{rng.randrange(10**7):07d}"},
+        }))  # fmt: skip
+        customer, person = EXPANDABLE_CONTACTS[n % len(EXPANDABLE_CONTACTS)]
+        jobs.append(validate_job("expandable.contact_update", {
+            "CUSTOMER_ID": customer, "CUST_CONTACT": person, "CONTACT_STATUS": "A",
+            "NOTES": f"Called {rng.choice(DISPOSITIONS).lower()} on 2026-11-{n % 28 + 1:02d}",
+        }))  # fmt: skip
+    scripts: dict[str, list[Any]] = {
+        # Staging and production mixed up: this application does not exist in this org.
+        "missioncapital": [{"id": salesforce_id(3), "answers": ["not-found"]}],
+        # The CRM's own validation refuses the first update of contact 1004, field by field.
+        "trendsic": [{"id": 1004, "answers": ["http-400", "ok"]}],
+        # The ERP finds the first request for XYZINC invalid.
+        "expandable": [{"id": "XYZINC", "answers": ["http-400", "ok"]}],
+    }
+    return jobs, scripts
+
+
 def run_demo(console: Console, count: int, linger: bool) -> None:
     # Sandboxed, under its own data dir: sample jobs never reach a configured Redis or PBX, and
     # the demo runs beside a `contactsync up` without touching its ledger.
@@ -90,9 +138,16 @@ def _run(console: Console, stack: Stack, count: int) -> None:
     from worker.runtime import ledger
 
     rng = random.Random(2026)
-    jobs, scripts = sample_jobs(count, rng)
-    if stack.simulator_url:
-        httpx.post(f"{stack.simulator_url}/_script", json={"scripts": scripts}).raise_for_status()
+    others = max(1, int(count * OTHER_SHARE))
+    jobs, scripts = sample_jobs(count - 3 * others, rng)
+    more, other_scripts = other_jobs(others, rng)
+    jobs += more
+    urls = stack.simulator_urls
+    if "noojee" in urls:
+        httpx.post(f"{urls['noojee']}/_script", json={"scripts": scripts}).raise_for_status()
+    for name, bodies in other_scripts.items():
+        for body in bodies:
+            httpx.post(f"{urls[name]}/_script", json=body).raise_for_status()
     try:  # a job that cannot succeed never reaches the queue
         validate_job("noojee.update", {
             "template_id": 41, "campaign_id": 41, "allocation_id": 38, "external_lead_id": "X-1",
@@ -113,15 +168,24 @@ def _run(console: Console, stack: Stack, count: int) -> None:
             ids.append(submit(job, priority="realtime" if n % 10 == 0 else "bulk", client="demo"))
             progress.advance(sending)
         settling = progress.add_task("settled  ", total=len(ids), detail="")
+        expired = False
         while True:
             with book.r.pipeline(transaction=False) as pipe:
                 for job_id in ids:
                     pipe.hget(book.job_key(job_id), "state")
-                states = Counter(pipe.execute())
+                answers = pipe.execute()
+            states = Counter(answers)
             done = sum(states[s] for s in TERMINAL)
             detail = "  ".join(f"{s} {states[s]}" for s in ("delivered", "retrying", "review",
                                                             "rejected") if states[s])  # fmt: skip
             progress.update(settling, completed=done, detail=detail)
+            others_done = sum(state in TERMINAL for state in answers[len(ids) - len(more):])
+            if not expired and others_done >= len(more) // 3:
+                # A third of the way, every token expires: one login each, for the fleet.
+                for name in ("missioncapital", "trendsic", "expandable"):
+                    if name in urls:
+                        httpx.post(f"{urls[name]}/_expire_tokens").raise_for_status()
+                expired = True
             if done == len(ids) or time.monotonic() - started > 110:
                 break
             time.sleep(0.2)
@@ -132,49 +196,67 @@ def _run(console: Console, stack: Stack, count: int) -> None:
 def _report(
     console: Console, stack: Stack, records: list[Any], refused: list[str], elapsed: float
 ) -> None:
-    busy = [r for r in records if any(e.get("code") == "109" for e in r.history)]
-    by_state: dict[str, Counter[str]] = {s: Counter() for s in ("delivered", "review", "rejected")}
+    table = Table(title=f"contactsync demo: {len(records)} contact updates to four destinations")
+    for column, justify in (("destination", "left"), ("delivered", "right"), ("review", "right"),
+                            ("rejected", "right"), ("calls in flight (gate)", "left"),
+                            ("logins", "right")):  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    details: list[tuple[str, str, int, str]] = []
     unsettled = 0
-    for record in records:
-        if record.state in by_state:
-            by_state[record.state][record.last_reason] += 1
-        else:
-            unsettled += 1
-    table = Table(title=f"contactsync demo: {len(records)} Noojee lead updates", show_lines=False)
-    table.add_column("outcome")
-    table.add_column("jobs", justify="right")
-    table.add_column("why")
-    table.add_row("[green]delivered[/green]", str(sum(by_state["delivered"].values())), "code 0")
-    n109 = sum(1 for r in busy for e in r.history if e.get("code") == "109")
-    table.add_row("  of which retried (109)", str(len(busy)),
-                  f"{n109} busy answers from the PBX, retried with backoff")  # fmt: skip
-    for state, colour in (("review", "yellow"), ("rejected", "red")):
-        for reason, n in by_state[state].most_common():
-            table.add_row(f"[{colour}]{'in review' if state == 'review' else state}[/{colour}]",
-                          str(n), reason)  # fmt: skip
-    if refused:
-        table.add_row("[red]refused at submit[/red]", "1", "; ".join(refused))
-    if unsettled:
-        table.add_row("[red]not settled in time[/red]", str(unsettled), "see contactsync jobs")
-    table.add_row("elapsed", f"{elapsed:.1f} s", f"{len(records) / elapsed:.0f} jobs/s through "
-                  "a PBX with 4 slots of ~100 ms each")  # fmt: skip
-    table.add_row("gate", _gate_summary(), "calls in flight the fleet may have, learnt from "
-                  "latency and 109s (`contactsync gate status`)")  # fmt: skip
+    for destination in ("noojee", "missioncapital", "trendsic", "expandable"):
+        mine = [r for r in records if r.destination == destination]
+        if not mine:
+            continue
+        states = Counter(r.state for r in mine)
+        unsettled += sum(n for state, n in states.items() if state not in TERMINAL)
+        for state in ("review", "rejected"):
+            for reason, n in Counter(r.last_reason for r in mine if r.state == state).items():
+                details.append((destination, state, n, reason))
+        logins = _logins(stack, destination)
+        table.add_row(destination, str(states["delivered"]), str(states["review"]),
+                      str(states["rejected"]), _gate_summary(destination),
+                      "-" if logins is None else str(logins))  # fmt: skip
     console.print(table)
+    busy = [r for r in records if any(e.get("code") == "109" for e in r.history)]
+    n109 = sum(1 for r in busy for e in r.history if e.get("code") == "109")
+    console.print(f"  noojee: {len(busy)} leads answered busy (109) {n109} times, retried with "
+                  "backoff, then delivered", highlight=False)  # fmt: skip
+    for destination, state, n, reason in details:
+        colour = "yellow" if state == "review" else "red"
+        console.print(f"  {destination}: [{colour}]{n} {state}[/{colour}]: {reason}",
+                      highlight=False)  # fmt: skip
+    if refused:
+        console.print(f"  [red]refused at submit[/red] (never queued): {'; '.join(refused)}",
+                      highlight=False)  # fmt: skip
+    if unsettled:
+        console.print(f"  [red]{unsettled} not settled in time[/red]: see `contactsync jobs`")
+    console.print(f"  {len(records)} jobs settled in {elapsed:.1f} s. Every token expired a "
+                  "third of the way through and was fetched again once for the whole fleet "
+                  "(logins). The gate column is the fleet's limit now (its range over the run).",
+                  highlight=False)  # fmt: skip
     user, password = stack.flower_credentials[0], stack.flower_password_shown
     console.print(f"Flower: {stack.flower_url}  user [bold]{user}[/bold]  password "
                   f"[bold]{password}[/bold]")  # fmt: skip
 
 
-def _gate_summary() -> str:
-    """The Noojee gate's limit now and its range over the run, e.g. ``4 (2-5)``."""
+def _logins(stack: Stack, destination: str) -> int | None:
+    """Logins the destination's simulator saw (None: it has no login)."""
+    url = stack.simulator_urls.get(destination)
+    if destination == "noojee" or not url:
+        return None
+    return int(httpx.get(f"{url}/_stats").json().get("logins", 0))
+
+
+def _gate_summary(destination: str) -> str:
+    """The destination's gate: its limit now and its range over the run, e.g. ``4 (2-5)``."""
     from worker.broker import redis_client
     from worker.gate import gate_names, read_status
 
     client, prefix = redis_client(), get_settings().key_prefix
-    names = [n for n in gate_names(client, prefix) if n.startswith("noojee")]
+    names = [n for n in gate_names(client, prefix) if n.split(":")[0] == destination]
     if not names:
         return "-"
     status = read_status(client, f"{prefix}gate:{names[0]}:", names[0])
     limits = [limit for _, limit, _ in status.history] or [status.limit]
-    return f"{status.limit} ({min(limits)}-{max(limits)})"
+    kind = "adaptive" if status.adaptive else "fixed"
+    return f"{status.limit} ({min(limits)}-{max(limits)}, {kind})"

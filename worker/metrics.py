@@ -78,10 +78,38 @@ class FleetCollector:
             counts = read
         return statuses, counts, ok
 
+    def read_destinations(
+        self, statuses: list[GateStatus]
+    ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+        """(each gate's pause, if paused; each destination's reported API usage)."""
+        from worker.app import destinations
+
+        pauses: dict[str, dict[str, str]] = {}
+        usage: dict[str, dict[str, str]] = {}
+        try:
+            client = self._client()
+            with client.pipeline(transaction=False) as pipe:
+                for s in statuses:
+                    pipe.hgetall(f"{self.prefix}pause:{s.name}")
+                for name in destinations():
+                    pipe.hgetall(f"{self.prefix}api-usage:{name}")
+                answers = pipe.execute()
+        except Exception as exc:
+            log.warning("metrics: cannot read pauses and API usage: %s", exc)
+            return pauses, usage
+        for s, answer in zip(statuses, answers, strict=False):
+            if answer:
+                pauses[s.name] = answer
+        for name, answer in zip(destinations(), answers[len(statuses):], strict=False):
+            if answer:
+                usage[name] = answer
+        return pauses, usage
+
     def collect(self) -> Iterable[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         statuses, counts, ok = self.read()
+        pauses, usage = self.read_destinations(statuses)
         gate = ["gate", "target"]
 
         def gauge(name: str, doc: str, labels: list[str] = gate) -> GaugeMetricFamily:
@@ -125,12 +153,23 @@ class FleetCollector:
             busy_minute.add_metric(labels, s.busy_last_minute)
             busy_total.add_metric(labels, s.busy_total)
             expired.add_metric(labels, s.expired_total)
+        paused = gauge("destination_paused", "1 while the destination is paused as down or "
+                       "misconfigured (its jobs wait; one call probes it)")  # fmt: skip
+        for s in statuses:
+            paused.add_metric([s.name, s.target], 1 if s.name in pauses else 0)
+        api_used = gauge("api_usage_used", "API calls used of the allowance, as the destination "
+                         "last reported it (Salesforce Sforce-Limit-Info)", ["destination"])
+        api_allowed = gauge("api_usage_allowed", "The API allowance the destination last "
+                            "reported", ["destination"])  # fmt: skip
+        for name, figures in sorted(usage.items()):
+            api_used.add_metric([name], float(figures.get("used", 0)))
+            api_allowed.add_metric([name], float(figures.get("allowed", 0)))
         jobs = gauge("jobs", "Jobs per state in the ledger (delivered: a running total)",
                      ["state"])  # fmt: skip
         for state, n in counts.items():
             jobs.add_metric([state], n)
         return [up, limit, maximum, adaptive, in_flight, waiting, floor, latency, busy_minute,
-                busy_total, expired, jobs]  # fmt: skip
+                busy_total, expired, paused, api_used, api_allowed, jobs]  # fmt: skip
 
     def _read_counts(self) -> dict[str, int] | None:
         if self._job_counts is None:

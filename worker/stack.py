@@ -1,11 +1,13 @@
 """The whole system on one machine, as `contactsync up` and `contactsync demo` run it: the
-embedded server (unless CONTACTSYNC_REDIS_URL is set), the simulator (unless a real Noojee URL
-is configured), Celery workers and Flower, each a child process logging under ``data_dir/logs``.
+embedded server (unless CONTACTSYNC_REDIS_URL is set), a simulator for each destination that is
+not configured (``sandbox/``), Celery workers and Flower, each a child process logging under
+``data_dir/logs``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import signal
@@ -22,9 +24,43 @@ from typing import IO
 import httpx
 
 from worker.embedded import EmbeddedRedis, die_with_parent, free_port
-from worker.settings import get_settings
+from worker.settings import Settings, get_settings
 
 SIM_API_KEY = "sandbox-key"
+
+
+@dataclass(frozen=True)
+class Simulated:
+    """How to run one destination's simulator and point the workers at it: ``url_setting`` is
+    the variable suffix that takes its URL, ``env`` the sandbox credentials it accepts (the
+    simulators' own defaults, not secrets), ``configured`` whether a real endpoint is set."""
+
+    url_setting: str
+    env: dict[str, str]
+    args: tuple[str, ...]
+    configured: Callable[[Settings], bool]
+
+
+#: Every destination's simulator, in the order they are started.
+SIMULATORS: dict[str, Simulated] = {
+    "noojee": Simulated("BASE_URL", {"API_KEY": SIM_API_KEY}, ("--api-key", SIM_API_KEY),
+                        lambda s: s.noojee.base_url is not None),
+    "missioncapital": Simulated(
+        "LOGIN_URL",
+        {"CLIENT_ID": "sandbox-client", "CLIENT_SECRET": "sandbox-secret",
+         "USERNAME": "sandbox@example.com", "PASSWORD": "sandbox-password",
+         "PARTNER_ID": "P-SANDBOX", "PARTNER_NAME": "contactsync-sandbox"},
+        ("--latency", "0.05", "--jitter", "0.01"),
+        lambda s: s.missioncapital.login_url is not None,
+    ),
+    "trendsic": Simulated("BASE_URL", {"USERNAME": "sandbox-user", "PASSWORD": "sandbox-pass"},
+                          ("--latency", "0.05"), lambda s: s.trendsic.base_url is not None),
+    "expandable": Simulated(
+        "BASE_URL", {"DATA_SOURCE": "SANDBOX", "USERNAME": "sandbox",
+                     "PASSWORD": "sandbox-password"},
+        ("--latency", "0.05"), lambda s: s.expandable.base_url is not None,
+    ),
+}  # fmt: skip
 
 
 def refresh_settings() -> None:
@@ -62,6 +98,7 @@ class Stack:
 
     sandboxed: ignore configured endpoints and always use a private embedded server and the
     simulators, so sample traffic (the demo) can never reach a real queue or destination.
+    simulator_args: extra options of the Noojee simulator; ``simulator_options`` those of any.
     """
 
     data_dir: Path
@@ -69,12 +106,13 @@ class Stack:
     flower: bool = True
     sandboxed: bool = False
     simulator_args: list[str] = field(default_factory=list)
+    simulator_options: dict[str, list[str]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
     flower_url: str = ""
     flower_credentials: tuple[str, str] = ("", "")
     flower_password_generated: bool = False
-    simulator_url: str = ""
+    simulator_urls: dict[str, str] = field(default_factory=dict)
     _children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = field(default_factory=list)
 
     @property
@@ -84,6 +122,11 @@ class Stack:
         if self.flower_password_generated:
             return self.flower_credentials[1]
         return "(from CONTACTSYNC_FLOWER__PASSWORD)"
+
+    @property
+    def simulator_url(self) -> str:
+        """The Noojee simulator's URL ("" if a real PBX is configured)."""
+        return self.simulator_urls.get("noojee", "")
 
     @property
     def log_dir(self) -> Path:
@@ -97,12 +140,14 @@ class Stack:
             if settings.redis_url is None or self.sandboxed:
                 self.redis = EmbeddedRedis.under(self.data_dir).start()
                 self.env["CONTACTSYNC_REDIS_URL"] = self.redis.url
-            if settings.noojee.base_url is None or self.sandboxed:
-                self._start_simulator()
+            self._start_simulators([
+                name for name, sim in SIMULATORS.items()
+                if self.sandboxed or not sim.configured(settings)
+            ])  # fmt: skip
             self._apply_env()
             for n in range(1, self.workers + 1):
                 self.start_worker(f"w{n}")
-            self._wait_for_workers(self.workers)
+            self.wait_for_workers(self.workers)
             if self.flower:
                 self._start_flower()
         except BaseException:
@@ -124,17 +169,28 @@ class Stack:
         self._children.append((name, proc, log))
         return proc
 
-    def _start_simulator(self) -> None:
-        port_file = self.data_dir / "simulator.port"
-        port_file.unlink(missing_ok=True)
-        self._spawn("simulator", [
-            sys.executable, "-m", "sandbox.noojee", "--port", "0", "--port-file", str(port_file),
-            "--api-key", SIM_API_KEY, *self.simulator_args,
-        ])  # fmt: skip
-        wait_until(port_file.exists, 20, "the Noojee simulator")
-        self.simulator_url = f"http://127.0.0.1:{port_file.read_text().strip()}"
-        self.env["CONTACTSYNC_NOOJEE__BASE_URL"] = self.simulator_url
-        self.env["CONTACTSYNC_NOOJEE__API_KEY"] = SIM_API_KEY
+    def _start_simulators(self, names: list[str]) -> None:
+        """Start them all, then wait for each to listen (they start in parallel)."""
+        port_files = {}
+        for name in names:
+            sim = SIMULATORS[name]
+            port_file = port_files[name] = self.data_dir / f"simulator-{name}.port"
+            port_file.unlink(missing_ok=True)
+            extra = self.simulator_args if name == "noojee" else []
+            self._spawn(f"simulator-{name}", [
+                sys.executable, "-m", f"sandbox.{name}", "--port", "0", "--port-file",
+                str(port_file), *sim.args, *extra, *self.simulator_options.get(name, []),
+            ])  # fmt: skip
+        for name, port_file in port_files.items():
+            wait_until(functools.partial(self._started, port_file), 20, f"the {name} simulator")
+            url = self.simulator_urls[name] = f"http://127.0.0.1:{port_file.read_text().strip()}"
+            variables = {SIMULATORS[name].url_setting: url, **SIMULATORS[name].env}
+            for suffix, value in variables.items():
+                self.env[f"CONTACTSYNC_{name.upper()}__{suffix}"] = value
+
+    def _started(self, port_file: Path) -> bool:
+        self._check_children()
+        return port_file.exists() and bool(port_file.read_text().strip())
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
         """Start one Celery worker process (``celery -A worker worker``) named ``name@host``,
@@ -144,7 +200,8 @@ class Stack:
             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         ])  # fmt: skip
 
-    def _wait_for_workers(self, count: int) -> None:
+    def wait_for_workers(self, count: int) -> None:
+        """Until ``count`` workers answer a ping."""
         from worker.app import app
 
         def ready() -> bool:
@@ -188,19 +245,18 @@ class Stack:
         with _signals_ignored():
             self._stop(timeout_s)
 
+    def stop_child(self, name: str, timeout_s: float = 15.0) -> None:
+        """Stop one child by name (a worker is ``worker-NAME``): SIGTERM, then SIGKILL."""
+        for entry in [c for c in self._children if c[0] == name]:
+            _signal(entry[1], signal.SIGTERM)
+            _reap(entry[1], entry[2], timeout_s)
+            self._children.remove(entry)
+
     def _stop(self, timeout_s: float) -> None:
         for _name, proc, _log in reversed(self._children):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
+            _signal(proc, signal.SIGTERM)
         for _name, proc, log in reversed(self._children):
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            log.close()
+            _reap(proc, log, timeout_s)
         self._children.clear()
         if self.redis is not None:
             self.redis.stop()
@@ -216,6 +272,24 @@ class Stack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
+    """Signal a child's whole process group (it runs in its own session)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+
+def _reap(proc: subprocess.Popen[bytes], log: IO[bytes], timeout_s: float) -> None:
+    """Wait for a signalled child; SIGKILL it if it takes longer than ``timeout_s``."""
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
 
 
 @contextlib.contextmanager
