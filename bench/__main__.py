@@ -1,7 +1,8 @@
-"""`make bench`: the gate's scenarios A-F, plain Celery and the gate side by side.
+"""`make bench`: the gate's scenarios A-F (plain Celery and the gate side by side), and the
+fairness of the other destinations beside a Noojee backfill.
 
-``python -m bench`` runs them all; ``python -m bench C D`` runs some. Results are printed as a
-table and written to ``bench/results/gate.json``.
+``python -m bench`` runs them all; ``python -m bench C D`` some scenarios; ``python -m bench
+fairness`` the fairness benchmark. Results are printed and written under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import gate
+from bench import fairness, gate
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -76,25 +77,70 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    keys = [a.upper() for a in argv] or None
-    print(f"gate benchmark: {gate.WORKERS} workers x {gate.THREADS} threads, simulator "
-          f"{gate.SERVICE_S * 1000:.0f} ms ± 20 ms, 109 after 2 s queued", flush=True)  # fmt: skip
-    started = time.time()
-    results = gate.run(keys)
-    report = {
-        "benchmark": "noojee gate vs plain celery",
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-        "ran_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-        "duration_s": round(time.time() - started),
-        "scenarios": results,
-    }
+def fairness_table(entry: dict[str, Any]) -> str:
+    verdict = "MET" if entry["met"] else "NOT MET"
+    lines = ["", f"Fairness. {entry['title']}", f"   setup: {entry['setup']}",
+             f"   target: {entry['target']} → {verdict}",
+             f"   {'destination':24}{'alone /s':>10}{'with /s':>10}{'ratio':>8}"
+             f"{'p50 alone':>11}{'p50 with':>10}{'p99 alone':>11}{'p99 with':>10}"]  # fmt: skip
+    for priority, ratios in entry["rate_ratio"].items():
+        for name, ratio in ratios.items():
+            alone, with_ = entry["alone"][priority][name], entry["with_backfill"][priority][name]
+            lines.append(
+                f"   {name + ' (' + priority + ')':24}{alone['rate_per_s']:>10}"
+                f"{with_['rate_per_s']:>10}{show(ratio):>8}"
+                f"{show(alone['latency_p50_s']):>11}{show(with_['latency_p50_s']):>10}"
+                f"{show(alone['latency_p99_s']):>11}{show(with_['latency_p99_s']):>10}"
+            )
+    lines.append(f"   Noojee meanwhile: {entry['noojee_calls_per_s_during_stream']} calls/s; gate "
+                 f"at the stream's start {show(entry['noojee_gate_at_start_of_stream'])}, at its "
+                 f"end {show(entry['noojee_gate_at_end_of_stream'])}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _write(name: str, report: dict[str, Any]) -> Path:
     RESULTS.mkdir(exist_ok=True)
-    name = "gate.json" if keys is None else f"gate-{''.join(keys)}.json"
-    (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
-    print(table(results))
-    print(f"\nwritten to {RESULTS / name}")
-    return 0 if all(entry["met"] for entry in results.values()) else 1
+    path = RESULTS / name
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def main(argv: list[str]) -> int:
+    """``python -m bench``: everything; ``python -m bench A C``: those gate scenarios;
+    ``python -m bench fairness``: the fairness benchmark alone."""
+    wanted = [a.upper() for a in argv]
+    fairness_wanted = not wanted or "FAIRNESS" in wanted
+    keys = [k for k in wanted if k != "FAIRNESS"] or (None if not wanted else [])
+    machine = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
+    met = True
+    if keys != []:
+        print(f"gate benchmark: {gate.WORKERS} workers x {gate.THREADS} threads, simulator "
+              f"{gate.SERVICE_S * 1000:.0f} ms ± 20 ms, 109 after 2 s queued",
+              flush=True)  # fmt: skip
+        started = time.time()
+        results = gate.run(keys)
+        path = _write("gate.json" if keys is None else f"gate-{''.join(keys)}.json", {
+            "benchmark": "noojee gate vs plain celery", "machine": machine,
+            "ran_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+            "duration_s": round(time.time() - started), "scenarios": results,
+        })  # fmt: skip
+        print(table(results))
+        print(f"\nwritten to {path}")
+        met = met and all(entry["met"] for entry in results.values())
+    if fairness_wanted:
+        print("\nfairness benchmark: the other destinations, alone and beside a Noojee backfill",
+              flush=True)  # fmt: skip
+        started = time.time()
+        entry = fairness.run()
+        path = _write("fairness.json", {
+            "benchmark": "fairness", "machine": machine,
+            "ran_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+            "duration_s": round(time.time() - started), **entry,
+        })  # fmt: skip
+        print(fairness_table(entry))
+        print(f"\nwritten to {path}")
+        met = met and entry["met"]
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
