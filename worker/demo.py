@@ -198,7 +198,7 @@ def _report(
 ) -> None:
     table = Table(title=f"contactsync demo: {len(records)} contact updates to four destinations")
     for column, justify in (("destination", "left"), ("delivered", "right"), ("review", "right"),
-                            ("rejected", "right"), ("calls in flight (gate)", "left"),
+                            ("rejected", "right"), ("gate", "left"),
                             ("logins", "right")):  # fmt: skip
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     details: list[tuple[str, str, int, str]] = []
@@ -232,7 +232,8 @@ def _report(
         console.print(f"  [red]{unsettled} not settled in time[/red]: see `contactsync jobs`")
     console.print(f"  {len(records)} jobs settled in {elapsed:.1f} s. Every token expired a "
                   "third of the way through and was fetched again once for the whole fleet "
-                  "(logins). The gate column is the fleet's limit now (its range over the run).",
+                  "(logins, token refreshes included). The gate column is the fleet's limit "
+                  "of calls in flight now (its range over the run).",
                   highlight=False)  # fmt: skip
     user, password = stack.flower_credentials[0], stack.flower_password_shown
     console.print(f"Flower: {stack.flower_url}  user [bold]{user}[/bold]  password "
@@ -240,11 +241,12 @@ def _report(
 
 
 def _logins(stack: Stack, destination: str) -> int | None:
-    """Logins the destination's simulator saw (None: it has no login)."""
+    """Logins the destination's simulator saw, token refreshes included (None: no login)."""
     url = stack.simulator_urls.get(destination)
     if destination == "noojee" or not url:
         return None
-    return int(httpx.get(f"{url}/_stats").json().get("logins", 0))
+    stats = httpx.get(f"{url}/_stats").json()
+    return int(stats.get("logins", 0)) + int(stats.get("refreshes", 0))
 
 
 def _gate_summary(destination: str) -> str:
