@@ -44,13 +44,10 @@ EXPANDABLE_CONTACTS = [("ABCCORP", "JHERNANDEZ"), ("ABCCORP", "MSMITH"), ("XYZIN
 
 def lead_id(n: int) -> str:
     """A valid 18-character Salesforce Lead id (the case-checksum suffix computed)."""
+    from tasks.missioncapital import id_suffix
+
     base = f"00QEa{n:010d}"
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
-    suffix = "".join(
-        alphabet[sum(1 << i for i, c in enumerate(base[s : s + 5]) if c.isupper())]
-        for s in range(0, 15, 5)
-    )
-    return base + suffix
+    return base + id_suffix(base)
 
 
 def other_job(destination: str, n: int) -> Any:

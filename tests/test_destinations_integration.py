@@ -31,13 +31,10 @@ SECRET_DOB = "1980-02-03T00:00:00.0000000"
 
 def lead_id() -> str:
     """A fresh, valid 18-character Salesforce Lead id."""
+    from tasks.missioncapital import id_suffix
+
     base = "00QEa" + uuid.uuid4().hex[:10].upper()
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
-    suffix = "".join(
-        alphabet[sum(1 << i for i, c in enumerate(base[s : s + 5]) if c.isupper())]
-        for s in range(0, 15, 5)
-    )
-    return base + suffix
+    return base + id_suffix(base)
 
 
 def job(destination: str, n: int = 0, **extra: Any) -> Any:

@@ -64,12 +64,10 @@ EXPANDABLE_CONTACTS = [("ABCCORP", "JHERNANDEZ"), ("ABCCORP", "MSMITH"), ("XYZIN
 
 def salesforce_id(n: int) -> str:
     """An 18-character Salesforce Lead id with its case-checksum suffix."""
+    from tasks.missioncapital import id_suffix
+
     base = f"00QDm{n:05d}Xy8Qa"
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
-    return base + "".join(
-        alphabet[sum(1 << i for i, c in enumerate(base[s : s + 5]) if c.isupper())]
-        for s in range(0, 15, 5)
-    )
+    return base + id_suffix(base)
 
 
 def other_jobs(count: int, rng: random.Random) -> tuple[list[Any], dict[str, list[Any]]]:
