@@ -1,7 +1,8 @@
-"""Submitting jobs from Python: record in the ledger, then publish; never lose one in between.
+"""Submitting jobs from Python: validated job models in, job ids out.
 
-A job is recorded (with its idempotency key) and put in the ledger's outbox atomically, then its
-message is published; if this process dies between the two, a worker's republisher sends it.
+Each job is recorded in the ledger and its Celery message queued by one Redis script, so no
+crash can leave a job recorded but not queued; ``submit_many`` sends a thousand jobs a round
+trip.
 """
 
 from __future__ import annotations
@@ -11,24 +12,32 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from itertools import islice
 from typing import Literal
 
-from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from tasks.models import JobModel
 from worker.app import app
-from worker.dispatch import publish, publish_many
+from worker.dispatch import Messages
 from worker.gate import make_way
-from worker.ledger import NewJob, now_ms
+from worker.ledger import NewJob, job_id_for, now_ms
 from worker.runtime import ledger
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 Priority = Literal["realtime", "bulk"]
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+#: Jobs per round trip of ``submit_many``.
+BATCH = 1000
+
+
+@lru_cache(maxsize=1)
+def _messages() -> Messages:
+    return Messages(app)
 
 
 def submit(
@@ -44,29 +53,7 @@ def submit(
     queues nothing, so a retried request or a re-run backfill is not delivered twice.
     client: who submitted it, recorded on the job.
     """
-    new = _new_job(job, priority, idempotency_key, client)
-    book = ledger()
-    job_id, created = book.create(new)
-    if not created:
-        return job_id
-    try:
-        publish(app, job_id, new.task, new.queue, priority)
-    except (KombuError, RedisError, OSError):
-        # Recorded in the outbox: a worker's republisher publishes it within a minute.
-        log.warning("job %s recorded but not published yet; the republisher will send it", job_id)
-        return job_id
-    _make_way(new.destination, priority, 1)
-    try:
-        book.published(job_id)
-    except RedisError:
-        # The job is queued; at worst the republisher sends a duplicate message, which the
-        # worker drops. Raising here would invite the caller to submit the job again.
-        log.warning("job %s published; its outbox entry stays for the republisher", job_id)
-    return job_id
-
-
-#: Jobs per round trip of ``submit_many``.
-BATCH = 1000
+    return submit_many([job], priority, [idempotency_key], client)[0]
 
 
 def submit_many(
@@ -74,66 +61,77 @@ def submit_many(
     priority: Priority = "bulk",
     idempotency_keys: Sequence[str | None] | None = None,
     client: str = "",
+    batch: str = "",
 ) -> list[str]:
     """Queue many jobs; returns one job id per job, in order (for a job whose idempotency key
     was already used, that earlier job's id). Bulk by default: many jobs at once are a backfill.
 
-    Writes are pipelined, ``BATCH`` jobs per round trip: record all (each atomically, into the
-    outbox), publish all in one batch, then clear them from the outbox. A crash anywhere in
-    between loses nothing: the republisher publishes what stayed in the outbox.
+    batch: a name whose jobs are counted by state (``Ledger.batch_counts``), as a backfill
+    shows its progress.
 
-    ``jobs`` may be a stream (a generator over a file): a bad argument (not a job model, a
-    malformed idempotency key) raises before its batch is recorded, but earlier batches stay
-    queued. Callers that need all-or-nothing validate everything first.
+    ``BATCH`` jobs go in one round trip, each recorded and queued atomically. ``jobs`` may be a
+    stream (a generator over a file): a bad argument (not a job model, a malformed idempotency
+    key) raises before its round trip, but earlier ones stay queued. Callers that need
+    all-or-nothing validate everything first (the intake does).
     """
+    return [job_id for job_id, _ in enqueue(jobs, priority, idempotency_keys, client, batch)]
+
+
+def enqueue(
+    jobs: Iterable[JobModel],
+    priority: Priority = "bulk",
+    idempotency_keys: Sequence[str | None] | None = None,
+    client: str = "",
+    batch: str = "",
+) -> list[tuple[str, bool]]:
+    """``submit_many``, telling for each job whether it is new (``True``) or its idempotency
+    key named an earlier job (``False``)."""
     keys = iter(idempotency_keys) if idempotency_keys is not None else None
-    ids: list[str] = []
-    book = ledger()
+    results: list[tuple[str, bool]] = []
+    book, messages = ledger(), _messages()
+    retry_until = now_ms() + int(get_settings().retry.window_s * 1000)
     pending = iter(jobs)
     while chunk := list(islice(pending, BATCH)):
-        news = [_new_job(job, priority, next(keys, None) if keys else None, client)
-                for job in chunk]  # fmt: skip
-        created = book.create_many(news)
-        fresh = [new for new, (_, made) in zip(news, created, strict=True) if made]
-        ids += [job_id for job_id, _ in created]
-        if not fresh:
-            continue
-        try:
-            publish_many(app, [(n.id, n.task, n.queue, n.priority) for n in fresh])
-        except (KombuError, RedisError, OSError):
-            log.warning("%d jobs recorded but not all published; the republisher will send "
-                        "them", len(fresh))  # fmt: skip
-            continue
-        for destination, count in Counter(n.destination for n in fresh).items():
+        news = [_new_job(job, priority, next(keys, None) if keys else None, client, batch,
+                         retry_until) for job in chunk]  # fmt: skip
+        created = book.create_many(
+            news, [messages.render(n.id, n.task, n.queue, n.priority) for n in news]
+        )
+        results += created
+        fresh = Counter(n.destination for n, (_, made) in zip(news, created, strict=True) if made)
+        for destination, count in fresh.items():
             _make_way(destination, priority, count)
-        try:
-            book.published_many([n.id for n in fresh])
-        except RedisError:
-            log.warning("%d jobs published; their outbox entries stay for the republisher",
-                        len(fresh))  # fmt: skip
-    return ids
+    return results
 
 
 def _new_job(
-    job: JobModel, priority: str, idempotency_key: str | None, client: str
+    job: JobModel,
+    priority: str,
+    idempotency_key: str | None,
+    client: str,
+    batch: str,
+    retry_until_ms: int,
 ) -> NewJob:
     if not isinstance(job, JobModel):
         raise TypeError(f"submit() takes a job model such as NoojeeLeadUpdate, not {type(job)}")
     if priority not in ("realtime", "bulk"):
         raise ValueError(f"priority must be 'realtime' or 'bulk', not {priority!r}")
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
-        raise ValueError("idempotency_key must be 1-200 printable ASCII characters, no spaces")
+        raise ValueError("idempotency_key must be 1-255 printable ASCII characters, no spaces")
+    destination = job.destination
     return NewJob(
-        id=uuid.uuid4().hex,
+        id=uuid.uuid4().hex if idempotency_key is None
+        else job_id_for(destination, idempotency_key),
         kind=job.kind,
-        destination=job.destination,
-        task=f"{job.destination}.deliver",
-        queue=job.destination,
+        destination=destination,
+        task=f"{destination}.deliver",
+        queue=destination,
         priority=priority,
         payload=job.model_dump_json(),
-        retry_until_ms=now_ms() + int(get_settings().retry.window_s * 1000),
+        retry_until_ms=retry_until_ms,
         idempotency_key=idempotency_key,
         client=client,
+        batch=batch,
     )
 
 

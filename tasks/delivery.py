@@ -424,9 +424,8 @@ class DeliveryTask(Task):
         reason = scrub(outcome.reason, self._secrets())
         entry: dict[str, Any] = {"code": outcome.code, "reason": reason}
         if isinstance(outcome, Delivered):
-            # The payload (personal data) is not kept once it has been delivered.
-            self._move(ledger, job_id, token, DELIVERED, {"event": "delivered", **entry},
-                       fields={"payload": ""})  # fmt: skip
+            # The ledger drops the payload (personal data) and the envelope on delivery.
+            self._move(ledger, job_id, token, DELIVERED, {"event": "delivered", **entry})
             return {"state": DELIVERED, "code": outcome.code}
         if isinstance(outcome, Review):
             self._move(ledger, job_id, token, REVIEW, {"event": "review", **entry})

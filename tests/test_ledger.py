@@ -8,8 +8,11 @@ from typing import Any
 import fakeredis
 import pytest
 
-from worker.ledger import Ledger, LedgerConflict, NewJob, now_ms
+from worker.dispatch import Message
+from worker.ledger import Ledger, LedgerConflict, NewJob, job_id_for, now_ms
 from worker.republisher import Republisher
+
+QUEUE = "noojee:9"
 
 
 @pytest.fixture
@@ -27,30 +30,47 @@ def new_job(job_id: str = "j1", key: str | None = None, **overrides: Any) -> New
     return NewJob(**values)
 
 
+def queue(ledger: Ledger, job: NewJob) -> tuple[str, bool]:
+    """Record ``job`` and queue a message for it, as ``submit`` does."""
+    return ledger.create(job, Message(QUEUE, json.dumps({"job": job.id})))
+
+
+def test_a_new_job_is_recorded_and_its_message_queued_in_one_step(ledger: Ledger) -> None:
+    assert queue(ledger, new_job("j1", client="crm")) == ("j1", True)
+    record = ledger.get("j1")
+    assert record is not None
+    assert (record.state, record.kind, record.task, record.queue, record.client) == (
+        "queued", "noojee.update", "noojee.deliver", "noojee", "crm")
+    assert ledger.r.lrange(QUEUE, 0, -1) == ['{"job": "j1"}']
+    assert ledger.size("schedule") == 0
+
+
 def test_same_idempotency_key_returns_the_first_job_and_records_nothing_new(
     ledger: Ledger,
 ) -> None:
-    assert ledger.create(new_job("j1", key="k")) == ("j1", True)
-    assert ledger.create(new_job("j2", key="k")) == ("j1", False)
-    assert ledger.get("j2") is None
+    first = job_id_for("noojee", "k")
+    assert queue(ledger, new_job(first, key="k")) == (first, True)
+    assert queue(ledger, new_job(first, key="k", payload="{}")) == (first, False)
     assert ledger.counts()["queued"] == 1
+    assert ledger.r.llen(QUEUE) == 1
+    assert json.loads(ledger.get(first).payload) == {"x": 1}
+    assert job_id_for("trendsic", "k") != first  # keys are per destination
 
 
 def test_without_a_key_every_submission_is_a_new_job(ledger: Ledger) -> None:
-    ledger.create(new_job("j1"))
-    ledger.create(new_job("j2"))
+    queue(ledger, new_job("j1"))
+    queue(ledger, new_job("j2"))
     assert ledger.counts()["queued"] == 2
 
 
-def test_new_job_waits_in_the_outbox_until_published(ledger: Ledger) -> None:
-    ledger.create(new_job("j1"), outbox_grace_ms=0)
-    ledger.create(new_job("j2"), outbox_grace_ms=0)
-    ledger.published("j2")
-    assert ledger.claim_due("outbox", lease_ms=1000) == ["j1"]
+def test_a_job_recorded_without_a_message_waits_on_the_schedule(ledger: Ledger) -> None:
+    ledger.create(new_job("j1"))
+    queue(ledger, new_job("j2"))
+    assert ledger.claim_due("schedule", lease_ms=1000) == ["j1"]
 
 
 def test_one_runner_per_job_and_terminal_jobs_are_not_claimed(ledger: Ledger) -> None:
-    ledger.create(new_job())
+    queue(ledger, new_job())
     assert ledger.claim("j1", "a", 10_000).status == "claimed"
     assert ledger.claim("j1", "b", 10_000).status == "locked"
     ledger.transition("j1", "delivered", {"event": "delivered", "code": "0"}, token="a")
@@ -59,7 +79,7 @@ def test_one_runner_per_job_and_terminal_jobs_are_not_claimed(ledger: Ledger) ->
 
 
 def test_a_worker_whose_claim_expired_cannot_settle(ledger: Ledger) -> None:
-    ledger.create(new_job())
+    queue(ledger, new_job())
     ledger.claim("j1", "a", 10_000)
     ledger.r.delete(ledger.lock_key("j1"))  # the lease ran out
     ledger.claim("j1", "b", 10_000)
@@ -68,14 +88,14 @@ def test_a_worker_whose_claim_expired_cannot_settle(ledger: Ledger) -> None:
 
 
 def test_transitions_keep_counts_sets_and_history_in_step(ledger: Ledger) -> None:
-    ledger.create(new_job())
+    queue(ledger, new_job())
     ledger.claim("j1", "a", 10_000)
     ledger.transition("j1", "review", {"event": "review", "code": "110", "reason": "conflict"},
                       token="a")  # fmt: skip
     record = ledger.get("j1", with_history=True)
     assert record is not None
     assert (record.state, record.last_code, record.last_reason) == ("review", "110", "conflict")
-    assert [e["event"] for e in record.history] == ["review", "submitted"]
+    assert [e["event"] for e in record.history] == ["review"]
     assert ledger.listing("review")[0][0] == "j1"
     assert ledger.counts() == {"queued": 0, "running": 0, "retrying": 0, "delivered": 0,
                                "review": 1, "rejected": 0}  # fmt: skip
@@ -115,19 +135,19 @@ class FakeApp:
         self.sent.append((task_id, queue, priority))
 
 
-def test_republisher_sends_due_retries_and_skips_settled_jobs(ledger: Ledger) -> None:
-    ledger.create(new_job("due"), outbox_grace_ms=0)
-    ledger.create(new_job("done", priority="realtime"), outbox_grace_ms=0)
+def test_republisher_sends_due_jobs_and_skips_settled_ones(ledger: Ledger) -> None:
+    ledger.create(new_job("due"))
+    ledger.create(new_job("done", priority="realtime"))
     ledger.claim("done", "a", 10_000)
     ledger.transition("done", "delivered", {"event": "delivered"}, token="a")
     app = FakeApp()
     Republisher(app, ledger).run_once()  # type: ignore[arg-type]
     assert app.sent == [("due", "noojee", 9)]
-    assert ledger.r.zcard(ledger.set_key("outbox")) == 0
+    assert ledger.size("schedule") == 0
 
 
 def test_a_duplicate_of_a_running_job_is_checked_again_after_the_lease(ledger: Ledger) -> None:
-    ledger.create(new_job())
+    queue(ledger, new_job())
     ledger.claim("j1", "a", 10_000)
     ledger.recheck("j1", due_ms=456)
     ledger.recheck("j1", due_ms=123)  # never earlier than asked before
@@ -138,8 +158,7 @@ def test_a_recheck_during_a_lease_is_not_lost_with_the_lease(ledger: Ledger) -> 
     # The sequence a review found: a republisher leases and publishes a due retry; a worker
     # claims it and loses Redis (its message goes back, its lock stays); another worker gets the
     # message, finds the job locked and rechecks; then the republisher releases its lease.
-    ledger.create(new_job())
-    ledger.published("j1")
+    queue(ledger, new_job())
     ledger.claim("j1", "a", 60_000)
     ledger.transition("j1", "retrying", {"event": "retry"}, token="a", due_ms=now_ms() - 1)
     assert ledger.claim_due("schedule", lease_ms=30_000) == ["j1"]
@@ -155,7 +174,7 @@ def test_review_jobs_never_expire_and_expired_rejected_jobs_leave_set_and_count(
     ledger: Ledger,
 ) -> None:
     for job_id, state in (("r", "review"), ("x", "rejected")):
-        ledger.create(new_job(job_id))
+        queue(ledger, new_job(job_id))
         ledger.claim(job_id, "t", 10_000)
         ledger.transition(job_id, state, {"event": state}, token="t")
     assert ledger.r.ttl(ledger.job_key("r")) == -1  # waits for a person, however long
@@ -167,3 +186,55 @@ def test_review_jobs_never_expire_and_expired_rejected_jobs_leave_set_and_count(
     assert ledger.listing("rejected") == []
     assert ledger.counts()["rejected"] == 0
     assert ledger.counts()["review"] == 1
+
+
+def deliver(ledger: Ledger, job_id: str, codes: tuple[str, ...] = ("0",)) -> None:
+    """Attempts answered ``codes`` (each but the last retried), then delivered."""
+    for n, code in enumerate(codes):
+        ledger.claim(job_id, "w", 10_000)
+        ledger.record_attempt(job_id, {"event": "attempt", "code": code}, fault=False)
+        if n < len(codes) - 1:
+            ledger.transition(job_id, "retrying", {"event": "retry", "code": code}, token="w",
+                              fields={"retries": n + 1})  # fmt: skip
+    ledger.transition(job_id, "delivered", {"event": "delivered", "code": "0"}, token="w")
+
+
+def test_a_delivered_job_keeps_its_outline_but_not_its_payload(ledger: Ledger) -> None:
+    queue(ledger, new_job("j1", client="crm", batch="b1", idempotency_key="k"))
+    deliver(ledger, "j1")
+    raw = ledger.r.hgetall(ledger.job_key("j1"))
+    assert set(raw) == {"state", "kind", "client", "attempts", "last_code", "submitted_at_ms",
+                        "updated_at_ms"}  # fmt: skip
+    record = ledger.get("j1", with_history=True)
+    assert record is not None
+    assert (record.id, record.state, record.attempts, record.last_code, record.last_reason,
+            record.destination, record.payload) == (
+        "j1", "delivered", 1, "0", "delivered", "noojee", "")  # fmt: skip
+    assert record.history == []  # one attempt: the outline says it all
+    assert 0 < ledger.r.ttl(ledger.job_key("j1")) <= 3600
+    assert ledger.counts()["delivered"] == 1
+
+
+def test_a_delivered_job_with_a_story_keeps_its_history(ledger: Ledger) -> None:
+    queue(ledger, new_job("j1"))
+    deliver(ledger, "j1", codes=("109", "109", "0"))
+    record = ledger.get("j1", with_history=True)
+    assert record is not None
+    assert (record.attempts, record.retries) == (3, 2)
+    codes = [e["code"] for e in reversed(record.history) if e["event"] == "attempt"]
+    assert codes == ["109", "109", "0"]
+    assert 0 < ledger.r.ttl(ledger.history_key("j1")) <= 3600
+
+
+def test_a_batch_counts_its_jobs_by_state(ledger: Ledger) -> None:
+    for job_id in ("a", "b", "c"):
+        queue(ledger, new_job(job_id, batch="run-1"))
+    queue(ledger, new_job("other"))
+    deliver(ledger, "a")
+    ledger.claim("b", "w", 10_000)
+    ledger.transition("b", "review", {"event": "review", "code": "110"}, token="w")
+    assert ledger.batch_counts("run-1") == {"jobs": 3, "delivered": 1, "review": 1,
+                                            "rejected": 0, "pending": 1}  # fmt: skip
+    ledger.transition("b", "queued", {"event": "requeued"}, allowed=("review",))
+    assert ledger.batch_counts("run-1")["pending"] == 2
+    assert set(ledger.batch_counts("never").values()) == {0}

@@ -1,37 +1,49 @@
 """The ledger: every job's record in Redis, its state, attempts and history, and the sets an
-operator works from (review, rejected) and the runtime works from (schedule, outbox).
+operator works from (review, rejected) and the runtime works from (schedule).
 
 Keys, under ``prefix`` (``cs:`` by default):
 
 - ``job:{id}`` hash: the envelope (kind, task, queue, priority, payload JSON, idempotency key,
-  client), ``state``, ``attempts`` (calls made), ``faults`` (of them, faults), ``retries``
+  client, batch), ``state``, ``attempts`` (calls made), ``faults`` (of them, faults), ``retries``
   (backoffs through the schedule since submission or requeue), ``last_code``/``last_reason``/
-  ``last_answer``, times in epoch milliseconds. Expires ``retention_s`` after it is delivered or
-  rejected; a job in review stays until a person resolves it.
-- ``job:{id}:history`` list: newest first, JSON entries ``{"at", "event", ...}``, capped.
+  ``last_answer``, times in epoch milliseconds. A job in review stays until a person resolves it;
+  a rejected one expires ``retention_s`` after it got there. A delivered job is cut down to
+  ``state``, ``kind``, ``client``, ``attempts`` (and faults and retries, if any), ``last_code``
+  and its two times, and expires after ``retention_s``: about 200 bytes a job.
+- ``job:{id}:history`` list: newest first, JSON entries ``{"at", "event", ...}``, capped; from
+  the first attempt on (a queued job's record says when and by whom it was submitted). Gone once
+  a job is delivered at its first attempt (the record says all it said).
 - ``job:{id}:lock`` string: the token of the worker running the job (a lease, PX).
-- ``idem:{destination}:{key}`` string: idempotency key → job id.
 - ``review``, ``rejected`` zsets: job ids by the time they got there.
 - ``schedule`` zset: job ids by the time (ms) their next attempt is due.
-- ``outbox`` zset: jobs recorded but not yet confirmed published (a crashed producer's jobs).
-- ``schedule:leased``, ``outbox:leased`` zsets: members a republisher took and is publishing,
-  by the time its lease ends.
+- ``schedule:leased`` zset: members a republisher took and is publishing, by the time its lease
+  ends.
 - ``counts`` hash: number of jobs in each state. ``delivered`` is a running total (delivered
   records expire, the count does not); rejected jobs leave the count and the set when their
   records expire (``prune_rejected``).
+- ``batch:{name}`` hash: ``jobs`` (recorded in the batch, a backfill run) and how many of them
+  are ``delivered``, in ``review`` and ``rejected`` now.
+
+A job submitted with an idempotency key gets an id derived from it (``job_id_for``), so the job
+record itself says the key was used: no key of its own per job. New jobs are recorded and their
+Celery messages queued by one script (``lua/create.lua``).
 
 Every state change runs ``lua/transition.lua``, so these keys never disagree.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
+
+if TYPE_CHECKING:
+    from worker.dispatch import Message
 
 QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
 DELIVERED, REVIEW, REJECTED = "delivered", "review", "rejected"
@@ -43,6 +55,12 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def job_id_for(destination: str, idempotency_key: str) -> str:
+    """The id of the job submitted to ``destination`` with ``idempotency_key``: the same key
+    always names the same job (a uuid4's length, 32 hex digits)."""
+    return hashlib.blake2b(f"{destination}\0{idempotency_key}".encode(), digest_size=16).hexdigest()
+
+
 def _script(client: redis.Redis, name: str) -> Any:
     source = resources.files("worker").joinpath("lua", f"{name}.lua").read_text()
     return client.register_script(source)
@@ -50,7 +68,8 @@ def _script(client: redis.Redis, name: str) -> Any:
 
 @dataclass(frozen=True)
 class NewJob:
-    """What a producer hands the ledger: a validated job, ready to record and publish."""
+    """What a producer hands the ledger: a validated job, ready to record and publish. With an
+    ``idempotency_key``, ``id`` must be ``job_id_for(destination, idempotency_key)``."""
 
     id: str
     kind: str
@@ -62,23 +81,26 @@ class NewJob:
     retry_until_ms: int
     idempotency_key: str | None = None
     client: str = ""
+    batch: str = ""
 
 
 @dataclass
 class JobRecord:
-    """One job as the ledger holds it."""
+    """One job as the ledger holds it (a delivered one's envelope is gone: ``destination``,
+    ``task`` and ``queue`` are derived from its kind, its payload and priority are empty)."""
 
     id: str
     kind: str
-    destination: str
-    task: str
-    queue: str
-    priority: str
     state: str
-    payload: str
     submitted_at_ms: int
     updated_at_ms: int
-    retry_until_ms: int
+    destination: str = ""
+    task: str = ""
+    queue: str = ""
+    priority: str = ""
+    payload: str = ""
+    retry_until_ms: int = 0
+    batch: str = ""
     attempts: int = 0
     faults: int = 0
     retries: int = 0
@@ -91,13 +113,19 @@ class JobRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def from_hash(cls, raw: dict[str, str]) -> JobRecord:
+    def from_hash(cls, job_id: str, raw: dict[str, str]) -> JobRecord:
         ints = {"submitted_at_ms", "updated_at_ms", "retry_until_ms", "attempts", "faults",
                 "retries", "next_attempt_at_ms"}  # fmt: skip
         known = cls.__dataclass_fields__
         values: dict[str, Any] = {
             k: (int(v) if k in ints else v) for k, v in raw.items() if k in known
         }
+        values["id"] = job_id
+        destination = values.setdefault("destination", values["kind"].partition(".")[0])
+        values.setdefault("task", f"{destination}.deliver")
+        values.setdefault("queue", destination)
+        if values["state"] == DELIVERED:
+            values.setdefault("last_reason", "delivered")
         return cls(**values)
 
     @property
@@ -153,62 +181,52 @@ class Ledger:
     def lock_key(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}:lock"
 
-    def idem_key(self, destination: str, key: str) -> str:
-        return f"{self.prefix}idem:{destination}:{key}"
+    def batch_key(self, batch: str) -> str:
+        return f"{self.prefix}batch:{batch}"
 
     @property
     def counts_key(self) -> str:
         return f"{self.prefix}counts"
 
     def set_key(self, name: str) -> str:
-        """``review``, ``rejected``, ``schedule`` or ``outbox``."""
+        """``review``, ``rejected`` or ``schedule``."""
         return f"{self.prefix}{name}"
 
     # -- producers ----------------------------------------------------------------------------
-    def create(self, job: NewJob, outbox_grace_ms: int = 30_000) -> tuple[str, bool]:
-        """Record a new job; returns (job id, created). An idempotency key already used by a
-        job returns that job's id and creates nothing. The job sits in the outbox until the
-        producer calls ``published``; if it never does, the republisher sends it."""
-        status, job_id = self._create(**self._create_call(job, outbox_grace_ms))
-        return job_id, status == "created"
+    def create(
+        self, job: NewJob, message: Message | None = None, due_ms: int | None = None
+    ) -> tuple[str, bool]:
+        """Record a new job and queue ``message`` (its Celery message, ``Messages.render``) in
+        one step; returns (job id, created). Without a message the job goes on the schedule,
+        due at ``due_ms`` (default now), for a republisher to publish. A job whose idempotency
+        key was used already returns that job's id and creates nothing."""
+        [(job_id, created)] = self.create_many([job], [message], due_ms)
+        return job_id, created
 
     def create_many(
-        self, jobs: list[NewJob], outbox_grace_ms: int = 30_000
+        self,
+        jobs: list[NewJob],
+        messages: list[Message | None] | list[Message],
+        due_ms: int | None = None,
     ) -> list[tuple[str, bool]]:
-        """``create`` for many jobs in one round trip (each job still atomic on its own)."""
+        """``create`` for many jobs in one round trip (each job atomic on its own)."""
         pipe = self.r.pipeline(transaction=False)
-        for job in jobs:
-            self._create(**self._create_call(job, outbox_grace_ms), client=pipe)
+        at = now_ms()
+        for job, message in zip(jobs, messages, strict=True):
+            self._create(**self._create_call(job, message, at, due_ms or at), client=pipe)
         return [(job_id, status == "created") for status, job_id in pipe.execute()]
 
-    def published_many(self, job_ids: list[str]) -> None:
-        if job_ids:
-            self.r.zrem(self.set_key("outbox"), *job_ids)
-
-    def _create_call(self, job: NewJob, outbox_grace_ms: int) -> dict[str, Any]:
-        at = now_ms()
-        fields = {
-            "id": job.id, "kind": job.kind, "destination": job.destination, "task": job.task,
-            "queue": job.queue, "priority": job.priority, "state": QUEUED, "payload": job.payload,
-            "submitted_at_ms": at, "updated_at_ms": at, "retry_until_ms": job.retry_until_ms,
-            "attempts": 0, "faults": 0, "retries": 0,
-            "idempotency_key": job.idempotency_key or "",
-            "client": job.client,
-        }  # fmt: skip
-        entry = json.dumps({"at": at, "event": "submitted", "priority": job.priority,
-                            "client": job.client})  # fmt: skip
-        idem = self.idem_key(job.destination, job.idempotency_key or "")
-        ttl = str(self.retention_s + 86_400) if job.idempotency_key else ""
-        flat = [str(x) for pair in fields.items() for x in pair]
+    def _create_call(
+        self, job: NewJob, message: Message | None, at: int, due_ms: int
+    ) -> dict[str, Any]:
+        target = message.key if message is not None else self.set_key("schedule")
         return {
-            "keys": [self.job_key(job.id), idem, self.counts_key, self.history_key(job.id),
-                     self.set_key("outbox")],
-            "args": [job.id, at + outbox_grace_ms, ttl, entry, *flat],
+            "keys": [self.job_key(job.id), self.counts_key, target, self.batch_key(job.batch)],
+            "args": [job.id, "1" if job.idempotency_key else "",
+                     message.text if message is not None else "", due_ms, job.batch, job.kind,
+                     job.priority, job.payload, at, job.retry_until_ms,
+                     job.idempotency_key or "", job.client],
         }  # fmt: skip
-
-    def published(self, job_id: str) -> None:
-        """The producer published the job's message: it leaves the outbox."""
-        self.r.zrem(self.set_key("outbox"), job_id)
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, job_id: str, with_history: bool = False) -> JobRecord | None:
@@ -216,7 +234,7 @@ class Ledger:
         raw = cast(dict[str, str], self.r.hgetall(self.job_key(job_id)))
         if not raw:
             return None
-        record = JobRecord.from_hash(raw)
+        record = JobRecord.from_hash(job_id, raw)
         if with_history:
             record.history = [json.loads(e) for e in self.r.lrange(self.history_key(job_id), 0, -1)]
         return record
@@ -236,6 +254,14 @@ class Ledger:
     def counts(self) -> dict[str, int]:
         raw = cast(dict[str, str], self.r.hgetall(self.counts_key))
         return {state: int(raw.get(state, 0)) for state in STATES}
+
+    def batch_counts(self, batch: str) -> dict[str, int]:
+        """Of the jobs recorded in ``batch``: how many (``jobs``), how many are delivered, in
+        review and rejected, and how many are still on their way (``pending``)."""
+        raw = cast(dict[str, str], self.r.hgetall(self.batch_key(batch)))
+        counts = {name: int(raw.get(name, 0)) for name in ("jobs", *TERMINAL)}
+        counts["pending"] = counts["jobs"] - sum(counts[state] for state in TERMINAL)
+        return counts
 
     # -- workers ------------------------------------------------------------------------------
     def claim(self, job_id: str, token: str, lease_ms: int) -> Claim:
@@ -305,7 +331,8 @@ class Ledger:
                   self.history_key(job_id), self.set_key("review"), self.set_key("rejected"),
                   self.set_key("schedule")],
             args=[token, ",".join(allowed), state, at, "" if due_ms is None else due_ms,
-                  self.retention_s, json.dumps({"at": at, **entry}), self.history_len, *flat],
+                  self.retention_s, json.dumps({"at": at, **entry}), self.history_len,
+                  self.batch_key(""), *flat],
         )  # fmt: skip
         if status == "missing":
             raise LedgerConflict(f"job {job_id} does not exist (or its record has expired)")
@@ -315,9 +342,9 @@ class Ledger:
             raise LedgerConflict(f"job {job_id}: this worker's claim expired before it settled")
         return str(previous)
 
-    # -- schedule and outbox ------------------------------------------------------------------
+    # -- schedule -----------------------------------------------------------------------------
     def claim_due(self, name: str, lease_ms: int, limit: int = 500) -> list[str]:
-        """Due members of ``schedule`` or ``outbox``, leased to the caller (see claim_due.lua)."""
+        """Due members of ``schedule``, leased to the caller (see claim_due.lua)."""
         due = self._claim_due(keys=[self.set_key(name), self.set_key(f"{name}:leased")],
                               args=[now_ms(), lease_ms, limit])  # fmt: skip
         return [str(job_id) for job_id in due]

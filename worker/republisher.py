@@ -1,5 +1,5 @@
-"""Puts jobs whose time has come back on their queues: due retries (``schedule``) and jobs a
-crashed producer recorded but never published (``outbox``).
+"""Puts jobs whose time has come back on their queues: due retries, requeued jobs and jobs
+recorded to be published later, all on the ledger's ``schedule``.
 
 Retries wait in Redis, not in a worker's memory: a Celery countdown on Redis is held by the worker
 that fetched it and redelivered only after ``visibility_timeout``. Every worker runs one
@@ -36,13 +36,12 @@ class Republisher:
         from worker.dispatch import publish
 
         sent = 0
-        for name in ("schedule", "outbox"):
-            for job_id in self.ledger.claim_due(name, LEASE_MS):
-                record = self.ledger.get(job_id)
-                if record is not None and not record.terminal:
-                    publish(self.app, job_id, record.task, record.queue, record.priority)
-                    sent += 1
-                self.ledger.release(name, job_id)
+        for job_id in self.ledger.claim_due("schedule", LEASE_MS):
+            record = self.ledger.get(job_id)
+            if record is not None and not record.terminal:
+                publish(self.app, job_id, record.task, record.queue, record.priority)
+                sent += 1
+            self.ledger.release("schedule", job_id)
         return sent
 
     def run(self) -> None:

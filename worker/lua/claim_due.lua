@@ -1,4 +1,4 @@
--- Take due members of a schedule (retries, or the submit outbox) for republishing. Each member
+-- Take due members of a schedule (retries, requeues) for republishing. Each member
 -- taken moves to the schedule's lease set until ARGV[2] ms from now; `release.lua` removes it
 -- from there once published. A republisher that dies before publishing leaves its lease to
 -- expire, and the member is due again. Keeping leases apart means nothing written to the
