@@ -123,7 +123,7 @@ def config() -> None:
 def up(workers: int) -> None:
     """Run everything: embedded Redis (unless CONTACTSYNC_REDIS_URL is set), a simulator for
     each destination that is not configured (e.g. unless CONTACTSYNC_NOOJEE__BASE_URL is set),
-    workers and Flower. Ctrl-C stops it all."""
+    workers, Flower and the HTTP intake. Ctrl-C stops it all."""
     from worker.settings import get_settings
     from worker.stack import Stack
 
@@ -154,6 +154,10 @@ def _print_stack(stack: Any) -> None:
     if stack.flower_url:
         console.print(f"flower     {stack.flower_url}  user [bold]{user}[/bold] "
                       f"password [bold]{password}[/bold]")  # fmt: skip
+    if stack.intake_url:
+        token = (f"bearer token [bold]{stack.intake_token}[/bold] (client local, an operator)"
+                 if stack.intake_token else "tokens from CONTACTSYNC_INTAKE__TOKENS")
+        console.print(f"intake     {stack.intake_url}  {token}", highlight=False)
 
 
 @main.command()
@@ -166,6 +170,40 @@ def demo(count: int, linger: bool | None) -> None:
 
     _stop_on_signals()
     run_demo(console, count, sys.stdout.isatty() if linger is None else linger)
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (default: CONTACTSYNC_INTAKE__HOST).")
+@click.option("--port", type=int, help="Port (default: CONTACTSYNC_INTAKE__PORT; 0: any free).")
+@click.option("--port-file", type=click.Path(dir_okay=False), hidden=True,
+              help="Write the port listened on to this file (for `up`).")  # fmt: skip
+def intake(host: str | None, port: int | None, port_file: str | None) -> None:
+    """Serve the HTTP intake: POST /v1/jobs (one job or up to 1,000), GET /v1/jobs/ID,
+    GET /v1/review, POST /v1/review/ID/requeue|discard, GET /healthz, GET /openapi.json.
+
+    Clients authenticate with `Authorization: Bearer TOKEN`, the tokens named in
+    CONTACTSYNC_INTAKE__TOKENS ('{"crm": "long-random-token"}'); the names in
+    CONTACTSYNC_INTAKE__OPERATORS may read every job and resolve reviews. Jobs are realtime
+    unless the request says "priority": "bulk". Ctrl-C stops it.
+    """
+    from producers.intake import serve
+    from worker.serving import write_port_file
+    from worker.settings import get_settings
+
+    settings = get_settings().intake
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    settings = settings.model_copy(update=overrides)
+
+    def ready(bound: int) -> None:
+        console.print(f"intake listening on http://{settings.host}:{bound} "
+                      f"({len(settings.tokens)} client token(s))", highlight=False)  # fmt: skip
+        if port_file:
+            write_port_file(port_file, bound)
+
+    try:
+        serve(settings, ready=ready)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 @main.group()

@@ -239,6 +239,55 @@ class FlowerSettings(BaseModel):
         return value
 
 
+class IntakeSettings(BaseModel):
+    """The HTTP intake (``producers/intake.py``): how services not written in Python submit."""
+
+    # A validation error must not echo what it was given: it may be a secret.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='client name → bearer token, as JSON: {"crm": "long-random-token"}; the '
+        "name is recorded on every job the client submits",
+    )
+    operators: list[str] = Field(
+        default_factory=list,
+        description="client names that may read every job and resolve reviews (the others "
+        "see only their own jobs)",
+    )
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="a larger request is refused with 413"
+    )
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens_are_long(cls, tokens: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, token in tokens.items():
+            if not name or not name.isprintable() or len(name) > 64:
+                raise ValueError("client names must be 1-64 printable characters")
+            if len(token.get_secret_value()) < 16:
+                raise ValueError(
+                    f"the token of client {name!r} is shorter than 16 characters: use a long "
+                    "random one, e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`"
+                )
+        return tokens
+
+
+class BackfillSettings(BaseModel):
+    """Bulk backfills from files (``producers/backfill.py``)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    max_queue_depth: int = Field(
+        10_000,
+        ge=0,
+        description="a backfill pauses while its destination's queue holds more jobs than this, "
+        "so Redis memory stays bounded; 0 turns the pause off",
+    )
+
+
 class Settings(BaseSettings):
     """Everything a contactsync process reads from its environment."""
 
@@ -280,6 +329,8 @@ class Settings(BaseSettings):
     expandable: ExpandableSettings = ExpandableSettings()
     pause: PauseSettings = PauseSettings()
     flower: FlowerSettings = FlowerSettings()
+    intake: IntakeSettings = IntakeSettings()
+    backfill: BackfillSettings = BackfillSettings()
 
     @field_validator("redis_url")
     @classmethod

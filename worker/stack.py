@@ -104,6 +104,7 @@ class Stack:
     data_dir: Path
     workers: int = 1
     flower: bool = True
+    intake: bool = True
     sandboxed: bool = False
     simulator_args: list[str] = field(default_factory=list)
     simulator_options: dict[str, list[str]] = field(default_factory=dict)
@@ -112,6 +113,8 @@ class Stack:
     flower_url: str = ""
     flower_credentials: tuple[str, str] = ("", "")
     flower_password_generated: bool = False
+    intake_url: str = ""
+    intake_token: str = ""
     simulator_urls: dict[str, str] = field(default_factory=dict)
     _children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = field(default_factory=list)
 
@@ -150,6 +153,8 @@ class Stack:
             self.wait_for_workers(self.workers)
             if self.flower:
                 self._start_flower()
+            if self.intake:
+                self._start_intake()
         except BaseException:
             self.stop()
             raise
@@ -231,6 +236,24 @@ class Stack:
             return False
 
         wait_until(answers, 60, "Flower")
+
+    def _start_intake(self) -> None:
+        """The HTTP intake, with a generated operator token for the client ``local`` unless
+        CONTACTSYNC_INTAKE__TOKENS names the clients."""
+        import json
+
+        intake = get_settings().intake
+        if not intake.tokens or self.sandboxed:
+            self.intake_token = secrets.token_urlsafe(24)
+            self.env["CONTACTSYNC_INTAKE__TOKENS"] = json.dumps({"local": self.intake_token})
+            self.env["CONTACTSYNC_INTAKE__OPERATORS"] = json.dumps(["local"])
+        port = intake.port if intake.port and _port_free(intake.port) else 0
+        port_file = self.data_dir / "intake.port"
+        port_file.unlink(missing_ok=True)
+        self._spawn("intake", [sys.executable, "-m", "worker.cli", "intake", "--port", str(port),
+                               "--port-file", str(port_file)])  # fmt: skip
+        wait_until(functools.partial(self._started, port_file), 30, "the intake")
+        self.intake_url = f"http://{intake.host}:{port_file.read_text().strip()}"
 
     def _check_children(self) -> None:
         for name, proc, _ in self._children:
