@@ -8,8 +8,8 @@ Keys, under ``prefix`` (``cs:`` by default):
   (backoffs through the schedule since submission or requeue), ``last_code``/``last_reason``/
   ``last_answer``, times in epoch milliseconds. A job in review stays until a person resolves it;
   a rejected one expires ``retention_s`` after it got there. A delivered job is cut down to
-  ``state``, ``kind``, ``client``, ``attempts`` (and faults and retries, if any), ``last_code``
-  and its two times, and expires after ``retention_s``: about 200 bytes a job.
+  ``state``, ``kind``, ``client``, ``attempts`` (and faults and retries, if any) and its two
+  times, and expires after ``retention_s``: about 230 bytes a job.
 - ``job:{id}:history`` list: newest first, JSON entries ``{"at", "event", ...}``, capped; from
   the first attempt on (a queued job's record says when and by whom it was submitted). Gone once
   a job is delivered at its first attempt (the record says all it said).

@@ -41,15 +41,16 @@ redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[8]) - 1)
 if ARGV[1] ~= '' then redis.call('DEL', KEYS[2]) end
 if new == 'delivered' then
   -- A delivered job keeps only what an operator asks of it later, so that a million-row
-  -- backfill leaves about 200 bytes a job behind, not its payload (personal data) and envelope.
+  -- backfill leaves about 230 bytes a job behind, not its payload (personal data) and envelope.
+  -- Not even the success code: "delivered" says it (and keeps the hash in a smaller size class).
   -- Its history goes too when it says no more than these fields (one attempt, then delivered);
   -- a job with retries, reviews or requeues keeps its story.
-  local kept = {'kind', 'client', 'attempts', 'faults', 'retries', 'last_code', 'submitted_at_ms'}
+  local kept = {'kind', 'client', 'attempts', 'faults', 'retries', 'submitted_at_ms'}
   local values = redis.call('HMGET', KEYS[1], unpack(kept))
   local compact = {'state', new, 'updated_at_ms', ARGV[4]}
   for i, name in ipairs(kept) do
     local value = values[i]
-    if value and value ~= '' and not (value == '0' and name ~= 'last_code') then
+    if value and value ~= '' and value ~= '0' then
       compact[#compact + 1] = name
       compact[#compact + 1] = value
     end
