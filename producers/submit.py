@@ -8,8 +8,8 @@ trip.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -29,11 +29,9 @@ from worker.settings import get_settings
 log = logging.getLogger(__name__)
 
 Priority = Literal["realtime", "bulk"]
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-
 #: Jobs per round trip of ``submit_many``.
-BATCH = 1000
-
+ROUND_TRIP = 1000
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 @lru_cache(maxsize=1)
 def _messages() -> Messages:
@@ -69,9 +67,9 @@ def submit_many(
     batch: a name whose jobs are counted by state (``Ledger.batch_counts``), as a backfill
     shows its progress.
 
-    ``BATCH`` jobs go in one round trip, each recorded and queued atomically. ``jobs`` may be a
-    stream (a generator over a file): a bad argument (not a job model, a malformed idempotency
-    key) raises before its round trip, but earlier ones stay queued. Callers that need
+    Each job is recorded and queued atomically, ``ROUND_TRIP`` jobs a round trip. ``jobs`` may
+    be a stream (a generator over a file): a bad argument (not a job model, a malformed
+    idempotency key) raises before its round trip, but earlier ones stay queued. Callers that need
     all-or-nothing validate everything first (the intake does).
     """
     return [job_id for job_id, _ in enqueue(jobs, priority, idempotency_keys, client, batch)]
@@ -91,7 +89,7 @@ def enqueue(
     book, messages = ledger(), _messages()
     retry_until = now_ms() + int(get_settings().retry.window_s * 1000)
     pending = iter(jobs)
-    while chunk := list(islice(pending, BATCH)):
+    while chunk := list(islice(pending, ROUND_TRIP)):
         news = [_new_job(job, priority, next(keys, None) if keys else None, client, batch,
                          retry_until) for job in chunk]  # fmt: skip
         created = book.create_many(
@@ -120,7 +118,7 @@ def _new_job(
         raise ValueError("idempotency_key must be 1-255 printable ASCII characters, no spaces")
     destination = job.destination
     return NewJob(
-        id=uuid.uuid4().hex if idempotency_key is None
+        id=os.urandom(16).hex() if idempotency_key is None
         else job_id_for(destination, idempotency_key),
         kind=job.kind,
         destination=destination,
