@@ -93,7 +93,7 @@ def enqueue(
         news = [_new_job(job, priority, next(keys, None) if keys else None, client, batch,
                          retry_until) for job in chunk]  # fmt: skip
         created = book.create_many(
-            news, [messages.render(n.id, n.task, n.queue, n.priority) for n in news]
+            news, [messages.template(n.task, n.queue, n.priority) for n in news]
         )
         results += created
         fresh = Counter(n.destination for n, (_, made) in zip(news, created, strict=True) if made)

@@ -8,7 +8,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from worker.dispatch import Message
+from worker.dispatch import Template
 from worker.ledger import Ledger, LedgerConflict, NewJob, job_id_for, now_ms
 from worker.republisher import Republisher
 
@@ -32,7 +32,7 @@ def new_job(job_id: str = "j1", key: str | None = None, **overrides: Any) -> New
 
 def queue(ledger: Ledger, job: NewJob) -> tuple[str, bool]:
     """Record ``job`` and queue a message for it, as ``submit`` does."""
-    return ledger.create(job, Message(QUEUE, json.dumps({"job": job.id})))
+    return ledger.create(job, Template(QUEUE, '{"job": "@@job@@"}'))
 
 
 def test_a_new_job_is_recorded_and_its_message_queued_in_one_step(ledger: Ledger) -> None:

@@ -6,25 +6,21 @@ one row per job across its retries.
 
 New jobs are pushed by the ledger's own ``create.lua``, in the same atomic step that records
 them (no window in which a job is recorded but not queued, and one round trip for a thousand
-jobs): ``Messages`` renders, for that, exactly what ``send_task`` would put on kombu's Redis
-list. Retries and requeues go through ``publish`` (Celery itself).
+jobs), from a ``Template`` of what ``send_task`` would put on kombu's Redis list. Retries and
+requeues go through ``publish`` (Celery itself).
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import re
 from dataclasses import dataclass
 
 from celery import Celery
 
 from worker.app import PRIORITY
 
-_ID, _TAG, _BODY = "@@job-id@@", "@@delivery-tag@@", "@@body@@"
-#: A task message's body, ``json.dumps([[job_id], {}, embed])``, for a job id of hex digits.
-_BODY_JSON = '[["%s"], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
+#: Where a template has the job id (the id is 32 hex digits: nothing in it needs escaping).
+JOB_ID = "@@job@@"
 
 
 def publish(app: Celery, job_id: str, task: str, queue: str, priority: str) -> None:
@@ -44,64 +40,50 @@ def queue_key(app: Celery, queue: str, priority: str) -> str:
     return f"{prefix}{queue}{options.get('sep', chr(6)) if step else ''}{step or ''}"
 
 
-def delivery_tag() -> str:
-    """A fresh tag for kombu's unacknowledged-message bookkeeping: 128 random bits written like
-    the uuid4 kombu makes (``uuid.uuid4()`` itself costs a backfill 3 µs a job)."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 @dataclass(frozen=True)
-class Message:
-    """One rendered message: the list it goes on and its text."""
+class Template:
+    """A job's Celery message as kombu's Redis transport stores it, with ``JOB_ID`` for the job
+    id, and the list it goes on. ``lua/create.lua`` fills it in as it records the job."""
 
     key: str
     text: str
 
+    def fill(self, job_id: str) -> str:
+        """The message of ``job_id`` (what create.lua pushes)."""
+        return self.text.replace(JOB_ID, job_id)
+
 
 class Messages:
-    """Renders Celery task messages as the Redis transport stores them, from a template made
-    once per (task, queue, priority) by Celery's own ``as_task_v2``, so the headers are the ones
-    this Celery version writes. Only the job id, the body and kombu's delivery tag vary."""
+    """Message templates, one per (task, queue, priority), made by Celery's own ``as_task_v2``,
+    so the headers are the ones this Celery version writes.
+
+    Two things differ from ``send_task``'s messages, both read the same by kombu: the body is
+    the JSON text itself rather than its base64 (no body encoding: Lua in Redis has no
+    base64), and kombu's delivery tag is the job id (unique: a job is created once; retries are
+    published by Celery itself, with tags of their own)."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
-        self._templates: dict[tuple[str, str, str], tuple[str, list[str], list[str]]] = {}
+        self._templates: dict[tuple[str, str, str], Template] = {}
 
-    def render(self, job_id: str, task: str, queue: str, priority: str) -> Message:
-        key, parts, slots = self._template(task, queue, priority)
-        values = {
-            _ID: job_id, _TAG: delivery_tag(),
-            _BODY: base64.b64encode((_BODY_JSON % job_id).encode()).decode(),
-        }
-        text = [parts[0]]
-        for slot, part in zip(slots, parts[1:], strict=True):
-            text += (values[slot], part)
-        return Message(key, "".join(text))
-
-    def _template(self, task: str, queue: str, priority: str) -> tuple[str, list[str], list[str]]:
-        """The list and the template's text cut at its placeholders: (key, parts, the
-        placeholder between each two parts)."""
+    def template(self, task: str, queue: str, priority: str) -> Template:
         found = self._templates.get((task, queue, priority))
         if found is None:
             made = self.app.amqp.as_task_v2(
-                _ID, task, args=[_ID], reply_to=self.app.thread_oid,
-                argsrepr=f"['{_ID}']", kwargsrepr="{}",
+                JOB_ID, task, args=[JOB_ID], reply_to=self.app.thread_oid,
+                argsrepr=f"['{JOB_ID}']", kwargsrepr="{}", ignore_result=None,
             )  # fmt: skip
             message = {
-                "body": _BODY,
+                "body": json.dumps(made.body),
                 "content-encoding": "utf-8",
                 "content-type": "application/json",
                 "headers": made.headers,
                 "properties": {
                     **made.properties, "delivery_mode": 2,
                     "delivery_info": {"exchange": "", "routing_key": queue},
-                    "priority": PRIORITY[priority], "body_encoding": "base64",
-                    "delivery_tag": _TAG,
+                    "priority": PRIORITY[priority], "delivery_tag": JOB_ID,
                 },
             }  # fmt: skip
-            pieces = re.split(f"({re.escape(_ID)}|{re.escape(_TAG)}|{re.escape(_BODY)})",
-                              json.dumps(message))  # fmt: skip
-            found = (queue_key(self.app, queue, priority), pieces[0::2], pieces[1::2])
+            found = Template(queue_key(self.app, queue, priority), json.dumps(message))
             self._templates[(task, queue, priority)] = found
         return found

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import redis
 
 if TYPE_CHECKING:
-    from worker.dispatch import Message
+    from worker.dispatch import Template
 
 QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
 DELIVERED, REVIEW, REJECTED = "delivered", "review", "rejected"
@@ -198,10 +198,10 @@ class Ledger:
 
     # -- producers ----------------------------------------------------------------------------
     def create(
-        self, job: NewJob, message: Message | None = None, due_ms: int | None = None
+        self, job: NewJob, message: Template | None = None, due_ms: int | None = None
     ) -> tuple[str, bool]:
-        """Record a new job and queue ``message`` (its Celery message, ``Messages.render``) in
-        one step; returns (job id, created). Without a message the job goes on the schedule,
+        """Record a new job and queue its Celery message (``message``, filled in with its id)
+        in one step; returns (job id, created). Without a message the job goes on the schedule,
         due at ``due_ms`` (default now), for a republisher to publish. A job whose idempotency
         key was used already returns that job's id and creates nothing."""
         [(job_id, created)] = self.create_many([job], [message], due_ms)
@@ -210,30 +210,28 @@ class Ledger:
     def create_many(
         self,
         jobs: list[NewJob],
-        messages: list[Message | None] | list[Message],
+        messages: list[Template | None] | list[Template],
         due_ms: int | None = None,
     ) -> list[tuple[str, bool]]:
         """``create`` for many jobs in one round trip (each job atomic on its own): jobs that
-        share a queue, a batch and a client go ``CREATE_GROUP`` to a script call."""
+        share a message template, a batch and a client go ``CREATE_GROUP`` to a script call."""
         at = now_ms()
-        groups: dict[tuple[str, str, str], list[int]] = {}
+        groups: dict[tuple[str, str, str, str], list[int]] = {}
         for n, (job, message) in enumerate(zip(jobs, messages, strict=True)):
-            target = message.key if message is not None else self.set_key("schedule")
-            groups.setdefault((target, job.batch, job.client), []).append(n)
+            key, text = (message.key, message.text) if message else (self.set_key("schedule"), "")
+            groups.setdefault((key, text, job.batch, job.client), []).append(n)
         pipe = self.r.pipeline(transaction=False)
         order: list[int] = []
-        for (target, batch, client), members in groups.items():
+        for (target, text, batch, client), members in groups.items():
             for start in range(0, len(members), CREATE_GROUP):
                 group = members[start:start + CREATE_GROUP]
                 keys = [self.counts_key, target, self.batch_key(batch)]
-                args: list[str | int] = [due_ms or at, batch, at, client]
+                args: list[str | int] = [due_ms or at, batch, at, client, text]
                 for n in group:
-                    job, message = jobs[n], messages[n]
+                    job = jobs[n]
                     keys.append(self.job_key(job.id))
-                    args += [job.id, "1" if job.idempotency_key else "",
-                             message.text if message is not None else "", job.kind,
-                             job.priority, job.payload, job.retry_until_ms,
-                             job.idempotency_key or ""]  # fmt: skip
+                    args += [job.id, "1" if job.idempotency_key else "", job.kind, job.priority,
+                             job.payload, job.retry_until_ms, job.idempotency_key or ""]
                 self._create(keys=keys, args=args, client=pipe)
                 order += group
         flags = [flag for reply in pipe.execute() for flag in reply]
