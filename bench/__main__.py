@@ -1,8 +1,10 @@
-"""`make bench`: the gate's scenarios A-F (plain Celery and the gate side by side), and the
+"""`make bench`: the ways in (enqueue rates, Redis memory per job, the intake, a million-row
+dry-run backfill), the gate's scenarios A-F (plain Celery and the gate side by side), and the
 fairness of the other destinations beside a Noojee backfill.
 
-``python -m bench`` runs them all; ``python -m bench C D`` some scenarios; ``python -m bench
-fairness`` the fairness benchmark. Results are printed and written under ``bench/results/``.
+``python -m bench`` runs them all; ``python -m bench enqueue`` the ways in alone; ``python -m
+bench C D`` some gate scenarios; ``python -m bench fairness`` the fairness benchmark. Results are
+printed and written under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import fairness, gate
+from bench import enqueue, fairness, gate
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -98,6 +100,24 @@ def fairness_table(entry: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+ENQUEUE_TARGETS = {
+    "enqueue": "submit_many and backfill >= 20,000 jobs/s and >= 10 x a loop of apply_async",
+    "memory": "<= 256 bytes per delivered job",
+    "intake": "batches of 100 >= 5,000 jobs/s; single jobs >= 500 req/s with p99 <= 25 ms",
+    "backfill_dry_run": "1,000,000 rows in <= 200 MB",
+}
+
+
+def enqueue_table(results: dict[str, Any]) -> str:
+    lines = []
+    for key, target in ENQUEUE_TARGETS.items():
+        entry = results[key]
+        lines += ["", f"{key}: target {target} → {'MET' if entry['met'] else 'NOT MET'}"]
+        lines += [f"   {name:40}{show(value):>16}" for name, value in entry.items()
+                  if name != "met"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def _write(name: str, report: dict[str, Any]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / name
@@ -107,12 +127,26 @@ def _write(name: str, report: dict[str, Any]) -> Path:
 
 def main(argv: list[str]) -> int:
     """``python -m bench``: everything; ``python -m bench A C``: those gate scenarios;
-    ``python -m bench fairness``: the fairness benchmark alone."""
+    ``python -m bench enqueue`` / ``fairness``: that benchmark alone."""
     wanted = [a.upper() for a in argv]
     fairness_wanted = not wanted or "FAIRNESS" in wanted
-    keys = [k for k in wanted if k != "FAIRNESS"] or (None if not wanted else [])
+    enqueue_wanted = not wanted or "ENQUEUE" in wanted
+    keys = [k for k in wanted if k not in ("FAIRNESS", "ENQUEUE")] or (None if not wanted else [])
     machine = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
     met = True
+    if enqueue_wanted:
+        print("ways-in benchmark: enqueue rates, Redis memory per job, the intake, a "
+              f"{enqueue.DRY_ROWS:,}-row dry-run backfill", flush=True)  # fmt: skip
+        started = time.time()
+        ways_in = enqueue.run()
+        path = _write("enqueue.json", {
+            "benchmark": "ways in", "machine": machine,
+            "ran_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+            "duration_s": round(time.time() - started), **ways_in,
+        })  # fmt: skip
+        print(enqueue_table(ways_in))
+        print(f"\nwritten to {path}")
+        met = met and ways_in["met"]
     if keys != []:
         print(f"gate benchmark: {gate.WORKERS} workers x {gate.THREADS} threads, simulator "
               f"{gate.SERVICE_S * 1000:.0f} ms ± 20 ms, 109 after 2 s queued",
