@@ -69,14 +69,18 @@ def write_csv(path: Path, rows: int, start: int = 0) -> None:
 
 
 BACKFILL_SETS = ("template_id=41", "campaign_id=41", "allocation_id=38")
+#: Runs the CLI, then prints the process's peak resident memory: VmHWM, which starts afresh at
+#: exec (getrusage's ru_maxrss would carry over the forking parent's size).
 PEAK_RSS = """
-import resource, sys
+import re, sys
+from pathlib import Path
 from worker.cli import main
 sys.argv = sys.argv[1:]
 try:
     main()
 finally:
-    print(f"peak_rss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+    peak = re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)
+    print(f"peak_rss_kb={peak}", file=sys.stderr)
 """
 
 

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import re
+import sys
 import time
 import types
 from collections.abc import Callable, Iterator, Mapping
@@ -36,6 +37,8 @@ CHUNK_ROWS = 1000
 POLL_S = 0.25
 #: How often, at most, the progress asks the ledger how many jobs of the run have ended.
 COUNTS_EVERY_S = 0.5
+#: The thread switch interval while a backfill sends (see ``run``).
+SWITCH_INTERVAL_S = 0.0002
 _READ_BYTES = 1 << 20
 _EXTENSIONS: dict[str, Format] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _INT = re.compile(r"[+-]?[0-9]+")
@@ -828,8 +831,18 @@ def run(
     note: called with what a person should know before the rows are read (an unfinished earlier
     run, a resume). Raises ``BackfillError`` before reading any row if the backfill cannot start.
     A dry run touches no Redis.
+
+    While it runs, the process's thread switch interval is 0.2 ms (Python's default is 5 ms):
+    the sender thread then takes the interpreter back as soon as Redis answers, instead of
+    waiting for the reading thread to yield it (measured here: about a tenth more rows/s).
     """
-    return _Run(backfill, progress, note).execute()
+    previous = sys.getswitchinterval()
+    if not backfill.dry_run:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+    try:
+        return _Run(backfill, progress, note).execute()
+    finally:
+        sys.setswitchinterval(previous)
 
 
 __all__ = [

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.integration
 def _env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTACTSYNC_", "FLOWER_"))}
     env.update({"CONTACTSYNC_FLOWER__PORT": "0", "CONTACTSYNC_FLOWER__PASSWORD": "pw-e2e",
-                "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})  # fmt: skip
+                "CONTACTSYNC_INTAKE__PORT": "0", "PYTHONUNBUFFERED": "1",
+                "COLUMNS": "200"})  # fmt: skip
     return env
 
 
@@ -61,6 +62,18 @@ def test_up_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
         assert "pong" in ping.stdout
         assert httpx.get(f"{flower_url}/api/workers", auth=("operator", "pw-e2e")).status_code \
             == 200
+
+        # The intake, with the token `up` generated and printed (client "local", an operator).
+        intake_line = next(line for line in lines if line.startswith("intake"))
+        intake_url, token = intake_line.split()[1], intake_line.split()[4]
+        assert httpx.get(f"{intake_url}/healthz").json() == {"status": "ok"}
+        job = {"kind": "missioncapital.contact_user",
+               "job": {"application_id": "00QEa00000ItVf8MAF"}}
+        auth = {"Authorization": f"Bearer {token}"}
+        answer = httpx.post(f"{intake_url}/v1/jobs", json=job, headers=auth)
+        assert answer.status_code == 202, answer.text
+        shown = httpx.get(f"{intake_url}/v1/jobs/{answer.json()['job_id']}", headers=auth).json()
+        assert shown["client"] == "local"
     finally:
         os.killpg(up.pid, signal.SIGINT)
         os.killpg(up.pid, signal.SIGINT)  # an impatient second Ctrl-C must not orphan anything
@@ -72,6 +85,8 @@ def test_up_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
         os.kill(int(state["pid"]), 0)  # the embedded server is gone
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{flower_url}/healthcheck", timeout=2)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{intake_url}/healthz", timeout=2)
 
 
 def test_up_killed_with_sigkill_leaves_no_orphans(tmp_path: Path) -> None:
@@ -85,7 +100,7 @@ def test_up_killed_with_sigkill_leaves_no_orphans(tmp_path: Path) -> None:
             break
     children = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True)
     pids = [int(p) for p in children.stdout.split()]
-    assert len(pids) >= 4  # embedded server, simulator, worker, Flower
+    assert len(pids) >= 5  # embedded server, simulators, worker, Flower, intake
     up.kill()
     up.wait()
 
@@ -114,8 +129,8 @@ def test_demo_prints_its_table_and_never_touches_configured_endpoints(tmp_path: 
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for row in ("noojee", "missioncapital", "trendsic", "expandable", "answered busy (109)",
-                "review", "rejected", "refused at submit", "80 jobs settled in",
-                "Flower: http://127.0.0.1:"):  # fmt: skip
+                "review", "rejected", "refused by the intake (422", "80 jobs settled in",
+                "Flower: http://127.0.0.1:", "Intake: http://127.0.0.1:"):  # fmt: skip
         assert row in out, out
     assert "LEAD_NOT_UPDATED_DUE_TO_CONFLICT" in out and "DNC" in out
     assert "Application not found" in out  # Mission Capital's scripted unknown application

@@ -2,9 +2,10 @@
 
 Lead updates for Noojee, among them leads the PBX answers busy (109) before accepting, leads a
 person is editing (110), a lead on the do-not-call list (104), a lead that does not exist (101)
-and a job refused at the door; and updates for Mission Capital, Trendsic and Expandable, with an
-unknown application, a field the CRM refuses, and every token expired half-way through. A live
-progress bar, then a table of where every job ended, destination by destination.
+and a job the intake refuses; and updates for Mission Capital, Trendsic and Expandable, with an
+unknown application, a field the CRM refuses, and every token expired half-way through. Some
+come in over the HTTP intake as services send them, most as a backfill file. A live progress
+bar, then a table of where every job ended, destination by destination.
 """
 
 from __future__ import annotations
@@ -115,7 +116,9 @@ def run_demo(console: Console, count: int, linger: bool) -> None:
             console.print(
                 "\nThe system keeps running so you can look around; Ctrl-C stops it. In another "
                 f"terminal:\n  export CONTACTSYNC_REDIS_URL={url}\n  contactsync review list"
-                "\n  contactsync review show JOB_ID\n  contactsync review requeue JOB_ID",
+                "\n  contactsync review show JOB_ID\n  contactsync review requeue JOB_ID"
+                f"\n  curl -H 'Authorization: Bearer {stack.intake_token}' "
+                f"{stack.intake_url}/v1/review",
                 highlight=False,
             )
             while True:
@@ -131,40 +134,54 @@ def run_demo(console: Console, count: int, linger: bool) -> None:
 
 
 def _run(console: Console, stack: Stack, count: int) -> None:
-    from producers import submit
-    from tasks.models import JobValidationError, validate_job
+    from producers import submit_many
     from worker.runtime import ledger
 
     rng = random.Random(2026)
     others = max(1, int(count * OTHER_SHARE))
     jobs, scripts = sample_jobs(count - 3 * others, rng)
     more, other_scripts = other_jobs(others, rng)
-    jobs += more
     urls = stack.simulator_urls
     if "noojee" in urls:
         httpx.post(f"{urls['noojee']}/_script", json={"scripts": scripts}).raise_for_status()
     for name, bodies in other_scripts.items():
         for body in bodies:
             httpx.post(f"{urls[name]}/_script", json=body).raise_for_status()
-    try:  # a job that cannot succeed never reaches the queue
-        validate_job("noojee.update", {
-            "template_id": 41, "campaign_id": 41, "allocation_id": 38, "external_lead_id": "X-1",
-            "disposition": "Sale", "callback_date": "24/12/2026", "fields": {"Name": "Al Bo"},
-        })  # fmt: skip
-        refused: list[str] = []
-    except JobValidationError as exc:
-        refused = [f"{path}: {message}" for path, message in exc.problems]
+    intake = httpx.Client(base_url=stack.intake_url, timeout=30,
+                          headers={"Authorization": f"Bearer {stack.intake_token}"})  # fmt: skip
+    # A job that cannot succeed never reaches the queue: the intake names every bad field.
+    refused_answer = intake.post("/v1/jobs", json={"kind": "noojee.update", "job": {
+        "template_id": 41, "campaign_id": 41, "allocation_id": 38, "external_lead_id": "X-1",
+        "disposition": "Sale", "callback_date": "24/12/2026", "fields": {"Name": "Al Bo"},
+    }})  # fmt: skip
+    refused = [f"{e['path']}: {e['reason']}" for e in refused_answer.json().get("errors", [])]
 
     book = ledger()
     started = time.monotonic()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=console) as progress:
-        sending = progress.add_task("submitted", total=len(jobs), detail="")
-        ids = []
-        for n, job in enumerate(jobs):
-            ids.append(submit(job, priority="realtime" if n % 10 == 0 else "bulk", client="demo"))
-            progress.advance(sending)
+        # Services post every tenth Noojee update and a third of the other destinations' jobs
+        # to the intake, one request each, as they happen; a script backfills the rest of the
+        # Noojee updates from a file, and the rest of the others go in with submit_many().
+        live_noojee, live_others = [job for n, job in enumerate(jobs) if n % 10 == 0], more[::3]
+        live = live_noojee + live_others
+        posting = progress.add_task("intake   ", total=len(live), detail="HTTP, realtime")
+        posted = []
+        for job in live:
+            answer = intake.post("/v1/jobs", json={
+                "kind": job.kind, "job": job.model_dump(mode="json", exclude_none=True)})
+            answer.raise_for_status()
+            posted.append(answer.json()["job_id"])
+            progress.advance(posting)
+        backfilled = [job for n, job in enumerate(jobs) if n % 10]
+        filling = progress.add_task("backfill ", total=len(backfilled), detail="")
+        noojee_ids = posted[:len(live_noojee)] + _backfill(
+            stack, backfilled, lambda p: progress.update(
+                filling, completed=p.rows_read, detail=f"{p.enqueued} enqueued, bulk"))
+        other_ids = posted[len(live_noojee):] + submit_many(
+            [job for n, job in enumerate(more) if n % 3], client="demo")
+        ids = noojee_ids + other_ids
         settling = progress.add_task("settled  ", total=len(ids), detail="")
         expired = False
         while True:
@@ -177,7 +194,7 @@ def _run(console: Console, stack: Stack, count: int) -> None:
             detail = "  ".join(f"{s} {states[s]}" for s in ("delivered", "retrying", "review",
                                                             "rejected") if states[s])  # fmt: skip
             progress.update(settling, completed=done, detail=detail)
-            others_done = sum(state in TERMINAL for state in answers[len(ids) - len(more):])
+            others_done = sum(state in TERMINAL for state in answers[len(noojee_ids):])
             if not expired and others_done >= len(more) // 3:
                 # A third of the way, every token expires: one login each, for the fleet.
                 for name in ("missioncapital", "trendsic", "expandable"):
@@ -187,8 +204,32 @@ def _run(console: Console, stack: Stack, count: int) -> None:
             if done == len(ids) or time.monotonic() - started > 110:
                 break
             time.sleep(0.2)
+    intake.close()
     elapsed = time.monotonic() - started
     _report(console, stack, [book.get(i, with_history=True) for i in ids], refused, elapsed)
+
+
+def _backfill(stack: Stack, jobs: list[Any], progress: Any) -> list[str]:
+    """Write ``jobs`` (Noojee updates of one campaign) to a CSV file and backfill it, as a
+    script would; returns their job ids (derived from the run's idempotency keys)."""
+    import csv
+
+    from producers.backfill import Backfill, run
+    from worker.ledger import job_id_for
+
+    path = stack.data_dir / "demo-backfill.csv"
+    names = ["external_lead_id", "disposition", "callback_date", "priority"]
+    lead_fields = ["FirstPhone", "Name", "Email"]
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(names + lead_fields)
+        for job in jobs:
+            out.writerow([getattr(job, n) for n in names] + [job.fields[n] for n in lead_fields])
+    result = run(Backfill(path, "noojee.update", max_queue_depth=0, constants={
+        "template_id": "41", "campaign_id": "41", "allocation_id": "38"}), progress)
+    # The spreadsheet's row numbers: the header is row 1.
+    return [job_id_for("noojee", f"backfill:{result.run_id}:{row}")
+            for row in range(2, len(jobs) + 2)]  # fmt: skip
 
 
 def _report(
@@ -224,8 +265,8 @@ def _report(
         console.print(f"  {destination}: [{colour}]{n} {state}[/{colour}]: {reason}",
                       highlight=False)  # fmt: skip
     if refused:
-        console.print(f"  [red]refused at submit[/red] (never queued): {'; '.join(refused)}",
-                      highlight=False)  # fmt: skip
+        console.print(f"  [red]refused by the intake[/red] (422, never queued): "
+                      f"{'; '.join(refused)}", highlight=False)  # fmt: skip
     if unsettled:
         console.print(f"  [red]{unsettled} not settled in time[/red]: see `contactsync jobs`")
     console.print(f"  {len(records)} jobs settled in {elapsed:.1f} s. Every token expired a "
@@ -236,6 +277,8 @@ def _report(
     user, password = stack.flower_credentials[0], stack.flower_password_shown
     console.print(f"Flower: {stack.flower_url}  user [bold]{user}[/bold]  password "
                   f"[bold]{password}[/bold]")  # fmt: skip
+    console.print(f"Intake: {stack.intake_url}  bearer token [bold]{stack.intake_token}[/bold] "
+                  f"(OpenAPI at {stack.intake_url}/openapi.json)", highlight=False)
 
 
 def _logins(stack: Stack, destination: str) -> int | None:
