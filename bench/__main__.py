@@ -13,6 +13,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,28 @@ def _write(name: str, report: dict[str, Any]) -> Path:
     return path
 
 
+def _run(
+    name: str,
+    benchmark: str,
+    machine: dict[str, Any],
+    work: Callable[[], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    nest: str = "",
+) -> dict[str, Any]:
+    """Run one benchmark, write its results (under ``nest`` if given) to ``results/NAME``
+    with when and where it ran, print them with ``render``; returns the results."""
+    started = time.time()
+    results = work()
+    path = _write(name, {
+        "benchmark": benchmark, "machine": machine,
+        "ran_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "duration_s": round(time.time() - started), **({nest: results} if nest else results),
+    })  # fmt: skip
+    print(render(results))
+    print(f"\nwritten to {path}")
+    return results
+
+
 def main(argv: list[str]) -> int:
     """``python -m bench``: everything; ``python -m bench A C``: those gate scenarios;
     ``python -m bench enqueue`` / ``fairness``: that benchmark alone."""
@@ -137,42 +160,20 @@ def main(argv: list[str]) -> int:
     if enqueue_wanted:
         print("ways-in benchmark: enqueue rates, Redis memory per job, the intake, a "
               f"{enqueue.DRY_ROWS:,}-row dry-run backfill", flush=True)  # fmt: skip
-        started = time.time()
-        ways_in = enqueue.run()
-        path = _write("enqueue.json", {
-            "benchmark": "ways in", "machine": machine,
-            "ran_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-            "duration_s": round(time.time() - started), **ways_in,
-        })  # fmt: skip
-        print(enqueue_table(ways_in))
-        print(f"\nwritten to {path}")
+        ways_in = _run("enqueue.json", "ways in", machine, enqueue.run, enqueue_table)
         met = met and ways_in["met"]
     if keys != []:
         print(f"gate benchmark: {gate.WORKERS} workers x {gate.THREADS} threads, simulator "
               f"{gate.SERVICE_S * 1000:.0f} ms ± 20 ms, 109 after 2 s queued",
               flush=True)  # fmt: skip
-        started = time.time()
-        results = gate.run(keys)
-        path = _write("gate.json" if keys is None else f"gate-{''.join(keys)}.json", {
-            "benchmark": "noojee gate vs plain celery", "machine": machine,
-            "ran_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-            "duration_s": round(time.time() - started), "scenarios": results,
-        })  # fmt: skip
-        print(table(results))
-        print(f"\nwritten to {path}")
+        results = _run("gate.json" if keys is None else f"gate-{''.join(keys)}.json",
+                       "noojee gate vs plain celery", machine, lambda: gate.run(keys), table,
+                       nest="scenarios")  # fmt: skip
         met = met and all(entry["met"] for entry in results.values())
     if fairness_wanted:
         print("\nfairness benchmark: the other destinations, alone and beside a Noojee backfill",
               flush=True)  # fmt: skip
-        started = time.time()
-        entry = fairness.run()
-        path = _write("fairness.json", {
-            "benchmark": "fairness", "machine": machine,
-            "ran_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-            "duration_s": round(time.time() - started), **entry,
-        })  # fmt: skip
-        print(fairness_table(entry))
-        print(f"\nwritten to {path}")
+        entry = _run("fairness.json", "fairness", machine, fairness.run, fairness_table)
         met = met and entry["met"]
     return 0 if met else 1
 

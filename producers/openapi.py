@@ -50,6 +50,9 @@ def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 JOB_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 UNAUTHORIZED = _error("no valid bearer token")
 FORBIDDEN = _error("the client is not an operator")
+#: What every review action may answer besides its own outcomes.
+REVIEW_ACTION = {"400": _error("the body is not JSON"), "401": UNAUTHORIZED, "403": FORBIDDEN,
+                 "404": _error("no such job"), "503": _error("Redis unavailable")}
 
 
 @lru_cache(maxsize=1)
@@ -171,13 +174,9 @@ def document() -> dict[str, Any]:
                                     "additionalProperties": {"type": "string"},
                                     "description": "a job field or a lead field → new value"}},
                 }}}},
-                "responses": {"202": _ok("queued again", {"type": "object"}),
-                              "400": _error("the body is not JSON"),
-                              "401": UNAUTHORIZED, "403": FORBIDDEN,
-                              "404": _error("no such job"),
+                "responses": {"202": _ok("queued again", {"type": "object"}), **REVIEW_ACTION,
                               "409": _error("the job is not in review or rejected"),
-                              "422": _error("the edited job is invalid; nothing changed"),
-                              "503": _error("Redis unavailable")},
+                              "422": _error("the edited job is invalid; nothing changed")},
             }},
             "/v1/review/{job_id}/discard": {"post": {
                 "summary": "Give up on a job in review: it ends rejected, with the reason",
@@ -187,13 +186,9 @@ def document() -> dict[str, Any]:
                     "properties": {"reason": {"type": "string", "minLength": 1,
                                               "maxLength": 1000, "pattern": "\\S"}},
                 }}}},
-                "responses": {"200": _ok("discarded", {"type": "object"}),
-                              "400": _error("the body is not JSON"),
-                              "401": UNAUTHORIZED, "403": FORBIDDEN,
-                              "404": _error("no such job"),
+                "responses": {"200": _ok("discarded", {"type": "object"}), **REVIEW_ACTION,
                               "409": _error("the job is not in review"),
-                              "422": _error("no reason given"),
-                              "503": _error("Redis unavailable")},
+                              "422": _error("no reason given")},
             }},
             "/healthz": {"get": {
                 "summary": "Whether the intake can reach Redis", "security": [],
