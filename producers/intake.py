@@ -236,7 +236,6 @@ class Handler(tornado.web.RequestHandler):
     detail (the log has the traceback, never the request body)."""
 
     tokens: Tokens
-    open_paths: frozenset[str] = frozenset()
 
     def initialize(self, tokens: Tokens) -> None:
         self.tokens = tokens

@@ -33,6 +33,7 @@ Priority = Literal["realtime", "bulk"]
 ROUND_TRIP = 1000
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
+
 @lru_cache(maxsize=1)
 def _messages() -> Messages:
     return Messages(app)

@@ -3,7 +3,9 @@ real HTTP, against a real Valkey, a Celery worker and the Noojee simulator."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -225,26 +227,41 @@ def test_a_body_over_the_limit_is_refused_with_413_and_other_bodies_with_400(
 
 
 def test_a_realtime_job_from_the_intake_overtakes_a_running_backfill(
-    stack: Any, intake: httpx.Client, ledger: Any
+    stack: Any, intake: httpx.Client, ledger: Any, tmp_path: Path
 ) -> None:
-    from producers import submit_many
-    from tests.conftest import sample_update
+    from producers.backfill import Backfill, BackfillResult, run
+    from tests.test_backfill import NOOJEE, leads_csv
+    from worker.ledger import job_id_for
 
-    backfill = [sample_update(new_lead_id()) for _ in range(400)]
-    run = f"overtake-{new_lead_id()}"
-    bulk_ids = submit_many(backfill, priority="bulk", client="backfill", batch=run)
-    wait_for(lambda: ledger.batch_counts(run)["delivered"] >= 20, 60, "the backfill to run")
-
-    job_id = intake.post("/v1/jobs", json=update(new_lead_id()), headers=CRM).json()["job_id"]
-    submitted = ledger.get(job_id).submitted_at_ms
-    delivered = wait_for_state(ledger, job_id, ("delivered",)).updated_at_ms
-
-    assert ledger.batch_counts(run)["pending"] > 100  # the backfill was still running
-    bulk = [ledger.get(i) for i in bulk_ids]
+    leads = [new_lead_id() for _ in range(400)]
+    path = leads_csv(tmp_path / "backfill.csv", leads)
+    # A cap of 50 keeps the backfill running (pausing, sending) while its jobs are delivered.
+    spec = Backfill(path, "noojee.update", constants=NOOJEE, max_queue_depth=50, chunk_rows=50)
+    results: list[BackfillResult] = []
+    runs: list[str] = []
+    backfill = threading.Thread(target=lambda: results.append(run(spec, lambda p: runs.append(
+        p.run_id))))  # fmt: skip
+    backfill.start()
+    try:
+        wait_for(lambda: runs and ledger.batch_counts(runs[-1])["delivered"] >= 20, 60,
+                 "the backfill to be delivering")  # fmt: skip
+        job_id = intake.post("/v1/jobs", json=update(new_lead_id()), headers=CRM).json()["job_id"]
+        submitted = ledger.get(job_id).submitted_at_ms
+        delivered = wait_for_state(ledger, job_id, ("delivered",)).updated_at_ms
+        assert ledger.batch_counts(runs[-1])["pending"] > 100 or backfill.is_alive()
+    finally:
+        backfill.join(120)
+    [result] = results
+    assert result.enqueued == 400
+    bulk = [ledger.get(job_id_for("noojee", f"backfill:{result.run_id}:{row}"))
+            for row in range(2, 402)]  # fmt: skip
+    assert all(record is not None for record in bulk)
+    # Overtaken: the backfill's jobs not yet queued, or queued and delivered later.
     overtaken = sum(r.state != "delivered" or r.updated_at_ms > delivered for r in bulk)
     ahead = sum(r.state == "delivered" and submitted <= r.updated_at_ms <= delivered
                 for r in bulk)  # fmt: skip
-    assert overtaken > 100
+    assert overtaken > 200
     # Only the bulk jobs already fetched or holding a permit (4 worker threads) finish first.
     assert ahead <= 4
-    wait_for(lambda: ledger.batch_counts(run)["pending"] == 0, 120, "the backfill to finish")
+    wait_for(lambda: ledger.batch_counts(result.run_id)["pending"] == 0, 120,
+             "the backfill's jobs to end")  # fmt: skip

@@ -507,6 +507,8 @@ def _show_job(job_id: str, reveal: bool) -> None:
     else:
         console.print("[bold]payload[/bold] dropped after delivery")
     console.print("[bold]history[/bold] (newest first)")
+    if not record.history and record.state == "delivered":
+        console.print("  delivered at its first attempt (the ledger keeps no more of it)")
     for entry in record.history:
         at = _when(entry.pop("at", 0))
         event = entry.pop("event", "")

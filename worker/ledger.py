@@ -3,13 +3,14 @@ operator works from (review, rejected) and the runtime works from (schedule).
 
 Keys, under ``prefix`` (``cs:`` by default):
 
-- ``job:{id}`` hash: the envelope (kind, task, queue, priority, payload JSON, idempotency key,
-  client, batch), ``state``, ``attempts`` (calls made), ``faults`` (of them, faults), ``retries``
-  (backoffs through the schedule since submission or requeue), ``last_code``/``last_reason``/
-  ``last_answer``, times in epoch milliseconds. A job in review stays until a person resolves it;
+- ``job:{id}`` hash: the envelope (kind, priority, payload JSON, idempotency key, client,
+  batch; its destination, task and queue follow from the kind), ``state``, ``attempts`` (calls
+  made), ``faults`` (of them, faults), ``retries`` (backoffs through the schedule since
+  submission or requeue), ``last_code``/``last_reason``/``last_answer``, times in epoch
+  milliseconds. A job in review stays until a person resolves it;
   a rejected one expires ``retention_s`` after it got there. A delivered job is cut down to
   ``state``, ``kind``, ``client``, ``attempts`` (and faults and retries, if any) and its two
-  times, and expires after ``retention_s``: about 230 bytes a job.
+  times, and expires after ``retention_s``: about 240 bytes a job.
 - ``job:{id}:history`` list: newest first, JSON entries ``{"at", "event", ...}``, capped; from
   the first attempt on (a queued job's record says when and by whom it was submitted). Gone once
   a job is delivered at its first attempt (the record says all it said).

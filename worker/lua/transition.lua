@@ -41,7 +41,7 @@ redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[8]) - 1)
 if ARGV[1] ~= '' then redis.call('DEL', KEYS[2]) end
 if new == 'delivered' then
   -- A delivered job keeps only what an operator asks of it later, so that a million-row
-  -- backfill leaves about 230 bytes a job behind, not its payload (personal data) and envelope.
+  -- backfill leaves about 240 bytes a job behind, not its payload (personal data) and envelope.
   -- Not even the success code: "delivered" says it (and keeps the hash in a smaller size class).
   -- Its history goes too when it says no more than these fields (one attempt, then delivered);
   -- a job with retries, reviews or requeues keeps its story.
