@@ -83,13 +83,7 @@ def parse_submission(body: bytes, client: str, idempotency_key: str | None) -> S
     ``{"jobs": [...], "priority"}`` (a batch); raise ``Problem`` (400, 422) naming every bad
     field. Idempotency keys are the client's own: they are recorded as ``client:key``, a
     batch's ``Idempotency-Key`` as ``client:key:index`` for each of its jobs."""
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Problem(400, f"the body is not JSON ({type(exc).__name__}): send a JSON object") \
-            from None  # fmt: skip
-    except RecursionError:
-        raise Problem(400, "the body nests too deeply") from None
+    data = _json(body)
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise Problem(422, "invalid request: nothing was queued", [
             ("header Idempotency-Key", "must be 1-128 printable ASCII characters, no spaces")])
@@ -103,7 +97,7 @@ def parse_submission(body: bytes, client: str, idempotency_key: str | None) -> S
         entries, path, default = [data], ["$"], "realtime"
     else:
         unknown = sorted(set(data) - {"jobs", "priority"})
-        errors += [(f"$.{name}", "unknown field of a batch; it takes jobs and priority")
+        errors += [(f"$.{name[:64]}", "unknown field of a batch; it takes jobs and priority")
                    for name in unknown]  # fmt: skip
         default = _priority(data.get("priority"), "$.priority", errors) or "realtime"
         raw = data["jobs"]
@@ -136,8 +130,8 @@ def _entry(
         return None, None, default
     before = len(errors)
     allowed = {"kind", "job", "idempotency_key", "priority"}
-    errors += [(f"{where}.{name}", "unknown field; a job takes kind, job, idempotency_key and "
-                "priority") for name in sorted(set(entry) - allowed)]  # fmt: skip
+    errors += [(f"{where}.{name[:64]}", "unknown field; a job takes kind, job, idempotency_key "
+                "and priority") for name in sorted(set(entry) - allowed)]  # fmt: skip
     priority = _priority(entry.get("priority"), f"{where}.priority", errors) or default
     key = entry.get("idempotency_key")
     if key is not None and not (isinstance(key, str) and _IDEMPOTENCY_KEY.match(key)):
@@ -427,13 +421,20 @@ def _int_argument(handler: Handler, name: str, default: int, lo: int, hi: int) -
     return int(raw)
 
 
+def _json(body: bytes) -> Any:
+    """The body's JSON, or ``Problem`` 400: not UTF-8, not JSON, an integer of more than 4,300
+    digits (Python refuses to read one: ValueError), nested too deep (RecursionError)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError included
+        raise Problem(400, f"the body is not JSON we can read ({type(exc).__name__}): send a "
+                           "JSON object") from None  # fmt: skip
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise Problem(400, "the body is not JSON: send a JSON object") from None
+    data = _json(body)
     if not isinstance(data, dict):
         raise Problem(422, "invalid request", [("$", "must be a JSON object")])
     return data

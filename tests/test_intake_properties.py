@@ -109,3 +109,12 @@ def test_schemathesis_finds_no_server_error_against_the_openapi_document(
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "passed" in result.stdout
+
+
+@pytest.mark.parametrize("body", [b'{"jobs": [' + b"1" * 5000 + b"]}", b"\xff\xfe{}",
+                                  b"[" * 100_000, b""])  # fmt: skip
+def test_json_python_will_not_read_is_a_400(body: bytes) -> None:
+    # An integer of 5,000 digits raises ValueError in json.loads, deep nesting RecursionError.
+    with pytest.raises(Problem) as refused:
+        parse_submission(body, "crm", None)
+    assert refused.value.status == 400
