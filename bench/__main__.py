@@ -152,6 +152,10 @@ def main(argv: list[str]) -> int:
     """``python -m bench``: everything; ``python -m bench A C``: those gate scenarios;
     ``python -m bench enqueue`` / ``fairness``: that benchmark alone."""
     wanted = [a.upper() for a in argv]
+    unknown = [a for a in wanted if a not in {*SHOWN, "FAIRNESS", "ENQUEUE"}]
+    if unknown:
+        print(__doc__)
+        return 0 if {"-H", "--HELP"} & set(unknown) else 2
     fairness_wanted = not wanted or "FAIRNESS" in wanted
     enqueue_wanted = not wanted or "ENQUEUE" in wanted
     keys = [k for k in wanted if k not in ("FAIRNESS", "ENQUEUE")] or (None if not wanted else [])
