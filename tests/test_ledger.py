@@ -209,9 +209,17 @@ def test_a_delivered_job_keeps_its_outline_but_not_its_payload(ledger: Ledger) -
     assert (record.id, record.state, record.attempts, record.last_code, record.last_reason,
             record.destination, record.payload) == (
         "j1", "delivered", 1, "", "delivered", "noojee", "")  # fmt: skip
-    assert record.history == []  # one attempt: the outline says it all
+    assert record.history == []  # a bulk job, one attempt: the outline says it all
     assert 0 < ledger.r.ttl(ledger.job_key("j1")) <= 3600
     assert ledger.counts()["delivered"] == 1
+
+
+def test_a_delivered_realtime_job_keeps_its_history(ledger: Ledger) -> None:
+    queue(ledger, new_job("j1", priority="realtime"))
+    deliver(ledger, "j1")
+    record = ledger.get("j1", with_history=True)
+    assert record is not None and record.payload == "" and record.priority == ""
+    assert [e["event"] for e in record.history] == ["delivered", "attempt"]
 
 
 def test_a_delivered_job_with_a_story_keeps_its_history(ledger: Ledger) -> None:

@@ -508,7 +508,7 @@ def _show_job(job_id: str, reveal: bool) -> None:
         console.print("[bold]payload[/bold] dropped after delivery")
     console.print("[bold]history[/bold] (newest first)")
     if not record.history and record.state == "delivered":
-        console.print("  delivered at its first attempt (the ledger keeps no more of it)")
+        console.print("  a bulk job delivered at its first attempt (the ledger keeps no more)")
     for entry in record.history:
         at = _when(entry.pop("at", 0))
         event = entry.pop("event", "")

@@ -13,7 +13,8 @@ Keys, under ``prefix`` (``cs:`` by default):
   times, and expires after ``retention_s``: about 240 bytes a job.
 - ``job:{id}:history`` list: newest first, JSON entries ``{"at", "event", ...}``, capped; from
   the first attempt on (a queued job's record says when and by whom it was submitted). Gone once
-  a job is delivered at its first attempt (the record says all it said).
+  a bulk job is delivered at its first attempt (the record says all it said); a realtime job
+  keeps it (a service's job is the one someone asks about, and they are few).
 - ``job:{id}:lock`` string: the token of the worker running the job (a lease, PX).
 - ``review``, ``rejected`` zsets: job ids by the time they got there.
 - ``schedule`` zset: job ids by the time (ms) their next attempt is due.

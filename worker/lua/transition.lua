@@ -43,10 +43,13 @@ if new == 'delivered' then
   -- A delivered job keeps only what an operator asks of it later, so that a million-row
   -- backfill leaves about 240 bytes a job behind, not its payload (personal data) and envelope.
   -- Not even the success code: "delivered" says it (and keeps the hash in a smaller size class).
-  -- Its history goes too when it says no more than these fields (one attempt, then delivered);
-  -- a job with retries, reviews or requeues keeps its story.
+  -- A bulk job's history goes too when it says no more than these fields (one attempt, then
+  -- delivered). A job with retries, reviews or requeues keeps its story, and so does a realtime
+  -- one: a service's job is the one someone asks about (how long it waited for a permit, how
+  -- long the call took), and there are few of them beside a backfill's.
   local kept = {'kind', 'client', 'attempts', 'faults', 'retries', 'submitted_at_ms'}
   local values = redis.call('HMGET', KEYS[1], unpack(kept))
+  local priority = redis.call('HGET', KEYS[1], 'priority')
   local compact = {'state', new, 'updated_at_ms', ARGV[4]}
   for i, name in ipairs(kept) do
     local value = values[i]
@@ -59,7 +62,8 @@ if new == 'delivered' then
   redis.call('HSET', KEYS[1], unpack(compact))
   redis.call('EXPIRE', KEYS[1], ARGV[6])
   local function zero(v) return not v or v == '' or v == '0' end
-  if values[3] == '1' and zero(values[4]) and zero(values[5]) and redis.call('LLEN', KEYS[4]) <= 2 then
+  if priority == 'bulk' and values[3] == '1' and zero(values[4]) and zero(values[5])
+      and redis.call('LLEN', KEYS[4]) <= 2 then
     redis.call('DEL', KEYS[4])
   else
     redis.call('EXPIRE', KEYS[4], ARGV[6])
