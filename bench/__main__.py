@@ -71,6 +71,8 @@ def table(results: dict[str, Any]) -> str:
     for key, entry in results.items():
         verdict = "MET" if entry["met"] else "NOT MET"
         lines += ["", f"{key}. {entry['title']}", f"   target: {entry['target']} → {verdict}"]
+        lines += [f"   {mode} did not finish: {entry[mode]['error']}"
+                  for mode in ("celery", "gate") if "error" in entry[mode]]  # fmt: skip
         for field, label in SHOWN[key]:
             celery, gated = show(entry["celery"].get(field)), show(entry["gate"].get(field))
             if len(celery) > 16 or len(gated) > 16:
