@@ -149,7 +149,7 @@ def fresh_stack() -> Iterator[Any]:
                        "CONTACTSYNC_NOOJEE__ADAPTIVE": "false",
                        "CONTACTSYNC_NOOJEE__MAX_CONCURRENCY": "4"})  # fmt: skip
     refresh_settings()
-    stack = Stack(data_dir, workers=WORKERS, flower=False,
+    stack = Stack(data_dir, workers=WORKERS, flower=False, intake=False,
                   simulator_args=["--slots", "4", "--latency", "0.1", "--jitter", "0.02",
                                   "--queue-timeout", "2"],
                   simulator_options=SIMULATOR_OPTIONS)  # fmt: skip

@@ -197,7 +197,7 @@ def fresh_stack(mode: str, slots: int, gate_env: dict[str, str]) -> Iterator[Run
            "CONTACTSYNC_DATA_DIR": str(data_dir)}  # fmt: skip
     os.environ.update(env)
     refresh_settings()  # forget the previous stack's server
-    stack = Stack(data_dir, workers=WORKERS, flower=False, simulator_args=[
+    stack = Stack(data_dir, workers=WORKERS, flower=False, intake=False, simulator_args=[
         "--slots", str(slots), "--latency", str(SERVICE_S), "--jitter", "0.02",
         "--queue-timeout", "2"])  # fmt: skip
     stack.start()
