@@ -1,5 +1,5 @@
 """The ways jobs come in. ``from producers import submit``."""
 
-from producers.submit import Priority, enqueue, submit, submit_many
+from producers.submit import Priority, Version, enqueue, submit, submit_many
 
-__all__ = ["Priority", "enqueue", "submit", "submit_many"]
+__all__ = ["Priority", "Version", "enqueue", "submit", "submit_many"]

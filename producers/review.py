@@ -6,26 +6,32 @@ Each resolution is one ledger transition with an audit entry in the job's histor
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from tasks.models import JobValidationError, model_for, validate_job
-from worker.app import app
-from worker.dispatch import publish
 from worker.ledger import QUEUED, REJECTED, REVIEW, LedgerConflict, now_ms
 from worker.runtime import ledger
 from worker.settings import get_settings
 
-#: A requeued job is also put on the schedule this far ahead, in case publishing fails.
-REQUEUE_GRACE_MS = 30_000
+
+class NewerDelivered(LedgerConflict):
+    """Requeueing this job would overwrite newer data: a job for the same record submitted
+    after it has been delivered since. ``force`` sends it anyway."""
 
 
-def requeue(job_id: str, changes: dict[str, str], by: str) -> None:
-    """Send a job in review or rejected to its destination again.
+def requeue(job_id: str, changes: dict[str, str], by: str, force: bool = False) -> str:
+    """Send a job in review or rejected to its destination again; returns its state now:
+    ``queued``, or ``held`` behind jobs of the same record that are pending before it (it joins
+    the end of its record's line, as a new job would).
 
     changes: edits applied first; a name of the job model (``disposition``, ``njDisposition``)
     sets that field, any other name a lead field (``fields.NAME``). The edited job is validated
     like a new one (``JobValidationError``); the retry window, fault count and backoff start
     afresh.
+    force: send it even though a newer job of the same record has been delivered since
+    (``NewerDelivered`` otherwise), and even if its version is older than one delivered: it
+    will overwrite that newer data.
     """
     book = ledger()
     record = book.get(job_id)
@@ -33,6 +39,13 @@ def requeue(job_id: str, changes: dict[str, str], by: str) -> None:
         raise LedgerConflict(f"job {job_id} does not exist (or its record has expired)")
     if record.state not in (REVIEW, REJECTED):
         raise LedgerConflict(f"job {job_id} is {record.state}, not review or rejected")
+    newer = book.newer_delivered(record)
+    if newer is not None and not force:
+        raise NewerDelivered(
+            f"job {newer.job_id}, submitted after job {job_id} for the same record, was "
+            f"delivered at {_iso(newer.at_ms)}: requeueing {job_id} would overwrite its newer "
+            "data. Requeue with force (CLI --force, HTTP \"force\": true) to send it anyway."
+        )
     model = model_for(record.kind)
     data: dict[str, Any] = json.loads(record.payload)
     names = {alias: name for name, f in model.model_fields.items() for alias in (name, f.alias)}
@@ -42,14 +55,19 @@ def requeue(job_id: str, changes: dict[str, str], by: str) -> None:
         else:
             data.setdefault("fields", {})[key.removeprefix("fields.")] = value
     job = validate_job(record.kind, data)
-    due = now_ms() + REQUEUE_GRACE_MS
     window_ms = int(get_settings().retry.window_s * 1000)
     entry = {"event": "requeued", "by": by, "edited": ",".join(sorted(changes)) or "-"}
-    book.transition(job_id, QUEUED, entry, allowed=(REVIEW, REJECTED), due_ms=due, fields={
+    if force:
+        entry["force"] = "1"
+    _, state = book.transition_to(job_id, QUEUED, entry, allowed=(REVIEW, REJECTED), fields={
         "payload": job.model_dump_json(), "faults": 0, "retries": 0,
-        "retry_until_ms": now_ms() + window_ms,
+        "retry_until_ms": now_ms() + window_ms, "force": "1" if force else "",
     })  # fmt: skip
-    publish(app, job_id, record.task, record.queue, record.priority)
+    return state
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
 def discard(job_id: str, reason: str, by: str) -> None:
@@ -61,4 +79,4 @@ def discard(job_id: str, reason: str, by: str) -> None:
     ledger().transition(job_id, REJECTED, entry, allowed=(REVIEW,))
 
 
-__all__ = ["JobValidationError", "LedgerConflict", "discard", "requeue"]
+__all__ = ["JobValidationError", "LedgerConflict", "NewerDelivered", "discard", "requeue"]

@@ -12,13 +12,14 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from functools import lru_cache
 from itertools import islice
 from typing import Literal
 
 from redis.exceptions import RedisError
 
-from tasks.models import JobModel
+from tasks.models import JobModel, version_key
 from worker.app import app
 from worker.dispatch import Messages
 from worker.gate import make_way
@@ -29,6 +30,9 @@ from worker.settings import get_settings
 log = logging.getLogger(__name__)
 
 Priority = Literal["realtime", "bulk"]
+#: A producer's version of a job's data: an integer, or an RFC 3339 timestamp (str or aware
+#: datetime).
+Version = int | str | datetime
 #: Jobs per round trip of ``submit_many``.
 ROUND_TRIP = 1000
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -44,6 +48,7 @@ def submit(
     priority: Priority = "realtime",
     idempotency_key: str | None = None,
     client: str = "",
+    version: Version | None = None,
 ) -> str:
     """Queue ``job`` for delivery and return its job id.
 
@@ -51,8 +56,15 @@ def submit(
     idempotency_key: the same key for the same destination returns the first job's id and
     queues nothing, so a retried request or a re-run backfill is not delivered twice.
     client: who submitted it, recorded on the job.
+    version: the producer's own version of this data (an integer, or an RFC 3339 timestamp
+    with its offset): a job older than one already delivered for the same record is not sent
+    (it ends ``superseded``). Without versions, submission order decides.
+
+    Jobs for the same record (``job.entity_key()``) are delivered one at a time, in submission
+    order; pending ones may be merged into one call.
     """
-    return submit_many([job], priority, [idempotency_key], client)[0]
+    return submit_many([job], priority, [idempotency_key], client,
+                       versions=None if version is None else [version])[0]  # fmt: skip
 
 
 def submit_many(
@@ -61,6 +73,7 @@ def submit_many(
     idempotency_keys: Sequence[str | None] | None = None,
     client: str = "",
     batch: str = "",
+    versions: Sequence[Version | None] | None = None,
 ) -> list[str]:
     """Queue many jobs; returns one job id per job, in order (for a job whose idempotency key
     was already used, that earlier job's id). Bulk by default: many jobs at once are a backfill.
@@ -70,10 +83,12 @@ def submit_many(
 
     Each job is recorded and queued atomically, ``ROUND_TRIP`` jobs a round trip. ``jobs`` may
     be a stream (a generator over a file): a bad argument (not a job model, a malformed
-    idempotency key) raises before its round trip, but earlier ones stay queued. Callers that need
-    all-or-nothing validate everything first (the intake does).
+    idempotency key or version) raises before its round trip, but earlier ones stay queued.
+    Callers that need all-or-nothing validate everything first (the intake does).
+    versions: one per job (None for a job without one), as ``submit``'s ``version``.
     """
-    return [job_id for job_id, _ in enqueue(jobs, priority, idempotency_keys, client, batch)]
+    return [job_id for job_id, _ in enqueue(jobs, priority, idempotency_keys, client, batch,
+                                            versions)]  # fmt: skip
 
 
 def enqueue(
@@ -82,17 +97,20 @@ def enqueue(
     idempotency_keys: Sequence[str | None] | None = None,
     client: str = "",
     batch: str = "",
+    versions: Sequence[Version | None] | None = None,
 ) -> list[tuple[str, bool]]:
     """``submit_many``, telling for each job whether it is new (``True``) or its idempotency
     key named an earlier job (``False``)."""
     keys = iter(idempotency_keys) if idempotency_keys is not None else None
+    given = iter(versions) if versions is not None else None
     results: list[tuple[str, bool]] = []
     book, messages = ledger(), _messages()
     retry_until = now_ms() + int(get_settings().retry.window_s * 1000)
     pending = iter(jobs)
     while chunk := list(islice(pending, ROUND_TRIP)):
         news = [_new_job(job, priority, next(keys, None) if keys else None, client, batch,
-                         retry_until) for job in chunk]  # fmt: skip
+                         retry_until, next(given, None) if given else None)
+                for job in chunk]  # fmt: skip
         created = book.create_many(
             news, [messages.template(n.task, n.queue, n.priority) for n in news]
         )
@@ -110,6 +128,7 @@ def _new_job(
     client: str,
     batch: str,
     retry_until_ms: int,
+    version: Version | None = None,
 ) -> NewJob:
     if not isinstance(job, JobModel):
         raise TypeError(f"submit() takes a job model such as NoojeeLeadUpdate, not {type(job)}")
@@ -118,6 +137,7 @@ def _new_job(
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise ValueError("idempotency_key must be 1-255 printable ASCII characters, no spaces")
     destination = job.destination
+    shown, vkey = version_key(version) if version is not None else ("", "")
     return NewJob(
         id=os.urandom(16).hex() if idempotency_key is None
         else job_id_for(destination, idempotency_key),
@@ -131,6 +151,9 @@ def _new_job(
         idempotency_key=idempotency_key,
         client=client,
         batch=batch,
+        entity=job.entity_key(),
+        version=shown,
+        vkey=vkey,
     )
 
 

@@ -47,10 +47,23 @@ from tenacity import (
 )
 
 from tasks.models import JobModel, JobValidationError, model_for
-from tasks.outcomes import Delivered, Outcome, Reauth, Rejected, Retry, Review
+from tasks.ordering import Plan, plan
+from tasks.outcomes import Delivered, Outcome, Reauth, Rejected, Retry, Review, Superseded
 from worker.broker import redis_client
+from worker.claims import ClaimKeeper
 from worker.gate import BUSY, NONE, OK, Gate, GateConfig, Permit, gate_name
-from worker.ledger import DELIVERED, REJECTED, RETRYING, REVIEW, Ledger, LedgerConflict, now_ms
+from worker.ledger import (
+    DELIVERED,
+    REJECTED,
+    RETRYING,
+    REVIEW,
+    SUPERSEDED,
+    Claim,
+    JobRecord,
+    Ledger,
+    LedgerConflict,
+    now_ms,
+)
 from worker.pause import Pause, Verdict
 from worker.redaction import scrub
 from worker.runtime import ledger as runtime_ledger
@@ -233,20 +246,33 @@ class DeliveryTask(Task):
 
     def _deliver(self, job_id: str, token: str) -> dict[str, Any]:
         ledger = runtime_ledger()
-        settings = get_settings()
-        claim = ledger.claim(job_id, token, lease_ms=settings.visibility_timeout_s * 1000)
+        claim = ledger.claim(job_id, token)
         if claim.status == "missing":
             log.error("job %s has no ledger record (expired or never recorded); dropped", job_id)
             raise Ignore()
         if claim.status == "terminal":
-            log.info("job %s is already %s; duplicate message dropped", job_id, claim.detail)
+            log.info("job %s is already %s; duplicate message dropped", job_id, claim.previous)
+            raise Ignore()
+        if claim.status == "held":
+            # An earlier job of the same record runs or waits for its retry; this job is queued
+            # again the moment that one ends. (A stale duplicate message.)
+            log.info("job %s waits for an earlier job of its record; message dropped", job_id)
             raise Ignore()
         if claim.status == "locked":
             # Another worker runs this job (a redelivered duplicate): check again once its lease
             # can have ended.
-            ledger.recheck(job_id, due_ms=now_ms() + int(claim.detail) + 1000)
+            ledger.recheck(job_id, due_ms=now_ms() + claim.lock_ms + 1000)
             raise Ignore()
+        keeper = ClaimKeeper.for_process(ledger)
+        keeper.hold(job_id, token)
+        try:
+            return self._run_claimed(ledger, job_id, token, claim)
+        finally:
+            keeper.forget(job_id)
 
+    def _run_claimed(
+        self, ledger: Ledger, job_id: str, token: str, claim: Claim
+    ) -> dict[str, Any]:
         unsettled = _unsettled_answer(ledger.last_entry(job_id))
         if unsettled is not None:
             log.warning("job %s: settling its recorded answer %s without calling again",
@@ -265,16 +291,57 @@ class DeliveryTask(Task):
             reason = "payload no longer valid: " + "; ".join(f"{p}: {m}" for p, m in problems)
             return self._settle(ledger, job_id, token, Rejected("invalid-payload", reason))
 
+        decided = self._in_order(ledger, record, job, claim, token)
+        if decided.superseded:
+            return self._settle(ledger, job_id, token, Superseded(
+                "superseded", decided.superseded, claim.delivered_by))  # fmt: skip
         try:
-            outcome = self._attempt(ledger, job_id, job, record.priority)
+            outcome = self._attempt(ledger, job_id, decided.job,
+                                    decided.priority or record.priority)  # fmt: skip
         except NoPermit:
             # The destination is at its limit: back to the queue, no retry spent, and this
             # thread is free for jobs of other queues.
-            ledger.unclaim(job_id, token, claim.detail)
+            ledger.unclaim(job_id, token, claim.previous)
             raise Reject(requeue=True) from None
         except Deferred as paused:
             return self._defer(ledger, job_id, token, paused)
         return self._settle(ledger, job_id, token, outcome)
+
+    def _in_order(
+        self, ledger: Ledger, record: JobRecord, job: JobModel, claim: Claim, token: str
+    ) -> Plan:
+        """The head of its record's line: superseded, or what it sends (itself, or merged with
+        the jobs held behind it; see ``tasks/ordering.py``)."""
+        held: list[JobRecord | None] = []
+        if claim.behind and record.entity:
+            held = ledger.get_many(ledger.line(record.entity)[1:])
+        decided = plan(record, job, claim, held, self._coalesces())
+        if not decided.absorbs:
+            return decided
+        done = ledger.absorb(record.id, token, decided.job.model_dump_json(), decided.version,
+                             decided.newest, decided.priority, decided.retry_until_ms,
+                             decided.taken)  # fmt: skip
+        if done == "lost":
+            log.warning("job %s: this worker's claim ended before it could merge", record.id)
+            raise Ignore()
+        if done != "ok":  # a job behind it changed meanwhile: send this one as it is
+            return Plan(job)
+        for taken in decided.taken:
+            self._announce(taken.id, f"task-{taken.outcome}",
+                           reason=f"{taken.outcome} ({taken.by}): {taken.reason}")  # fmt: skip
+        return decided
+
+    def _coalesces(self) -> bool:
+        config = getattr(get_settings(), self.name.split(".")[0], None)
+        return bool(getattr(config, "coalesce", True))
+
+    def _announce(self, job_id: str, event: str, **fields: Any) -> None:
+        """A Flower event for another job than the one this task runs (a job it absorbed)."""
+        try:
+            with self.app.events.default_dispatcher(hostname=self.request.hostname) as d:
+                d.send(event, uuid=job_id, retry=False, **fields)
+        except Exception as exc:  # only Flower's view: never worth failing a delivery
+            log.debug("could not send %s for job %s: %s", event, job_id, exc)
 
     # -- calling ------------------------------------------------------------------------------
     def _attempt(self, ledger: Ledger, job_id: str, job: JobModel, priority: str) -> Outcome:
@@ -416,13 +483,20 @@ class DeliveryTask(Task):
         self.send_event("task-retried", exception=f"paused: {paused.reason}")
         raise Ignore()
 
-    def _settle(self, ledger: Ledger, job_id: str, token: str, outcome: Outcome) -> dict[str, Any]:
+    def _settle(
+        self, ledger: Ledger, job_id: str, token: str, outcome: Outcome | Superseded
+    ) -> dict[str, Any]:
         if isinstance(outcome, Reauth):  # only if it could not pause the destination
             outcome = Retry(outcome.code, outcome.reason, bounded=True)
         if isinstance(outcome, Retry):
             outcome = self._retry_or_give_up(ledger, job_id, token, outcome)
         reason = scrub(outcome.reason, self._secrets())
         entry: dict[str, Any] = {"code": outcome.code, "reason": reason}
+        if isinstance(outcome, Superseded):
+            self._move(ledger, job_id, token, SUPERSEDED, {"event": "superseded", **entry},
+                       fields={"superseded_by": outcome.by})  # fmt: skip
+            self.send_event("task-superseded", reason=f"{outcome.code}: {reason}")
+            raise Ignore()
         if isinstance(outcome, Delivered):
             # The ledger drops the payload (personal data) and the envelope on delivery.
             self._move(ledger, job_id, token, DELIVERED, {"event": "delivered", **entry})

@@ -136,6 +136,7 @@ class ExpandableContactUpdate(JobModel):
     kind: ClassVar[str] = "expandable.contact_update"
     destination: ClassVar[str] = "expandable"
     public_fields: ClassVar[frozenset[str]] = frozenset(KEYS)
+    entity_fields: ClassVar[tuple[str, ...]] = KEYS
 
     CUSTOMER_ID: str = Field(min_length=1, max_length=ID_MAX)
     CUST_CONTACT: str = Field(min_length=1, max_length=ID_MAX)
@@ -235,6 +236,14 @@ class ExpandableContactUpdate(JobModel):
     def changes(self) -> dict[str, str]:
         """The fields the call sets (``""`` included: it clears the field)."""
         return {name: value for name in FIELDS if (value := getattr(self, name)) is not None}
+
+    def mergeable(self, newer: JobModel) -> bool:
+        """Updates of one customer contact always merge: each sets only the fields it names."""
+        return isinstance(newer, ExpandableContactUpdate)
+
+    def merge(self, newer: ExpandableContactUpdate) -> ExpandableContactUpdate:
+        """Newest value of each field (``""``, which clears a field, counts as a value)."""
+        return ExpandableContactUpdate.model_validate({**self.body(), **newer.body()})
 
     def body(self) -> dict[str, str]:
         """The request body without its ``AUTH_TOKEN``."""

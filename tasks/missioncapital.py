@@ -78,6 +78,19 @@ class MissionCapitalContactUser(JobModel):
         alias="ApplicationID", description=f"the application's Salesforce Lead id, e.g. {SAMPLE_ID}"
     )
 
+    def entity_key(self) -> str:
+        """The application: a Salesforce id's first 15 characters name the record (the 18-character
+        form only adds a checksum), so both forms of one id are one entity."""
+        return f"{self.destination}:{self.application_id[:15]}"
+
+    def mergeable(self, newer: JobModel) -> bool:
+        """Every contactUser call of one application asks the same (re-enable contact) and is
+        safe to repeat: any number pending are one call."""
+        return isinstance(newer, MissionCapitalContactUser)
+
+    def merge(self, newer: MissionCapitalContactUser) -> MissionCapitalContactUser:
+        return newer
+
     @field_validator("application_id")
     @classmethod
     def _salesforce_lead_id(cls, value: str) -> str:

@@ -5,7 +5,9 @@ A job model validates every field at the door; a job that cannot succeed never r
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Self
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -16,24 +18,51 @@ _KINDS: dict[str, type[JobModel]] = {}
 
 class JobModel(BaseModel):
     """A validated destination action. Subclasses set ``kind`` (``"noojee.update"``),
-    ``destination`` (the queue and module name) and ``public_fields`` (the fields that are not
-    personal data and may be shown unmasked)."""
+    ``destination`` (the queue and module name), ``public_fields`` (the fields that are not
+    personal data and may be shown unmasked) and ``entity_fields`` (the fields that name the
+    destination record the job writes; see ``entity_key``).
+
+    Jobs of one entity are delivered one at a time in submission order. Pending ones may be
+    coalesced into one call: a kind that allows it overrides ``mergeable`` and ``merge``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     kind: ClassVar[str]
     destination: ClassVar[str]
     public_fields: ClassVar[frozenset[str]] = frozenset()
+    entity_fields: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         if "kind" in cls.__dict__:
+            if not cls.entity_fields and "entity_key" not in cls.__dict__:
+                raise TypeError(f"{cls.__name__} must declare entity_fields (the fields that "
+                                "name the record it writes) or override entity_key()")  # fmt: skip
             _KINDS[cls.kind] = cls
 
     def masked(self) -> dict[str, Any]:
         """The job as a person may see it: personal values masked."""
         return mask_fields(self.model_dump(mode="json", exclude_none=True), self.public_fields)
+
+    def entity_key(self) -> str:
+        """The destination record this job writes, as ``destination:part/part`` (each part
+        URL-quoted, so ``:`` and ``/`` in ids cannot make two records one). Built from public
+        fields only: it is shown in listings. Kinds of one destination that write the same
+        records (Noojee's insert and update) share keys."""
+        parts = (quote(str(getattr(self, name)), safe="") for name in self.entity_fields)
+        return f"{self.destination}:{'/'.join(parts)}"
+
+    def mergeable(self, newer: JobModel) -> bool:
+        """Whether ``newer`` (a later job of the same entity) may be delivered in one call with
+        this one. By default no: a kind that can be coalesced says when."""
+        return False
+
+    def merge(self, newer: Self) -> Self:
+        """This job with ``newer``'s changes on top (newest value of each field wins); only
+        called when ``mergeable``."""
+        raise NotImplementedError(f"{self.kind} jobs are not merged")
 
 
 class JobValidationError(ValueError):
@@ -89,3 +118,43 @@ def validate_job(kind: str, data: dict[str, Any]) -> JobModel:
         return model.model_validate(data)
     except ValidationError as exc:
         raise JobValidationError.from_pydantic(kind, exc) from None
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The largest integer version: its sort key must keep 20 digits.
+MAX_VERSION = 10**19 - 1
+
+
+def version_key(version: int | str | datetime) -> tuple[str, str]:
+    """A producer's version of a job's data → (as shown, sort key). An integer 0 ≤ v < 10**19,
+    or an RFC 3339 timestamp with its offset (``2026-11-30T09:30:00Z``); the sort key is 20
+    digits (the integer, or microseconds since 1970), so keys compare as strings in Lua. Use one
+    form per entity: an integer and a timestamp compare as numbers. ValueError naming what is
+    expected otherwise."""
+    if isinstance(version, bool):
+        raise ValueError("version must be an integer or an RFC 3339 timestamp, not a boolean")
+    if isinstance(version, int):
+        if not 0 <= version <= MAX_VERSION:
+            raise ValueError(f"version must be an integer from 0 to {MAX_VERSION}")
+        return str(version), f"{version:020d}"
+    if isinstance(version, str):
+        text = version.strip()
+        if text.isascii() and text.isdigit() and len(text) <= 19:
+            return version_key(int(text))
+        try:
+            when = datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            when = None
+        if when is None or "T" not in text.upper() or when.tzinfo is None:
+            raise ValueError("version must be an integer, or an RFC 3339 timestamp with its "
+                             "offset, e.g. 2026-11-30T09:30:00Z")  # fmt: skip
+        version = when
+    if isinstance(version, datetime):
+        if version.tzinfo is None:
+            raise ValueError("a version timestamp needs its offset (Z or +hh:mm)")
+        micros = (version - EPOCH) // timedelta(microseconds=1)  # exact, unlike a float
+        if micros < 0:
+            raise ValueError("a version timestamp must be after 1970-01-01")
+        return version.isoformat(), f"{micros:020d}"
+    raise ValueError("version must be an integer or an RFC 3339 timestamp")
+

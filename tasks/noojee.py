@@ -47,6 +47,9 @@ class _NoojeeLead(JobModel):
         "callback_date", "priority", "contact_hours", "allow_duplicates",
     })  # fmt: skip
     allows_no_change: ClassVar[bool]
+    #: The lead, by its external id: insert and update of one lead share it, so an update
+    #: never overtakes the insert that creates its lead.
+    entity_fields: ClassVar[tuple[str, ...]] = ("external_lead_id",)
 
     template_id: int = Field(alias="fTemplateId", gt=0)
     campaign_id: int = Field(alias="fCampaignId", gt=0)
@@ -155,6 +158,35 @@ class NoojeeLeadUpdate(_NoojeeLead):
         params = {"fTemplateId": self.template_id, "fCampaignId": self.campaign_id,
                   "fAllocationId": self.allocation_id, "njExternalLeadId": self.external_lead_id}
         return UPDATE_PATH, params, self.lead()
+
+    def mergeable(self, newer: JobModel) -> bool:
+        """Two updates of one lead in one campaign allocation merge unless they set different
+        dispositions: a disposition fires its own actions in Noojee on every call that sets it,
+        so each is delivered in its own call, in order. Inserts are never merged (an insert
+        creates the lead; the update after it is its own call)."""
+        if not isinstance(newer, NoojeeLeadUpdate):
+            return False
+        place = (self.template_id, self.campaign_id, self.allocation_id)
+        if place != (newer.template_id, newer.campaign_id, newer.allocation_id):
+            return False
+        return self.disposition == newer.disposition or NO_CHANGE in (
+            self.disposition, newer.disposition)
+
+    def merge(self, newer: NoojeeLeadUpdate) -> NoojeeLeadUpdate:
+        """Newest value of each field: ``newer``'s, except where it says <No Change> (then this
+        job's value stands) or leaves an optional field out."""
+        fields = dict(self.fields)
+        for name, value in newer.fields.items():
+            if value != NO_CHANGE or name not in fields:
+                fields[name] = value
+        return self.model_copy(update={
+            "fields": fields,
+            "disposition": self.disposition if newer.disposition == NO_CHANGE
+            else newer.disposition,
+            **{name: getattr(newer, name) for name in ("callback_date", "priority",
+                                                        "contact_hours")
+               if getattr(newer, name) is not None},
+        })  # fmt: skip
 
 
 class NoojeeLeadInsert(_NoojeeLead):

@@ -66,4 +66,15 @@ class Reauth:
     reason: str
 
 
+@dataclass(frozen=True)
+class Superseded:
+    """Not sent: the producer's version of this job is older than one already delivered for
+    the same record (``by``: the job that delivered it). Decided before any call, never by a
+    connector."""
+
+    code: str
+    reason: str
+    by: str = ""
+
+
 Outcome = Delivered | Retry | Review | Rejected | Reauth

@@ -255,6 +255,7 @@ class TrendsicContactConnection(JobModel):
     kind: ClassVar[str] = "trendsic.contact_connection"
     destination: ClassVar[str] = "trendsic"
     public_fields: ClassVar[frozenset[str]] = frozenset({"contact_id", "agent_id"})
+    entity_fields: ClassVar[tuple[str, ...]] = ("contact_id",)
 
     contact_id: int = Field(strict=True, gt=0, le=INT32_MAX, description="the route's ContactId")
     agent_id: int = Field(strict=True, gt=0, le=INT32_MAX, description="AgentId of the request")
@@ -271,6 +272,18 @@ class TrendsicContactConnection(JobModel):
         """The fields to change, in wire names and JSON types."""
         changed: dict[str, Any] = self.contact.model_dump(mode="json")
         return changed
+
+    def mergeable(self, newer: JobModel) -> bool:
+        """Updates of one contact always merge: each sends the whole record read just before,
+        with its changes on top, so one call with every change is what they would have made."""
+        return isinstance(newer, TrendsicContactConnection)
+
+    def merge(self, newer: TrendsicContactConnection) -> TrendsicContactConnection:
+        """Newest value of each Contact field; the newer job's AgentId."""
+        return TrendsicContactConnection.model_validate({
+            "contact_id": self.contact_id, "agent_id": newer.agent_id,
+            "contact": {**self.changes(), **newer.changes()},
+        })  # fmt: skip
 
 
 # -- the answer table --------------------------------------------------------------------------

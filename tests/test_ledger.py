@@ -97,8 +97,9 @@ def test_transitions_keep_counts_sets_and_history_in_step(ledger: Ledger) -> Non
     assert (record.state, record.last_code, record.last_reason) == ("review", "110", "conflict")
     assert [e["event"] for e in record.history] == ["review"]
     assert ledger.listing("review")[0][0] == "j1"
-    assert ledger.counts() == {"queued": 0, "running": 0, "retrying": 0, "delivered": 0,
-                               "review": 1, "rejected": 0}  # fmt: skip
+    assert ledger.counts() == {"queued": 0, "held": 0, "running": 0, "retrying": 0,
+                               "delivered": 0, "merged": 0, "superseded": 0, "review": 1,
+                               "rejected": 0}  # fmt: skip
     assert ledger.r.ttl(ledger.job_key("j1")) == -1  # review waits for a person
 
     ledger.transition("j1", "queued", {"event": "requeued"}, allowed=("review", "rejected"))
@@ -165,7 +166,7 @@ def test_a_recheck_during_a_lease_is_not_lost_with_the_lease(ledger: Ledger) -> 
     assert ledger.claim("j1", "w", 2_000).status == "claimed"
     locked = ledger.claim("j1", "c", 2_000)
     assert locked.status == "locked"
-    ledger.recheck("j1", due_ms=now_ms() + int(locked.detail) + 1000)
+    ledger.recheck("j1", due_ms=now_ms() + locked.lock_ms + 1000)
     ledger.release("schedule", "j1")
     assert ledger.r.zscore(ledger.set_key("schedule"), "j1") is not None  # not stranded
 
@@ -240,8 +241,9 @@ def test_a_batch_counts_its_jobs_by_state(ledger: Ledger) -> None:
     deliver(ledger, "a")
     ledger.claim("b", "w", 10_000)
     ledger.transition("b", "review", {"event": "review", "code": "110"}, token="w")
-    assert ledger.batch_counts("run-1") == {"jobs": 3, "delivered": 1, "review": 1,
-                                            "rejected": 0, "pending": 1}  # fmt: skip
+    assert ledger.batch_counts("run-1") == {"jobs": 3, "delivered": 1, "merged": 0,
+                                            "superseded": 0, "review": 1, "rejected": 0,
+                                            "pending": 1}  # fmt: skip
     ledger.transition("b", "queued", {"event": "requeued"}, allowed=("review",))
     assert ledger.batch_counts("run-1")["pending"] == 2
     assert set(ledger.batch_counts("never").values()) == {0}

@@ -21,7 +21,7 @@ from worker.broker import broker_url
 from worker.settings import get_settings
 
 #: Modules of ``tasks/`` that are not destinations.
-SHARED_TASK_MODULES = frozenset({"models", "outcomes", "delivery"})
+SHARED_TASK_MODULES = frozenset({"models", "outcomes", "delivery", "ordering"})
 
 #: kombu priority of each job priority; the Redis transport serves lower numbers first.
 PRIORITY = {"realtime": 0, "bulk": 9}

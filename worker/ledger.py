@@ -1,36 +1,50 @@
-"""The ledger: every job's record in Redis, its state, attempts and history, and the sets an
-operator works from (review, rejected) and the runtime works from (schedule).
+"""The ledger: every job's record in Redis, its state, attempts and history; the line of pending
+jobs of each entity (the destination record they write); the sets an operator works from
+(review, rejected) and the runtime works from (schedule, running).
 
 Keys, under ``prefix`` (``cs:`` by default):
 
 - ``job:{id}`` hash: the envelope (kind, priority, payload JSON, idempotency key, client,
-  batch; its destination, task and queue follow from the kind), ``state``, ``attempts`` (calls
-  made), ``faults`` (of them, faults), ``retries`` (backoffs through the schedule since
-  submission or requeue), ``last_code``/``last_reason``/``last_answer``, times in epoch
-  milliseconds. A job in review stays until a person resolves it;
-  a rejected one expires ``retention_s`` after it got there. A delivered job is cut down to
-  ``state``, ``kind``, ``client``, ``attempts`` (and faults and retries, if any) and its two
-  times, and expires after ``retention_s``: about 240 bytes a job.
+  batch, ``entity``, ``seq`` (its submission number), ``version``/``vkey`` (the producer's
+  version and its sort key, if given); its destination, task and queue follow from the kind),
+  ``state``, ``attempts`` (calls made), ``faults`` (of them, faults), ``retries`` (backoffs
+  through the schedule since submission or requeue), ``last_code``/``last_reason``/
+  ``last_answer``, times in epoch milliseconds; ``top_seq``/``top_id`` once it absorbed newer
+  jobs of its entity; ``merged_into``/``superseded_by`` once it ended so. A job in review stays
+  until a person resolves it; a rejected one expires ``retention_s`` after it got there. A job
+  that ended delivered, merged or superseded is cut down to an outline (state, kind, client,
+  attempts, its two times; a merged or superseded one also its entity, reason and the job that
+  carried or superseded it) and expires after ``retention_s``: about 240 bytes a job.
 - ``job:{id}:history`` list: newest first, JSON entries ``{"at", "event", ...}``, capped; from
   the first attempt on (a queued job's record says when and by whom it was submitted). Gone once
   a bulk job is delivered at its first attempt (the record says all it said); a realtime job
   keeps it (a service's job is the one someone asks about, and they are few).
-- ``job:{id}:lock`` string: the token of the worker running the job (a lease, PX).
+- ``job:{id}:lock`` string: the token of the worker running the job (a lease of
+  ``lease_ms``, renewed while it runs); ``running`` zset: those jobs by the time their lease
+  ends, so a job whose worker died is queued again within one lease (``reap``).
+- ``entity:{key}`` list: the pending jobs of one entity, oldest first. Only the head may run
+  (queued, running or retrying); the jobs behind it are ``held``: no message, no worker thread,
+  no permit. When the head ends or goes to review, the next is released in the same script.
+  ``entity:{key}:last`` hash: the entity's newest delivery (``d``, ``ds``: job and submission
+  number) and highest delivered version (``v``, ``vj``), for ``superseded`` and for requeues
+  that would overwrite newer data. Expires ``retention_s`` after the last delivery.
 - ``review``, ``rejected`` zsets: job ids by the time they got there.
 - ``schedule`` zset: job ids by the time (ms) their next attempt is due.
 - ``schedule:leased`` zset: members a republisher took and is publishing, by the time its lease
   ends.
-- ``counts`` hash: number of jobs in each state. ``delivered`` is a running total (delivered
-  records expire, the count does not); rejected jobs leave the count and the set when their
-  records expire (``prune_rejected``).
+- ``message:{queue}:{priority}`` hash: the Celery message template of that queue and priority
+  and kombu's list it goes on, for releasing held jobs inside Lua.
+- ``counts`` hash: number of jobs in each state. ``delivered``, ``merged`` and ``superseded``
+  are running totals (their records expire, the counts do not); rejected jobs leave the count
+  and the set when their records expire (``prune_rejected``).
 - ``batch:{name}`` hash: ``jobs`` (recorded in the batch, a backfill run) and how many of them
-  are ``delivered``, in ``review`` and ``rejected`` now.
+  have ended in each state.
 
 A job submitted with an idempotency key gets an id derived from it (``job_id_for``), so the job
 record itself says the key was used: no key of its own per job. New jobs are recorded and their
-Celery messages queued by one script (``lua/create.lua``).
-
-Every state change runs ``lua/transition.lua``, so these keys never disagree.
+Celery messages queued by one script (``lua/create.lua``); every state change of a claimed or
+resolved job runs ``lua/transition.lua`` (``absorb.lua``, ``reap.lua`` for coalescing and dead
+workers), all sharing ``lua/ledger_lib.lua``, so these keys never disagree.
 """
 
 from __future__ import annotations
@@ -39,18 +53,21 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import redis
 
+from worker import scripts
+
 if TYPE_CHECKING:
     from worker.dispatch import Template
 
-QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
-DELIVERED, REVIEW, REJECTED = "delivered", "review", "rejected"
-TERMINAL = (DELIVERED, REVIEW, REJECTED)
-STATES = (QUEUED, RUNNING, RETRYING, DELIVERED, REVIEW, REJECTED)
+QUEUED, HELD, RUNNING, RETRYING = "queued", "held", "running", "retrying"
+DELIVERED, MERGED, SUPERSEDED = "delivered", "merged", "superseded"
+REVIEW, REJECTED = "review", "rejected"
+#: States a job ends in (review included: it waits for a person, not for the runtime).
+TERMINAL = (DELIVERED, MERGED, SUPERSEDED, REVIEW, REJECTED)
+STATES = (QUEUED, HELD, RUNNING, RETRYING, *TERMINAL)
 
 
 def now_ms() -> int:
@@ -59,6 +76,9 @@ def now_ms() -> int:
 
 #: Jobs per call of ``lua/create.lua``: a call blocks Redis for its duration (about 2 ms here).
 CREATE_GROUP = 250
+#: Jobs held behind a head that one claim may take over (coalescing); the rest wait for the
+#: next claim.
+MAX_ABSORB = 100
 
 
 def job_id_for(destination: str, idempotency_key: str) -> str:
@@ -67,15 +87,14 @@ def job_id_for(destination: str, idempotency_key: str) -> str:
     return hashlib.blake2b(f"{destination}\0{idempotency_key}".encode(), digest_size=16).hexdigest()
 
 
-def _script(client: redis.Redis, name: str) -> Any:
-    source = resources.files("worker").joinpath("lua", f"{name}.lua").read_text()
-    return client.register_script(source)
-
-
 class NewJob(NamedTuple):
     """What a producer hands the ledger: a validated job, ready to record and publish. With an
     ``idempotency_key``, ``id`` must be ``job_id_for(destination, idempotency_key)``. (A named
-    tuple: a backfill makes a million, and a frozen dataclass costs three times as much.)"""
+    tuple: a backfill makes a million, and a frozen dataclass costs three times as much.)
+
+    entity: the destination record the job writes (``JobModel.entity_key``); jobs of one entity
+    run one at a time in submission order. version/vkey: the producer's version of the data as
+    given and its sort key (``tasks.models.version_key``), or ''."""
 
     id: str
     kind: str
@@ -88,11 +107,14 @@ class NewJob(NamedTuple):
     idempotency_key: str | None = None
     client: str = ""
     batch: str = ""
+    entity: str = ""
+    version: str = ""
+    vkey: str = ""
 
 
 @dataclass
 class JobRecord:
-    """One job as the ledger holds it (a delivered one's envelope is gone: ``destination``,
+    """One job as the ledger holds it (an ended one's envelope is gone: ``destination``,
     ``task`` and ``queue`` are derived from its kind, its payload and priority are empty)."""
 
     id: str
@@ -116,12 +138,21 @@ class JobRecord:
     last_reason: str = ""
     last_answer: str = ""
     next_attempt_at_ms: int = 0
+    entity: str = ""
+    seq: int = 0
+    version: str = ""
+    vkey: str = ""
+    top_seq: int = 0
+    top_id: str = ""
+    merged_into: str = ""
+    superseded_by: str = ""
+    force: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[str, str]) -> JobRecord:
         ints = {"submitted_at_ms", "updated_at_ms", "retry_until_ms", "attempts", "faults",
-                "retries", "next_attempt_at_ms"}  # fmt: skip
+                "retries", "next_attempt_at_ms", "seq", "top_seq"}  # fmt: skip
         known = cls.__dataclass_fields__
         values: dict[str, Any] = {
             k: (int(v) if k in ints else v) for k, v in raw.items() if k in known
@@ -138,13 +169,51 @@ class JobRecord:
     def terminal(self) -> bool:
         return self.state in TERMINAL
 
+    @property
+    def newest_seq(self) -> int:
+        """The submission number of the newest job this one carries (itself, or the newest it
+        absorbed)."""
+        return max(self.seq, self.top_seq)
+
 
 @dataclass(frozen=True)
 class Claim:
-    """Answer of ``Ledger.claim``: ``claimed``, ``terminal``, ``locked`` or ``missing``."""
+    """Answer of ``Ledger.claim``: ``status`` is ``claimed``, ``terminal``, ``held``, ``locked``
+    or ``missing``. Claimed: ``previous`` state, ``behind`` (jobs held behind it in its entity's
+    line), and the highest version delivered for its entity (sort key) and by which job. Locked:
+    ``lock_ms`` left on the other runner's lease. Terminal: ``previous`` is the state it ended
+    in."""
 
     status: str
-    detail: str
+    previous: str = ""
+    behind: int = 0
+    delivered_vkey: str = ""
+    delivered_by: str = ""
+    lock_ms: int = 0
+
+
+@dataclass(frozen=True)
+class LastDelivery:
+    """An entity's newest delivery: the job (``job_id``, the newest one its call carried), its
+    submission number and when; and the highest version delivered and by which job."""
+
+    job_id: str
+    seq: int
+    at_ms: int
+    vkey: str = ""
+    version_job: str = ""
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A job a head takes over when it is claimed (``Ledger.absorb``): ``outcome`` is
+    ``merged`` (its changes travel in the head's call) or ``superseded`` (an older version than
+    one delivered; never sent), ``by`` the job that carries or supersedes it."""
+
+    id: str
+    outcome: str
+    by: str
+    reason: str
 
 
 class LedgerConflict(Exception):
@@ -152,10 +221,12 @@ class LedgerConflict(Exception):
 
 
 class Ledger:
-    """Job records and their sets in Redis.
+    """Job records, entity lines and their sets in Redis.
 
     client: a ``decode_responses=True`` client. prefix: key prefix. retention_s: how long a job
-    stays after a terminal state. history_len: attempts and events kept per job.
+    stays after it ended. history_len: attempts and events kept per job. lease_ms: how long a
+    worker's claim on a job lasts unless renewed (``renew``); a dead worker's job is queued
+    again this long after its last renewal (``reap``).
     """
 
     def __init__(
@@ -164,18 +235,28 @@ class Ledger:
         prefix: str = "cs:",
         retention_s: int = 14 * 86_400,
         history_len: int = 50,
+        lease_ms: int = 10_000,
     ) -> None:
         self.r = client
         self.prefix = prefix
         self.retention_s = retention_s
         self.history_len = history_len
-        self._create = _script(client, "create")
-        self._claim = _script(client, "claim")
-        self._transition = _script(client, "transition")
-        self._claim_due = _script(client, "claim_due")
-        self._unlock = _script(client, "unlock")
-        self._unclaim = _script(client, "unclaim")
-        self._prune = _script(client, "prune")
+        self.lease_ms = lease_ms
+        lib = "ledger_lib"
+        self._create = scripts.load(client, "create", lib)
+        self._claim = scripts.load(client, "claim", lib)
+        self._transition = scripts.load(client, "transition", lib)
+        self._absorb = scripts.load(client, "absorb", lib)
+        self._renew = scripts.load(client, "renew", lib)
+        self._reap = scripts.load(client, "reap", lib)
+        self._unclaim = scripts.load(client, "unclaim", lib)
+        self._claim_due = scripts.load(client, "claim_due")
+        self._unlock = scripts.load(client, "unlock")
+        self._prune = scripts.load(client, "prune")
+
+    def _common(self) -> list[str | int]:
+        """The first four arguments of every ledger_lib script."""
+        return [self.prefix, now_ms(), self.retention_s, self.history_len]
 
     # -- keys ---------------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -190,22 +271,26 @@ class Ledger:
     def batch_key(self, batch: str) -> str:
         return f"{self.prefix}batch:{batch}"
 
+    def line_key(self, entity: str) -> str:
+        return f"{self.prefix}entity:{entity}"
+
     @property
     def counts_key(self) -> str:
         return f"{self.prefix}counts"
 
     def set_key(self, name: str) -> str:
-        """``review``, ``rejected`` or ``schedule``."""
+        """``review``, ``rejected``, ``schedule`` or ``running``."""
         return f"{self.prefix}{name}"
 
     # -- producers ----------------------------------------------------------------------------
     def create(
         self, job: NewJob, message: Template | None = None, due_ms: int | None = None
     ) -> tuple[str, bool]:
-        """Record a new job and queue its Celery message (``message``, filled in with its id)
-        in one step; returns (job id, created). Without a message the job goes on the schedule,
-        due at ``due_ms`` (default now), for a republisher to publish. A job whose idempotency
-        key was used already returns that job's id and creates nothing."""
+        """Record a new job and queue it (its Celery message, ``message`` filled in with its id,
+        if it is the head of its entity's line; else it is held) in one step; returns (job id,
+        created). Without a message the job goes on the schedule, due at ``due_ms`` (default
+        now), for a republisher to publish. A job whose idempotency key was used already returns
+        that job's id and creates nothing."""
         [(job_id, created)] = self.create_many([job], [message], due_ms)
         return job_id, created
 
@@ -216,26 +301,29 @@ class Ledger:
         due_ms: int | None = None,
     ) -> list[tuple[str, bool]]:
         """``create`` for many jobs in one round trip (each job atomic on its own): jobs that
-        share a message template, a batch and a client go ``CREATE_GROUP`` to a script call."""
+        share a queue, a priority, a message template, a batch and a client go
+        ``CREATE_GROUP`` to a script call. Jobs of one entity join its line in their order
+        here."""
         at = now_ms()
-        groups: dict[tuple[str, str, str, str], list[int]] = {}
+        groups: dict[tuple[str, str, str, str, str, str], list[int]] = {}
         for n, (job, message) in enumerate(zip(jobs, messages, strict=True)):
-            key, text = (message.key, message.text) if message else (self.set_key("schedule"), "")
-            groups.setdefault((key, text, job.batch, job.client), []).append(n)
+            key, text = (message.key, message.text) if message else ("", "")
+            group = (job.queue, job.priority, key, text, job.batch, job.client)
+            groups.setdefault(group, []).append(n)
         pipe = self.r.pipeline(transaction=False)
         order: list[int] = []
-        for (target, text, batch, client), members in groups.items():
+        for (queue, priority, key, text, batch, client), members in groups.items():
             for start in range(0, len(members), CREATE_GROUP):
-                group = members[start:start + CREATE_GROUP]
-                keys = [self.counts_key, target, self.batch_key(batch)]
-                args: list[str | int] = [due_ms or at, batch, at, client, text]
-                for n in group:
+                chunk = members[start:start + CREATE_GROUP]
+                args: list[str | int] = [*self._common(), client, batch, queue, priority, key,
+                                         text, due_ms or at]  # fmt: skip
+                for n in chunk:
                     job = jobs[n]
-                    keys.append(self.job_key(job.id))
-                    args += [job.id, "1" if job.idempotency_key else "", job.kind, job.priority,
-                             job.payload, job.retry_until_ms, job.idempotency_key or ""]
-                self._create(keys=keys, args=args, client=pipe)
-                order += group
+                    args += [job.id, "1" if job.idempotency_key else "", job.kind, job.payload,
+                             job.retry_until_ms, job.idempotency_key or "", job.entity,
+                             job.version, job.vkey]  # fmt: skip
+                self._create(keys=[], args=args, client=pipe)
+                order += chunk
         flags = [flag for reply in pipe.execute() for flag in reply]
         created = [False] * len(jobs)
         for n, flag in zip(order, flags, strict=True):
@@ -252,6 +340,15 @@ class Ledger:
         if with_history:
             record.history = [json.loads(e) for e in self.r.lrange(self.history_key(job_id), 0, -1)]
         return record
+
+    def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """Records of many jobs in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.job_key(job_id))
+        raws = cast(list[dict[str, str]], pipe.execute())
+        return [JobRecord.from_hash(i, raw) if raw else None
+                for i, raw in zip(job_ids, raws, strict=True)]  # fmt: skip
 
     def listing(self, name: str, offset: int = 0, limit: int = 50) -> list[tuple[str, int]]:
         """Ids in the ``review`` or ``rejected`` set, oldest first, with the time (ms) they got
@@ -270,25 +367,57 @@ class Ledger:
         return {state: int(raw.get(state, 0)) for state in STATES}
 
     def batch_counts(self, batch: str) -> dict[str, int]:
-        """Of the jobs recorded in ``batch``: how many (``jobs``), how many are delivered, in
-        review and rejected, and how many are still on their way (``pending``)."""
+        """Of the jobs recorded in ``batch``: how many (``jobs``), how many ended in each state
+        (delivered, merged, superseded, review, rejected), and how many are still on their way
+        (``pending``)."""
         raw = cast(dict[str, str], self.r.hgetall(self.batch_key(batch)))
         counts = {name: int(raw.get(name, 0)) for name in ("jobs", *TERMINAL)}
         counts["pending"] = counts["jobs"] - sum(counts[state] for state in TERMINAL)
         return counts
 
+    def line(self, entity: str, limit: int = MAX_ABSORB + 1) -> list[str]:
+        """The pending jobs of ``entity``, oldest (the head) first."""
+        return [str(i) for i in self.r.lrange(self.line_key(entity), 0, limit - 1)]
+
+    def last_delivery(self, entity: str) -> LastDelivery | None:
+        """The newest delivery of ``entity`` (None if none is remembered)."""
+        raw = cast(dict[str, str], self.r.hgetall(f"{self.line_key(entity)}:last"))
+        if not raw.get("d"):
+            return None
+        return LastDelivery(raw["d"], int(raw.get("ds", 0)), int(raw.get("at", 0)),
+                            raw.get("v", ""), raw.get("vj", ""))  # fmt: skip
+
+    def newer_delivered(self, record: JobRecord) -> LastDelivery | None:
+        """The newest delivery of ``record``'s entity if it came from a job submitted after
+        ``record`` (and the jobs it absorbed): sending ``record`` now would overwrite newer
+        data."""
+        if not record.entity:
+            return None
+        last = self.last_delivery(record.entity)
+        if last is None or last.seq <= record.newest_seq:
+            return None
+        return last
+
     # -- workers ------------------------------------------------------------------------------
-    def claim(self, job_id: str, token: str, lease_ms: int) -> Claim:
-        status, detail = self._claim(
-            keys=[self.job_key(job_id), self.lock_key(job_id), self.counts_key],
-            args=[token, lease_ms, now_ms()],
-        )
-        return Claim(status, detail)
+    def claim(self, job_id: str, token: str, lease_ms: int | None = None) -> Claim:
+        """Take a job to run it (one runner at a time, only the head of its entity's line)."""
+        lease = self.lease_ms if lease_ms is None else lease_ms
+        reply = self._claim(keys=[], args=[*self._common(), job_id, token, lease])
+        status = str(reply[0])
+        if status == "claimed":
+            return Claim(status, str(reply[1]), int(reply[2]), str(reply[3]), str(reply[4]))
+        if status == "locked":
+            return Claim(status, lock_ms=max(0, int(reply[1])))
+        return Claim(status, str(reply[1]))
 
     def last_entry(self, job_id: str) -> dict[str, Any] | None:
-        """The newest history entry of a job."""
-        raw = self.r.lindex(self.history_key(job_id), 0)
-        return json.loads(cast(str, raw)) if raw else None
+        """The newest history entry of a job that says something about its calls (a note that
+        its lease expired is skipped: the answer before it may still be unsettled)."""
+        for raw in self.r.lrange(self.history_key(job_id), 0, 1):
+            entry = cast(dict[str, Any], json.loads(raw))
+            if entry.get("event") != "lease-expired":
+                return entry
+        return None
 
     def unlock(self, job_id: str, token: str) -> None:
         """Give up this worker's claim on a job early (it keeps its state)."""
@@ -297,10 +426,7 @@ class Ledger:
     def unclaim(self, job_id: str, token: str, previous_state: str) -> bool:
         """Hand a claimed job back untouched, in the state it had before the claim; False if
         this worker's claim had already ended."""
-        return bool(self._unclaim(
-            keys=[self.job_key(job_id), self.lock_key(job_id), self.counts_key],
-            args=[token, previous_state, now_ms()],
-        ))  # fmt: skip
+        return bool(self._unclaim(keys=[], args=[*self._common(), job_id, token, previous_state]))
 
     def record_attempt(self, job_id: str, entry: dict[str, Any], fault: bool) -> None:
         """One call to the destination happened: count it and keep its answer in the history."""
@@ -315,6 +441,51 @@ class Ledger:
             pipe.lpush(self.history_key(job_id), json.dumps(entry))
             pipe.ltrim(self.history_key(job_id), 0, self.history_len - 1)
             pipe.execute()
+
+    def renew(self, leases: dict[str, str]) -> list[str]:
+        """Extend this process's claims (job id → lock token) by one lease; returns the ids
+        whose claim was already gone."""
+        if not leases:
+            return []
+        pairs = [x for item in leases.items() for x in item]
+        lost = self._renew(keys=[], args=[*self._common(), self.lease_ms, *pairs])
+        return [str(job_id) for job_id in lost]
+
+    def reap(self, limit: int = 500) -> list[str]:
+        """Queue again the running jobs whose worker stopped renewing its claim; returns their
+        ids."""
+        return [str(i) for i in self._reap(keys=[], args=[*self._common(), limit])]
+
+    def absorb(
+        self,
+        job_id: str,
+        token: str,
+        payload: str,
+        version: tuple[str, str],
+        newest: tuple[int, str],
+        priority: str,
+        retry_until_ms: int,
+        taken: list[Taken],
+    ) -> str:
+        """The claimed head ``job_id`` takes over ``taken`` (held behind it): its payload
+        becomes ``payload`` (the merge), its version ``version`` (shown, sort key), the newest
+        job it carries ``newest`` (submission number, id), its priority ``priority`` ('' to
+        keep it), its retry window ``retry_until_ms`` (the latest of theirs). Returns ``ok``,
+        ``lost`` (our claim ended) or ``changed`` (nothing done)."""
+        at = now_ms()
+        merged = [t.id for t in taken if t.outcome == MERGED]
+        superseded = [t.id for t in taken if t.outcome == SUPERSEDED]
+        entry = {"at": at, "event": "absorbed", "merged": ",".join(merged)}
+        if superseded:
+            entry["superseded"] = ",".join(superseded)
+        args: list[str | int] = [*self._common(), job_id, token, payload, version[0], version[1],
+                                 newest[0], newest[1], priority, retry_until_ms,
+                                 json.dumps(entry)]  # fmt: skip
+        for t in taken:
+            link = "into" if t.outcome == MERGED else "by"
+            note = {"at": at, "event": t.outcome, link: t.by, "reason": t.reason}
+            args += [t.id, t.outcome, t.by, t.reason, json.dumps(note)]
+        return str(self._absorb(keys=[], args=args))
 
     def transition(
         self,
@@ -333,28 +504,46 @@ class Ledger:
         allowed: states the job must be in now, else ``LedgerConflict``.
         due_ms: put the job on the schedule for then. entry: the history entry to add; its
         ``code`` and ``reason`` become the job's ``last_code`` and ``last_reason``.
+        A job that ends or goes to review leaves its entity's line and releases the next one;
+        one that is requeued (``queued`` from review or rejected) joins the end of its line,
+        and is held if jobs are pending before it (``state_now`` tells).
         """
-        at = now_ms()
+        return self.transition_to(job_id, state, entry, token=token, allowed=allowed,
+                                  due_ms=due_ms, fields=fields)[0]  # fmt: skip
+
+    def transition_to(
+        self,
+        job_id: str,
+        state: str,
+        entry: dict[str, Any],
+        *,
+        token: str = "",
+        allowed: tuple[str, ...] = (),
+        due_ms: int | None = None,
+        fields: dict[str, str | int] | None = None,
+    ) -> tuple[str, str]:
+        """``transition``, returning (previous state, state now): a requeued job may be
+        ``held``."""
+        common = self._common()
         changes: dict[str, str | int] = {
             f"last_{k}": entry[k] for k in ("code", "reason") if entry.get(k)
         }
         changes.update(fields or {})
         flat = [str(x) for pair in changes.items() for x in pair]
-        status, previous = self._transition(
-            keys=[self.job_key(job_id), self.lock_key(job_id), self.counts_key,
-                  self.history_key(job_id), self.set_key("review"), self.set_key("rejected"),
-                  self.set_key("schedule")],
-            args=[token, ",".join(allowed), state, at, "" if due_ms is None else due_ms,
-                  self.retention_s, json.dumps({"at": at, **entry}), self.history_len,
-                  self.batch_key(""), *flat],
+        reply = self._transition(
+            keys=[],
+            args=[*common, job_id, token, ",".join(allowed), state,
+                  "" if due_ms is None else due_ms, json.dumps({"at": common[1], **entry}),
+                  *flat],
         )  # fmt: skip
+        status, previous = str(reply[0]), str(reply[1])
         if status == "missing":
             raise LedgerConflict(f"job {job_id} does not exist (or its record has expired)")
         if status == "conflict":
             raise LedgerConflict(f"job {job_id} is {previous}, not {' or '.join(allowed)}")
         if status == "lost":
             raise LedgerConflict(f"job {job_id}: this worker's claim expired before it settled")
-        return str(previous)
+        return previous, str(reply[2])
 
     # -- schedule -----------------------------------------------------------------------------
     def claim_due(self, name: str, lease_ms: int, limit: int = 500) -> list[str]:
@@ -377,4 +566,3 @@ class Ledger:
         cutoff = now_ms() - self.retention_s * 1000
         return int(self._prune(keys=[self.set_key("rejected"), self.counts_key],
                                args=[cutoff, limit, self.job_key("")]))  # fmt: skip
-

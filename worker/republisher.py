@@ -1,5 +1,6 @@
 """Puts jobs whose time has come back on their queues: due retries, requeued jobs and jobs
-recorded to be published later, all on the ledger's ``schedule``.
+recorded to be published later, all on the ledger's ``schedule``; and jobs whose worker died
+while running them (their claim's lease ran out: ``Ledger.reap``).
 
 Retries wait in Redis, not in a worker's memory: a Celery countdown on Redis is held by the worker
 that fetched it and redelivered only after ``visibility_timeout``. Every worker runs one
@@ -14,7 +15,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
-from worker.ledger import Ledger
+from worker.ledger import HELD, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,15 @@ class Republisher:
         sent = 0
         for job_id in self.ledger.claim_due("schedule", LEASE_MS):
             record = self.ledger.get(job_id)
-            if record is not None and not record.terminal:
+            if record is not None and not record.terminal and record.state != HELD:
                 publish(self.app, job_id, record.task, record.queue, record.priority)
                 sent += 1
             self.ledger.release("schedule", job_id)
-        return sent
+        reaped = self.ledger.reap()
+        if reaped:
+            log.warning("queued %d job(s) again whose worker stopped renewing its claim (killed?): "
+                        "%s", len(reaped), ", ".join(reaped[:10]))  # fmt: skip
+        return sent + len(reaped)
 
     def run(self) -> None:
         ticks = 0

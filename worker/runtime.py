@@ -16,4 +16,5 @@ def ledger() -> Ledger:
         redis_client(),
         prefix=settings.key_prefix,
         retention_s=int(settings.retention_days * 86_400),
+        lease_ms=int(settings.job_lease_ttl_s * 1000),
     )

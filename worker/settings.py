@@ -98,6 +98,11 @@ class NoojeeSettings(BaseModel):
     initial_concurrency: int = Field(
         2, ge=1, description="where the adaptive limit starts before it has measured anything"
     )
+    coalesce: bool = Field(
+        True,
+        description="pending updates of one lead become one call (newest value of each field "
+        "wins; updates that set different dispositions are never merged); false: one call each",
+    )
 
     @model_validator(mode="after")
     def _read_timeout_outlasts_pbx_queue(self) -> NoojeeSettings:
@@ -126,6 +131,10 @@ class DestinationSettings(BaseModel):
     adaptive: bool = Field(
         False, description="learn the limit from latency as for Noojee (max_concurrency stays "
         "the ceiling); off: exactly max_concurrency"
+    )
+    coalesce: bool = Field(
+        True, description="pending jobs of one record become one call (newest value of each "
+        "field wins); false: one call each, in order"
     )
 
     def missing(self) -> list[str]:
@@ -313,6 +322,13 @@ class Settings(BaseSettings):
         description="a job whose worker died is redelivered after this long (kombu's setting)",
     )
     worker_concurrency: int = Field(8, ge=1, description="threads per worker process")
+    job_lease_ttl_s: float = Field(
+        10.0,
+        gt=0,
+        description="a worker's claim on a running job lasts this long unless renewed (every "
+        "third of it); a killed worker's job is queued again after at most this long, so it "
+        "blocks the jobs behind it on the same contact that long, not the visibility timeout",
+    )
     metrics_port: int | None = Field(
         9808,
         ge=0,

@@ -1,16 +1,27 @@
--- A worker claims a job before calling its destination: one runner per job at a time.
--- KEYS[1] job hash, KEYS[2] lock, KEYS[3] state counts hash
--- ARGV[1] lock token, ARGV[2] lock lease (ms), ARGV[3] now (ms)
--- Returns {'claimed', previous state} | {'terminal', state} | {'locked', ttl ms} | {'missing', ''}
-local state = redis.call('HGET', KEYS[1], 'state')
+-- A worker claims a job before calling its destination: one runner per job at a time, and only
+-- the head of its entity's line (a held job's message is a stale duplicate: dropped; the job is
+-- queued again when the job before it ends).
+-- ARGV[1..4] as every ledger script (ledger_lib.lua)
+local id, token, lease_ms = ARGV[5], ARGV[6], tonumber(ARGV[7])
+-- Returns {'claimed', previous state, jobs held behind it, highest version delivered for its
+-- entity or '', the job that delivered it or ''} | {'terminal', state} | {'held', ''} |
+-- {'locked', lease ms left} | {'missing', ''}
+local key = job_key(id)
+local job = redis.call('HMGET', key, 'state', 'entity', 'batch')
+local state, entity = job[1], job[2]
 if not state then return {'missing', ''} end
-if state == 'delivered' or state == 'review' or state == 'rejected' then
-  return {'terminal', state}
+if ENDED[state] then return {'terminal', state} end
+if state == 'held' then return {'held', ''} end
+if not redis.call('SET', lock_key(id), token, 'NX', 'PX', lease_ms) then
+  return {'locked', tostring(redis.call('PTTL', lock_key(id)))}
 end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {'locked', tostring(redis.call('PTTL', KEYS[2]))}
+redis.call('ZADD', RUNNING, NOW + lease_ms, id)
+redis.call('HSET', key, 'state', 'running', 'updated_at_ms', NOW)
+recount(state, 'running', job[3])
+local behind, version, by = 0, '', ''
+if entity then
+  behind = math.max(0, redis.call('LLEN', line_key(entity)) - 1)
+  local last = redis.call('HMGET', line_key(entity) .. ':last', 'v', 'vj')
+  version, by = last[1] or '', last[2] or ''
 end
-redis.call('HSET', KEYS[1], 'state', 'running', 'updated_at_ms', ARGV[3])
-redis.call('HINCRBY', KEYS[3], state, -1)
-redis.call('HINCRBY', KEYS[3], 'running', 1)
-return {'claimed', state}
+return {'claimed', state, behind, version, by}

@@ -1,5 +1,5 @@
 -- Take due members of a schedule (retries, requeues) for republishing. Each member
--- taken moves to the schedule's lease set until ARGV[2] ms from now; `release.lua` removes it
+-- taken moves to the schedule's lease set until ARGV[2] ms from now; `Ledger.release` removes it
 -- from there once published. A republisher that dies before publishing leaves its lease to
 -- expire, and the member is due again. Keeping leases apart means nothing written to the
 -- schedule meanwhile (a new retry, a recheck) can be removed by a release.

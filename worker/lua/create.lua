@@ -1,55 +1,91 @@
--- Record new jobs and queue their messages, each job in one step: no crash can leave a job
--- recorded but not queued, or queued but not recorded. One call takes a group of jobs that
--- share a target list, a message template, a batch and a client (a backfill's chunk), so a
--- thousand jobs cost a few calls, not a thousand.
--- KEYS[1] state counts hash, KEYS[2] the destination queue's Redis list (kombu's) when ARGV[5]
--- is a template, else the schedule zset, KEYS[3] the batch's counts hash (ignored when
--- ARGV[2] == ''), KEYS[4..] the job hashes, one per job
--- ARGV[1] schedule due (ms) when ARGV[5] == '', ARGV[2] batch name or '', ARGV[3] now (ms),
--- ARGV[4] client or '', ARGV[5] the Celery message with @@job@@ where the job id goes, or ''
--- to put the jobs on the schedule for the republisher instead;
--- then 7 per job: id, '1' if the id was derived from an idempotency key (an existing job with
--- it is that key's first job), kind, priority, payload (JSON), retry until (ms), idempotency
--- key or ''
+-- Record new jobs and queue them, each job in one step: no crash can leave a job recorded but
+-- not queued, or queued but not recorded. One call takes a group of jobs that share a
+-- destination, a priority, a batch and a client (a backfill's chunk), so a thousand jobs cost a
+-- few calls, not a thousand.
+--
+-- Each job joins the line of its entity (the destination record it writes). The head of a line
+-- is queued: its Celery message is pushed now. A job behind others is 'held': no message, no
+-- worker thread, until the job before it ends (ledger_lib's release_head). A realtime job that
+-- joins a line whose head is a bulk job not yet started gives that head its own priority (a
+-- realtime message for it), so a backfill's queue does not delay a service's update.
+--
+-- ARGV[1..4] as every ledger script (ledger_lib.lua)
+local client, batch, queue, priority = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+-- The destination queue's Redis list (kombu's) and the Celery message with @@job@@ where the
+-- id goes; '' for both: the jobs go on the schedule, due at `due`, for a republisher instead.
+local list, template, due = ARGV[9], ARGV[10], ARGV[11]
+-- Then PER_JOB arguments per job: id, '1' if the id was derived from an idempotency key (an
+-- existing job with it is that key's first job), kind, payload (JSON), retry until (ms),
+-- idempotency key or '', entity key or '', version as given or '', version's sort key or ''.
+local FIRST, PER_JOB = 12, 9
 -- Returns one number per job: 1 created, 0 its idempotency key named an existing job.
 -- The hash holds no field a reader can derive (destination, task and queue from the kind; zero
 -- counters): less to write for each of a backfill's million jobs.
-local created = {}
-local new = 0
-for j = 4, #KEYS do
-  local a = 5 + (j - 4) * 7
-  local id = ARGV[a + 1]
-  if ARGV[a + 2] == '1' and redis.call('EXISTS', KEYS[j]) == 1 then
+
+if template ~= '' then
+  -- Stored for the releases of held jobs (transition.lua), written only when it changed.
+  local stored = P .. 'message:' .. queue .. ':' .. priority
+  if redis.call('HGET', stored, 'text') ~= template then
+    redis.call('HSET', stored, 'list', list, 'text', template)
+  end
+end
+
+local function push(id)
+  if template ~= '' then
+    redis.call('LPUSH', list, (string.gsub(template, '@@job@@', id)))
+  else
+    redis.call('ZADD', SCHEDULE, due, id)
+  end
+end
+
+-- A realtime job behind a bulk head that has not started: the head goes realtime too.
+local function promote(entity)
+  if priority ~= 'realtime' then return end
+  local head = redis.call('LINDEX', line_key(entity), 0)
+  local key = job_key(head)
+  local state = redis.call('HMGET', key, 'state', 'priority')
+  if state[1] == 'queued' and state[2] == 'bulk' then
+    redis.call('HSET', key, 'priority', 'realtime')
+    push(head)  -- its bulk message, fetched later, finds the job ended and is dropped
+  end
+end
+
+local created, queued, held = {}, 0, 0
+for a = FIRST, #ARGV, PER_JOB do
+  local id, derived, kind, payload = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local retry_until, idempotency_key = ARGV[a + 4], ARGV[a + 5]
+  local entity, version, vkey = ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
+  local key = job_key(id)
+  if derived == '1' and redis.call('EXISTS', key) == 1 then
     created[#created + 1] = 0
   else
-    local fields = {'id', id, 'state', 'queued', 'kind', ARGV[a + 3], 'priority', ARGV[a + 4],
-                    'payload', ARGV[a + 5], 'submitted_at_ms', ARGV[3], 'updated_at_ms', ARGV[3],
-                    'retry_until_ms', ARGV[a + 6]}
-    if ARGV[a + 7] ~= '' then
-      fields[#fields + 1] = 'idempotency_key'
-      fields[#fields + 1] = ARGV[a + 7]
+    local head = join_line(id, entity)
+    local fields = {'id', id, 'state', head and 'queued' or 'held', 'kind', kind,
+                    'priority', priority, 'payload', payload, 'submitted_at_ms', NOW,
+                    'updated_at_ms', NOW, 'retry_until_ms', retry_until,
+                    'seq', redis.call('INCR', P .. 'seq')}
+    local optional = {idempotency_key = idempotency_key, client = client, batch = batch,
+                      entity = entity, version = version, vkey = vkey}
+    for _, name in ipairs({'idempotency_key', 'client', 'batch', 'entity', 'version', 'vkey'}) do
+      if optional[name] ~= '' then
+        fields[#fields + 1] = name
+        fields[#fields + 1] = optional[name]
+      end
     end
-    if ARGV[4] ~= '' then
-      fields[#fields + 1] = 'client'
-      fields[#fields + 1] = ARGV[4]
-    end
-    if ARGV[2] ~= '' then
-      fields[#fields + 1] = 'batch'
-      fields[#fields + 1] = ARGV[2]
-    end
-    redis.call('HSET', KEYS[j], unpack(fields))
-    if ARGV[5] ~= '' then
-      -- A job id is hex digits: nothing in it is special to gsub.
-      redis.call('LPUSH', KEYS[2], (string.gsub(ARGV[5], '@@job@@', id)))
+    redis.call('HSET', key, unpack(fields))
+    if head then
+      push(id)
+      queued = queued + 1
     else
-      redis.call('ZADD', KEYS[2], ARGV[1], id)
+      promote(entity)
+      held = held + 1
     end
-    new = new + 1
     created[#created + 1] = 1
   end
 end
-if new > 0 then
-  redis.call('HINCRBY', KEYS[1], 'queued', new)
-  if ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[3], 'jobs', new) end
+if queued > 0 then redis.call('HINCRBY', COUNTS, 'queued', queued) end
+if held > 0 then redis.call('HINCRBY', COUNTS, 'held', held) end
+if batch ~= '' and queued + held > 0 then
+  redis.call('HINCRBY', P .. 'batch:' .. batch, 'jobs', queued + held)
 end
 return created

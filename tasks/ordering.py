@@ -1,0 +1,114 @@
+"""Order per entity: what the head of an entity's line does with the jobs held behind it.
+
+When a worker claims the head of a line (the only job of its entity that may run), it decides
+here, without touching Redis, whether the head is **superseded** (its version is older than one
+already delivered for the entity: it is not sent), and which held jobs it **absorbs**: pending
+updates of one record become one call carrying the newest value of each field, as long as the
+job kind says they may be merged (``JobModel.mergeable``). Jobs whose version is older than one
+already delivered are superseded on the way. The ledger then applies the plan atomically
+(``Ledger.absorb``).
+
+The fold order is submission order, except where the producer gave versions: a job's place is
+its version, and a job without one counts as new as the highest version before it in submission
+order; ties go by submission order. So versioned jobs fold oldest version first, and unversioned
+ones where they came.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tasks.models import JobModel, model_for
+from worker.ledger import HELD, MERGED, SUPERSEDED, Claim, JobRecord, Taken
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the claimed head does. ``superseded``: the reason it is not sent (then nothing else
+    applies). Otherwise ``job`` is what to send: the head's own job, or the merge of it and the
+    jobs ``taken`` over (``merged``), with the fields below for the ledger."""
+
+    job: JobModel
+    superseded: str = ""
+    taken: list[Taken] = field(default_factory=list)
+    version: tuple[str, str] = ("", "")
+    newest: tuple[int, str] = (0, "")
+    priority: str = ""
+    retry_until_ms: int = 0
+
+    @property
+    def absorbs(self) -> bool:
+        return bool(self.taken)
+
+
+def older_than_delivered(record: JobRecord, claim: Claim) -> str:
+    """Why ``record`` must not be sent (its version is older than the highest one delivered for
+    its entity), or '' if it may. An operator's forced requeue is sent regardless."""
+    if not record.vkey or not claim.delivered_vkey or record.force:
+        return ""
+    if record.vkey >= claim.delivered_vkey:
+        return ""
+    return (f"version {record.version} is older than the version job {claim.delivered_by} "
+            "already delivered for the same record; not sent")  # fmt: skip
+
+
+def plan(
+    head: JobRecord, job: JobModel, claim: Claim, held: list[JobRecord | None], coalesce: bool
+) -> Plan:
+    """Decide for the claimed ``head`` (its job ``job``), given the jobs ``held`` behind it in
+    its line (oldest first, as read; None for a record that vanished) and whether its
+    destination coalesces."""
+    stale = older_than_delivered(head, claim)
+    if stale:
+        return Plan(job, superseded=stale)
+    group: list[tuple[JobRecord, JobModel]] = [(head, job)]
+    taken: list[Taken] = []
+    merged_so_far = job
+    for record in held if coalesce else []:
+        if record is None or record.state != HELD or record.destination != head.destination:
+            break
+        stale = older_than_delivered(record, claim)
+        if stale:
+            taken.append(Taken(record.id, SUPERSEDED, claim.delivered_by, stale))
+            continue
+        try:
+            newer = model_for(record.kind).model_validate_json(record.payload)
+        except ValueError:
+            break  # it runs alone and is rejected with its own reason
+        if not merged_so_far.mergeable(newer):
+            break
+        merged_so_far = merged_so_far.merge(newer)
+        group.append((record, newer))
+        taken.append(Taken(record.id, MERGED, head.id, f"merged into job {head.id}, which "
+                           "carries its changes in one call with the jobs before it"))  # fmt: skip
+    if len(group) == 1:
+        return Plan(job, taken=taken)
+
+    folded = _fold(group) if any(record.vkey for record, _ in group) else merged_so_far
+    # Validated again as a stored payload is: a merge must not smuggle in what a job may not be.
+    folded = type(folded).model_validate_json(folded.model_dump_json())
+    top_version = max(group, key=lambda item: (item[0].vkey, item[0].seq))[0]
+    newest = max(group, key=lambda item: item[0].newest_seq)[0]
+    realtime = any(record.priority == "realtime" for record, _ in group)
+    return Plan(
+        folded,
+        taken=taken,
+        version=(top_version.version, top_version.vkey),
+        newest=(newest.newest_seq, newest.top_id or newest.id),
+        priority="realtime" if realtime and head.priority != "realtime" else "",
+        retry_until_ms=max(record.retry_until_ms for record, _ in group),
+    )
+
+
+def _fold(group: list[tuple[JobRecord, JobModel]]) -> JobModel:
+    """Merge ``group`` (submission order) oldest version first; see the module's docstring."""
+    placed = []
+    highest = ""
+    for record, job in group:
+        highest = max(highest, record.vkey)
+        placed.append(((record.vkey or highest, record.seq), job))
+    placed.sort(key=lambda item: item[0])
+    folded = placed[0][1]
+    for _, job in placed[1:]:
+        folded = folded.merge(job)
+    return folded

@@ -1,0 +1,361 @@
+"""Order per entity in the ledger's scripts, on fakeredis (no server needed): one job of a record
+at a time, in submission order, released the moment the one before it ends; coalescing,
+superseded versions, requeues that rejoin the line, dead workers' claims; and a stateful model
+test of the invariants under random operations."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fakeredis
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from worker.dispatch import Template
+from worker.ledger import (
+    HELD,
+    MERGED,
+    QUEUED,
+    STATES,
+    SUPERSEDED,
+    TERMINAL,
+    Ledger,
+    NewJob,
+    Taken,
+    now_ms,
+)
+
+BULK_LIST, REALTIME_LIST = "noojee:9", "noojee"
+TEMPLATES = {"bulk": Template(BULK_LIST, '{"job": "@@job@@", "p": 9}'),
+             "realtime": Template(REALTIME_LIST, '{"job": "@@job@@", "p": 0}')}  # fmt: skip
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    return Ledger(fakeredis.FakeRedis(decode_responses=True), prefix="t:", retention_s=3600)
+
+
+def submit(
+    ledger: Ledger, job_id: str, entity: str = "noojee:L1", priority: str = "bulk", **more: Any
+) -> None:
+    job = NewJob(id=job_id, kind="noojee.update", destination="noojee", task="noojee.deliver",
+                 queue="noojee", priority=priority, payload=json.dumps({"n": job_id}),
+                 retry_until_ms=now_ms() + 60_000, entity=entity, **more)  # fmt: skip
+    ledger.create(job, TEMPLATES[priority])
+
+
+def messages(ledger: Ledger, key: str = BULK_LIST) -> list[str]:
+    """Job ids of the messages on a kombu list, oldest first."""
+    return [json.loads(m)["job"] for m in reversed(ledger.r.lrange(key, 0, -1))]
+
+
+def state(ledger: Ledger, job_id: str) -> str:
+    record = ledger.get(job_id)
+    assert record is not None
+    return record.state
+
+
+def end(ledger: Ledger, job_id: str, outcome: str = "delivered") -> None:
+    assert ledger.claim(job_id, "w").status == "claimed"
+    ledger.transition(job_id, outcome, {"event": outcome, "code": "x"}, token="w")
+
+
+def test_a_second_job_of_a_record_is_held_without_a_message(ledger: Ledger) -> None:
+    submit(ledger, "a")
+    submit(ledger, "b")
+    submit(ledger, "c", entity="noojee:L2")
+    assert (state(ledger, "a"), state(ledger, "b"), state(ledger, "c")) == (QUEUED, HELD, QUEUED)
+    assert messages(ledger) == ["a", "c"]
+    assert ledger.line("noojee:L1") == ["a", "b"]
+    assert ledger.counts()["held"] == 1 and ledger.counts()["queued"] == 2
+
+
+def test_the_next_job_is_released_in_the_step_that_ends_the_one_before(ledger: Ledger) -> None:
+    submit(ledger, "a")
+    submit(ledger, "b")
+    ledger.r.delete(BULK_LIST)
+    end(ledger, "a")
+    assert state(ledger, "b") == QUEUED
+    assert messages(ledger) == ["b"]  # pushed by the same script: no polling in between
+    assert ledger.line("noojee:L1") == ["b"]
+    last = ledger.last_delivery("noojee:L1")
+    assert last is not None and last.job_id == "a"
+
+
+@pytest.mark.parametrize("outcome", ["review", "rejected", "superseded", "merged"])
+def test_review_and_every_end_release_the_next_job(ledger: Ledger, outcome: str) -> None:
+    submit(ledger, "a")
+    submit(ledger, "b")
+    end(ledger, "a", outcome)
+    assert state(ledger, "b") == QUEUED
+    assert ledger.line("noojee:L1") == ["b"]
+
+
+def test_a_retrying_or_running_head_keeps_the_jobs_behind_it_held(ledger: Ledger) -> None:
+    submit(ledger, "a")
+    submit(ledger, "b")
+    assert ledger.claim("a", "w").status == "claimed"
+    assert state(ledger, "b") == HELD
+    ledger.transition("a", "retrying", {"event": "retry"}, token="w", due_ms=now_ms() + 5000)
+    assert state(ledger, "b") == HELD
+    assert ledger.claim("b", "x").status == "held"  # a stale message of a held job is dropped
+
+
+def test_a_requeued_job_joins_the_end_of_its_line(ledger: Ledger) -> None:
+    submit(ledger, "old")
+    end(ledger, "old", "review")
+    submit(ledger, "new")
+    assert ledger.claim("new", "w").status == "claimed"
+    # Requeued while a newer job runs: it waits behind it, then goes.
+    _, now_state = ledger.transition_to("old", "queued", {"event": "requeued"},
+                                        allowed=("review",))  # fmt: skip
+    assert now_state == HELD and state(ledger, "old") == HELD
+    assert ledger.line("noojee:L1") == ["new", "old"]
+    ledger.transition("new", "delivered", {"event": "delivered"}, token="w")
+    assert state(ledger, "old") == QUEUED
+    old = ledger.get("old")
+    assert old is not None
+    newer = ledger.newer_delivered(old)
+    assert newer is not None and newer.job_id == "new"
+
+
+def test_a_requeued_job_alone_is_queued_with_its_message(ledger: Ledger) -> None:
+    submit(ledger, "a")
+    end(ledger, "a", "rejected")
+    ledger.r.delete(BULK_LIST)
+    assert ledger.transition_to("a", "queued", {"event": "requeued"})[1] == QUEUED
+    assert messages(ledger) == ["a"]
+
+
+def test_a_realtime_job_lends_its_priority_to_a_bulk_head_not_yet_started(
+    ledger: Ledger,
+) -> None:
+    submit(ledger, "bulk")
+    submit(ledger, "rt", priority="realtime")
+    assert state(ledger, "rt") == HELD
+    assert messages(ledger, REALTIME_LIST) == ["bulk"]  # the head overtakes the backlog
+    record = ledger.get("bulk")
+    assert record is not None and record.priority == "realtime"
+    # A running head keeps its place: the realtime job waits for its answer.
+    submit(ledger, "b2", entity="noojee:L2")
+    assert ledger.claim("b2", "w").status == "claimed"
+    submit(ledger, "rt2", entity="noojee:L2", priority="realtime")
+    assert messages(ledger, REALTIME_LIST) == ["bulk"]
+
+
+def test_absorbing_ends_the_taken_jobs_and_the_head_carries_them(ledger: Ledger) -> None:
+    for job_id in ("h", "f1", "f2", "f3"):
+        submit(ledger, job_id, batch="run")
+    claim = ledger.claim("h", "w")
+    assert (claim.status, claim.behind) == ("claimed", 3)
+    f2 = ledger.get("f2")
+    assert f2 is not None
+    taken = [Taken("f1", MERGED, "h", "merged into h"), Taken("f2", MERGED, "h", "merged into h")]
+    assert ledger.absorb("h", "w", '{"merged": true}', ("7", "7".zfill(20)), (f2.seq, "f2"),
+                         "realtime", 123, taken) == "ok"  # fmt: skip
+    head = ledger.get("h", with_history=True)
+    assert head is not None
+    assert (head.payload, head.version, head.top_id, head.priority, head.retry_until_ms) == (
+        '{"merged": true}', "7", "f2", "realtime", 123)
+    assert head.history[0]["event"] == "absorbed" and head.history[0]["merged"] == "f1,f2"
+    f1 = ledger.get("f1", with_history=True)
+    assert f1 is not None
+    assert (f1.state, f1.merged_into, f1.payload, f1.entity) == (MERGED, "h", "", "noojee:L1")
+    assert f1.history[0]["event"] == "merged"
+    assert ledger.line("noojee:L1") == ["h", "f3"]
+    assert ledger.counts()["merged"] == 2 and ledger.counts()["held"] == 1
+    assert ledger.batch_counts("run")["merged"] == 2
+    ledger.transition("h", "delivered", {"event": "delivered"}, token="w")
+    last = ledger.last_delivery("noojee:L1")
+    assert last is not None and (last.job_id, last.seq, last.vkey) == ("f2", f2.seq, "7".zfill(20))
+    assert state(ledger, "f3") == QUEUED
+
+
+def test_absorbing_changes_nothing_if_a_job_is_no_longer_held_behind(ledger: Ledger) -> None:
+    submit(ledger, "h")
+    submit(ledger, "f1")
+    ledger.claim("h", "w")
+    ghost = [Taken("f1", MERGED, "h", "x"), Taken("nope", MERGED, "h", "x")]
+    assert ledger.absorb("h", "w", "{}", ("", ""), (0, ""), "", 0, ghost) == "changed"
+    assert state(ledger, "f1") == HELD
+    assert ledger.absorb("h", "other", "{}", ("", ""), (0, ""), "", 0, ghost[:1]) == "lost"
+
+
+def test_superseded_jobs_end_with_the_job_that_superseded_them(ledger: Ledger) -> None:
+    submit(ledger, "h")
+    submit(ledger, "old", version="3", vkey="3".zfill(20))
+    ledger.claim("h", "w")
+    taken = [Taken("old", SUPERSEDED, "v5-job", "version 3 is older")]
+    assert ledger.absorb("h", "w", "{}", ("", ""), (0, ""), "", 0, taken) == "ok"
+    old = ledger.get("old")
+    assert old is not None
+    assert (old.state, old.superseded_by, old.version) == (SUPERSEDED, "v5-job", "3")
+
+
+def test_the_highest_version_delivered_is_what_claims_report(ledger: Ledger) -> None:
+    submit(ledger, "v5", version="5", vkey="5".zfill(20))
+    end(ledger, "v5")
+    submit(ledger, "v3", version="3", vkey="3".zfill(20))
+    claim = ledger.claim("v3", "w")
+    assert (claim.delivered_vkey, claim.delivered_by) == ("5".zfill(20), "v5")
+    ledger.transition("v3", "delivered", {"event": "delivered"}, token="w")  # forced, say
+    last = ledger.last_delivery("noojee:L1")
+    assert last is not None and (last.vkey, last.version_job, last.job_id) == (
+        "5".zfill(20), "v5", "v3")
+
+
+def test_a_dead_workers_job_is_queued_again_and_its_stale_claim_cannot_settle(
+    ledger: Ledger,
+) -> None:
+    submit(ledger, "a")
+    submit(ledger, "b")
+    ledger.claim("a", "dead")
+    ledger.r.delete(ledger.lock_key("a"))  # the lease ran out: the worker stopped renewing
+    ledger.r.zadd(ledger.set_key("running"), {"a": 0})
+    ledger.r.delete(BULK_LIST)
+    assert ledger.reap() == ["a"]
+    assert state(ledger, "a") == QUEUED and state(ledger, "b") == HELD
+    assert messages(ledger) == ["a"]
+    assert ledger.renew({"a": "dead"}) == ["a"]
+    assert ledger.reap() == []
+    assert ledger.claim("a", "alive").status == "claimed"
+    assert ledger.renew({"a": "alive"}) == []
+    assert ledger.r.pttl(ledger.lock_key("a")) > 0
+
+
+def test_a_running_job_with_a_live_claim_is_not_reaped(ledger: Ledger) -> None:
+    submit(ledger, "a")
+    ledger.claim("a", "w")
+    ledger.r.zadd(ledger.set_key("running"), {"a": 0})  # a stale score, but the lock lives
+    assert ledger.reap() == []
+    assert state(ledger, "a") == "running"
+    assert ledger.r.zscore(ledger.set_key("running"), "a") > now_ms()
+
+
+# -- the model test -------------------------------------------------------------------------------
+ENTITIES = ["noojee:A", "noojee:B", "noojee:C"]
+
+
+class LineMachine(RuleBasedStateMachine):
+    """Random submissions, claims, answers, absorptions, requeues and dead workers; after each
+    step the ledger must agree with a plain model of the lines and of every job's state."""
+
+    @initialize()
+    def start(self) -> None:
+        self.ledger = Ledger(fakeredis.FakeRedis(decode_responses=True), prefix="m:")
+        self.lines: dict[str, list[str]] = {e: [] for e in ENTITIES}
+        self.entity_of: dict[str, str] = {}
+        self.ended: dict[str, str] = {}
+        self.parked: set[str] = set()  # review or rejected: out of every line
+        self.running: dict[str, str] = {}  # job -> token
+        self.n = 0
+
+    def _head(self, entity: str) -> str | None:
+        return self.lines[entity][0] if self.lines[entity] else None
+
+    @rule(entity=st.sampled_from(ENTITIES), realtime=st.booleans())
+    def create(self, entity: str, realtime: bool) -> None:
+        self.n += 1
+        job_id = f"j{self.n}"
+        submit(self.ledger, job_id, entity, "realtime" if realtime else "bulk")
+        self.lines[entity].append(job_id)
+        self.entity_of[job_id] = entity
+
+    @rule(entity=st.sampled_from(ENTITIES))
+    def claim_the_head(self, entity: str) -> None:
+        head = self._head(entity)
+        if head is None or head in self.running:
+            return
+        claim = self.ledger.claim(head, f"t-{head}")
+        assert claim.status == "claimed"
+        assert claim.behind == len(self.lines[entity]) - 1
+        self.running[head] = f"t-{head}"
+
+    @rule(data=st.data())
+    def claim_a_held_job(self, data: st.DataObject) -> None:
+        held = [j for line in self.lines.values() for j in line[1:]]
+        if held:
+            assert self.ledger.claim(data.draw(st.sampled_from(held)), "x").status == "held"
+
+    @precondition(lambda self: bool(self.running))
+    @rule(data=st.data(), outcome=st.sampled_from(["delivered", "review", "rejected",
+                                                    "retrying", "superseded"]))
+    def answer(self, data: st.DataObject, outcome: str) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.running)))
+        token = self.running.pop(job_id)
+        due = now_ms() if outcome == "retrying" else None
+        self.ledger.transition(job_id, outcome, {"event": outcome}, token=token, due_ms=due)
+        if outcome == "retrying":
+            return
+        self.lines[self.entity_of[job_id]].remove(job_id)
+        if outcome in ("review", "rejected"):
+            self.parked.add(job_id)
+        else:
+            self.ended[job_id] = outcome
+
+    @precondition(lambda self: bool(self.running))
+    @rule(data=st.data(), take=st.integers(1, 3))
+    def absorb(self, data: st.DataObject, take: int) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.running)))
+        line = self.lines[self.entity_of[job_id]]
+        behind = line[1:1 + take]
+        if not behind:
+            return
+        taken = [Taken(j, MERGED, job_id, "merged") for j in behind]
+        assert self.ledger.absorb(job_id, self.running[job_id], "{}", ("", ""), (0, ""), "", 0,
+                                  taken) == "ok"  # fmt: skip
+        for j in behind:
+            line.remove(j)
+            self.ended[j] = MERGED
+
+    @precondition(lambda self: bool(self.parked))
+    @rule(data=st.data())
+    def requeue(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.parked)))
+        self.parked.discard(job_id)
+        _, now = self.ledger.transition_to(job_id, "queued", {"event": "requeued"},
+                                           allowed=("review", "rejected"))  # fmt: skip
+        line = self.lines[self.entity_of[job_id]]
+        line.append(job_id)
+        assert now == (QUEUED if line[0] == job_id else HELD)
+
+    @precondition(lambda self: bool(self.running))
+    @rule(data=st.data())
+    def worker_dies(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.running)))
+        self.running.pop(job_id)
+        self.ledger.r.delete(self.ledger.lock_key(job_id))
+        self.ledger.r.zadd(self.ledger.set_key("running"), {job_id: 0})
+        assert job_id in self.ledger.reap()
+
+    @invariant()
+    def the_ledger_agrees_with_the_model(self) -> None:
+        if not hasattr(self, "ledger"):
+            return
+        counts = dict.fromkeys(STATES, 0)
+        for entity, line in self.lines.items():
+            assert self.ledger.line(entity, 1000) == line
+            for position, job_id in enumerate(line):
+                now = state(self.ledger, job_id)
+                counts[now] += 1
+                if position:
+                    assert now == HELD  # only the head of a line may run
+                elif job_id in self.running:
+                    assert now == "running"
+                else:
+                    assert now in (QUEUED, "retrying")
+        for job_id, outcome in self.ended.items():
+            assert state(self.ledger, job_id) == outcome
+            counts[outcome] += 1
+        for job_id in self.parked:
+            assert state(self.ledger, job_id) in ("review", "rejected")
+            counts[state(self.ledger, job_id)] += 1
+        assert self.ledger.counts() == counts
+        assert set(TERMINAL) >= set(self.ended.values())
+
+
+TestLineMachine = LineMachine.TestCase
+TestLineMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)

@@ -1,0 +1,56 @@
+-- Coalescing: the head of an entity's line, just claimed, takes over the jobs held behind it.
+-- Its payload becomes the merged one (the worker merged them with the job kind's own rules), the
+-- absorbed jobs end 'merged' (naming the job that carries them), and jobs whose version is older
+-- than one already delivered end 'superseded' (never sent). All or nothing: if any of them is
+-- no longer held behind the head, nothing changes and the head is sent as it was.
+-- ARGV[1..4] as every ledger script (ledger_lib.lua)
+local id, token, payload, version, vkey = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local top_seq, top_id, priority, retry_until = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local entry = ARGV[14]
+-- the head, our lock token, the merged payload (JSON), the merged job's version as shown and
+-- its sort key ('' for none), the submission number and id of the newest job it now carries,
+-- its priority (realtime if any absorbed job was), the latest retry window of them (ms), its
+-- history entry (JSON)
+local FIRST, PER_JOB = 15, 5
+-- then PER_JOB per job taken over: id, 'merged' or 'superseded', the job that carries or
+-- supersedes it, its reason, its history entry (JSON)
+-- Returns 'ok' | 'lost' (our lock is gone) | 'changed' (a job is no longer held behind us)
+if redis.call('GET', lock_key(id)) ~= token then return 'lost' end
+local head = read(id, {'entity', 'state'})
+if head.state ~= 'running' or not head.entity then return 'changed' end
+local line = line_key(head.entity)
+for a = FIRST, #ARGV, PER_JOB do
+  local other = read(ARGV[a], {'entity', 'state'})
+  if other.state ~= 'held' or other.entity ~= head.entity
+      or not redis.call('LPOS', line, ARGV[a]) then
+    return 'changed'
+  end
+end
+
+for a = FIRST, #ARGV, PER_JOB do
+  local other, outcome, by, reason = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local link = outcome == 'merged' and 'merged_into' or 'superseded_by'
+  local batch = redis.call('HGET', job_key(other), 'batch')
+  redis.call('HSET', job_key(other), link, by, 'last_code', outcome, 'last_reason', reason)
+  recount('held', outcome, batch)
+  note(other, ARGV[a + 4])
+  outline(other, outcome, {'entity', 'version', 'last_code', 'last_reason', link})
+  redis.call('EXPIRE', history_key(other), RETENTION_S)
+  redis.call('LREM', line, 1, other)
+end
+
+local fields = {'payload', payload, 'top_seq', top_seq, 'top_id', top_id,
+                'retry_until_ms', retry_until, 'updated_at_ms', NOW}
+if version ~= '' then
+  for _, pair in ipairs({{'version', version}, {'vkey', vkey}}) do
+    fields[#fields + 1] = pair[1]
+    fields[#fields + 1] = pair[2]
+  end
+end
+if priority ~= '' then
+  fields[#fields + 1] = 'priority'
+  fields[#fields + 1] = priority
+end
+redis.call('HSET', job_key(id), unpack(fields))
+note(id, entry)
+return 'ok'

@@ -1,0 +1,144 @@
+-- The ledger's shared part: prepended to every ledger script when it is loaded
+-- (worker/scripts.py), so recording, claiming, settling and releasing stay one atomic step each.
+--
+-- Every ledger script takes the same first four arguments:
+--   ARGV[1] key prefix (e.g. "cs:"), ARGV[2] now (ms), ARGV[3] retention of ended jobs (s),
+--   ARGV[4] history entries kept per job
+-- Keys are built here from the prefix, the job ids and the entity keys the records hold (a
+-- standalone Redis or Sentinel allows keys named by data; a Redis Cluster would need hash tags).
+--
+--   P..'job:'..id            hash  the job's record (worker/ledger.py documents its fields)
+--   P..'job:'..id..':history' list newest first
+--   P..'job:'..id..':lock'   string the token of the worker running it (a lease, PX)
+--   P..'entity:'..E          list  the line of pending jobs of entity E, oldest first; only the
+--                                  first (the head) may run, the others are 'held'
+--   P..'entity:'..E..':last' hash  the newest delivery of E: d (job id), ds (its submission
+--                                  number), at (ms); v, vj: the highest version delivered, and by
+--                                  which job
+--   P..'message:'..Q..':'..PRI hash  list (kombu's Redis list) and text (the Celery message with
+--                                  @@job@@ for the id) of queue Q at priority PRI
+--   P..'running'             zset  job id -> when its runner's lease ends (ms)
+--   P..'counts'              hash  jobs per state; P..'batch:'..B the same for one batch
+
+local P, NOW = ARGV[1], tonumber(ARGV[2])
+local RETENTION_S, HISTORY_LEN = tonumber(ARGV[3]), tonumber(ARGV[4])
+local COUNTS, SCHEDULE, RUNNING = P .. 'counts', P .. 'schedule', P .. 'running'
+-- States a job ends in (review too: a person decides), as a batch counts them.
+local ENDED = {delivered = true, merged = true, superseded = true, review = true,
+               rejected = true}
+
+local function job_key(id) return P .. 'job:' .. id end
+local function history_key(id) return P .. 'job:' .. id .. ':history' end
+local function lock_key(id) return P .. 'job:' .. id .. ':lock' end
+local function line_key(entity) return P .. 'entity:' .. entity end
+
+-- Move one job's count from state `from` (nil: a new job) to `to`, in the ledger and its batch.
+local function recount(from, to, batch)
+  if from then redis.call('HINCRBY', COUNTS, from, -1) end
+  redis.call('HINCRBY', COUNTS, to, 1)
+  if batch and batch ~= '' then
+    local counts = P .. 'batch:' .. batch
+    if from and ENDED[from] then redis.call('HINCRBY', counts, from, -1) end
+    if ENDED[to] then redis.call('HINCRBY', counts, to, 1) end
+  end
+end
+
+local function note(id, entry)
+  redis.call('LPUSH', history_key(id), entry)
+  redis.call('LTRIM', history_key(id), 0, HISTORY_LEN - 1)
+end
+
+-- Queue a job's Celery message: the template stored for its queue and priority, filled with its
+-- id (an id is hex digits: nothing in it is special to gsub). Without a stored template the job
+-- goes on the schedule, due now, and a republisher publishes it within a tick.
+local function dispatch(id, kind, priority)
+  local queue = string.match(kind, '^[^.]+')
+  local template = redis.call('HMGET', P .. 'message:' .. queue .. ':' .. priority, 'list', 'text')
+  if template[1] and template[2] then
+    redis.call('LPUSH', template[1], (string.gsub(template[2], '@@job@@', id)))
+  else
+    redis.call('ZADD', SCHEDULE, NOW, id)
+  end
+end
+
+-- The head of an entity's line may run: if it was held, it is queued now (its message pushed).
+local function release_head(entity)
+  local head = redis.call('LINDEX', line_key(entity), 0)
+  if not head then return nil end
+  local key = job_key(head)
+  local job = redis.call('HMGET', key, 'state', 'kind', 'priority', 'batch')
+  if job[1] ~= 'held' then return nil end
+  redis.call('HSET', key, 'state', 'queued', 'updated_at_ms', NOW)
+  recount('held', 'queued', job[4])
+  dispatch(head, job[2], job[3])
+  return head
+end
+
+-- A job leaves its entity's line (it ended, or went to review); if it was the head, the next
+-- job is released at once.
+local function leave_line(id, entity)
+  if not entity or entity == '' then return end
+  local line = line_key(entity)
+  local head = redis.call('LINDEX', line, 0)
+  redis.call('LREM', line, 1, id)
+  if head == id then release_head(entity) end
+end
+
+-- Join the end of an entity's line (a new job, or a requeued one): returns true if it is the
+-- head (it may run now), false if it waits for the jobs before it.
+local function join_line(id, entity)
+  if not entity or entity == '' then return true end
+  return redis.call('RPUSH', line_key(entity), id) == 1
+end
+
+-- A delivered job: remember it as the entity's newest delivery (by submission number; a job
+-- that absorbed newer ones counts as the newest of them) and its version if it is the highest.
+local function remember_delivery(id, job)
+  local entity = job.entity
+  if not entity or entity == '' then return end
+  local last = line_key(entity) .. ':last'
+  local seq = tonumber(job.top_seq or job.seq or '0')
+  local newest = job.top_id or id
+  local current = redis.call('HMGET', last, 'ds', 'v')
+  if not current[1] or tonumber(current[1]) < seq then
+    redis.call('HSET', last, 'd', newest, 'ds', seq, 'at', NOW)
+  end
+  if job.vkey and job.vkey ~= '' and (not current[2] or current[2] < job.vkey) then
+    redis.call('HSET', last, 'v', job.vkey, 'vj', newest)
+  end
+  redis.call('EXPIRE', last, RETENTION_S)
+end
+
+-- Cut an ended job down to what an operator asks of it later (no payload: personal data, no
+-- envelope), so a million-row backfill leaves a couple of hundred bytes a job behind. `also`
+-- names more fields to keep. Not even the success code of a delivered job: "delivered" says it
+-- (and keeps the hash in a smaller size class). Returns kind, client, attempts, faults, retries,
+-- submitted_at_ms and priority as they were.
+local KEPT = {'kind', 'client', 'attempts', 'faults', 'retries', 'submitted_at_ms'}
+local function outline(id, state, also)
+  local key = job_key(id)
+  local names = {unpack(KEPT)}
+  for _, name in ipairs(also) do names[#names + 1] = name end
+  names[#names + 1] = 'priority'
+  local values = redis.call('HMGET', key, unpack(names))
+  local compact = {'state', state, 'updated_at_ms', NOW}
+  for i = 1, #names - 1 do  -- priority says nothing once the job has ended
+    local value = values[i]
+    if value and value ~= '' and value ~= '0' then
+      compact[#compact + 1] = names[i]
+      compact[#compact + 1] = value
+    end
+  end
+  redis.call('DEL', key)
+  redis.call('HSET', key, unpack(compact))
+  redis.call('EXPIRE', key, RETENTION_S)
+  return values
+end
+
+-- Some fields of a job hash, as a table (absent fields are nil).
+local function read(id, names)
+  local values = redis.call('HMGET', job_key(id), unpack(names))
+  local job = {}
+  for i, name in ipairs(names) do job[name] = values[i] or nil end
+  return job
+end

@@ -1,0 +1,28 @@
+-- Jobs whose runner stopped renewing its lease (a killed worker): queued again, their message
+-- pushed at once, so a dead worker blocks its jobs (and the entity lines they head) for one
+-- lease, not kombu's visibility timeout. The call the dead worker made may have applied:
+-- delivery is at least once. kombu redelivers the dead worker's own message later; the job has
+-- ended or runs by then, and that duplicate is dropped at its claim.
+-- ARGV[1..4] as every ledger script (ledger_lib.lua)
+local most = tonumber(ARGV[5])
+-- Returns the ids queued again
+local due = redis.call('ZRANGE', RUNNING, '-inf', NOW, 'BYSCORE', 'LIMIT', 0, most)
+local reaped = {}
+for _, id in ipairs(due) do
+  local left = redis.call('PTTL', lock_key(id))
+  if left > 0 then
+    redis.call('ZADD', RUNNING, NOW + left, id)  -- claimed again meanwhile: still running
+  else
+    redis.call('ZREM', RUNNING, id)
+    local job = read(id, {'state', 'kind', 'priority', 'batch'})
+    if job.state == 'running' then
+      redis.call('HSET', job_key(id), 'state', 'queued', 'updated_at_ms', NOW)
+      recount('running', 'queued', job.batch)
+      note(id, cjson.encode({at = NOW, event = 'lease-expired',
+                             reason = 'its worker stopped renewing the lease (killed?); queued again'}))
+      dispatch(id, job.kind, job.priority)
+      reaped[#reaped + 1] = id
+    end
+  end
+end
+return reaped
