@@ -8,9 +8,9 @@ One entry per call on a record, appended when the call is answered:
 calls that named a record in the order they arrived (since the last reset; one refused before
 it reached its record, not logged, still takes a number), ``start``/``end`` are epoch seconds of
 its arrival and its answer, ``code`` is the destination's own code (or null), ``applied`` says
-the call's change was stored (a read never applies) and ``fields`` are the record fields it
-carried. A record's entries are in the order the calls were answered; ``n`` gives the order
-they arrived.
+the call's change was stored (even if it repeated the stored values; a read never applies) and
+``fields`` are the record fields it carried. A record's entries are in the order the calls
+were answered; ``n`` gives the order they arrived.
 """
 
 from __future__ import annotations
@@ -32,7 +32,12 @@ __all__ = ["Arrival", "ArrivalBounds", "ArrivalLog", "ArrivalsHandler", "arrival
 @dataclass(frozen=True)
 class ArrivalBounds:
     """How many entries the log keeps, per record and in all; past either, the oldest go (and
-    are counted as ``arrivals_dropped`` in /_stats)."""
+    are counted as ``arrivals_dropped`` in /_stats).
+
+    An entry keeps the fields its call carried: about 2 KB for a Noojee lead, 5 KB for a
+    Trendsic contact (its ~80 fields), so a full log of the default 200,000 holds 0.4-1 GB.
+    Long runs that do not read the log can pass smaller bounds in the simulator's config.
+    """
 
     per_record: int = 2_000
     total: int = 200_000
