@@ -2,8 +2,13 @@
 
 Owns the auth tokens (issued by POST /api/auth-token-get, carried in the JSON body of every call,
 expiring after token_ttl_s), the stored customer contacts keyed by (CUSTOMER_ID, CUST_CONTACT),
-scripted answers per CUSTOMER_ID and the admin endpoints (/_stats, /_script, /_config, /_reset,
-/_expire_tokens, /_contacts).
+scripted answers per CUSTOMER_ID or per contact, each contact's arrival log (sandbox/_records.py)
+and the admin endpoints (/_stats, /_script, /_config, /_reset, /_expire_tokens, /_contacts,
+/_arrivals).
+
+A contact is named in one string as "CUSTOMER/CONTACT", each part percent-encoded as by
+urllib.parse.quote(part, safe="") (record_key): ids holding "/" or "%" stay unambiguous. The
+arrival log's records and contact scripts use it; a customer's script id is its encoded id.
 
 What the source page documents is followed to the letter: UPPER_SNAKE field names, NOTES up to
 32,765 characters, 200 with the whole updated record, 400 "Request JSON is invalid.", 401 for a
@@ -29,15 +34,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote, unquote
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from sandbox._records import Arrival, ArrivalBounds, ArrivalLog, arrival_routes
 from sandbox._serving import (
+    SLOW,
+    SlowHolds,
     announcer,
     log_paths_only,
     parse_scripts,
+    parse_slow_s,
     run_admin_action,
     send,
     serve_app,
@@ -82,10 +92,12 @@ UNEXPECTED = ("An unexpected error occurred.", "UNEXPECTED_ERROR")
 
 # Scripted answers. "ok" answers what the call itself deserves (200, or 500 for an unknown
 # contact); the others replace that answer, after the token and the JSON were found valid.
+# "slow" holds the call slow_s (POST /_script), then answers as the gateway that gave up.
 SCRIPT_ANSWERS = (
     "ok", "http-400", "http-401-expired", "http-401-login", "http-405",
-    "http-500", "http-502", "http-503", "http-504",
+    "http-500", "http-502", "http-503", "http-504", SLOW,
 )  # fmt: skip
+SLOW_ANSWER = "http-504"
 GATEWAY = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 DOWN_VALUES = ("502", "503", "504")
 
@@ -106,7 +118,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExpandableSimConfig:
-    """How the simulated ERP behaves. Times in seconds; `scripts` maps CUSTOMER_ID -> answers."""
+    """How the simulated ERP behaves. Times in seconds; `scripts` maps a script id (CUSTOMER_ID,
+    or CUSTOMER/CONTACT: see script_key) -> answers."""
 
     data_source: str = "SANDBOX"
     username: str = "sandbox"
@@ -115,6 +128,23 @@ class ExpandableSimConfig:
     latency_s: float = 0.0  # added to every API call (login and update)
     down: str | None = None  # "503" (or "502", "504"): every API call answers that status
     scripts: dict[str, list[str]] = field(default_factory=dict)
+    arrival_bounds: ArrivalBounds = field(default_factory=ArrivalBounds)
+
+
+def record_key(customer: str, contact: str) -> str:
+    """A contact's name in one string, "CUSTOMER/CONTACT" with each part percent-encoded: the
+    arrival log's record id, and a contact's script id."""
+    return f"{quote(customer, safe='')}/{quote(contact, safe='')}"
+
+
+def script_key(script_id: str) -> str:
+    """A script id as kept: "CUSTOMER" (every contact of the customer) or "CUSTOMER/CONTACT"
+    (one contact), each part percent-decoded then encoded again as record_key does, so that
+    "A B" and "A%20B" are one id; ValueError if it is neither."""
+    parts = script_id.split("/")
+    if len(parts) > 2 or not all(parts):
+        raise ValueError(f"a script id is CUSTOMER or CUSTOMER/CONTACT, got {script_id!r}")
+    return "/".join(quote(unquote(part), safe="") for part in parts)
 
 
 @dataclass
@@ -133,7 +163,11 @@ class ExpandableSimulator:
     def __init__(self, config: ExpandableSimConfig) -> None:
         # A private copy, so /_config and consumed scripts never leak into the caller's object.
         self.config = replace(config, scripts={})
-        self.scripts: dict[str, list[str]] = {k: list(v) for k, v in config.scripts.items()}
+        self.scripts: dict[str, list[str]] = {
+            script_key(k): list(v) for k, v in config.scripts.items()
+        }
+        self.slow = SlowHolds()
+        self.arrivals = ArrivalLog(config.arrival_bounds)  # per record_key(CUSTOMER, CONTACT)
         self.tokens: dict[str, _Token] = {}
         self.expired_before_s = -math.inf  # tokens issued at or before this are expired
         self.contacts: dict[tuple[str, str], dict[str, str]] = {}
@@ -150,6 +184,7 @@ class ExpandableSimulator:
                 (UPDATE_PATH, _ApiHandler, {**sim, "kind": "update"}),
                 (r"/_(stats|script|config|reset|expire_tokens|contacts)", _AdminHandler, sim),
                 (r"/_(contacts)/([^/]+)/([^/]+)", _AdminHandler, sim),
+                *arrival_routes(self.arrivals, "([^/]+)/([^/]+)", record_key),
             ],
             log_function=_log_request,
         )
@@ -157,7 +192,10 @@ class ExpandableSimulator:
     # --- the API -------------------------------------------------------------------------
 
     def early_answer(self, kind: str, method: str) -> Answer | None:
-        """An answer given before the body is read: the server is down, or not a POST."""
+        """An answer given before the body is looked at: the server is down, or not a POST.
+        An update POST is left to update(), which logs it on its contact even when down."""
+        if kind == "update" and method == "POST":
+            return None
         early = self._early_answer(method)
         if early is None:
             return None
@@ -198,21 +236,36 @@ class ExpandableSimulator:
         return self._count("login", (200, {"AUTH_TOKEN": token}))
 
     async def update(self, body: bytes) -> Answer:
-        """POST /api/customer-contact-update: answer one call, counting it while in flight."""
+        """POST /api/customer-contact-update: answer one call, counting it while in flight.
+
+        A body naming CUSTOMER_ID and CUST_CONTACT is logged on that contact whatever it
+        answers (an outage's gateway page included; applied iff 200), unless its token was
+        refused; it counts in flight on the contact throughout, the latency included.
+        """
         self.calls += 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
-            await self._latency()
-            return self._count("update", self._update(body))
+            payload = json.loads(body)
+        except ValueError:  # includes bytes that are not UTF-8
+            payload = _NOT_JSON
+        try:
+            with self.arrivals.track(_fields_by_record(payload), "update") as arrival:
+                if self.config.down is not None:
+                    answer = _gateway(int(self.config.down))
+                else:
+                    await self._latency()
+                    answer = await self._update(payload, arrival)
+                status, answer_body = answer
+                code = answer_body.get("MESSAGE_CODE") if isinstance(answer_body, dict) else None
+                arrival.answered(status, code, applied=status == 200)
+            return self._count("update", answer)
         finally:
             self.in_flight -= 1
 
-    def _update(self, body: bytes) -> Answer:
+    async def _update(self, payload: Any, arrival: Arrival) -> Answer:
         # Order of the checks (ours): JSON object, token, fields, script, then the business.
-        try:
-            payload = json.loads(body)
-        except ValueError:  # includes bytes that are not UTF-8
+        if payload is _NOT_JSON:
             return _error(400, INVALID_JSON, "INVALID_JSON")
         if not isinstance(payload, dict):
             return _error(400, INVALID_JSON, "NOT_AN_OBJECT")
@@ -221,12 +274,16 @@ class ExpandableSimulator:
             self.calls_by_customer[customer] += 1
         token = payload.get("AUTH_TOKEN")
         if (refused := self._check_token(token)) is not None:
+            arrival.refused()  # the token was refused before the contact was looked at
             return refused
         try:
             key, changes = _contact_fields(payload, require_change=True)
         except _Invalid as exc:
             return _error(400, INVALID_JSON, str(exc))
-        scripted = self._next_script(key[0])
+        scripted, script_id = self._next_script(*key)
+        if scripted == SLOW:
+            await self.slow.hold(script_id)
+            scripted = SLOW_ANSWER
         if scripted != "ok":
             return self._scripted(scripted, str(token))
         if not any(stored_key[0] == key[0] for stored_key in self.contacts):
@@ -265,11 +322,14 @@ class ExpandableSimulator:
             or (age_s >= self.config.token_ttl_s)
         )
 
-    def _next_script(self, customer: str) -> str:
-        script = self.scripts.get(customer)
-        if not script:
-            return "ok"
-        return script.pop(0) if len(script) > 1 else script[0]  # the last answer is sticky
+    def _next_script(self, customer: str, contact: str) -> tuple[str, str]:
+        """(the next scripted answer, its script id): the contact's script, else its
+        customer's; ("ok", "") if neither has one."""
+        for script_id in (record_key(customer, contact), quote(customer, safe="")):
+            script = self.scripts.get(script_id)
+            if script:  # the last answer is sticky
+                return (script.pop(0) if len(script) > 1 else script[0]), script_id
+        return "ok", ""
 
     def _scripted(self, answer: str, token: str) -> Answer:
         if answer in ("http-401-expired", "http-401-login"):
@@ -313,13 +373,19 @@ class ExpandableSimulator:
             "calls_by_customer": dict(self.calls_by_customer),
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
+            **self.arrivals.stats(),
             "tokens_valid": sum(not self._is_expired(t) for t in self.tokens.values()),
             "started_at": self.started_at,
         }
 
     def set_scripts(self, body: Any) -> dict[str, Any]:
-        """Apply {"id": CUSTOMER_ID, "answers": [...]} or {"scripts": {ID: [...]}}."""
-        self.scripts.update(parse_scripts(body, set(SCRIPT_ANSWERS)))
+        """Apply {"id": ID, "answers": [...]} or {"scripts": {ID: [...]}}, each with an optional
+        slow_s for "slow" answers. ID: a CUSTOMER_ID, or CUSTOMER/CONTACT for one contact
+        (its script wins over its customer's); see script_key."""
+        slow_s = parse_slow_s(body)
+        scripts = {script_key(k): v for k, v in parse_scripts(body, set(SCRIPT_ANSWERS)).items()}
+        self.slow.update(scripts, slow_s)
+        self.scripts.update(scripts)
         return {"scripts": self.scripts}
 
     def configure(self, body: Any) -> dict[str, Any]:
@@ -369,8 +435,11 @@ class ExpandableSimulator:
         return None if record is None else dict(record)
 
     def reset(self) -> dict[str, Any]:
-        """Scripts and stats cleared, contacts back to the seed. Config and tokens are kept."""
+        """Scripts, arrivals and stats cleared, contacts back to the seed. Config and tokens are
+        kept."""
         self.scripts.clear()
+        self.slow.clear()
+        self.arrivals.reset()
         self._seed_contacts()
         self._reset_stats()
         return {"reset": True}
@@ -422,6 +491,20 @@ def _contact_fields(
     if require_change and not fields:
         raise _Invalid("NO_FIELD_TO_UPDATE")
     return (customer, contact), fields
+
+
+_NOT_JSON = object()  # a body that json.loads refused
+
+
+def _fields_by_record(payload: Any) -> dict[str, dict[str, Any]]:
+    """The contact a call names and the fields it carries, for the arrival log; {} if the body
+    does not name both CUSTOMER_ID and CUST_CONTACT."""
+    if not isinstance(payload, dict):
+        return {}
+    customer, contact = payload.get("CUSTOMER_ID"), payload.get("CUST_CONTACT")
+    if not (isinstance(customer, str) and customer and isinstance(contact, str) and contact):
+        return {}
+    return {record_key(customer, contact): {n: payload[n] for n in FIELDS if n in payload}}
 
 
 def _error(status: int, message: str, code: str) -> Answer:
@@ -513,14 +596,18 @@ def serve(
 
 
 def _script_arg(text: str) -> tuple[str, list[str]]:
-    customer, _, answers = text.partition("=")
+    script_id, _, answers = text.partition("=")
     parsed = answers.split(",") if answers else []
-    if not customer or not parsed or any(a not in SCRIPT_ANSWERS for a in parsed):
+    try:
+        script_key(script_id)
+    except ValueError:
+        parsed = []
+    if not parsed or any(a not in SCRIPT_ANSWERS for a in parsed):
         raise argparse.ArgumentTypeError(
-            f"expected CUSTOMER=ANSWER[,ANSWER...] with answers from {list(SCRIPT_ANSWERS)}: "
-            f"{text!r}"
+            "expected CUSTOMER[/CONTACT]=ANSWER[,ANSWER...] with answers from "
+            f"{list(SCRIPT_ANSWERS)}: {text!r}"
         )
-    return customer, parsed
+    return script_id, parsed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -528,10 +615,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m sandbox.expandable",
         description="Simulate the Expandable ERP API (auth-token-get, customer-contact-update): "
         "tokens in the JSON body that expire after --token-ttl seconds, stored contacts, "
-        "scripted answers per CUSTOMER_ID.",
+        "scripted answers per CUSTOMER_ID or per CUSTOMER/CONTACT.",
         epilog="Admin (no token): GET /_stats, GET /_config, GET /_contacts/CUSTOMER/CONTACT, "
-        'POST /_script {"id", "answers"}, POST /_config {latency_s, token_ttl_s, down}, '
-        "POST /_contacts {CUSTOMER_ID, CUST_CONTACT, ...}, POST /_expire_tokens, POST /_reset.",
+        "GET /_arrivals (every contact's calls, keyed CUSTOMER/CONTACT with each part "
+        "percent-encoded: n, start, end, call, status, code, applied, fields), "
+        "GET /_arrivals/CUSTOMER/CONTACT (one contact's), "
+        'POST /_script {"id", "answers", "slow_s"} (id CUSTOMER or CUSTOMER/CONTACT; answer '
+        "slow: held slow_s, then 504, not applied), POST /_config {latency_s, token_ttl_s, down}, "
+        "POST /_contacts {CUSTOMER_ID, CUST_CONTACT, ...}, POST /_expire_tokens, POST /_reset. "
+        "/_stats counts peak_calls_per_record and overlapping_records (contacts with 2+ calls "
+        "in flight at once).",
     )
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
@@ -543,8 +636,9 @@ def main(argv: list[str] | None = None) -> int:
     add("--token-ttl", type=float, default=1800, metavar="S", help="token lifetime (default 1800)")
     add("--latency", type=float, default=0.0, metavar="S", help="added to each call (default 0)")
     add("--script", type=_script_arg, action="append", default=[],
-        metavar="CUSTOMER=ANSWER[,ANSWER...]",
-        help="answers for one CUSTOMER_ID, one per call, the last sticky (repeatable)")  # fmt: skip
+        metavar="CUSTOMER[/CONTACT]=ANSWER[,ANSWER...]",
+        help="answers for a CUSTOMER_ID or one contact, one per call, the last sticky "
+             "(repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
 
     config = ExpandableSimConfig(

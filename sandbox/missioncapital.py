@@ -2,8 +2,14 @@
 
 Owns the OAuth2 username-password login (`POST /services/oauth2/token`), the issued tokens and
 their expiry, the org's API allowance (`Sforce-Limit-Info`, 403 REQUEST_LIMIT_EXCEEDED), the
-`contactUser` answers (natural ones and scripted ones per ApplicationID), outages ("503" or
-"refused") and the admin endpoints (/_stats, /_script, /_config, /_reset, /_expire_tokens).
+`contactUser` answers (natural ones and scripted ones per ApplicationID), what `contactUser`
+changes on each application (contact re-enabled), each application's arrival log
+(sandbox/_records.py), outages ("503" or "refused") and the admin endpoints (/_stats, /_script,
+/_config, /_reset, /_expire_tokens, /_applications, /_arrivals).
+
+An application is one record whichever spelling of its id a call sends: its 15-character id
+and its 18-character id (the 15 plus a case checksum) are the same Lead, so scripts, arrivals
+and state are kept under the 18-character id (an id that is not well formed: as sent).
 
 Admin endpoints take no token and are never affected by `down`. Logs carry paths only: never
 query strings, headers, form fields, tokens or secrets.
@@ -32,9 +38,13 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from sandbox._records import Arrival, ArrivalBounds, ArrivalLog, arrival_routes
 from sandbox._serving import (
+    SLOW,
+    SlowHolds,
     log_paths_only,
     parse_scripts,
+    parse_slow_s,
     run_admin_action,
     send,
     until_stopped,
@@ -107,7 +117,9 @@ HTTP_ANSWERS: dict[str, tuple[int, Any]] = {
     ),
     "http-504": (504, "<html><body><h1>504 Gateway Time-out</h1></body></html>"),
 }
-ANSWER_KINDS = frozenset(PARTNER_ANSWERS) | frozenset(HTTP_ANSWERS)
+# "slow": held slow_s (POST /_script), then answered as the gateway that gave up; not applied.
+SLOW_ANSWER = "http-504"
+ANSWER_KINDS = frozenset(PARTNER_ANSWERS) | frozenset(HTTP_ANSWERS) | {SLOW}
 DOWN_MODES = ("503", "refused")
 
 log = logging.getLogger(__name__)
@@ -132,6 +144,7 @@ class MissionCapitalSimConfig:
     down: str | None = None  # None (up), "503" or "refused"
     scripts: dict[str, list[str]] = field(default_factory=dict)
     seed: int | None = None
+    arrival_bounds: ArrivalBounds = field(default_factory=ArrivalBounds)
 
 
 def salesforce_id_18(value: str) -> str | None:
@@ -150,6 +163,12 @@ def salesforce_id_18(value: str) -> str | None:
     if len(value) == 18 and value[15:].upper() != suffix:
         return None
     return base + suffix
+
+
+def application_key(application_id: str) -> str:
+    """Where an application's scripts, arrivals and state are kept: its 18-character id, or the
+    id as sent if it is not a well-formed Salesforce id."""
+    return salesforce_id_18(application_id) or application_id
 
 
 class _Listener:
@@ -186,7 +205,13 @@ class MissionCapitalSimulator:
             if config.known_applications is None
             else list(config.known_applications),
         )
-        self.scripts: dict[str, list[str]] = {k: list(v) for k, v in config.scripts.items()}
+        self.scripts: dict[str, list[str]] = {
+            application_key(k): list(v) for k, v in config.scripts.items()
+        }
+        self.slow = SlowHolds()
+        self.arrivals = ArrivalLog(config.arrival_bounds)
+        # What contactUser changed, per application key (see application()).
+        self.applications: dict[str, dict[str, Any]] = {}
         self._rng = random.Random(config.seed)
         self.tokens: dict[str, float] = {}  # access token -> issued at (monotonic seconds)
         self.listener: _Listener | None = None  # set by serve(); needed for down "refused"
@@ -200,7 +225,9 @@ class MissionCapitalSimulator:
         """The Salesforce endpoints and the admin endpoints, or the admin endpoints alone."""
         sim = {"sim": self}
         admin: list[Any] = [
-            (r"/_(stats|script|config|reset|expire_tokens)", _AdminHandler, sim),
+            (r"/_(stats|script|config|reset|expire_tokens|applications)", _AdminHandler, sim),
+            (r"/_(applications)/([^/]+)", _AdminHandler, sim),
+            *arrival_routes(self.arrivals, "([^/]+)", application_key),
         ]
         api: list[Any] = [
             (TOKEN_PATH, _TokenHandler, sim),
@@ -260,17 +287,27 @@ class MissionCapitalSimulator:
         Order: outage 503, latency, session (401), API allowance (counts the call; 403 past the
         limit), wrong method/path (405/404), the ApplicationID's script, then the natural
         answer: partner headers, ApplicationID present, ApplicationID known, success.
+
+        A POST to contactUser with an ApplicationID is logged on that application (applied iff
+        IsSuccessful), unless its session was refused; it counts in flight on it throughout.
         """
         self.calls += 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        application = (headers.get("ApplicationID") or "").strip()
+        on_record = application and method == "POST" and not unknown_path
+        records: dict[str, dict[str, Any]] = {application_key(application): {}} if on_record else {}
         try:
-            return await self._contact_user(headers, method, unknown_path)
+            with self.arrivals.track(records, "contactUser") as arrival:
+                status, answer = await self._contact_user(headers, method, unknown_path, arrival)
+                successful = isinstance(answer, dict) and answer["IsSuccessful"] is True
+                arrival.answered(status, _own_code(answer), applied=successful)
+            return status, answer
         finally:
             self.in_flight -= 1
 
     async def _contact_user(
-        self, headers: dict[str, str | None], method: str, unknown_path: bool
+        self, headers: dict[str, str | None], method: str, unknown_path: bool, arrival: Arrival
     ) -> tuple[int, Any]:
         if self.config.down == "503":
             self.down_answers += 1
@@ -280,6 +317,7 @@ class MissionCapitalSimulator:
             await asyncio.sleep(delay_s)
         if not self._token_valid(headers.get("Authorization") or ""):
             self.invalid_sessions += 1
+            arrival.refused()  # the session was refused, not the application
             return self._http("http-401")
         self.api_usage += 1
         if self.api_usage > self.config.api_limit:
@@ -294,14 +332,27 @@ class MissionCapitalSimulator:
         application = (headers.get("ApplicationID") or "").strip()
         if application:
             self.calls_by_application[application] += 1
-        script = self.scripts.get(application)
+        key = application_key(application)
+        script = self.scripts.get(key)
         if script:
             kind = script.pop(0) if len(script) > 1 else script[0]  # the last kind is sticky
         else:
             kind = self._natural_kind(headers, application)
+        if kind == SLOW:
+            await self.slow.hold(key)
+            kind = SLOW_ANSWER
         if kind in HTTP_ANSWERS:
             return self._http(kind)
+        if kind == "ok":
+            self._contact_enabled(key)
         return self._partner(kind)
+
+    def _contact_enabled(self, key: str) -> None:
+        """What a successful contactUser changes: the applicant may be contacted again."""
+        state = self.applications.setdefault(key, _new_application())
+        state["contact_enabled"] = True
+        state["updates"] += 1
+        state["updated_at"] = time.time()
 
     def _natural_kind(self, headers: dict[str, str | None], application: str) -> str:
         if not (headers.get("PartnerId") or "").strip():
@@ -327,6 +378,12 @@ class MissionCapitalSimulator:
             del self.tokens[token.strip()]
             return False
         return True
+
+    def _exists(self, key: str) -> bool:
+        known = self.config.known_applications
+        if known is None:
+            return salesforce_id_18(key) is not None
+        return key in _ids_18(known)
 
     def _http(self, kind: str) -> tuple[int, Any]:
         self.answers[kind] += 1
@@ -367,14 +424,49 @@ class MissionCapitalSimulator:
             "tokens_valid": self._tokens_valid(),
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
+            **self.arrivals.stats(),
             "down": self.config.down,
             "started_at": self.started_at,
         }
 
     def set_scripts(self, body: Any) -> dict[str, Any]:
-        """Apply {"id": ID, "answers": [...]} or {"scripts": {ID: [...]}}; ValueError if bad."""
-        self.scripts.update(parse_scripts(body, set(ANSWER_KINDS)))
+        """Apply {"id": ID, "answers": [...]} or {"scripts": {ID: [...]}}, with an optional
+        slow_s for "slow" answers; ValueError if bad. A 15-character id scripts its
+        18-character twin too (both are one application)."""
+        slow_s = parse_slow_s(body)
+        scripts = {application_key(k): v for k, v in parse_scripts(body, ANSWER_KINDS).items()}
+        self.slow.update(scripts, slow_s)
+        self.scripts.update(scripts)
         return {"scripts": self.scripts}
+
+    def application(self, application_id: str) -> dict[str, Any] | None:
+        """What GET /_applications/ID answers (a 15- or 18-character id): contact_enabled (false
+        until a contactUser call succeeds on it), updates (the successful calls), updated_at
+        (epoch seconds of the last, or null), calls (every call logged on it); None if the
+        application does not exist and no call ever changed it."""
+        key = application_key(application_id)
+        state = self.applications.get(key)
+        if state is None and not self._exists(key):
+            return None
+        calls = self.arrivals.logged_calls(key)
+        return {"application_id": key, **(state or _new_application()), "calls": calls}
+
+    def set_applications(self, body: Any) -> dict[str, Any]:
+        """Apply {ID: {"contact_enabled": bool}, ...}: e.g. disable contact, so that a test can
+        see contactUser re-enable it; ValueError if bad (nothing applied)."""
+        if not (isinstance(body, dict) and body):
+            raise ValueError('expected {"ApplicationID": {"contact_enabled": true|false}, ...}')
+        for application_id, state in body.items():
+            if not (
+                isinstance(state, dict)
+                and set(state) == {"contact_enabled"}
+                and isinstance(state["contact_enabled"], bool)
+            ):
+                raise ValueError(f"{application_id!r}: expected {{\"contact_enabled\": bool}}")
+        for application_id, state in body.items():
+            key = application_key(application_id)
+            self.applications.setdefault(key, _new_application()).update(state)
+        return {"applications": sorted(application_key(k) for k in body)}
 
     def configure(self, body: Any) -> dict[str, Any]:
         """Apply any settings at once (all or none); ValueError if one is invalid.
@@ -451,9 +543,13 @@ class MissionCapitalSimulator:
         return {"expired": expired}
 
     def reset(self) -> dict[str, Any]:
-        """Forget scripts, tokens and counters (incl. api_usage); settings stay."""
+        """Forget scripts, tokens, application states, arrivals and counters (incl. api_usage);
+        settings stay."""
         self.scripts.clear()
+        self.slow.clear()
         self.tokens.clear()
+        self.applications.clear()
+        self.arrivals.reset()
         self._reset_stats()
         return {"reset": True}
 
@@ -486,6 +582,20 @@ class MissionCapitalSimulator:
         self.api_usage = 0
         self.peak_in_flight = self.in_flight
         self.started_at = time.time()
+
+
+def _new_application() -> dict[str, Any]:
+    return {"contact_enabled": False, "updates": 0, "updated_at": None}
+
+
+def _own_code(answer: Any) -> Any:
+    """The arrival log's `code` of an answer: a platform error's errorCode, a partner answer's
+    ResponseText (IsSuccessful's words); None for an HTML page."""
+    if isinstance(answer, list) and answer and isinstance(answer[0], dict):
+        return answer[0].get("errorCode")
+    if isinstance(answer, dict):
+        return answer.get("ResponseText")
+    return None
 
 
 def _ids_18(ids: list[str]) -> set[str]:
@@ -552,22 +662,30 @@ class _ContactUserHandler(_SimHandler):
 
 
 class _AdminHandler(_SimHandler):
-    """GET /_stats, /_config; POST /_script, /_config, /_reset, /_expire_tokens (no token)."""
+    """GET /_stats, /_config, /_applications/ID; POST /_script, /_config, /_reset,
+    /_expire_tokens, /_applications (no token)."""
 
-    async def get(self, action: str) -> None:
+    async def get(self, action: str, application_id: str = "") -> None:
         if action == "stats":
             return self.reply(200, self.sim.stats())
         if action == "config":
             return self.reply(200, self.sim.settings())
+        if action == "applications" and application_id:
+            state = self.sim.application(application_id)
+            found = (200, state) if state is not None else (404, {"error": "unknown application"})
+            return self.reply(*found)
         raise tornado.web.HTTPError(405)
 
-    async def post(self, action: str) -> None:
+    async def post(self, action: str, application_id: str = "") -> None:
         actions: dict[str, Callable[[Any], dict[str, Any]]] = {
             "script": self.sim.set_scripts,
             "config": self.sim.configure,
             "reset": lambda _body: self.sim.reset(),
             "expire_tokens": lambda _body: self.sim.expire_tokens(),
+            "applications": self.sim.set_applications,
         }
+        if application_id:
+            raise tornado.web.HTTPError(405)
         await run_admin_action(actions, action, self.request.body, self.reply)
 
 
@@ -636,10 +754,17 @@ def main(argv: list[str] | None = None) -> int:
         description="Simulate Mission Capital's partner API on Salesforce: the OAuth2 password "
         f"login ({TOKEN_PATH}) and Apex REST contactUser ({CONTACT_USER_PATH}). "
         "Times are in seconds.",
-        epilog="Admin (no token): GET /_stats, GET /_config, POST /_script {id, answers}, "
+        epilog="Admin (no token): GET /_stats, GET /_config, "
+        "GET /_applications/ID (contact_enabled, updates, updated_at, calls), "
+        "POST /_applications {ID: {contact_enabled}}, "
+        "GET /_arrivals (every application's calls, keyed by its 18-character id: n, start, end, "
+        "call, status, code, applied, fields), GET /_arrivals/ID (15 or 18 characters), "
+        "POST /_script {id, answers, slow_s}, "
         "POST /_config {token_ttl_s, latency_s, jitter_s, api_limit, api_usage, failure_status, "
         "known_applications, down, down_for_s}, POST /_expire_tokens, POST /_reset. "
-        f"Answer kinds: {', '.join(sorted(ANSWER_KINDS))}.",
+        f"Answer kinds: {', '.join(sorted(ANSWER_KINDS))} (slow: held slow_s, then 504, not "
+        "applied). /_stats counts peak_calls_per_record and overlapping_records (applications "
+        "with 2+ calls in flight at once).",
     )
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to bind (default %(default)s)")

@@ -1,7 +1,9 @@
 """Noojee Contact CampaignAPI simulator (updateLeadFast / insertLeadFast) over real HTTP.
 
 Owns the PBX model (shared slots, FIFO queue, 109 after queue_timeout_s), scripted answers per
-lead, the stored leads, and the admin endpoints (/_stats, /_script, /_config, /_reset, /_leads).
+lead, the stored leads, each lead's arrival log (sandbox/_records.py: every update or insert that
+names it, and how many were in flight on it at once) and the admin endpoints (/_stats, /_script,
+/_config, /_reset, /_leads, /_arrivals).
 
 Benchmarks get more: POST /_foreign makes another client of the same PBX hold slots for a while
 (through the same FIFO gate, counted apart from "our" calls); /_stats adds exact time averages
@@ -31,7 +33,17 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from sandbox._serving import announcer, log_paths_only, run_admin_action, send, serve_app
+from sandbox._records import ArrivalBounds, ArrivalLog, arrival_routes
+from sandbox._serving import (
+    SLOW,
+    SlowHolds,
+    announcer,
+    log_paths_only,
+    parse_slow_s,
+    run_admin_action,
+    send,
+    serve_app,
+)
 
 API_PREFIX = "/servicemanager/rest/CampaignAPI"
 NO_CHANGE = "<No Change>"
@@ -64,21 +76,27 @@ ANSWERS: dict[int, tuple[str, int]] = {
 }
 # Scripts may use codes outside the table, to exercise the worker's "unknown code" path.
 UNKNOWN_ANSWER = ("UNKNOWN", 400)
+# What a scripted "slow" call answers once held: what the PBX says of a call that waited too long.
+SLOW_CODE = 109
+
+Script = list[int | str]  # codes, or SLOW, one per call, the last sticky
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class NoojeeSimConfig:
-    """How the simulated PBX behaves. Times are in seconds; `scripts` maps lead id -> codes."""
+    """How the simulated PBX behaves. Times are in seconds; `scripts` maps lead id -> codes
+    (or "slow")."""
 
     slots: int = 4  # concurrent calls the PBX processes (insert and update share them)
     latency_s: float = 0.100  # mean service time of one call, holding a slot
     jitter_s: float = 0.020  # uniform +/- jitter around latency_s (see _service_time_s)
     queue_timeout_s: float = 60.0  # a queued call that waited this long gets 109
     api_key: str = "sandbox-key"
-    scripts: dict[str, list[int]] = field(default_factory=dict)  # njExternalLeadId -> codes
+    scripts: dict[str, Script] = field(default_factory=dict)  # njExternalLeadId -> codes
     seed: int | None = None
+    arrival_bounds: ArrivalBounds = field(default_factory=ArrivalBounds)
 
 
 class SlotGate:
@@ -275,8 +293,10 @@ class NoojeeSimulator:
         self.gate.on_change = self.recorder.observe
         self._foreign_calls: set[asyncio.Task[None]] = set()
         self._rng = random.Random(config.seed)
-        self.scripts: dict[str, list[int]] = {k: list(v) for k, v in config.scripts.items()}
+        self.scripts: dict[str, Script] = {k: list(v) for k, v in config.scripts.items()}
+        self.slow = SlowHolds()
         self.leads: dict[str, dict[str, Any]] = {}
+        self.arrivals = ArrivalLog(config.arrival_bounds)
         self._reset_stats()
 
     def make_app(self) -> tornado.web.Application:
@@ -288,6 +308,7 @@ class NoojeeSimulator:
                 (f"{API_PREFIX}/insertLeadFast", _CallHandler, {**sim, "kind": "insert"}),
                 (r"/_(stats|script|config|reset|foreign|peaks|timeline)", _AdminHandler, sim),
                 (r"/_(leads)/(.+)", _AdminHandler, sim),
+                *arrival_routes(self.arrivals, "(.+)", lambda lead_id: lead_id),
             ],
             log_function=_log_request,
         )
@@ -298,6 +319,8 @@ class NoojeeSimulator:
         in_flight, queued, peak_in_flight and peak_queued count every caller, foreign ones
         included; the our_* and foreign_* counts split them. The *_time_avg values are exact
         time averages since the last reset, over `averaged_over_s` seconds.
+        peak_calls_per_record, overlapping_records and arrivals_dropped are the arrival log's
+        (an insert counts on each of its leads).
         """
         gate = self.gate
         averages = self.recorder.averages()
@@ -322,6 +345,7 @@ class NoojeeSimulator:
             "our_in_flight_time_avg": averages["our_in_flight_time_avg"],
             "queued_time_avg": averages["queued_time_avg"],
             "averaged_over_s": averages["span_s"],
+            **self.arrivals.stats(),
             "started_at": self.started_at,
         }
 
@@ -334,21 +358,42 @@ class NoojeeSimulator:
         return {"samples": self.recorder.timeline(since_t)}
 
     async def call(self, kind: str, args: dict[str, str], body: bytes) -> tuple[int, Any]:
-        """Answer one insert/update call: (HTTP status, JSON answer or plain-text error)."""
+        """Answer one insert/update call: (HTTP status, JSON answer or plain-text error).
+
+        Past the apiKey, the call is logged on each lead it names (the update's
+        njExternalLeadId, each inserted lead's), whatever it answers: applied iff code 0.
+        """
         if not hmac.compare_digest(args.get("apiKey", "").encode(), self.config.api_key.encode()):
             self.http_401 += 1
             return 401, "Invalid apiKey"
+        lead_id = args.get("njExternalLeadId", "")
+        leads: list[tuple[str, dict[str, Any]]] = []
+        body_error = None
+        try:
+            leads = _parse_leads(kind, lead_id, json.loads(body))
+        except ValueError as exc:
+            body_error = f"Bad request body: {exc}"
+        with self.arrivals.track(_fields_by_lead(kind, lead_id, leads), kind) as arrival:
+            status, answer = await self._process(kind, args, leads, body_error)
+            code = answer["code"] if isinstance(answer, dict) else None
+            arrival.answered(status, code, applied=code == 0)
+        return status, answer
+
+    async def _process(
+        self,
+        kind: str,
+        args: dict[str, str],
+        leads: list[tuple[str, dict[str, Any]]],
+        body_error: str | None,
+    ) -> tuple[int, Any]:
         # Noojee rejects these before the call reaches the PBX, so they take no slot.
         for name, code in ID_PARAMS:
             if not re.fullmatch(r"[0-9]+", args.get(name, "")):
                 return self._answer(code)
-        lead_id = args.get("njExternalLeadId", "")
-        if kind == "update" and not lead_id:
+        if kind == "update" and not args.get("njExternalLeadId", ""):
             return self._answer(113)
-        try:
-            leads = _parse_leads(kind, lead_id, json.loads(body))
-        except ValueError as exc:
-            return 400, f"Bad request body: {exc}"
+        if body_error is not None:
+            return 400, body_error
 
         if not await self.gate.acquire(self.config.queue_timeout_s):
             return self._answer(109, leads)
@@ -359,10 +404,19 @@ class NoojeeSimulator:
         finally:
             self.busy_slot_s += loop.time() - started_s
             self.gate.release()
-        return self._answer(self._decide(kind, leads), leads)
+        decided = self._decide(kind, leads)
+        if decided == SLOW:  # held after its slot is given back: it slows only this lead
+            await self.slow.hold(leads[0][0])
+            decided = SLOW_CODE
+        assert isinstance(decided, int)
+        return self._answer(decided, leads)
 
     def set_scripts(self, body: Any) -> dict[str, Any]:
-        """Apply {"lead": ID, "codes": [...]} or {"scripts": {ID: [...]}}; ValueError if bad."""
+        """Apply {"lead": ID, "codes": [...]} or {"scripts": {ID: [...]}}; ValueError if bad.
+
+        A code is an integer or "slow": the call goes through the PBX as usual, is then held
+        `slow_s` seconds (the body's, default SLOW_S_DEFAULT) and answered 109, storing nothing.
+        """
         scripts: dict[str, Any]
         if isinstance(body, dict) and "lead" in body:
             scripts = {str(body["lead"]): body.get("codes")}
@@ -371,8 +425,12 @@ class NoojeeSimulator:
         else:
             raise ValueError('expected {"lead": ID, "codes": [...]} or {"scripts": {ID: [...]}}')
         for lead, codes in scripts.items():
-            if not codes or not isinstance(codes, list) or not all(_is_int(c) for c in codes):
-                raise ValueError(f"codes for lead {lead!r} must be a non-empty list of integers")
+            if not codes or not isinstance(codes, list) or not all(map(_is_code, codes)):
+                raise ValueError(
+                    f"codes for lead {lead!r} must be a non-empty list of integers or {SLOW!r}"
+                )
+        slow_s = parse_slow_s(body)
+        self.slow.update(scripts, slow_s)
         self.scripts.update({lead: list(codes) for lead, codes in scripts.items()})
         return {"scripts": self.scripts}
 
@@ -427,7 +485,9 @@ class NoojeeSimulator:
     async def reset(self) -> dict[str, Any]:
         await self.end_foreign()
         self.scripts.clear()
+        self.slow.clear()
         self.leads.clear()
+        self.arrivals.reset()
         self._reset_stats()
         return {"reset": True}
 
@@ -465,7 +525,7 @@ class NoojeeSimulator:
         floor_s = MIN_SERVICE_S if cfg.latency_s >= MIN_SERVICE_S else max(0.0, low_s)
         return max(floor_s, self._rng.uniform(low_s, high_s))
 
-    def _decide(self, kind: str, leads: list[tuple[str, dict[str, Any]]]) -> int:
+    def _decide(self, kind: str, leads: list[tuple[str, dict[str, Any]]]) -> int | str:
         script = self.scripts.get(leads[0][0])
         if script:
             code = script.pop(0) if len(script) > 1 else script[0]  # the last code is sticky
@@ -511,6 +571,17 @@ def _natural_code(kind: str, leads: list[tuple[str, dict[str, Any]]]) -> int:
     return 0
 
 
+def _fields_by_lead(
+    kind: str, lead_id: str, leads: list[tuple[str, dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
+    """The leads a call names, for the arrival log: an update names its njExternalLeadId even
+    when its body is bad (fields {}); an insert names the leads of its body that carry an id
+    (a lead twice in one body: its last fields, as stored)."""
+    if kind == "update":
+        return {lead_id: leads[0][1] if leads else {}} if lead_id else {}
+    return {lead: fields for lead, fields in leads if lead}
+
+
 def _parse_leads(kind: str, lead_id: str, payload: Any) -> list[tuple[str, dict[str, Any]]]:
     """(lead id, fields) pairs from a call body; ValueError if the body has the wrong shape."""
     if kind == "update":
@@ -549,6 +620,11 @@ def _foreign_request(body: Any) -> tuple[int, float]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_code(value: Any) -> bool:
+    """A scripted code: an integer, or "slow"."""
+    return _is_int(value) or value == SLOW
 
 
 # Path only: the query string carries the apiKey, which must never reach a log.
@@ -610,14 +686,16 @@ def serve(
     serve_app(lambda: NoojeeSimulator(config).make_app(), host, port, ready, stop, "noojee")
 
 
-def _script_arg(text: str) -> tuple[str, list[int]]:
+def _script_arg(text: str) -> tuple[str, Script]:
     lead, _, codes = text.partition("=")
     try:
-        parsed = [int(code) for code in codes.split(",")]
+        parsed: Script = [code if code == SLOW else int(code) for code in codes.split(",")]
     except ValueError:
         parsed = []
     if not lead or not parsed:
-        raise argparse.ArgumentTypeError(f"expected LEAD=CODE[,CODE...] e.g. L1=110,0: {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected LEAD=CODE[,CODE...] e.g. L1=110,0 (a CODE may be {SLOW}): {text!r}"
+        )
     return lead, parsed
 
 
@@ -630,7 +708,11 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Admin (no apiKey): GET /_stats, GET /_leads/ID, GET /_timeline?since=T, "
         "POST /_script {lead, codes}, POST /_config {slots, latency_s, jitter_s, queue_timeout_s}, "
         "POST /_foreign {slots, duration_s} (another client holds slots; slots 0 ends holds), "
-        "POST /_peaks (restart the peak counters), POST /_reset.",
+        "POST /_peaks (restart the peak counters), POST /_reset (clears the arrivals too). "
+        'A script code may be "slow": held slow_s (given with the script), then 109, nothing '
+        "stored. GET /_arrivals: every lead's calls (n, start, end, call, status, code, applied, "
+        "fields); GET /_arrivals/ID: one lead's. /_stats counts peak_calls_per_record and "
+        "overlapping_records (leads with 2+ calls in flight at once).",
     )
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
@@ -641,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--queue-timeout", type=float, default=60, metavar="S", help="max queue wait (default 60)")
     add("--api-key", default="sandbox-key", help="the apiKey to accept (default %(default)s)")
     add("--script", type=_script_arg, action="append", default=[], metavar="LEAD=CODE[,CODE...]",
-        help="answer codes for one lead, one per call, the last sticky (repeatable)")  # fmt: skip
+        help="codes or slow for one lead, one per call, the last sticky (repeatable)")  # fmt: skip
     add("--seed", type=int, default=None, help="random seed for the service-time jitter")
     add("--port-file", metavar="PATH", help="write the bound port to PATH once listening")
     args = parser.parse_args(argv)

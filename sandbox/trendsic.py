@@ -2,8 +2,9 @@
 
 Owns the ServiceStack auth (credentials login, bearer and refresh tokens, an API key accepted as
 a bearer token), the stored contacts (the ~80-field Contact DTO), validation with ServiceStack
-`ResponseStatus` error bodies, scripted answers per ContactId and the admin endpoints
-(/_stats, /_script, /_config, /_reset, /_contacts, /_expire_tokens).
+`ResponseStatus` error bodies, scripted answers per ContactId, each contact's arrival log
+(sandbox/_records.py: every read and every write, as separate calls) and the admin endpoints
+(/_stats, /_script, /_config, /_reset, /_contacts, /_expire_tokens, /_arrivals).
 
 The documented quirk is reproduced: an update that omits a non-nullable date field resets that
 field to `0001-01-01T00:00:00.0000000`, so a client must read the contact and send it merged.
@@ -32,7 +33,17 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from sandbox._serving import announcer, log_paths_only, run_admin_action, send, serve_app
+from sandbox._records import Arrival, ArrivalBounds, ArrivalLog, arrival_routes
+from sandbox._serving import (
+    SLOW,
+    SlowHolds,
+    announcer,
+    log_paths_only,
+    parse_slow_s,
+    run_admin_action,
+    send,
+    serve_app,
+)
 
 UNSET_DATE = "0001-01-01T00:00:00.0000000"  # .NET DateTime.MinValue: "unset"
 # ISO-8601 with exactly 7 fractional digits (.NET "o"), optionally Z or a +hh:mm offset.
@@ -80,7 +91,9 @@ SCRIPTED: dict[str, tuple[int, str, str]] = {
     "http-503": (503, "", "Service Unavailable"),
     "http-504": (504, "", "Gateway Timeout"),
 }
-ANSWER_NAMES = frozenset({"ok", *SCRIPTED})
+# "slow": held slow_s (POST /_script), then answered as the gateway that gave up; not applied.
+SLOW_ANSWER = "http-504"
+ANSWER_NAMES = frozenset({"ok", SLOW, *SCRIPTED})
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +114,7 @@ class TrendsicSimConfig:
     down: str | None = None  # "503": every non-admin request answers 503
     seed_contacts: bool = True  # ContactIds 1001-1010 exist at start and after /_reset
     scripts: dict[str, list[str]] = field(default_factory=dict)
+    arrival_bounds: ArrivalBounds = field(default_factory=ArrivalBounds)
 
 
 def response_status(code: str, message: str, errors: list[dict[str, Any]] | None = None) -> Any:
@@ -208,6 +222,8 @@ class TrendsicSimulator:
         # A private copy, so /_config and consumed scripts never leak into the caller's object.
         self.config = replace(config, scripts={})
         self.scripts: dict[str, list[str]] = {k: list(v) for k, v in config.scripts.items()}
+        self.slow = SlowHolds()
+        self.arrivals = ArrivalLog(config.arrival_bounds)  # per ContactId as in the path
         self.bearer_tokens: dict[str, float] = {}  # token -> monotonic expiry
         self.refresh_tokens: dict[str, float] = {}
         self.contacts: dict[int, dict[str, Any]] = {}
@@ -225,6 +241,7 @@ class TrendsicSimulator:
                 (r"/v1/ContactConnections/([^/]+)", _ContactHandler, sim),
                 (r"/_(stats|script|config|reset|expire_tokens|contacts)", _AdminHandler, sim),
                 (r"/_(contacts)/([^/]+)", _AdminHandler, sim),
+                *arrival_routes(self.arrivals, "([^/]+)", lambda contact_id: contact_id),
             ],
             log_function=_log_request,
         )
@@ -306,30 +323,52 @@ class TrendsicSimulator:
     async def call(
         self, method: str, raw_id: str, authorization: str | None, body: bytes
     ) -> Answer:
-        """Answer one GET/POST/PUT on /v1/ContactConnections/{ContactId}."""
+        """Answer one GET/POST/PUT on /v1/ContactConnections/{ContactId}.
+
+        Each is logged on its ContactId (as in the path), a GET as a "read" and a POST/PUT as
+        a "write" (applied iff answered 200), unless its credentials or role were refused; it
+        counts in flight on the contact throughout, the latency included.
+        """
         self.calls_by_method[method] += 1
         self.calls_by_contact[raw_id] += 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        payload: Any = _NOT_JSON
+        if method != "GET":
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                pass
+        call = "read" if method == "GET" else "write"
         try:
-            if self.config.latency_s > 0:
-                await asyncio.sleep(self.config.latency_s)
-            status, answer = self._answer(method, raw_id, authorization, body)
+            with self.arrivals.track({raw_id: _contact_sent(payload)}, call) as arrival:
+                if self.config.latency_s > 0:
+                    await asyncio.sleep(self.config.latency_s)
+                status, answer = await self._answer(method, raw_id, authorization, payload, arrival)
+                applied = call == "write" and status == 200
+                arrival.answered(status, _error_code(answer), applied)
         finally:
             self.in_flight -= 1
         self.answers[status] += 1
         return status, answer
 
-    def _answer(self, method: str, raw_id: str, authorization: str | None, body: bytes) -> Answer:
+    async def _answer(
+        self, method: str, raw_id: str, authorization: str | None, payload: Any, arrival: Arrival
+    ) -> Answer:
         if (down := self._down()) is not None:
             return down
         if (unauthorized := self._authenticate(authorization)) is not None:
+            arrival.refused()  # refused before the contact was looked at
             return unauthorized
         if self.config.role not in ROLES:
+            arrival.refused()
             return 403, response_status("Forbidden", "Invalid Role")
         script = self.scripts.get(raw_id)
         if script:
             name = script.pop(0) if len(script) > 1 else script[0]  # the last answer is sticky
+            if name == SLOW:
+                await self.slow.hold(raw_id)
+                name = SLOW_ANSWER
             if name != "ok":
                 return self._scripted(name)
         if not re.fullmatch(r"[0-9]+", raw_id):
@@ -338,9 +377,7 @@ class TrendsicSimulator:
         contact_id = int(raw_id)
         if method == "GET":
             return self._read(contact_id)
-        try:
-            payload = json.loads(body)
-        except ValueError:
+        if payload is _NOT_JSON:
             return 400, response_status("SerializationException", "The body is not valid JSON")
         return self._update(contact_id, payload)
 
@@ -395,18 +432,22 @@ class TrendsicSimulator:
             "calls_by_contact": dict(self.calls_by_contact),
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
+            **self.arrivals.stats(),
             "started_at": self.started_at,
         }
 
     def set_scripts(self, body: Any) -> dict[str, Any]:
-        """Apply {"id": ContactId, "answers": [...]}; the last answer is sticky."""
-        if not (isinstance(body, dict) and set(body) == {"id", "answers"}):
-            raise ValueError('expected {"id": ContactId, "answers": [...]}')
+        """Apply {"id": ContactId, "answers": [...], "slow_s"?: S}; the last answer is sticky.
+        "slow" holds the call slow_s seconds (default SLOW_S_DEFAULT), then answers 504."""
+        if not (isinstance(body, dict) and set(body) - {"slow_s"} == {"id", "answers"}):
+            raise ValueError('expected {"id": ContactId, "answers": [...]} (and slow_s)')
         contact_id, answers = body["id"], body["answers"]
         if not (isinstance(contact_id, str | int) and not isinstance(contact_id, bool)):
             raise ValueError(f"id must be a ContactId, got {contact_id!r}")
         if not (isinstance(answers, list) and answers and all(a in ANSWER_NAMES for a in answers)):
             raise ValueError(f"answers must be a non-empty list of {sorted(ANSWER_NAMES)}")
+        slow_s = parse_slow_s(body)
+        self.slow.update([str(contact_id)], slow_s)
         self.scripts[str(contact_id)] = list(answers)
         return {"scripts": self.scripts}
 
@@ -444,8 +485,11 @@ class TrendsicSimulator:
         return {"contacts": sorted(records)}
 
     def reset(self) -> dict[str, Any]:
-        """Scripts and stats cleared, contacts back to the seeded ones; tokens and config kept."""
+        """Scripts, arrivals and stats cleared, contacts back to the seeded ones; tokens and
+        config kept."""
         self.scripts.clear()
+        self.slow.clear()
+        self.arrivals.reset()
         self._seed()
         self._reset_stats()
         return {"reset": True}
@@ -463,6 +507,25 @@ class TrendsicSimulator:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.started_at = time.time()
+
+
+_NOT_JSON = object()  # a write's body that json.loads refused
+
+
+def _contact_sent(payload: Any) -> dict[str, Any]:
+    """The Contact fields a write carried, for the arrival log ({} for a read or a bad body)."""
+    contacts = payload.get("Contact") if isinstance(payload, dict) else None
+    if isinstance(contacts, list) and contacts and isinstance(contacts[0], dict):
+        return dict(contacts[0])
+    return {}
+
+
+def _error_code(answer: Any) -> Any:
+    """The arrival log's `code` of an answer: ServiceStack's ErrorCode, None on success or for
+    an HTML gateway page."""
+    if isinstance(answer, dict) and isinstance(answer.get("ResponseStatus"), dict):
+        return answer["ResponseStatus"].get("ErrorCode")
+    return None
 
 
 def _wire(contact: dict[str, Any]) -> dict[str, Any]:
@@ -576,8 +639,12 @@ def main(argv: list[str] | None = None) -> int:
         "POST /auth/credentials, POST /access-token, GET/POST/PUT /v1/ContactConnections/{id}. "
         "Contacts 1001-1010 exist at start. Times are in seconds.",
         epilog="Admin (no auth): GET /_stats, GET /_contacts/ID, POST /_contacts {ID: Contact}, "
-        "POST /_script {id, answers}, POST /_config {latency_s, token_ttl_s, refresh_ttl_s, role, "
-        "down}, POST /_expire_tokens, POST /_reset.",
+        "GET /_arrivals (every contact's calls: n, start, end, call read|write, status, code, "
+        "applied, fields), GET /_arrivals/ID (one contact's), "
+        "POST /_script {id, answers, slow_s} (answer slow: held slow_s, then 504, not applied), "
+        "POST /_config {latency_s, token_ttl_s, refresh_ttl_s, role, down}, "
+        "POST /_expire_tokens, POST /_reset. /_stats counts peak_calls_per_record and "
+        "overlapping_records (contacts with 2+ calls in flight at once).",
     )
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to bind (default %(default)s)")

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -108,6 +109,12 @@ class Simulator:
     def lead(self, lead: str) -> dict[str, Any] | None:
         answer = httpx.get(f"{self.url}/_leads/{lead}")
         return None if answer.status_code == 404 else dict(answer.json())
+
+    def arrivals(self, record: str) -> list[dict[str, Any]]:
+        """The calls logged on one record (GET /_arrivals/ID), in the order they were answered;
+        [] if none. Works for any simulator whose record id is one path part (quoted here)."""
+        answer = httpx.get(f"{self.url}/_arrivals/{quote(record, safe='')}")
+        return [] if answer.status_code == 404 else list(answer.json()["arrivals"])
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -353,3 +354,150 @@ def test_request_log_names_paths_only_never_tokens_or_passwords(
     assert f"POST {UPDATE} 200" in caplog.text and f"POST {LOGIN} 200" in caplog.text
     for secret in ("pw-secret-9", token["AUTH_TOKEN"], "private@example.com"):
         assert secret not in caplog.text
+
+
+# --- each contact's arrivals ------------------------------------------------------------------
+
+MARY = {"CUSTOMER_ID": "ABCCORP", "CUST_CONTACT": "MSMITH"}  # seeded, same customer as Juan
+
+
+def arrivals(client: httpx.Client, customer: str, contact: str) -> list[dict[str, Any]]:
+    """GET /_arrivals/CUSTOMER/CONTACT, each part percent-encoded as the simulator's keys are."""
+    answer = client.get(f"/_arrivals/{quote(customer, safe='')}/{quote(contact, safe='')}")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["record"] == f"{quote(customer, safe='')}/{quote(contact, safe='')}"
+    entries: list[dict[str, Any]] = answer.json()["arrivals"]
+    return entries
+
+
+def outline(entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(e["n"], e["call"], e["status"], e["code"], e["applied"]) for e in entries]
+
+
+def test_updates_are_logged_per_contact_in_order_with_codes_and_applied_flags() -> None:
+    with simulator() as client:
+        script = {"id": "ABCCORP/JHERNANDEZ", "answers": ["http-503", "http-500", "ok"]}
+        assert client.post("/_script", json=script).status_code == 200
+        token = login(client)
+        statuses = [update(client, token, CITY=city).status_code for city in ("A", "B", "C")]
+        assert statuses == [503, 500, 200]
+        assert update(client, token, **MARY, CITY="M").status_code == 200  # not scripted
+
+        entries = arrivals(client, "ABCCORP", "JHERNANDEZ")
+        assert outline(entries) == [
+            (1, "update", 503, None, False), (2, "update", 500, "UNEXPECTED_ERROR", False),
+            (3, "update", 200, None, True),
+        ]  # fmt: skip
+        assert [e["fields"] for e in entries] == [{"CITY": "A"}, {"CITY": "B"}, {"CITY": "C"}]
+        assert client.get("/_contacts/ABCCORP/JHERNANDEZ").json()["CITY"] == "C"
+        records = client.get("/_arrivals").json()["records"]
+        assert sorted(records) == ["ABCCORP/JHERNANDEZ", "ABCCORP/MSMITH"]
+        assert client.get("/_arrivals/ABCCORP/NOBODY").status_code == 404
+
+
+def test_a_contacts_script_wins_over_its_customers() -> None:
+    scripts = {"ABCCORP": ["http-503"], "ABCCORP/MSMITH": ["http-500", "ok"]}
+    with simulator(scripts=scripts) as client:
+        token = login(client)
+        assert update(client, token, CITY="X").status_code == 503  # the customer's script
+        mary = [update(client, token, **MARY, CITY="X").status_code for _ in range(2)]
+        assert mary == [500, 200]
+
+
+def test_refused_tokens_and_bodies_naming_no_contact_are_not_logged_but_outages_are() -> None:
+    with simulator() as client:
+        token = login(client)
+        update(client, "0" * 32, CITY="X")  # a token never issued: 401
+        client.post(UPDATE, content=b"not json")
+        client.post(UPDATE, json={"CUSTOMER_ID": "ABCCORP", "AUTH_TOKEN": token, "CITY": "X"})
+        client.get(UPDATE)  # 405
+        update(client, token)  # names the contact but changes nothing: 400
+        update(client, token, CUST_CONTACT="NOBODY", CITY="X")  # 500, unknown contact
+        client.post("/_config", json={"down": "503"})
+        update(client, token, CITY="X")
+
+        # n counts the calls that named a contact: the refused token's took number 1.
+        assert outline(arrivals(client, "ABCCORP", "JHERNANDEZ")) == [
+            (2, "update", 400, "NO_FIELD_TO_UPDATE", False), (4, "update", 503, None, False),
+        ]  # fmt: skip
+        assert outline(arrivals(client, "ABCCORP", "NOBODY")) == [
+            (3, "update", 500, "CUST_CONTACT_NOT_FOUND", False)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("customer", "contact"),
+    [("A/B", "C"), ("A", "B/C"), ("100% C", "K?x#1"), ("ÉCOLE", "J+K"), ("a%2Fb", "c")],
+)
+def test_ids_with_special_characters_are_unambiguous_records_and_script_ids(
+    customer: str, contact: str
+) -> None:
+    with simulator() as client:
+        assert client.post("/_contacts", json={"CUSTOMER_ID": customer, "CUST_CONTACT": contact,
+                                               "CITY": "Old"}).status_code == 200  # fmt: skip
+        script_id = f"{quote(customer, safe='')}/{quote(contact, safe='')}"
+        script = {"id": script_id, "answers": ["http-503", "ok"]}
+        assert list(client.post("/_script", json=script).json()["scripts"]) == [script_id]
+        token = login(client)
+        named = {"CUSTOMER_ID": customer, "CUST_CONTACT": contact}
+        assert [update(client, token, **named, CITY="New").status_code for _ in "ab"] == [503, 200]
+
+        assert outline(arrivals(client, customer, contact)) == [
+            (1, "update", 503, None, False), (2, "update", 200, None, True),
+        ]  # fmt: skip
+        assert list(client.get("/_arrivals").json()["records"]) == [script_id]
+
+
+def test_script_ids_are_normalised_and_bad_ones_refused() -> None:
+    with simulator() as client:
+        answer = client.post("/_script", json={"scripts": {"A B": ["ok"], "A%20B/K": ["ok"]}})
+        assert list(answer.json()["scripts"]) == ["A%20B", "A%20B/K"]
+        for bad in ("A/B/C", "A/", "/K"):
+            refused = client.post("/_script", json={"id": bad, "answers": ["ok"]})
+            assert refused.status_code == 400 and "CUSTOMER/CONTACT" in refused.json()["error"]
+
+
+def test_two_updates_of_one_contact_at_once_are_an_overlap_and_of_two_contacts_are_not() -> None:
+    with simulator(latency_s=0.3) as client:
+        token = login(client)
+        answers = asyncio.run(concurrent_updates(str(client.base_url), token, 2))
+        assert [a.status_code for a in answers] == [200, 200]
+        got = stats(client)
+        assert (got["peak_calls_per_record"], got["overlapping_records"]) == (2, 1)
+
+        client.post("/_reset")
+        assert client.get("/_arrivals").json() == {"records": {}}
+        assert (stats(client)["peak_calls_per_record"], stats(client)["overlapping_records"]) == (
+            0, 0,
+        )  # fmt: skip
+        bodies = [{**JUAN, "AUTH_TOKEN": token, "CITY": "X"},
+                  {**MARY, "AUTH_TOKEN": token, "CITY": "Y"}]  # fmt: skip
+        answers = asyncio.run(concurrent_posts(str(client.base_url), bodies))
+        assert [a.status_code for a in answers] == [200, 200]
+        got = stats(client)
+        assert (got["peak_in_flight"], got["peak_calls_per_record"]) == (2, 1)
+        assert got["overlapping_records"] == 0
+
+
+async def concurrent_posts(base_url: str, bodies: list[dict[str, Any]]) -> list[Response]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=4) as client:
+        return await asyncio.gather(*(client.post(UPDATE, json=body) for body in bodies))
+
+
+def test_slow_answer_outlasts_the_read_timeout_then_is_a_504_that_changed_nothing() -> None:
+    with simulator() as client:
+        script = {"id": "ABCCORP", "answers": ["slow", "ok"], "slow_s": 0.5}
+        assert client.post("/_script", json=script).status_code == 200
+        token = login(client)
+        with httpx.Client(base_url=str(client.base_url), timeout=0.2) as impatient:
+            with pytest.raises(httpx.ReadTimeout):
+                update(impatient, token, CITY="Slow")
+        wait_for(lambda: client.get("/_arrivals/ABCCORP/JHERNANDEZ").status_code == 200)
+        [held] = arrivals(client, "ABCCORP", "JHERNANDEZ")
+        assert (held["status"], held["code"], held["applied"]) == (504, None, False)
+        assert held["end"] - held["start"] >= 0.5
+        assert client.get("/_contacts/ABCCORP/JHERNANDEZ").json()["CITY"] != "Slow"
+        assert update(client, token, CITY="Later").status_code == 200  # the script moved on
+        assert client.post("/_script", json={**script, "slow_s": None}).status_code == 200
+        not_a_number = b'{"id": "ABCCORP", "answers": ["slow"], "slow_s": NaN}'
+        assert client.post("/_script", content=not_a_number).status_code == 400

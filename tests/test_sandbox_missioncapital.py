@@ -4,6 +4,7 @@ in a background thread and stops it at the end."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -443,3 +444,143 @@ def test_cli_prints_its_address_writes_the_port_file_and_stops_on_sigterm(tmp_pa
             assert answer.status_code == 504
             assert answer.headers["Sforce-Limit-Info"] == "api-usage=1/9"
             assert contact(client, access_token).json() == SUCCESS
+
+
+# --- each application's arrivals and state ---------------------------------------------------
+
+APP_15 = APP[:15]  # the same Lead, spelled with 15 characters
+
+
+def arrivals(client: httpx.Client, app: str) -> list[dict[str, Any]]:
+    answer = client.get(f"/_arrivals/{app}")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["record"] == (salesforce_id_18(app) or app)  # the 18-character id
+    entries: list[dict[str, Any]] = answer.json()["arrivals"]
+    return entries
+
+
+def outline(entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(e["n"], e["call"], e["status"], e["code"], e["applied"]) for e in entries]
+
+
+async def concurrent_contacts(base_url: str, access_token: str, apps: list[str]) -> list[Response]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=4) as client:
+        headers = {"Authorization": f"Bearer {access_token}", **PARTNER}
+        calls = [client.post(CONTACT, headers={**headers, "ApplicationID": app}) for app in apps]
+        return await asyncio.gather(*calls)
+
+
+def test_arrivals_are_one_record_per_application_whichever_id_length_was_sent() -> None:
+    with simulator(scripts={APP_15: ["http-403-limit", "http-500", "ok"]}) as sim:
+        access_token = token(sim.client)
+        spellings = (APP_15, APP, APP_15)
+        statuses = [contact(sim.client, access_token, app).status_code for app in spellings]
+        assert statuses == [403, 500, 200]
+
+        entries = arrivals(sim.client, APP_15)
+        assert arrivals(sim.client, APP) == entries
+        assert outline(entries) == [
+            (1, "contactUser", 403, "REQUEST_LIMIT_EXCEEDED", False),
+            (2, "contactUser", 500, "APEX_ERROR", False),
+            (3, "contactUser", 200, SUCCESS["ResponseText"], True),
+        ]
+        assert all(e["fields"] == {} and e["start"] <= e["end"] for e in entries)
+        assert list(sim.client.get("/_arrivals").json()["records"]) == [APP]
+        assert sim.client.get("/_arrivals/00Q000000000001").status_code == 404
+
+
+def test_partner_failures_and_outages_are_logged_but_refused_sessions_are_not() -> None:
+    with simulator(known_applications=[APP]) as sim:
+        access_token = token(sim.client)
+        contact(sim.client, "expired-token")  # 401: the session, not the application
+        contact(sim.client, access_token, app=None)  # no ApplicationID: no record
+        wrong_method = {"Authorization": f"Bearer {access_token}", "ApplicationID": APP}
+        assert sim.client.get(CONTACT, headers=wrong_method).status_code == 405
+        contact(sim.client, access_token, app="00Q000000000001")  # not found
+        configure(sim.client, down="503")
+        contact(sim.client, access_token)
+        configure(sim.client, down=None)
+
+        records = sim.client.get("/_arrivals").json()["records"]
+        assert sorted(records) == sorted([APP, salesforce_id_18("00Q000000000001")])
+        assert outline(records[APP]) == [(3, "contactUser", 503, "SERVER_UNAVAILABLE", False)]
+        [not_found] = records[salesforce_id_18("00Q000000000001")]
+        assert (not_found["code"], not_found["applied"]) == ("Application not found", False)
+
+
+def test_application_state_shows_that_contact_user_re_enabled_it() -> None:
+    with simulator(known_applications=[APP], scripts={APP: ["http-503", "ok"]}) as sim:
+        fresh = sim.client.get(f"/_applications/{APP_15}")
+        assert fresh.json() == {
+            "application_id": APP,
+            "contact_enabled": False,
+            "updates": 0,
+            "updated_at": None,
+            "calls": 0,
+        }
+        assert sim.client.get("/_applications/00Q000000000001").status_code == 404  # not known
+
+        access_token = token(sim.client)
+        contact(sim.client, access_token)  # 503: nothing changed
+        assert sim.client.get(f"/_applications/{APP}").json()["contact_enabled"] is False
+        before = time.time()
+        assert contact(sim.client, access_token).json() == SUCCESS
+        enabled = sim.client.get(f"/_applications/{APP}").json()
+        assert (enabled["contact_enabled"], enabled["updates"], enabled["calls"]) == (True, 1, 2)
+        assert before <= enabled["updated_at"] <= time.time()
+
+        # Disabled by hand, re-enabled by the next contactUser.
+        answer = sim.client.post("/_applications", json={APP_15: {"contact_enabled": False}})
+        assert answer.json() == {"applications": [APP]}
+        assert sim.client.get(f"/_applications/{APP}").json()["contact_enabled"] is False
+        contact(sim.client, access_token, app=APP_15)
+        assert sim.client.get(f"/_applications/{APP}").json()["contact_enabled"] is True
+
+        for bad in ({}, {APP: {"contact_enabled": "yes"}}, {APP: {"enabled": True}}, [APP]):
+            refused = sim.client.post("/_applications", json=bad)
+            assert refused.status_code == 400 and refused.json()["error"], bad
+        sim.client.post("/_reset")
+        assert sim.client.get(f"/_applications/{APP}").json()["updates"] == 0
+
+
+def test_two_calls_on_one_application_at_once_are_an_overlap_whatever_the_spelling() -> None:
+    with simulator(latency_s=0.3) as sim:
+        access_token = token(sim.client)
+        answers = asyncio.run(concurrent_contacts(sim.base_url, access_token, [APP, APP_15]))
+        assert [a.json() for a in answers] == [SUCCESS, SUCCESS]
+        got = stats(sim.client)
+        assert (got["peak_calls_per_record"], got["overlapping_records"]) == (2, 1)
+        first, second = arrivals(sim.client, APP)
+        assert max(first["start"], second["start"]) < min(first["end"], second["end"])
+
+
+def test_calls_on_different_applications_at_once_are_no_overlap() -> None:
+    with simulator(latency_s=0.3) as sim:
+        access_token = token(sim.client)
+        apps = [APP, "00Q000000000001", "00Q000000000002"]
+        answers = asyncio.run(concurrent_contacts(sim.base_url, access_token, apps))
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        got = stats(sim.client)
+        assert (got["peak_in_flight"], got["peak_calls_per_record"]) == (3, 1)
+        assert (got["overlapping_records"], got["arrivals_dropped"]) == (0, 0)
+        sim.client.post("/_reset")
+        assert sim.client.get("/_arrivals").json() == {"records": {}}
+
+
+def test_slow_answer_outlasts_the_read_timeout_then_is_a_504_that_changed_nothing() -> None:
+    with simulator() as sim:
+        body = {"id": APP_15, "answers": ["slow", "ok"], "slow_s": 0.5}
+        assert sim.client.post("/_script", json=body).json() == {"scripts": {APP: ["slow", "ok"]}}
+        access_token = token(sim.client)
+        with httpx.Client(base_url=sim.base_url, timeout=0.2) as impatient:
+            with pytest.raises(httpx.ReadTimeout):
+                contact(impatient, access_token)
+        wait_for(lambda: sim.client.get(f"/_arrivals/{APP}").status_code == 200)
+        [held] = arrivals(sim.client, APP)
+        assert (held["status"], held["code"], held["applied"]) == (504, None, False)
+        assert held["end"] - held["start"] >= 0.5
+        assert sim.client.get(f"/_applications/{APP}").json()["contact_enabled"] is False
+        assert contact(sim.client, access_token).json() == SUCCESS  # the script moved on
+        for bad_slow_s in (-1, "2", True):
+            refused = sim.client.post("/_script", json={**body, "slow_s": bad_slow_s})
+            assert refused.status_code == 400, bad_slow_s

@@ -14,8 +14,9 @@ import httpx
 import pytest
 from httpx import Response
 
+from sandbox._records import ArrivalBounds
 from sandbox.noojee import NoojeeSimConfig, serve
-from tests.conftest import simulator_cli, simulator_in_thread
+from tests.conftest import Simulator, simulator_cli, simulator_in_thread
 from tests.conftest import wait_briefly as wait_for
 
 pytestmark = pytest.mark.timeout(5)
@@ -441,3 +442,195 @@ def test_lowering_slots_under_foreign_holds_admits_no_one_until_under_the_new_co
         after_lowering = [s[1:3] for s in samples if s[4] == 1]
         assert [0, 2] in after_lowering and [1, 0] in after_lowering
         assert all(theirs == 0 for our, theirs in after_lowering if our)
+
+
+# --- the arrival log per lead ---------------------------------------------------------------
+
+
+def arrivals(client: httpx.Client, lead: str) -> list[dict[str, Any]]:
+    answer = client.get(f"/_arrivals/{lead}")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["record"] == lead
+    entries: list[dict[str, Any]] = answer.json()["arrivals"]
+    return entries
+
+
+def outline(entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(e["n"], e["call"], e["status"], e["code"], e["applied"]) for e in entries]
+
+
+def test_arrivals_log_every_call_on_a_lead_in_order_with_what_it_answered_and_applied() -> None:
+    started = time.time()
+    with simulator(scripts={"L1": [110, 0]}) as client:
+        update(client, "L1", {**JANE, "Name": "First"})
+        update(client, "L2", JANE)
+        update(client, "L1", {**JANE, "Name": "Second"})
+
+        entries = arrivals(client, "L1")
+        assert outline(entries) == [(1, "update", 400, 110, False), (3, "update", 200, 0, True)]
+        assert [e["fields"]["Name"] for e in entries] == ["First", "Second"]
+        assert started <= entries[0]["start"] <= entries[0]["end"] <= entries[1]["start"]
+        assert entries[1]["end"] - entries[1]["start"] >= FAST["latency_s"]
+        assert client.get("/_leads/L1").json()["Name"] == "Second"
+
+        everything = client.get("/_arrivals").json()["records"]
+        assert sorted(everything) == ["L1", "L2"] and everything["L1"] == entries
+        missing = client.get("/_arrivals/L3")
+        assert missing.status_code == 404 and missing.json()["error"]
+
+
+def test_an_insert_is_one_arrival_logged_on_each_lead_it_names() -> None:
+    with simulator() as client:
+        leads = [{"njExternalLeadId": "I1", **JANE}, {**JANE, "Name": "No id"},
+                 {"njExternalLeadId": "I2", **JANE, "Name": "Two"}]  # fmt: skip
+        assert client.post(INSERT, params={**IDS, "apiKey": KEY}, json=leads).json()["code"] == 0
+        records = client.get("/_arrivals").json()["records"]
+        assert sorted(records) == ["I1", "I2"]  # a lead without an id is no record
+        assert outline(records["I1"]) == outline(records["I2"]) == [(1, "insert", 200, 0, True)]
+        assert records["I2"][0]["fields"] == leads[2]
+
+
+def test_calls_refused_before_naming_a_lead_are_not_logged_but_errors_on_a_lead_are() -> None:
+    with simulator() as client:
+        update(client, "K1", JANE, apiKey="wrong")  # 401
+        client.post(INSERT, params={**IDS, "apiKey": KEY}, content=b"not json")
+        update(client, "", JANE)  # 113: no lead
+        update(client, "K2", JANE, fTemplateId="")  # 116, on lead K2
+        client.post(UPDATE, params={**IDS, "njExternalLeadId": "K3", "apiKey": KEY}, json=[1])
+
+        assert sorted(client.get("/_arrivals").json()["records"]) == ["K2", "K3"]
+        assert outline(arrivals(client, "K2")) == [(1, "update", 400, 116, False)]  # n: named ones
+        [bad_body] = arrivals(client, "K3")
+        assert (bad_body["status"], bad_body["code"], bad_body["fields"]) == (400, None, {})
+
+
+def test_busy_and_fault_answers_are_logged_not_applied() -> None:
+    with simulator(scripts={"B1": [109, 103, 0]}) as client:
+        codes = [update(client, "B1", JANE).json()["code"] for _ in range(3)]
+        assert codes == [109, 103, 0]
+        assert outline(arrivals(client, "B1")) == [
+            (1, "update", 400, 109, False), (2, "update", 500, 103, False),
+            (3, "update", 200, 0, True),
+        ]  # fmt: skip
+
+
+def test_two_calls_in_flight_on_one_lead_are_an_overlap_even_queued_in_the_pbx() -> None:
+    with simulator(slots=1, latency_s=0.3, queue_timeout_s=4.0) as client:
+        thread, answers = fire_in_background(str(client.base_url), ["A", "A"])
+        wait_for(lambda: stats(client)["our_queued"] == 1)  # one holds the slot, one waits
+        thread.join(timeout=4)
+        assert [answer.json()["code"] for answer in answers] == [0, 0]
+        after = stats(client)
+        assert (after["peak_calls_per_record"], after["overlapping_records"]) == (2, 1)
+        first, second = arrivals(client, "A")
+        assert second["start"] < first["end"]  # the log shows the overlap too
+
+
+def test_concurrent_calls_on_different_leads_are_no_overlap() -> None:
+    with simulator(slots=3, latency_s=0.3, queue_timeout_s=4.0) as client:
+        thread, answers = fire_in_background(str(client.base_url), ["A", "B", "C"])
+        wait_for(lambda: stats(client)["our_in_flight"] == 3)
+        thread.join(timeout=4)
+        assert [answer.json()["code"] for answer in answers] == [0, 0, 0]
+        after = stats(client)
+        assert (after["peak_calls_per_record"], after["overlapping_records"]) == (1, 0)
+        assert after["arrivals_dropped"] == 0
+
+
+def test_an_insert_overlaps_an_update_of_each_of_its_leads() -> None:
+    with simulator(slots=2, latency_s=0.3, queue_timeout_s=4.0) as client:
+        thread, _ = fire_in_background(str(client.base_url), ["I2"])
+        wait_for(lambda: stats(client)["our_in_flight"] == 1)
+        leads = [{"njExternalLeadId": "I1", **JANE}, {"njExternalLeadId": "I2", **JANE}]
+        assert client.post(INSERT, params={**IDS, "apiKey": KEY}, json=leads).json()["code"] == 0
+        thread.join(timeout=4)
+        after = stats(client)
+        assert (after["peak_calls_per_record"], after["overlapping_records"]) == (2, 1)
+
+
+def test_slow_answer_holds_the_call_without_a_slot_then_answers_109_and_applies_nothing() -> None:
+    with simulator(slots=1) as client:
+        body = {"lead": "S1", "codes": ["slow", 0], "slow_s": 0.6}
+        assert client.post("/_script", json=body).json()["scripts"] == {"S1": ["slow", 0]}
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up: outcome unknown to it
+            update_with_timeout(str(client.base_url), "S1", timeout_s=0.2)
+        # Held without a slot: another lead goes through the one-slot PBX meanwhile.
+        assert update(client, "S2", JANE).json()["code"] == 0
+        assert client.get("/_arrivals/S1").status_code == 404  # not answered yet
+
+        wait_for(lambda: client.get("/_arrivals/S1").status_code == 200)
+        [held] = arrivals(client, "S1")
+        assert (held["status"], held["code"], held["applied"]) == (400, 109, False)
+        assert held["end"] - held["start"] >= 0.6
+        assert client.get("/_leads/S1").status_code == 404
+        assert update(client, "S1", JANE).json()["code"] == 0  # the script moved on
+        assert arrivals(client, "S1")[-1]["applied"] is True
+
+
+def update_with_timeout(base_url: str, lead: str, timeout_s: float) -> Response:
+    with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
+        return update(client, lead, JANE)
+
+
+def update_never_answered(base_url: str, lead: str) -> None:
+    """An update whose answer never comes: the server stops first (or the read times out)."""
+    with pytest.raises(httpx.TransportError):
+        update_with_timeout(base_url, lead, timeout_s=3)
+
+
+def test_a_slow_answer_still_held_does_not_keep_the_simulator_from_stopping() -> None:
+    with simulator(scripts={"S1": ["slow"]}) as client:  # held the default 120 s
+        thread = threading.Thread(target=update_never_answered, args=(str(client.base_url), "S1"))
+        thread.start()
+        # Served its PBX time and now held: the slot's time is counted, the answer is not.
+        wait_for(lambda: stats(client)["busy_slot_s"] > 0 and stats(client)["calls"] == 0)
+    thread.join(timeout=4)  # serve() returned within the fixture's 3 s: nothing waited 120 s
+    assert not thread.is_alive()
+
+
+def test_script_refuses_a_bad_slow_s_and_codes_that_are_neither_integers_nor_slow() -> None:
+    with simulator() as client:
+        for bad in ({"lead": "S", "codes": ["slow"], "slow_s": -1},
+                    {"lead": "S", "codes": ["slow"], "slow_s": "1"},
+                    {"lead": "S", "codes": ["fast"]}):  # fmt: skip
+            answer = client.post("/_script", json=bad)
+            assert answer.status_code == 400 and answer.json()["error"], bad
+        assert client.post("/_script", json={"lead": "S", "codes": [0]}).status_code == 200
+
+
+def test_reset_clears_the_arrivals_and_the_overlap_counters() -> None:
+    with simulator(slots=2, latency_s=0.2, queue_timeout_s=4.0) as client:
+        asyncio.run(concurrent_updates(str(client.base_url), ["A", "A"]))
+        assert stats(client)["overlapping_records"] == 1
+        client.post("/_reset")
+        assert client.get("/_arrivals").json() == {"records": {}}
+        reset = stats(client)
+        assert (reset["peak_calls_per_record"], reset["overlapping_records"]) == (0, 0)
+        update(client, "A", JANE)
+        assert [e["n"] for e in arrivals(client, "A")] == [1]
+
+
+def test_arrivals_past_the_bounds_drop_the_oldest_and_are_counted() -> None:
+    with simulator(arrival_bounds=ArrivalBounds(per_record=2, total=3)) as client:
+        for lead in ("A", "A", "A", "B", "C"):
+            update(client, lead, JANE)
+        records = client.get("/_arrivals").json()["records"]
+        assert {lead: [e["n"] for e in entries] for lead, entries in records.items()} == {
+            "A": [3], "B": [4], "C": [5],
+        }  # fmt: skip
+        assert stats(client)["arrivals_dropped"] == 2
+
+
+def test_cli_scripts_a_slow_answer() -> None:
+    from sandbox.noojee import _script_arg
+
+    assert _script_arg("L1=slow,0") == ("L1", ["slow", 0])
+
+
+def test_the_admin_helper_reads_one_leads_arrivals_whatever_its_id() -> None:
+    with simulator() as client:
+        for lead in ("a/b", "x y%", "Ünïcode"):
+            update(client, lead, JANE)
+            assert [e["fields"] for e in Simulator(str(client.base_url)).arrivals(lead)] == [JANE]
+        assert sorted(client.get("/_arrivals").json()["records"]) == ["a/b", "x y%", "Ünïcode"]
+        assert Simulator(str(client.base_url)).arrivals("nobody") == []

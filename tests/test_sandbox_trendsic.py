@@ -4,7 +4,9 @@ on a free port in a background thread and stops it at the end."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import threading
 from pathlib import Path
 from typing import Any
@@ -404,3 +406,117 @@ def test_cli_writes_the_port_file_and_stops_on_sigterm(tmp_path: Path) -> None:
             assert read(client, 1001, token="k2").status_code == 409
             assert read(client, 1001, token="k2").status_code == 200
             assert read(client, 1001).status_code == 401  # the default key is not configured
+
+
+# --- each contact's arrivals ------------------------------------------------------------------
+
+
+def arrivals(client: httpx.Client, contact_id: int | str) -> list[dict[str, Any]]:
+    answer = client.get(f"/_arrivals/{contact_id}")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["record"] == str(contact_id)
+    entries: list[dict[str, Any]] = answer.json()["arrivals"]
+    return entries
+
+
+def outline(entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(e["n"], e["call"], e["status"], e["code"], e["applied"]) for e in entries]
+
+
+async def concurrent_reads(base_url: str, contact_ids: list[int]) -> list[Response]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=4) as client:
+        calls = [client.get(PATH.format(c), headers=bearer()) for c in contact_ids]
+        return await asyncio.gather(*calls)
+
+
+def test_reads_and_writes_are_separate_arrivals_in_order_with_what_they_applied() -> None:
+    with simulator() as client:
+        stored = read(client, 1001).json()["Contact"][0]
+        client.post("/_script", json={"id": 1001, "answers": ["http-409", "ok"]})
+        assert write(client, 1001, {**stored, "FirstName": "Lost"}).status_code == 409
+        merged = read(client, 1001).json()["Contact"][0]
+        assert write(client, 1001, {**merged, "FirstName": "Newest"}).status_code == 200
+
+        entries = arrivals(client, 1001)
+        assert outline(entries) == [
+            (1, "read", 200, None, False), (2, "write", 409, "Conflict", False),
+            (3, "read", 200, None, False), (4, "write", 200, None, True),
+        ]  # fmt: skip
+        assert [e["fields"].get("FirstName") for e in entries] == [None, "Lost", None, "Newest"]
+        assert entries[0]["fields"] == {} and entries[3]["fields"]["ContactId"] == 1001
+        assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(entries))
+        assert client.get("/_contacts/1001").json()["FirstName"] == "Newest"
+        assert list(client.get("/_arrivals").json()["records"]) == ["1001"]
+        assert client.get("/_arrivals/1002").status_code == 404
+
+
+def test_refused_credentials_and_roles_are_not_logged_but_outages_and_bad_calls_are() -> None:
+    with simulator() as client:
+        read(client, 1001, token="bt-forged")  # 401
+        client.post("/_config", json={"role": "Guest"})
+        read(client, 1001)  # 403 Invalid Role
+        client.post("/_config", json={"role": "Agent", "down": "503"})
+        read(client, 1001)  # the gateway's 503
+        client.post("/_config", json={"down": None})
+        client.post(PATH.format(1001), content=b"not json", headers=bearer())
+        read(client, "abc")
+
+        assert outline(arrivals(client, 1001)) == [
+            (3, "read", 503, None, False), (4, "write", 400, "SerializationException", False),
+        ]  # fmt: skip
+        assert outline(arrivals(client, "abc")) == [(5, "read", 400, "ValidationException", False)]
+
+
+@pytest.mark.parametrize(("answer", "status", "code"),
+                         [("http-503", 503, None), ("http-500", 500, "Exception"),
+                          ("http-409", 409, "Conflict")])  # fmt: skip
+def test_scripted_busy_and_fault_answers_are_logged_not_applied(
+    answer: str, status: int, code: str | None
+) -> None:
+    with simulator(scripts={"1001": [answer, "ok"]}) as client:
+        assert write(client, 1001, {"FirstName": "Refused"}).status_code == status
+        assert write(client, 1001, {"FirstName": "Kept"}).status_code == 200
+        assert outline(arrivals(client, 1001)) == [
+            (1, "write", status, code, False), (2, "write", 200, None, True),
+        ]  # fmt: skip
+        assert client.get("/_contacts/1001").json()["FirstName"] == "Kept"
+
+
+def test_two_reads_of_one_contact_at_once_overlap_but_a_read_then_its_write_do_not() -> None:
+    with simulator(latency_s=0.3) as client:
+        stored = read(client, 1001).json()["Contact"][0]
+        write(client, 1001, stored)  # one job: its read, then its write
+        assert (stats(client)["peak_calls_per_record"], stats(client)["overlapping_records"]) == (
+            1, 0,
+        )  # fmt: skip
+        answers = asyncio.run(concurrent_reads(str(client.base_url), [1001, 1001]))
+        assert [a.status_code for a in answers] == [200, 200]
+        after = stats(client)
+        assert (after["peak_calls_per_record"], after["overlapping_records"]) == (2, 1)
+
+
+def test_reads_of_different_contacts_at_once_are_no_overlap_and_reset_clears_the_log() -> None:
+    with simulator(latency_s=0.3) as client:
+        answers = asyncio.run(concurrent_reads(str(client.base_url), [1001, 1002, 1003]))
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        after = stats(client)
+        assert (after["peak_in_flight"], after["peak_calls_per_record"]) == (3, 1)
+        assert (after["overlapping_records"], after["arrivals_dropped"]) == (0, 0)
+        client.post("/_reset")
+        assert client.get("/_arrivals").json() == {"records": {}}
+
+
+def test_slow_answer_outlasts_the_read_timeout_then_is_a_504_that_changed_nothing() -> None:
+    with simulator() as client:
+        stored = read(client, 1001).json()["Contact"][0]
+        script = {"id": 1001, "answers": ["slow", "ok"], "slow_s": 0.5}
+        assert client.post("/_script", json=script).status_code == 200
+        with httpx.Client(base_url=str(client.base_url), timeout=0.2) as impatient:
+            with pytest.raises(httpx.ReadTimeout):
+                write(impatient, 1001, {**stored, "FirstName": "Slow"})
+        wait_for(lambda: len(arrivals(client, 1001)) == 2)
+        held = arrivals(client, 1001)[1]
+        assert (held["call"], held["status"], held["applied"]) == ("write", 504, False)
+        assert held["end"] - held["start"] >= 0.5 and held["fields"]["FirstName"] == "Slow"
+        assert client.get("/_contacts/1001").json()["FirstName"] == stored["FirstName"]
+        assert client.post("/_script", json={**script, "slow_s": -1}).status_code == 400
