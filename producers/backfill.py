@@ -25,8 +25,8 @@ from typing import IO, Annotated, Any, Literal, NamedTuple, Union, cast, get_arg
 
 from pydantic import BaseModel
 
-from tasks.models import JobModel, JobValidationError, kinds, validate_job
-from worker.ledger import now_ms
+from tasks.models import JobModel, JobValidationError, kinds, validate_job, version_key
+from worker.ledger import TERMINAL, now_ms
 
 Format = Literal["csv", "jsonl"]
 Phase = Literal["hashing", "reading", "paused", "waiting", "done"]
@@ -64,6 +64,8 @@ class Backfill:
     constants: field path → value, for every row (``--set``); strings, converted like cells.
     max_queue_depth: most jobs the destination's queue may hold before the backfill pauses;
     None: the setting ``backfill.max_queue_depth``; 0: no pause.
+    version_column: the CSV column (or JSONL key) that holds each row's version of its data
+    (an integer or an RFC 3339 timestamp; an empty cell: no version), not a job field.
     """
 
     path: Path
@@ -76,6 +78,7 @@ class Backfill:
     wait: bool = False
     max_queue_depth: int | None = None
     chunk_rows: int = CHUNK_ROWS
+    version_column: str | None = None
 
 
 @dataclass
@@ -366,7 +369,10 @@ def _put(data: dict[str, Any], path: FieldPath, value: Any) -> None:
 
 
 # -- the run ------------------------------------------------------------------------------------
-Row = tuple[int, JobModel | None, list[tuple[str, str]]]
+Row = tuple[int, JobModel | None, list[tuple[str, str]], str | int | None]
+#: Where a row's version travels beside its fields until it is taken out (no field has this
+#: name: field names are identifiers).
+VERSION = " version"
 
 
 class _Rejects:
@@ -462,7 +468,14 @@ class _Run:
             raise BackfillError(f"the mapping names column(s) {', '.join(missing)} that the "
                                 f"header does not have; it has {', '.join(names)}")  # fmt: skip
         given = {path: f"--set {'.'.join(path)}" for path, _ in self.constants}
+        column = self.spec.version_column
+        if column and column not in names:
+            raise BackfillError(f"--version-column {column}: the header has no such column; it "
+                                f"has {', '.join(names)}")  # fmt: skip
         for index, name in enumerate(names):
+            if name == column:
+                self.columns.append((index, (VERSION,), None))
+                continue
             if name in self.mapping:
                 target = self.mapping[name]
                 if target is None:
@@ -492,18 +505,28 @@ class _Run:
 
     # -- the rows -------------------------------------------------------------------------------
     def rows(self, text: io.TextIOWrapper, after: int) -> Iterator[Row]:
-        """(row number, job or None, problems) for each row after row ``after``."""
+        """(row number, job or None, problems, version or None) for each row after row
+        ``after``."""
         source = self._csv_rows(text, after) if self.format == "csv" else self._jsonl_rows(
             text, after)  # fmt: skip
-        kind = self.kind
+        kind, column = self.kind, self.spec.version_column
         for number, data, problems in source:
             if data is None:
-                yield number, None, problems
+                yield number, None, problems, None
                 continue
+            version = data.pop(VERSION, None) if column else None
+            if version in ("", None):
+                version = None
+            else:
+                try:
+                    version_key(version)
+                except ValueError as exc:
+                    yield number, None, [(f"{column} (version)", str(exc))], None
+                    continue
             try:
-                yield number, validate_job(kind, data), []
+                yield number, validate_job(kind, data), [], version
             except JobValidationError as exc:
-                yield number, None, [(self._named(path), why) for path, why in exc.problems]
+                yield number, None, [(self._named(path), why) for path, why in exc.problems], None
 
     def _named(self, path: str) -> str:
         """A problem's field as ``--set`` and the mapping name it: pydantic names a missing
@@ -569,6 +592,9 @@ class _Run:
                 yield number, None, [("(line)", "not a JSON object: each line is one job's data, "
                                                 '{"field": value, ...}')]  # fmt: skip
                 continue
+            column = self.spec.version_column
+            if column and column in data:
+                data[VERSION] = data.pop(column)
             for key, path in renames:
                 if key in data:
                     value = data.pop(key)
@@ -587,7 +613,10 @@ class _Run:
             state.bytes_read = done
             self.report(state)
 
-        run_id = run_id_of(spec.path, self.kind, spec.mapping, spec.constants, self.format,
+        constants = dict(spec.constants)
+        if spec.version_column:  # which column is the version changes what is sent
+            constants[" version column"] = spec.version_column
+        run_id = run_id_of(spec.path, self.kind, spec.mapping, constants, self.format,
                            hashed)  # fmt: skip
         state.run_id = run_id
         live = None if spec.dry_run else _Live(self, run_id)
@@ -627,17 +656,19 @@ class _Run:
         state, chunk_rows = self.state, self.spec.chunk_rows
         jobs: list[JobModel] = []
         keys: list[str] = []
+        versions: list[str | int | None] = []
         room = read = number = 0
 
         def flush(row: int) -> None:
             state.bytes_read = cast(io.BufferedReader, text.buffer).tell()
             if live is not None:
-                live.send(jobs, keys, row)
+                live.send(jobs, keys, versions, row)
             self.report(state)
             jobs.clear()
             keys.clear()
+            versions.clear()
 
-        for number, job, problems in self.rows(text, after):
+        for number, job, problems, version in self.rows(text, after):
             state.rows_read += 1
             read += 1
             if job is None:
@@ -648,6 +679,7 @@ class _Run:
                     room = live.room() if live is not None else chunk_rows
                 jobs.append(job)
                 keys.append(f"backfill:{run_id}:{number}")
+                versions.append(version)
             if len(jobs) >= room > 0 or read >= chunk_rows:
                 flush(number)
                 room = read = 0
@@ -660,6 +692,7 @@ class Sent(NamedTuple):
 
     jobs: list[JobModel]
     keys: list[str]
+    versions: list[str | int | None]
     last: int
     rejects_bytes: int
     rows_read: int
@@ -737,28 +770,36 @@ class _Live:
         return min(spec.chunk_rows, self.cap - depth)
 
     def depth(self) -> int:
+        """The destination queue's messages, or this run's jobs still on their way if more:
+        jobs held behind earlier jobs of their record have no message yet, but hold memory."""
         pipe = self.r.pipeline(transaction=False)
         for key in self.queues:
             pipe.llen(key)
-        depth = sum(int(n) for n in pipe.execute())
+        pipe.hgetall(self.ledger.batch_key(self.run_id))
+        *lengths, batch = pipe.execute()
+        pending = int(batch.get("jobs", 0)) - sum(int(batch.get(s, 0)) for s in TERMINAL)
+        depth = max(sum(int(n) for n in lengths), pending)
         self.run.state.queue_depth = depth
         return depth
 
-    def send(self, jobs: list[JobModel], keys: list[str], last: int) -> None:
+    def send(
+        self, jobs: list[JobModel], keys: list[str], versions: list[str | int | None], last: int
+    ) -> None:
         """Queue a chunk from the sender thread, so Redis's share of the work overlaps the
         reading and validating of the next chunk; at most one chunk is in flight, and its
         checkpoint is written once it is queued."""
         state = self.run.state
-        sent = Sent(list(jobs), list(keys), last, self.run.rejects.flush(), state.rows_read,
-                    state.rejected)  # fmt: skip
+        sent = Sent(list(jobs), list(keys), list(versions), last, self.run.rejects.flush(),
+                    state.rows_read, state.rejected)  # fmt: skip
         self.settle()
         self.in_flight = (sent, self.sender.submit(self._enqueue, sent))
 
     def _enqueue(self, sent: Sent) -> list[tuple[str, bool]]:
         if not sent.jobs:
             return []
+        versions = sent.versions if any(v is not None for v in sent.versions) else None
         return self.enqueue(sent.jobs, priority="bulk", idempotency_keys=sent.keys,
-                            client="backfill", batch=self.run_id)  # fmt: skip
+                            client="backfill", batch=self.run_id, versions=versions)  # fmt: skip
 
     def settle(self) -> None:
         """Wait for the chunk in flight (its error raises here), count it, checkpoint it."""

@@ -13,7 +13,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from producers.review import discard, requeue
 from producers.submit import Priority, enqueue
-from tasks.models import JobModel, JobValidationError, kinds, model_for, validate_job
+from tasks.models import JobModel, JobValidationError, kinds, model_for, validate_job, version_key
 from worker.ledger import JobRecord, LedgerConflict
 from worker.runtime import ledger
 from worker.serving import log_paths_only, send, serve_app
@@ -75,6 +75,7 @@ class Submission:
     keys: list[str | None]
     priorities: list[Priority]
     single: bool
+    versions: list[int | str | None] = field(default_factory=list)
 
 
 # -- reading a submission ---------------------------------------------------------------------
@@ -108,8 +109,10 @@ def parse_submission(body: bytes, client: str, idempotency_key: str | None) -> S
     jobs: list[JobModel] = []
     keys: list[str | None] = []
     priorities: list[Priority] = []
+    versions: list[int | str | None] = []
     for index, (entry, where) in enumerate(zip(entries, path, strict=True)):
         job, key, priority = _entry(entry, where, errors, default)
+        version = _version(entry, where, errors)
         if job is None:
             continue
         if key is None and idempotency_key is not None:
@@ -117,9 +120,26 @@ def parse_submission(body: bytes, client: str, idempotency_key: str | None) -> S
         jobs.append(job)
         keys.append(None if key is None else f"{client}:{key}")
         priorities.append(priority)
+        versions.append(version)
     if errors:
         raise Problem(422, "invalid request: nothing was queued", errors)
-    return Submission(jobs, keys, priorities, single)
+    return Submission(jobs, keys, priorities, single, versions)
+
+
+def _version(entry: Any, where: str, errors: list[tuple[str, str]]) -> int | str | None:
+    """A job's ``version`` (the producer's own: an integer or an RFC 3339 timestamp), checked
+    as ``submit`` will take it."""
+    if not isinstance(entry, dict) or entry.get("version") is None:
+        return None
+    version = entry["version"]
+    try:
+        if not isinstance(version, int | str):
+            raise ValueError("version must be an integer or an RFC 3339 timestamp")
+        version_key(version)
+    except ValueError as exc:
+        errors.append((f"{where}.version", str(exc)))
+        return None
+    return version
 
 
 def _entry(
@@ -129,9 +149,9 @@ def _entry(
         errors.append((where, 'must be an object: {"kind": ..., "job": {...}}'))
         return None, None, default
     before = len(errors)
-    allowed = {"kind", "job", "idempotency_key", "priority"}
-    errors += [(f"{where}.{name[:64]}", "unknown field; a job takes kind, job, idempotency_key "
-                "and priority") for name in sorted(set(entry) - allowed)]  # fmt: skip
+    allowed = {"kind", "job", "idempotency_key", "priority", "version"}
+    errors += [(f"{where}.{name[:64]}", "unknown field; a job takes kind, job, idempotency_key, "
+                "priority and version") for name in sorted(set(entry) - allowed)]  # fmt: skip
     priority = _priority(entry.get("priority"), f"{where}.priority", errors) or default
     key = entry.get("idempotency_key")
     if key is not None and not (isinstance(key, str) and _IDEMPOTENCY_KEY.match(key)):
@@ -173,7 +193,8 @@ def submit(submission: Submission, client: str) -> list[str]:
         picked = [i for i, p in enumerate(submission.priorities) if p == priority]
         if picked:
             made = enqueue([submission.jobs[i] for i in picked], priority,
-                           [submission.keys[i] for i in picked], client)  # fmt: skip
+                           [submission.keys[i] for i in picked], client,
+                           versions=[submission.versions[i] for i in picked])  # fmt: skip
             for i, (job_id, _) in zip(picked, made, strict=True):
                 ids[i] = job_id
     return [job_id for job_id in ids if job_id is not None]
@@ -186,14 +207,22 @@ def _iso(ms: int) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
-def job_view(record: JobRecord) -> dict[str, Any]:
-    """A job as ``GET /v1/jobs/{id}`` shows it: personal data in the payload masked."""
+def job_view(record: JobRecord, order: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A job as ``GET /v1/jobs/{id}`` shows it: personal data in the payload masked; ``order``:
+    its place among the jobs of its record (``Ledger.order_facts``)."""
     payload = None
     if record.payload:
         payload = model_for(record.kind).model_validate_json(record.payload).masked()
+    facts = dict(order or {})
+    if "newer_delivered" in facts:
+        facts["newer_delivered"] = {"job_id": facts["newer_delivered"]["job_id"],
+                                    "at": _iso(facts["newer_delivered"]["at_ms"])}  # fmt: skip
     return {
         "id": record.id, "kind": record.kind, "destination": record.destination,
         "state": record.state, "priority": record.priority or None,
+        "entity": record.entity or None, "version": record.version or None,
+        "merged_into": facts.get("merged_into"), "superseded_by": facts.get("superseded_by"),
+        "waits_behind": facts.get("waits_behind"), "newer_delivered": facts.get("newer_delivered"),
         "client": record.client or None, "attempts": record.attempts,
         "submitted_at": _iso(record.submitted_at_ms), "updated_at": _iso(record.updated_at_ms),
         "next_attempt_at": _iso(record.next_attempt_at_ms) if record.state == "retrying" else None,
@@ -327,7 +356,7 @@ class JobHandler(Handler):
         record = ledger().get(job_id, with_history=True) if _JOB_ID.match(job_id) else None
         if record is None or not (client.operator or record.client == client.name):
             raise Problem(404, f"no job {job_id[:64]} (unknown id, or its record expired)")
-        self.reply(200, job_view(record))
+        self.reply(200, job_view(record, ledger().order_facts(record)))
 
 
 class ReviewListHandler(Handler):
@@ -363,10 +392,13 @@ class ReviewActionHandler(Handler):
                 ):
                     raise Problem(422, "invalid request", [
                         ("$.changes", 'must map field names to text: {"disposition": "Sale"}')])
-                if extra := sorted(set(body) - {"changes"}):
+                force = body.get("force", False)
+                if not isinstance(force, bool):
+                    raise Problem(422, "invalid request", [("$.force", "must be true or false")])
+                if extra := sorted(set(body) - {"changes", "force"}):
                     raise Problem(422, "invalid request", [(f"$.{extra[0]}", "unknown field")])
-                requeue(job_id, changes, by=client.name)
-                self.reply(202, {"job_id": job_id, "state": "queued"})
+                state = requeue(job_id, changes, by=client.name, force=force)
+                self.reply(202, {"job_id": job_id, "state": state})
             else:
                 reason = body.get("reason")
                 if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import models_json_schema
 
 from tasks.models import kinds
+from worker.ledger import STATES
 
 REF = "#/components/schemas/{model}"
 
@@ -34,6 +35,11 @@ def _entry_models() -> list[type[BaseModel]]:
                 "nothing; overrides the Idempotency-Key header"))),
             priority=(priority, Field(None, description=(
                 "realtime (default) is always delivered before bulk"))),
+            version=(int | str | None, Field(None, description=(
+                "your own version of this data: an integer from 0 to 10^19-1, or an RFC 3339 "
+                "timestamp with its offset (2026-11-30T09:30:00Z); a job older than one already "
+                "delivered for the same record is not sent and ends superseded. Without "
+                "versions, submission order decides"))),
         ))  # fmt: skip
     return models
 
@@ -91,8 +97,20 @@ def document() -> dict[str, Any]:
         "required": ["id", "kind", "state", "attempts"],
         "properties": {
             "id": JOB_ID, "kind": {"type": "string"}, "destination": {"type": "string"},
-            "state": {"enum": ["queued", "running", "retrying", "delivered", "review",
-                               "rejected"]},
+            "state": {"enum": list(STATES)},
+            "entity": {"type": ["string", "null"], "description": "the destination record "
+                       "the job writes; jobs of one record are delivered one at a time, in "
+                       "submission order"},
+            "version": {"type": ["string", "null"]},
+            "merged_into": {"type": ["object", "null"], "description": "the job whose call "
+                            "carries this one's changes (job_id, state)"},
+            "superseded_by": {"type": ["string", "null"], "description": "the job that "
+                              "delivered a newer version of the same record"},
+            "waits_behind": {"type": ["object", "null"], "description": "held: how many jobs "
+                             "of the same record go first (jobs, head)"},
+            "newer_delivered": {"type": ["object", "null"], "description": "in review or "
+                                "rejected: a job of the same record submitted after this one "
+                                "was delivered (job_id, at); requeueing needs force"},
             "priority": {"type": ["string", "null"]}, "client": {"type": ["string", "null"]},
             "attempts": {"type": "integer"},
             "submitted_at": {"type": ["string", "null"]},
@@ -172,10 +190,17 @@ def document() -> dict[str, Any]:
                     "type": "object", "additionalProperties": False, "properties": {
                         "changes": {"type": "object",
                                     "additionalProperties": {"type": "string"},
-                                    "description": "a job field or a lead field → new value"}},
+                                    "description": "a job field or a lead field → new value"},
+                        "force": {"type": "boolean", "description": "send it even though a "
+                                  "newer job of the same record was delivered since (it "
+                                  "overwrites that newer data)"}},
                 }}}},
-                "responses": {"202": _ok("queued again", {"type": "object"}), **REVIEW_ACTION,
-                              "409": _error("the job is not in review or rejected"),
+                "responses": {"202": _ok("queued again (state queued, or held behind earlier "
+                                         "jobs of the same record)", {"type": "object"}),
+                              **REVIEW_ACTION,
+                              "409": _error("the job is not in review or rejected, or a newer "
+                                            "job of the same record was delivered since (the "
+                                            "error names it; send force to override)"),
                               "422": _error("the edited job is invalid; nothing changed")},
             }},
             "/v1/review/{job_id}/discard": {"post": {

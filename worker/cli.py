@@ -267,6 +267,9 @@ def _noojee_options(func: Any) -> Any:
                      help="A lead field, repeatable; at least one ...Phone field."),
         click.option("--bulk", is_flag=True, help="Submit as bulk (default realtime)."),
         click.option("--idempotency-key", help="Same key twice: delivered once."),
+        click.option("--version", "version", metavar="V",
+                     help="Your version of this data (integer, or RFC 3339 timestamp with its "
+                          "offset): older than one delivered for the lead → not sent."),
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)
@@ -296,8 +299,13 @@ def _submit(kind: str, opts: dict[str, Any]) -> None:
     except JobValidationError as exc:
         _fail(f"{exc}\nnothing was queued.")
         return
-    job_id = submit_job(job, priority="bulk" if opts["bulk"] else "realtime",
-                        idempotency_key=opts["idempotency_key"], client="cli")  # fmt: skip
+    try:
+        job_id = submit_job(job, priority="bulk" if opts["bulk"] else "realtime",
+                            idempotency_key=opts["idempotency_key"], client="cli",
+                            version=opts["version"])  # fmt: skip
+    except ValueError as exc:
+        _fail(f"{exc}\nnothing was queued.")
+        return
     console.print(job_id)
 
 
@@ -337,10 +345,14 @@ def submit_noojee_insert(**opts: Any) -> None:
 @click.option("--max-queue-depth", type=click.IntRange(min=0), metavar="N",
               help="Pause while the destination's queue holds N jobs or more (default: "
                    "CONTACTSYNC_BACKFILL__MAX_QUEUE_DEPTH, 10000; 0: never pause).")
+@click.option("--version-column", metavar="COLUMN",
+              help="The column (JSONL: key) with each row's version of its data, an integer or "
+                   "an RFC 3339 timestamp: a row older than what was delivered for its record "
+                   "is not sent (superseded).")
 def backfill(
     file: str, destination: str, action: str | None, file_format: str | None,
     mapping: str | None, constants: tuple[str, ...], resume: bool, dry_run: bool, wait: bool,
-    max_queue_depth: int | None,
+    max_queue_depth: int | None, version_column: str | None,
 ) -> None:  # fmt: skip
     """Queue one bulk job per row of FILE (CSV or JSONL), streamed in constant memory.
 
@@ -397,7 +409,7 @@ def backfill(
         figures = (f"{p.rows_read:,} read  {p.enqueued:,} enqueued  {p.already_queued:,} "
                    f"already queued  {p.rejected:,} rejected  {p.rows_per_s:,.0f} rows/s")
         if p.jobs:
-            figures += f"  {p.jobs['delivered']:,} delivered"
+            figures += f"  {p.jobs['delivered'] + p.jobs['merged']:,} delivered"
         if p.phase == "waiting":
             ended = p.jobs["jobs"] - p.jobs["pending"]
             bar.update(task, description=f"delivering ({p.jobs['pending']:,} to go)",
@@ -417,7 +429,7 @@ def backfill(
             path=Path(file), kind=resolve_kind(destination, action), format=file_format,
             mapping=load_mapping(Path(mapping)) if mapping else {},
             constants=_pairs(constants, "--set"), resume=resume, dry_run=dry_run, wait=wait,
-            max_queue_depth=max_queue_depth,
+            max_queue_depth=max_queue_depth, version_column=version_column,
         )  # fmt: skip
         try:
             result = run(spec, show, note)
@@ -458,8 +470,11 @@ def _print_backfill(result: Any, dry_run: bool) -> None:
                                "(the queue was at its cap)"))  # fmt: skip
     if result.jobs:
         jobs = result.jobs
-        rows.append(("jobs", f"{jobs['delivered']:,} delivered, {jobs['review']:,} in review, "
-                             f"{jobs['rejected']:,} rejected, {jobs['pending']:,} on their way"))
+        merged = f" (+{jobs['merged']:,} merged into them)" if jobs["merged"] else ""
+        superseded = f", {jobs['superseded']:,} superseded" if jobs["superseded"] else ""
+        rows.append(("jobs", f"{jobs['delivered']:,} delivered{merged}, {jobs['review']:,} in "
+                             f"review, {jobs['rejected']:,} rejected{superseded}, "
+                             f"{jobs['pending']:,} on their way"))
     for label, value in rows:
         table.add_row(f"  [bold]{label}[/bold]", escape(value))
     console.print(table)
@@ -487,9 +502,12 @@ def _show_job(job_id: str, reveal: bool) -> None:
     record = _ledger().get(job_id, with_history=True)
     if record is None:
         _fail(f"no job {job_id} (unknown id, or its record expired after the retention period)")
+    facts = _ledger().order_facts(record)
     table = Table(show_header=False, box=None)
     for label, value in [
         ("job", record.id), ("kind", record.kind), ("state", record.state),
+        ("record", record.entity or "-"), ("version", record.version or "-"),
+        *_order_rows(facts),
         ("priority", record.priority), ("client", record.client or "-"),
         ("submitted", _when(record.submitted_at_ms)), ("updated", _when(record.updated_at_ms)),
         ("attempts", str(record.attempts)), ("faults", str(record.faults)),
@@ -516,14 +534,36 @@ def _show_job(job_id: str, reveal: bool) -> None:
         console.print(f"  {at}  {event:<10} {details}", highlight=False, markup=False)
 
 
+def _order_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a job's place among the jobs of its record says, as rows of `jobs show`."""
+    rows = []
+    if "merged_into" in facts:
+        carrier = facts["merged_into"]
+        rows.append(("merged into", f"{carrier['job_id']} (now {carrier['state']}): its call "
+                                    "carries this job's changes"))  # fmt: skip
+    if "superseded_by" in facts:
+        rows.append(("superseded by", f"{facts['superseded_by']}, which delivered a newer "
+                                      "version of the record; this job was not sent"))
+    if "waits_behind" in facts:
+        behind = facts["waits_behind"]
+        rows.append(("waits behind", f"{behind['jobs']} earlier job(s) of the record; the "
+                                     f"first is {behind['head']}"))  # fmt: skip
+    if "newer_delivered" in facts:
+        newer = facts["newer_delivered"]
+        rows.append(("newer delivered", f"{newer['job_id']} at {_when(newer['at_ms'])}: a "
+                                        "requeue would overwrite it (needs --force)"))
+    return rows
+
+
 @main.group(invoke_without_command=True)
 @click.pass_context
 def jobs(ctx: click.Context) -> None:
     """Job counts by state (`jobs show ID` for one job)."""
     if ctx.invoked_subcommand is None:
         counts = _ledger().counts()
-        table = Table("state", "jobs", caption="delivered: every job delivered so far (records "
-                      "expire after the retention; the count does not)")  # fmt: skip
+        table = Table("state", "jobs", caption="delivered, merged, superseded: every job so far "
+                      "(records expire after the retention; the counts do not). held: waiting "
+                      "for an earlier job of the same record")  # fmt: skip
         for state, n in counts.items():
             table.add_row(state, str(n))
         console.print(table)
@@ -540,12 +580,13 @@ def jobs_show(job_id: str, reveal: bool) -> None:
 def _listing(name: str, limit: int, offset: int) -> None:
     ledger = _ledger()
     rows = ledger.listing(name, offset, limit)
-    table = Table("job", "since", "kind", "attempts", "reason", title=f"{name}: "
+    table = Table("job", "since", "kind", "record", "attempts", "reason", title=f"{name}: "
                   f"{ledger.size(name)} job(s)")  # fmt: skip
-    for job_id, at in rows:
-        record = ledger.get(job_id)
+    records = ledger.get_many([job_id for job_id, _ in rows])
+    for (job_id, at), record in zip(rows, records, strict=True):
         if record is not None:
-            table.add_row(job_id, _when(at), record.kind, str(record.attempts),
+            table.add_row(job_id, _when(at), record.kind, escape(record.entity or "-"),
+                          str(record.attempts),
                           escape(f"{record.last_code} {record.last_reason}"))  # fmt: skip
     console.print(table)
 
@@ -577,15 +618,25 @@ def review_show(job_id: str, reveal: bool) -> None:
               help="Edit before requeueing, repeatable: a job field (disposition=Sale) or a lead "
                    "field (FirstPhone=0383218199).")  # fmt: skip
 @click.option("--by", default=getpass.getuser, help="Who resolves it (recorded).")
-def review_requeue(job_id: str, changes: tuple[str, ...], by: str) -> None:
-    """Send a job in review (or rejected) to its destination again, optionally edited."""
+@click.option("--force", is_flag=True,
+              help="Send it even though a newer job of the same record was delivered since: "
+                   "it overwrites that newer data (recorded).")  # fmt: skip
+def review_requeue(job_id: str, changes: tuple[str, ...], by: str, force: bool) -> None:
+    """Send a job in review (or rejected) to its destination again, optionally edited.
+
+    It joins the end of its record's line: it waits for any job of the same record pending
+    before it. Refused if a newer job of the record was delivered since, unless --force."""
     from producers.review import JobValidationError, LedgerConflict, requeue
 
     try:
-        requeue(job_id, _pairs(changes, "--set"), by)
+        state = requeue(job_id, _pairs(changes, "--set"), by, force=force)
     except (JobValidationError, LedgerConflict) as exc:
         _fail(f"{exc}\nthe job was not requeued.")
-    console.print(f"requeued {job_id}")
+        return
+    if state == "held":
+        console.print(f"requeued {job_id}: held behind earlier jobs of the same record")
+    else:
+        console.print(f"requeued {job_id}")
 
 
 @review.command("discard")

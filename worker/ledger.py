@@ -398,6 +398,28 @@ class Ledger:
             return None
         return last
 
+    def order_facts(self, record: JobRecord) -> dict[str, Any]:
+        """What an operator asks about a job's place among the jobs of its record: the job that
+        carries it (``merged_into``, and that job's state), the job that superseded it, the jobs
+        it waits behind (a held job), and a newer delivery that requeueing it would overwrite
+        (a job in review or rejected). Only the facts that apply."""
+        facts: dict[str, Any] = {}
+        if record.merged_into:
+            carrier = self.get(record.merged_into)
+            facts["merged_into"] = {"job_id": record.merged_into,
+                                    "state": carrier.state if carrier else "expired"}
+        if record.superseded_by:
+            facts["superseded_by"] = record.superseded_by
+        if record.state == HELD and record.entity:
+            line = self.line(record.entity, 1000)
+            if record.id in line:
+                facts["waits_behind"] = {"jobs": line.index(record.id), "head": line[0]}
+        if record.state in (REVIEW, REJECTED):
+            newer = self.newer_delivered(record)
+            if newer is not None:
+                facts["newer_delivered"] = {"job_id": newer.job_id, "at_ms": newer.at_ms}
+        return facts
+
     # -- workers ------------------------------------------------------------------------------
     def claim(self, job_id: str, token: str, lease_ms: int | None = None) -> Claim:
         """Take a job to run it (one runner at a time, only the head of its entity's line)."""

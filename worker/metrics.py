@@ -164,8 +164,8 @@ class FleetCollector:
         for name, figures in sorted(usage.items()):
             api_used.add_metric([name], float(figures.get("used", 0)))
             api_allowed.add_metric([name], float(figures.get("allowed", 0)))
-        jobs = gauge("jobs", "Jobs per state in the ledger (delivered: a running total)",
-                     ["state"])  # fmt: skip
+        jobs = gauge("jobs", "Jobs per state in the ledger (delivered, merged, superseded: "
+                     "running totals)", ["state"])  # fmt: skip
         for state, n in counts.items():
             jobs.add_metric([state], n)
         return [up, limit, maximum, adaptive, in_flight, waiting, floor, latency, busy_minute,
