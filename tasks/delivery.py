@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import httpx
-from celery import Task
+from celery import Task, signals
 from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 from redis.exceptions import RedisError
@@ -54,6 +54,7 @@ from worker.claims import ClaimKeeper
 from worker.gate import BUSY, NONE, OK, Gate, GateConfig, Permit, gate_name
 from worker.ledger import (
     DELIVERED,
+    QUEUED,
     REJECTED,
     RETRYING,
     REVIEW,
@@ -301,7 +302,7 @@ class DeliveryTask(Task):
         except NoPermit:
             # The destination is at its limit: back to the queue, no retry spent, and this
             # thread is free for jobs of other queues.
-            ledger.unclaim(job_id, token, claim.previous)
+            ledger.unclaim(job_id, token)
             raise Reject(requeue=True) from None
         except Deferred as paused:
             return self._defer(ledger, job_id, token, paused)
@@ -570,3 +571,26 @@ def _unsettled_answer(entry: dict[str, Any] | None) -> Outcome | None:
     if final is None:
         return None
     return final(str(entry.get("code", "")), str(entry.get("reason", "")))
+
+
+@signals.task_revoked.connect
+def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
+    """An operator revoked a job (Flower's Revoke, ``celery control revoke``): the worker drops
+    its message, so the job ends rejected with that reason (and can be requeued), instead of
+    waiting for a message that will never come."""
+    job_id = getattr(request, "id", None)
+    if not job_id or not isinstance(sender, DeliveryTask):
+        return
+    why = "its expiry passed" if expired else "revoked by an operator (Flower's Revoke or " \
+                                            "celery control revoke)"  # fmt: skip
+    try:
+        runtime_ledger().transition(job_id, REJECTED, {
+            "event": "revoked", "code": "revoked",
+            "reason": f"{why}; `contactsync review requeue {job_id}` sends it again"},
+            allowed=(QUEUED, RETRYING))  # fmt: skip
+        log.warning("job %s was revoked: it ends rejected", job_id)
+    except LedgerConflict as exc:  # running, or ended meanwhile: it stays as it is
+        log.info("job %s was revoked but is not waiting: %s", job_id, exc)
+    except RedisError as exc:
+        log.error("job %s was revoked but the ledger could not be told: %s", job_id, exc)
+

@@ -29,8 +29,11 @@ from worker.ledger import (
 )
 
 BULK_LIST, REALTIME_LIST = "noojee:9", "noojee"
-TEMPLATES = {"bulk": Template(BULK_LIST, '{"job": "@@job@@", "p": 9}'),
-             "realtime": Template(REALTIME_LIST, '{"job": "@@job@@", "p": 0}')}  # fmt: skip
+#: Messages shaped as kombu's are where reconcile.lua looks: the task id in the headers.
+TEMPLATES = {
+    "bulk": Template(BULK_LIST, '{"job": "@@job@@", "headers": {"id": "@@job@@"}, "p": 9}'),
+    "realtime": Template(REALTIME_LIST, '{"job": "@@job@@", "headers": {"id": "@@job@@"}}'),
+}
 
 
 @pytest.fixture
@@ -235,6 +238,57 @@ def test_a_running_job_with_a_live_claim_is_not_reaped(ledger: Ledger) -> None:
     assert ledger.r.zscore(ledger.set_key("running"), "a") > now_ms()
 
 
+# -- the broker window and lost messages -------------------------------------------------------
+@pytest.fixture
+def windowed() -> Ledger:
+    return Ledger(fakeredis.FakeRedis(decode_responses=True), prefix="t:", retention_s=3600,
+                  window=2)  # fmt: skip
+
+
+def test_a_backlog_beyond_the_window_waits_in_the_ledger_and_is_fed_in(windowed: Ledger) -> None:
+    for n in range(5):
+        submit(windowed, f"j{n}", entity=f"noojee:L{n}")
+    assert messages(windowed) == ["j0", "j1"]
+    assert windowed.waiting("noojee") == 3
+    windowed.r.rpop(BULK_LIST)  # a worker takes j0...
+    assert windowed.claim("j0", "w").status == "claimed"  # ...and its claim feeds the next one
+    assert messages(windowed) == ["j1", "j2"]
+    assert windowed.waiting("noojee") == 2
+    windowed.r.rpop(BULK_LIST)
+    assert windowed.feed("noojee") == 1  # the rounds feed it too
+    assert messages(windowed) == ["j2", "j3"]
+
+
+def test_a_message_lost_in_transit_is_pushed_again_and_one_in_flight_is_not(
+    ledger: Ledger,
+) -> None:
+    for job_id in ("lost", "unacked", "claimed"):
+        submit(ledger, job_id, entity=f"noojee:{job_id}")
+    ledger.r.delete(BULK_LIST)  # every message popped by a worker (BRPOP)...
+    ledger.r.hset("unacked", "unacked", "[...]")  # ...one recorded by kombu...
+    assert ledger.claim("claimed", "w").status == "claimed"  # ...one claimed
+    assert ledger.reconcile("noojee", 60_000, "unacked") == (0, [])  # still within the grace
+    assert ledger.reconcile("noojee", 0, "unacked") == (0, ["lost"])
+    assert messages(ledger) == ["lost"]
+    lost = ledger.get("lost", with_history=True)
+    assert lost is not None and lost.history[0]["event"] == "message-lost"
+    assert ledger.reconcile("noojee", 0, "unacked") == (0, [])  # its message is there now
+
+
+def test_a_job_handed_back_at_the_gate_stays_accounted_for(ledger: Ledger) -> None:
+    submit(ledger, "a")
+    ledger.r.delete(BULK_LIST)
+    ledger.claim("a", "w")
+    assert ledger.unclaim("a", "w")
+    assert state(ledger, "a") == QUEUED
+    # Its message is on its way back from kombu's unacked hash: not pushed twice...
+    ledger.r.hset("unacked", "a", "[...]")
+    assert ledger.reconcile("noojee", 0, "unacked") == (0, [])
+    # ...unless it never got there.
+    ledger.r.delete("unacked")
+    assert ledger.reconcile("noojee", 0, "unacked") == (0, ["a"])
+
+
 # -- the model test -------------------------------------------------------------------------------
 ENTITIES = ["noojee:A", "noojee:B", "noojee:C"]
 
@@ -245,7 +299,7 @@ class LineMachine(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        self.ledger = Ledger(fakeredis.FakeRedis(decode_responses=True), prefix="m:")
+        self.ledger = Ledger(fakeredis.FakeRedis(decode_responses=True), prefix="m:", window=2)
         self.lines: dict[str, list[str]] = {e: [] for e in ENTITIES}
         self.entity_of: dict[str, str] = {}
         self.ended: dict[str, str] = {}
@@ -267,8 +321,9 @@ class LineMachine(RuleBasedStateMachine):
     @rule(entity=st.sampled_from(ENTITIES))
     def claim_the_head(self, entity: str) -> None:
         head = self._head(entity)
-        if head is None or head in self.running:
+        if head is None or head in self.running or state(self.ledger, head) != QUEUED:
             return
+        self._take_message(head)
         claim = self.ledger.claim(head, f"t-{head}")
         assert claim.status == "claimed"
         assert claim.behind == len(self.lines[entity]) - 1
@@ -330,6 +385,38 @@ class LineMachine(RuleBasedStateMachine):
         self.ledger.r.delete(self.ledger.lock_key(job_id))
         self.ledger.r.zadd(self.ledger.set_key("running"), {job_id: 0})
         assert job_id in self.ledger.reap()
+
+    def _take_message(self, job_id: str) -> None:
+        """What a worker's BRPOP does: the job's message leaves the broker list."""
+        for key in (BULK_LIST, REALTIME_LIST):
+            for message in self.ledger.r.lrange(key, 0, -1):
+                if json.loads(message)["job"] == job_id:
+                    self.ledger.r.lrem(key, 1, message)
+                    return
+
+    @rule()
+    def messages_lost_in_transit(self) -> None:
+        self.ledger.r.delete(BULK_LIST, REALTIME_LIST)
+
+    @rule()
+    def reconcile(self) -> None:
+        self.ledger.reconcile("noojee", 0, "unacked")
+        on_lists = {json.loads(m)["job"] for key in (BULK_LIST, REALTIME_LIST)
+                    for m in self.ledger.r.lrange(key, 0, -1)}  # fmt: skip
+        dispatched = set(self.ledger.r.zrange("m:dispatched:noojee", 0, -1))
+        assert dispatched <= on_lists  # every job said to have a message has one
+
+    @invariant()
+    def queued_jobs_have_a_message_or_wait_for_room(self) -> None:
+        if not hasattr(self, "ledger"):
+            return
+        r = self.ledger.r
+        dispatched = set(r.zrange("m:dispatched:noojee", 0, -1))
+        ready = {j for p in ("realtime", "bulk") for j in r.zrange(f"m:ready:noojee:{p}", 0, -1)}
+        for line in self.lines.values():
+            if line and state(self.ledger, line[0]) == QUEUED:
+                # (both, for a head a realtime job promoted while the realtime list was full)
+                assert line[0] in dispatched or line[0] in ready, line[0]
 
     @invariant()
     def the_ledger_agrees_with_the_model(self) -> None:

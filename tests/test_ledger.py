@@ -65,8 +65,11 @@ def test_without_a_key_every_submission_is_a_new_job(ledger: Ledger) -> None:
 
 def test_a_job_recorded_without_a_message_waits_on_the_schedule(ledger: Ledger) -> None:
     ledger.create(new_job("j1"))
-    queue(ledger, new_job("j2"))
-    assert ledger.claim_due("schedule", lease_ms=1000) == ["j1"]
+    queue(ledger, new_job("j2"))  # (stores the queue's message template)
+    assert ledger.r.llen(QUEUE) == 1
+    assert ledger.due() == ["j1"]
+    assert ledger.r.lrange(QUEUE, 0, -1) == ['{"job": "j1"}', '{"job": "j2"}']
+    assert ledger.size("schedule") == 0
 
 
 def test_one_runner_per_job_and_terminal_jobs_are_not_claimed(ledger: Ledger) -> None:
@@ -109,42 +112,46 @@ def test_transitions_keep_counts_sets_and_history_in_step(ledger: Ledger) -> Non
         ledger.transition("j1", "rejected", {"event": "discarded"}, allowed=("review",))
 
 
-def test_a_lease_hides_a_due_entry_until_released_or_expired(ledger: Ledger) -> None:
-    ledger.r.zadd(ledger.set_key("schedule"), {"j1": 1, "j2": 1})
-    assert sorted(ledger.claim_due("schedule", lease_ms=30_000)) == ["j1", "j2"]
-    assert ledger.claim_due("schedule", lease_ms=30_000) == []  # leased: not due again yet
-    ledger.release("schedule", "j1")
-    ledger.r.zadd(ledger.set_key("schedule:leased"), {"j2": 1})  # j2's republisher died
-    assert ledger.claim_due("schedule", lease_ms=30_000) == ["j2"]
-
-
-def test_a_retry_scheduled_during_a_lease_survives_its_release(ledger: Ledger) -> None:
-    ledger.r.zadd(ledger.set_key("schedule"), {"j1": 1})
-    assert ledger.claim_due("schedule", lease_ms=30_000) == ["j1"]
-    ledger.r.zadd(ledger.set_key("schedule"), {"j1": now_ms() + 5000})  # the worker's new retry
-    ledger.release("schedule", "j1")
-    assert ledger.r.zscore(ledger.set_key("schedule"), "j1") is not None
-
-
 class FakeApp:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, int]] = []
+    """What the republisher reads of a Celery app."""
 
-    def send_task(
-        self, name: str, args: list[str], task_id: str, queue: str, priority: int
-    ) -> None:
-        self.sent.append((task_id, queue, priority))
+    class conf:
+        broker_transport_options: dict[str, str] = {}
 
 
-def test_republisher_sends_due_jobs_and_skips_settled_ones(ledger: Ledger) -> None:
+def test_republisher_queues_due_jobs_and_skips_settled_ones(ledger: Ledger) -> None:
+    queue(ledger, new_job("first"))
+    ledger.r.delete(QUEUE)
     ledger.create(new_job("due"))
-    ledger.create(new_job("done", priority="realtime"))
+    ledger.create(new_job("done"))
     ledger.claim("done", "a", 10_000)
     ledger.transition("done", "delivered", {"event": "delivered"}, token="a")
-    app = FakeApp()
-    Republisher(app, ledger).run_once()  # type: ignore[arg-type]
-    assert app.sent == [("due", "noojee", 9)]
+    Republisher(FakeApp(), ledger, ["noojee"]).run_once()  # type: ignore[arg-type]
+    assert ledger.r.lrange(QUEUE, 0, -1) == ['{"job": "due"}']
     assert ledger.size("schedule") == 0
+
+
+def test_a_due_retry_is_queued_with_its_message_in_the_step_that_takes_it_off(
+    ledger: Ledger,
+) -> None:
+    queue(ledger, new_job())
+    ledger.r.delete(QUEUE)
+    ledger.claim("j1", "a", 10_000)
+    ledger.transition("j1", "retrying", {"event": "retry"}, token="a", due_ms=now_ms() - 1)
+    assert ledger.counts()["retrying"] == 1
+    assert ledger.due() == ["j1"]
+    assert (ledger.get("j1").state, ledger.counts()["queued"]) == ("queued", 1)
+    assert ledger.r.lrange(QUEUE, 0, -1) == ['{"job": "j1"}']
+    assert ledger.due() == []
+
+
+def test_a_due_entry_of_a_running_job_is_left_to_its_runner(ledger: Ledger) -> None:
+    queue(ledger, new_job())
+    ledger.r.delete(QUEUE)
+    ledger.claim("j1", "a", 10_000)
+    ledger.recheck("j1", due_ms=now_ms() - 1)
+    assert ledger.due() == []
+    assert ledger.r.llen(QUEUE) == 0 and ledger.size("schedule") == 0
 
 
 def test_a_duplicate_of_a_running_job_is_checked_again_after_the_lease(ledger: Ledger) -> None:
@@ -153,22 +160,6 @@ def test_a_duplicate_of_a_running_job_is_checked_again_after_the_lease(ledger: L
     ledger.recheck("j1", due_ms=456)
     ledger.recheck("j1", due_ms=123)  # never earlier than asked before
     assert ledger.r.zscore(ledger.set_key("schedule"), "j1") == 456
-
-
-def test_a_recheck_during_a_lease_is_not_lost_with_the_lease(ledger: Ledger) -> None:
-    # The sequence a review found: a republisher leases and publishes a due retry; a worker
-    # claims it and loses Redis (its message goes back, its lock stays); another worker gets the
-    # message, finds the job locked and rechecks; then the republisher releases its lease.
-    queue(ledger, new_job())
-    ledger.claim("j1", "a", 60_000)
-    ledger.transition("j1", "retrying", {"event": "retry"}, token="a", due_ms=now_ms() - 1)
-    assert ledger.claim_due("schedule", lease_ms=30_000) == ["j1"]
-    assert ledger.claim("j1", "w", 2_000).status == "claimed"
-    locked = ledger.claim("j1", "c", 2_000)
-    assert locked.status == "locked"
-    ledger.recheck("j1", due_ms=now_ms() + locked.lock_ms + 1000)
-    ledger.release("schedule", "j1")
-    assert ledger.r.zscore(ledger.set_key("schedule"), "j1") is not None  # not stranded
 
 
 def test_review_jobs_never_expire_and_expired_rejected_jobs_leave_set_and_count(

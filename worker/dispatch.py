@@ -4,10 +4,11 @@ The message carries only the job id; the payload stays in the ledger, so no pers
 reaches a task argument, Flower or a worker log. The Celery task id is the job id, so Flower shows
 one row per job across its retries.
 
-New jobs are pushed by the ledger's own ``create.lua``, in the same atomic step that records
-them (no window in which a job is recorded but not queued, and one round trip for a thousand
-jobs), from a ``Template`` of what ``send_task`` would put on kombu's Redis list. Retries and
-requeues go through ``publish`` (Celery itself).
+Every message is pushed by one of the ledger's scripts, in the same atomic step that changes the
+job's state (no window in which a job is queued without a message, and one round trip for a
+thousand new jobs), from a ``Template`` of what ``send_task`` would put on kombu's Redis list,
+stored in Redis for the scripts (``message:{queue}:{priority}``). Its delivery tag is the job id
+too, which lets ``reconcile.lua`` find the messages of a queue in kombu's unacked hash.
 """
 
 from __future__ import annotations
@@ -21,12 +22,6 @@ from worker.app import PRIORITY
 
 #: Where a template has the job id (the id is 32 hex digits: nothing in it needs escaping).
 JOB_ID = "@@job@@"
-
-
-def publish(app: Celery, job_id: str, task: str, queue: str, priority: str) -> None:
-    app.send_task(
-        task, args=[job_id], task_id=job_id, queue=queue, priority=PRIORITY[priority]
-    )
 
 
 def queue_key(app: Celery, queue: str, priority: str) -> str:
@@ -59,8 +54,9 @@ class Messages:
 
     Two things differ from ``send_task``'s messages, both read the same by kombu: the body is
     the JSON text itself rather than its base64 (no body encoding: Lua in Redis has no
-    base64), and kombu's delivery tag is the job id (unique: a job is created once; retries are
-    published by Celery itself, with tags of their own)."""
+    base64), and kombu's delivery tag is the job id. Two messages of one job (a duplicate that
+    its claim will drop) share a tag, so kombu's unacked hash keeps one of them: the ledger's
+    own claim leases and reconcile.lua, not kombu's redelivery, keep such a job going."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app

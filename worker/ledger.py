@@ -29,11 +29,14 @@ Keys, under ``prefix`` (``cs:`` by default):
   number) and highest delivered version (``v``, ``vj``), for ``superseded`` and for requeues
   that would overwrite newer data. Expires ``retention_s`` after the last delivery.
 - ``review``, ``rejected`` zsets: job ids by the time they got there.
-- ``schedule`` zset: job ids by the time (ms) their next attempt is due.
-- ``schedule:leased`` zset: members a republisher took and is publishing, by the time its lease
-  ends.
+- ``schedule`` zset: job ids by the time (ms) their next attempt is due; ``due.lua`` queues
+  them in the step that takes them off.
 - ``message:{queue}:{priority}`` hash: the Celery message template of that queue and priority
-  and kombu's list it goes on, for releasing held jobs inside Lua.
+  and kombu's list it goes on: every script queues a job from it.
+- ``dispatched:{queue}`` zset: queued jobs whose message is on the broker, by when it was
+  pushed; ``ready:{queue}:{priority}`` zset: queued jobs waiting for room on the broker list
+  (``window`` messages a list), fed in as workers take messages. ``reconcile.lua`` pushes again
+  the message of a dispatched job that is on neither the list nor kombu's unacked hash.
 - ``counts`` hash: number of jobs in each state. ``delivered``, ``merged`` and ``superseded``
   are running totals (their records expire, the counts do not); rejected jobs leave the count
   and the set when their records expire (``prune_rejected``).
@@ -226,7 +229,9 @@ class Ledger:
     client: a ``decode_responses=True`` client. prefix: key prefix. retention_s: how long a job
     stays after it ended. history_len: attempts and events kept per job. lease_ms: how long a
     worker's claim on a job lasts unless renewed (``renew``); a dead worker's job is queued
-    again this long after its last renewal (``reap``).
+    again this long after its last renewal (``reap``). window: most messages kept on each
+    broker list (a queue at one priority); the rest of a backlog waits in the ledger's ready
+    set and is fed in as messages are taken (0: no limit).
     """
 
     def __init__(
@@ -236,12 +241,14 @@ class Ledger:
         retention_s: int = 14 * 86_400,
         history_len: int = 50,
         lease_ms: int = 10_000,
+        window: int = 1000,
     ) -> None:
         self.r = client
         self.prefix = prefix
         self.retention_s = retention_s
         self.history_len = history_len
         self.lease_ms = lease_ms
+        self.window = window
         lib = "ledger_lib"
         self._create = scripts.load(client, "create", lib)
         self._claim = scripts.load(client, "claim", lib)
@@ -250,13 +257,15 @@ class Ledger:
         self._renew = scripts.load(client, "renew", lib)
         self._reap = scripts.load(client, "reap", lib)
         self._unclaim = scripts.load(client, "unclaim", lib)
-        self._claim_due = scripts.load(client, "claim_due")
+        self._due = scripts.load(client, "due", lib)
+        self._reconcile = scripts.load(client, "reconcile", lib)
+        self._feed = scripts.load(client, "feed", lib)
         self._unlock = scripts.load(client, "unlock")
         self._prune = scripts.load(client, "prune")
 
     def _common(self) -> list[str | int]:
-        """The first four arguments of every ledger_lib script."""
-        return [self.prefix, now_ms(), self.retention_s, self.history_len]
+        """The first five arguments of every ledger_lib script."""
+        return [self.prefix, now_ms(), self.retention_s, self.history_len, self.window]
 
     # -- keys ---------------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -445,10 +454,10 @@ class Ledger:
         """Give up this worker's claim on a job early (it keeps its state)."""
         self._unlock(keys=[self.lock_key(job_id)], args=[token])
 
-    def unclaim(self, job_id: str, token: str, previous_state: str) -> bool:
-        """Hand a claimed job back untouched, in the state it had before the claim; False if
-        this worker's claim had already ended."""
-        return bool(self._unclaim(keys=[], args=[*self._common(), job_id, token, previous_state]))
+    def unclaim(self, job_id: str, token: str) -> bool:
+        """Hand a claimed job back untouched (queued again: its worker puts the message back);
+        False if this worker's claim had already ended."""
+        return bool(self._unclaim(keys=[], args=[*self._common(), job_id, token]))
 
     def record_attempt(self, job_id: str, entry: dict[str, Any], fault: bool) -> None:
         """One call to the destination happened: count it and keep its answer in the history."""
@@ -567,16 +576,37 @@ class Ledger:
             raise LedgerConflict(f"job {job_id}: this worker's claim expired before it settled")
         return previous, str(reply[2])
 
-    # -- schedule -----------------------------------------------------------------------------
-    def claim_due(self, name: str, lease_ms: int, limit: int = 500) -> list[str]:
-        """Due members of ``schedule``, leased to the caller (see claim_due.lua)."""
-        due = self._claim_due(keys=[self.set_key(name), self.set_key(f"{name}:leased")],
-                              args=[now_ms(), lease_ms, limit])  # fmt: skip
-        return [str(job_id) for job_id in due]
+    # -- the runtime's own rounds --------------------------------------------------------------
+    def due(self, limit: int = 500) -> list[str]:
+        """Queue the jobs on the schedule whose time has come (see due.lua); returns their
+        ids."""
+        return [str(i) for i in self._due(keys=[], args=[*self._common(), limit])]
 
-    def release(self, name: str, job_id: str) -> None:
-        """The caller published a member it had taken with ``claim_due``: end its lease."""
-        self.r.zrem(self.set_key(f"{name}:leased"), job_id)
+    def reconcile(self, queue: str, grace_ms: int, unacked_key: str) -> tuple[int, list[str]]:
+        """For one queue: feed ready jobs onto its broker lists, and push again the messages
+        lost in transit (see reconcile.lua). Returns (jobs fed, ids sent again)."""
+        reply = self._reconcile(keys=[], args=[*self._common(), queue, grace_ms, unacked_key])
+        return int(reply[0]), [str(i) for i in reply[1:]]
+
+    def feed(self, queue: str) -> int:
+        """Feed ready jobs of ``queue`` onto its broker lists while they have room."""
+        return int(self._feed(keys=[], args=[*self._common(), queue]))
+
+    def store_templates(self, templates: list[tuple[str, str, Template]]) -> None:
+        """Store (queue, priority, template) message templates for the scripts (a worker does
+        on start; ``create`` stores its own as it goes)."""
+        pipe = self.r.pipeline(transaction=False)
+        for queue, priority, template in templates:
+            pipe.hset(f"{self.prefix}message:{queue}:{priority}",
+                      mapping={"list": template.key, "text": template.text})  # fmt: skip
+        pipe.execute()
+
+    def waiting(self, queue: str) -> int:
+        """Queued jobs of ``queue`` that wait for room on its broker lists."""
+        pipe = self.r.pipeline(transaction=False)
+        for priority in ("realtime", "bulk"):
+            pipe.zcard(f"{self.prefix}ready:{queue}:{priority}")
+        return sum(int(n) for n in pipe.execute())
 
     def recheck(self, job_id: str, due_ms: int) -> None:
         """Put a job on the schedule, due no earlier than ``due_ms``: an entry due later (a

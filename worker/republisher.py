@@ -1,10 +1,12 @@
-"""Puts jobs whose time has come back on their queues: due retries, requeued jobs and jobs
-recorded to be published later, all on the ledger's ``schedule``; and jobs whose worker died
-while running them (their claim's lease ran out: ``Ledger.reap``).
+"""The rounds every worker makes besides delivering: it queues again the jobs whose time has
+come (due retries, a paused destination's jobs, jobs recorded to be sent later; all on the
+ledger's ``schedule``), the jobs whose worker died while running them (their claim's lease ran
+out), and, once every ``RECONCILE_S`` for the fleet, the messages lost in transit; it also feeds
+a backlog onto the broker lists as they empty.
 
 Retries wait in Redis, not in a worker's memory: a Celery countdown on Redis is held by the worker
-that fetched it and redelivered only after ``visibility_timeout``. Every worker runs one
-republisher; ``claim_due.lua`` leases each due job to one of them.
+that fetched it and redelivered only after ``visibility_timeout``. Every step is one script of
+the ledger, safe to run from every worker at once.
 """
 
 from __future__ import annotations
@@ -15,39 +17,51 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
-from worker.ledger import HELD, Ledger
+from worker.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
-LEASE_MS = 30_000
+#: How often one worker of the fleet checks each queue for lost messages.
+RECONCILE_S = 5.0
+#: How long a message may be between the broker list and kombu's unacked hash (a BRPOP answer
+#: on its way to the worker) before its job is found to have none.
+TRANSIT_GRACE_MS = 10_000
 #: Every this many ticks (a minute), forget rejected jobs whose records have expired.
 PRUNE_EVERY_TICKS = 120
 
 
 class Republisher:
-    """One pass publishes every due job; ``run`` repeats it every ``TICK_S`` until stopped."""
+    """One pass (``run_once``) makes every round; ``run`` repeats it every ``TICK_S``."""
 
-    def __init__(self, app: Celery, ledger: Ledger) -> None:
+    def __init__(self, app: Celery, ledger: Ledger, queues: list[str]) -> None:
         self.app = app
         self.ledger = ledger
+        self.queues = queues
+        options = app.conf.broker_transport_options or {}
+        self.unacked_key = f"{options.get('global_keyprefix', '')}" \
+                           f"{options.get('unacked_key', 'unacked')}"  # fmt: skip
         self.stopped = threading.Event()
 
     def run_once(self) -> int:
-        from worker.dispatch import publish
-
-        sent = 0
-        for job_id in self.ledger.claim_due("schedule", LEASE_MS):
-            record = self.ledger.get(job_id)
-            if record is not None and not record.terminal and record.state != HELD:
-                publish(self.app, job_id, record.task, record.queue, record.priority)
-                sent += 1
-            self.ledger.release("schedule", job_id)
+        """Queue due jobs and dead workers' jobs, and reconcile the queues whose turn it is;
+        returns how many jobs were queued again."""
+        queued = self.ledger.due()
         reaped = self.ledger.reap()
         if reaped:
             log.warning("queued %d job(s) again whose worker stopped renewing its claim (killed?): "
                         "%s", len(reaped), ", ".join(reaped[:10]))  # fmt: skip
-        return sent + len(reaped)
+        lost: list[str] = []
+        for queue in self.queues:
+            turn = f"{self.ledger.prefix}reconcile:{queue}"
+            if self.ledger.r.set(turn, "1", nx=True, px=int(RECONCILE_S * 1000)):
+                lost += self.ledger.reconcile(queue, TRANSIT_GRACE_MS, self.unacked_key)[1]
+            else:
+                self.ledger.feed(queue)
+        if lost:
+            log.warning("sent again %d job(s) whose message was lost in transit (a worker killed "
+                        "as it took it?): %s", len(lost), ", ".join(lost[:10]))  # fmt: skip
+        return len(queued) + len(reaped) + len(lost)
 
     def run(self) -> None:
         ticks = 0
@@ -62,6 +76,19 @@ class Republisher:
             self.stopped.wait(TICK_S)
 
 
+def store_templates(app: Celery, ledger: Ledger, queues: list[str]) -> None:
+    """Store the message template of every queue and priority, so that the ledger's scripts can
+    queue any job (``create`` stores those of the jobs it records, but a worker may meet a
+    queue first)."""
+    from worker.app import PRIORITY
+    from worker.dispatch import Messages
+
+    messages = Messages(app)
+    ledger.store_templates([(queue, priority, messages.template(f"{queue}.deliver", queue,
+                                                                 priority))
+                            for queue in queues for priority in PRIORITY])  # fmt: skip
+
+
 class RepublisherStep(bootsteps.StartStopStep):
     """Runs a ``Republisher`` thread inside every worker process."""
 
@@ -73,9 +100,12 @@ class RepublisherStep(bootsteps.StartStopStep):
         self.thread: threading.Thread | None = None
 
     def start(self, parent: Any) -> None:
+        from worker.app import destinations
         from worker.runtime import ledger
 
-        self.republisher = Republisher(parent.app, ledger())
+        queues = destinations()
+        store_templates(parent.app, ledger(), queues)
+        self.republisher = Republisher(parent.app, ledger(), queues)
         self.thread = threading.Thread(
             target=self.republisher.run, name="contactsync-republisher", daemon=True
         )

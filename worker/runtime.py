@@ -17,4 +17,5 @@ def ledger() -> Ledger:
         prefix=settings.key_prefix,
         retention_s=int(settings.retention_days * 86_400),
         lease_ms=int(settings.job_lease_ttl_s * 1000),
+        window=settings.broker_window,
     )

@@ -322,6 +322,13 @@ class Settings(BaseSettings):
         description="a job whose worker died is redelivered after this long (kombu's setting)",
     )
     worker_concurrency: int = Field(8, ge=1, description="threads per worker process")
+    broker_window: int = Field(
+        1000,
+        ge=0,
+        description="most messages kept on each broker list (a queue at one priority); a larger "
+        "backlog waits in the ledger (no message copy) and is fed in as workers take messages, "
+        "which keeps the check for lost messages cheap; 0: no limit",
+    )
     job_lease_ttl_s: float = Field(
         10.0,
         gt=0,

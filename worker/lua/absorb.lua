@@ -3,15 +3,15 @@
 -- absorbed jobs end 'merged' (naming the job that carries them), and jobs whose version is older
 -- than one already delivered end 'superseded' (never sent). All or nothing: if any of them is
 -- no longer held behind the head, nothing changes and the head is sent as it was.
--- ARGV[1..4] as every ledger script (ledger_lib.lua)
-local id, token, payload, version, vkey = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local top_seq, top_id, priority, retry_until = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
-local entry = ARGV[14]
+-- ARGV[1..5] as every ledger script (ledger_lib.lua)
+local id, token, payload, version, vkey = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local top_seq, top_id, priority, retry_until = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local entry = ARGV[15]
 -- the head, our lock token, the merged payload (JSON), the merged job's version as shown and
 -- its sort key ('' for none), the submission number and id of the newest job it now carries,
 -- its priority (realtime if any absorbed job was), the latest retry window of them (ms), its
 -- history entry (JSON)
-local FIRST, PER_JOB = 15, 5
+local FIRST, PER_JOB = 16, 5
 -- then PER_JOB per job taken over: id, 'merged' or 'superseded', the job that carries or
 -- supersedes it, its reason, its history entry (JSON)
 -- Returns 'ok' | 'lost' (our lock is gone) | 'changed' (a job is no longer held behind us)

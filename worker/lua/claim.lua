@@ -1,13 +1,13 @@
 -- A worker claims a job before calling its destination: one runner per job at a time, and only
 -- the head of its entity's line (a held job's message is a stale duplicate: dropped; the job is
 -- queued again when the job before it ends).
--- ARGV[1..4] as every ledger script (ledger_lib.lua)
-local id, token, lease_ms = ARGV[5], ARGV[6], tonumber(ARGV[7])
+-- ARGV[1..5] as every ledger script (ledger_lib.lua)
+local id, token, lease_ms = ARGV[6], ARGV[7], tonumber(ARGV[8])
 -- Returns {'claimed', previous state, jobs held behind it, highest version delivered for its
 -- entity or '', the job that delivered it or ''} | {'terminal', state} | {'held', ''} |
 -- {'locked', lease ms left} | {'missing', ''}
 local key = job_key(id)
-local job = redis.call('HMGET', key, 'state', 'entity', 'batch')
+local job = redis.call('HMGET', key, 'state', 'entity', 'batch', 'kind')
 local state, entity = job[1], job[2]
 if not state then return {'missing', ''} end
 if ENDED[state] then return {'terminal', state} end
@@ -18,6 +18,11 @@ end
 redis.call('ZADD', RUNNING, NOW + lease_ms, id)
 redis.call('HSET', key, 'state', 'running', 'updated_at_ms', NOW)
 recount(state, 'running', job[3])
+local queue = queue_of(job[4])
+redis.call('ZREM', dispatched_key(queue), id)
+-- A message was taken off the broker: feed in the next ready job, and one more, so the list
+-- keeps up with the workers.
+top_up(queue, 2)
 local behind, version, by = 0, '', ''
 if entity then
   behind = math.max(0, redis.call('LLEN', line_key(entity)) - 1)

@@ -9,30 +9,30 @@
 -- joins a line whose head is a bulk job not yet started gives that head its own priority (a
 -- realtime message for it), so a backfill's queue does not delay a service's update.
 --
--- ARGV[1..4] as every ledger script (ledger_lib.lua)
-local client, batch, queue, priority = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+-- ARGV[1..5] as every ledger script (ledger_lib.lua)
+local client, batch, queue, priority = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 -- The destination queue's Redis list (kombu's) and the Celery message with @@job@@ where the
 -- id goes; '' for both: the jobs go on the schedule, due at `due`, for a republisher instead.
-local list, template, due = ARGV[9], ARGV[10], ARGV[11]
+local list, template, due = ARGV[10], ARGV[11], ARGV[12]
 -- Then PER_JOB arguments per job: id, '1' if the id was derived from an idempotency key (an
 -- existing job with it is that key's first job), kind, payload (JSON), retry until (ms),
 -- idempotency key or '', entity key or '', version as given or '', version's sort key or ''.
-local FIRST, PER_JOB = 12, 9
+local FIRST, PER_JOB = 13, 9
 -- Returns one number per job: 1 created, 0 its idempotency key named an existing job.
 -- The hash holds no field a reader can derive (destination, task and queue from the kind; zero
 -- counters): less to write for each of a backfill's million jobs.
 
 if template ~= '' then
-  -- Stored for the releases of held jobs (transition.lua), written only when it changed.
+  -- Stored for dispatch() here and in every other script, written only when it changed.
   local stored = P .. 'message:' .. queue .. ':' .. priority
   if redis.call('HGET', stored, 'text') ~= template then
     redis.call('HSET', stored, 'list', list, 'text', template)
   end
 end
 
-local function push(id)
+local function queue_it(id, kind, as)
   if template ~= '' then
-    redis.call('LPUSH', list, (string.gsub(template, '@@job@@', id)))
+    dispatch(id, kind, as)
   else
     redis.call('ZADD', SCHEDULE, due, id)
   end
@@ -43,10 +43,13 @@ local function promote(entity)
   if priority ~= 'realtime' then return end
   local head = redis.call('LINDEX', line_key(entity), 0)
   local key = job_key(head)
-  local state = redis.call('HMGET', key, 'state', 'priority')
+  local state = redis.call('HMGET', key, 'state', 'priority', 'kind')
   if state[1] == 'queued' and state[2] == 'bulk' then
     redis.call('HSET', key, 'priority', 'realtime')
-    push(head)  -- its bulk message, fetched later, finds the job ended and is dropped
+    redis.call('ZREM', ready_key(queue, 'bulk'), head)
+    -- If its bulk message is on the broker already, it finds the job ended when fetched, and
+    -- is dropped.
+    queue_it(head, state[3], 'realtime')
   end
 end
 
@@ -74,7 +77,7 @@ for a = FIRST, #ARGV, PER_JOB do
     end
     redis.call('HSET', key, unpack(fields))
     if head then
-      push(id)
+      queue_it(id, kind, priority)
       queued = queued + 1
     else
       promote(entity)

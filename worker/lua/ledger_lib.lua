@@ -1,9 +1,10 @@
 -- The ledger's shared part: prepended to every ledger script when it is loaded
 -- (worker/scripts.py), so recording, claiming, settling and releasing stay one atomic step each.
 --
--- Every ledger script takes the same first four arguments:
+-- Every ledger script takes the same first five arguments:
 --   ARGV[1] key prefix (e.g. "cs:"), ARGV[2] now (ms), ARGV[3] retention of ended jobs (s),
---   ARGV[4] history entries kept per job
+--   ARGV[4] history entries kept per job, ARGV[5] messages kept on each broker list (the
+--   window; 0: no limit)
 -- Keys are built here from the prefix, the job ids and the entity keys the records hold (a
 -- standalone Redis or Sentinel allows keys named by data; a Redis Cluster would need hash tags).
 --
@@ -17,11 +18,17 @@
 --                                  which job
 --   P..'message:'..Q..':'..PRI hash  list (kombu's Redis list) and text (the Celery message with
 --                                  @@job@@ for the id) of queue Q at priority PRI
+--   P..'dispatched:'..Q      zset  queued jobs of queue Q whose message is on the broker (its
+--                                  list, or kombu's unacked hash once a worker has it), by when
+--                                  it was pushed: what reconcile.lua checks
+--   P..'ready:'..Q..':'..PRI zset  queued jobs waiting for room on the broker list (more than
+--                                  the window), by when they were queued: fed in as messages
+--                                  are taken
 --   P..'running'             zset  job id -> when its runner's lease ends (ms)
 --   P..'counts'              hash  jobs per state; P..'batch:'..B the same for one batch
 
 local P, NOW = ARGV[1], tonumber(ARGV[2])
-local RETENTION_S, HISTORY_LEN = tonumber(ARGV[3]), tonumber(ARGV[4])
+local RETENTION_S, HISTORY_LEN, WINDOW = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local COUNTS, SCHEDULE, RUNNING = P .. 'counts', P .. 'schedule', P .. 'running'
 -- States a job ends in (review too: a person decides), as a batch counts them.
 local ENDED = {delivered = true, merged = true, superseded = true, review = true,
@@ -48,17 +55,53 @@ local function note(id, entry)
   redis.call('LTRIM', history_key(id), 0, HISTORY_LEN - 1)
 end
 
--- Queue a job's Celery message: the template stored for its queue and priority, filled with its
--- id (an id is hex digits: nothing in it is special to gsub). Without a stored template the job
--- goes on the schedule, due now, and a republisher publishes it within a tick.
-local function dispatch(id, kind, priority)
-  local queue = string.match(kind, '^[^.]+')
+local function queue_of(kind) return string.match(kind, '^[^.]+') end
+local function dispatched_key(queue) return P .. 'dispatched:' .. queue end
+local function ready_key(queue, priority) return P .. 'ready:' .. queue .. ':' .. priority end
+
+-- Push a job's Celery message: the template stored for its queue and priority, filled with its
+-- id (an id is hex digits: nothing in it is special to gsub), and note it as dispatched.
+-- Returns false if no template is stored (a worker stores them when it starts).
+local function push(id, queue, priority)
   local template = redis.call('HMGET', P .. 'message:' .. queue .. ':' .. priority, 'list', 'text')
-  if template[1] and template[2] then
-    redis.call('LPUSH', template[1], (string.gsub(template[2], '@@job@@', id)))
-  else
-    redis.call('ZADD', SCHEDULE, NOW, id)
+  if not (template[1] and template[2]) then return false end
+  redis.call('LPUSH', template[1], (string.gsub(template[2], '@@job@@', id)))
+  redis.call('ZADD', dispatched_key(queue), NOW, id)
+  return true
+end
+
+-- Queue a job: its message goes on the broker list while the list holds fewer than WINDOW
+-- messages; beyond that it waits in the ready set, without a message (no 1.3 kB copy of what
+-- the ledger knows), and is fed in as workers take messages (top_up). Without a stored
+-- template the job waits on the schedule for a second.
+local function dispatch(id, kind, priority)
+  local queue = queue_of(kind)
+  local list = redis.call('HGET', P .. 'message:' .. queue .. ':' .. priority, 'list')
+  if list and WINDOW > 0 and redis.call('LLEN', list) >= WINDOW then
+    redis.call('ZADD', ready_key(queue, priority), NOW, id)
+  elseif not push(id, queue, priority) then
+    redis.call('ZADD', SCHEDULE, NOW + 1000, id)
   end
+end
+
+-- Feed ready jobs of `queue` onto its broker lists while they have room (at most `most`
+-- messages; realtime first). A ready job that is no longer queued is dropped from the set.
+local function top_up(queue, most)
+  local moved = 0
+  for _, priority in ipairs({'realtime', 'bulk'}) do
+    local ready = ready_key(queue, priority)
+    local list = redis.call('HGET', P .. 'message:' .. queue .. ':' .. priority, 'list')
+    while list and moved < most and redis.call('LLEN', list) < WINDOW do
+      local next = redis.call('ZRANGE', ready, 0, 0)[1]
+      if not next then break end
+      redis.call('ZREM', ready, next)
+      if redis.call('HGET', job_key(next), 'state') == 'queued' then
+        push(next, queue, priority)
+        moved = moved + 1
+      end
+    end
+  end
+  return moved
 end
 
 -- The head of an entity's line may run: if it was held, it is queued now (its message pushed).

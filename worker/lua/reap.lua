@@ -3,8 +3,8 @@
 -- lease, not kombu's visibility timeout. The call the dead worker made may have applied:
 -- delivery is at least once. kombu redelivers the dead worker's own message later; the job has
 -- ended or runs by then, and that duplicate is dropped at its claim.
--- ARGV[1..4] as every ledger script (ledger_lib.lua)
-local most = tonumber(ARGV[5])
+-- ARGV[1..5] as every ledger script (ledger_lib.lua)
+local most = tonumber(ARGV[6])
 -- Returns the ids queued again
 local due = redis.call('ZRANGE', RUNNING, '-inf', NOW, 'BYSCORE', 'LIMIT', 0, most)
 local reaped = {}

@@ -8,13 +8,13 @@
 -- rejected (an operator's requeue) joins the end of its line again: queued if it is the head,
 -- held behind the others otherwise.
 --
--- ARGV[1..4] as every ledger script (ledger_lib.lua)
-local id, token, allowed, new = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+-- ARGV[1..5] as every ledger script (ledger_lib.lua)
+local id, token, allowed, new = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 -- the worker's lock token ('' when an operator acts on an unlocked job); the states the job
 -- must be in now, comma-separated ('' = any); the new state
-local due, entry = ARGV[9], ARGV[10]
+local due, entry = ARGV[10], ARGV[11]
 -- schedule due (ms) or ''; the history entry (JSON)
-local FIELDS = 11  -- ARGV[11..]: field, value pairs to set on the job hash
+local FIELDS = 12  -- ARGV[12..]: field, value pairs to set on the job hash
 -- Returns {'ok', previous state, state now} | {'lost', current} (our lock is gone) |
 -- {'conflict', current} | {'missing', ''}
 local key = job_key(id)
@@ -34,6 +34,11 @@ recount(current, new, job.batch)
 redis.call('ZREM', P .. 'review', id)
 redis.call('ZREM', P .. 'rejected', id)
 redis.call('ZREM', SCHEDULE, id)
+if current == 'queued' then  -- no longer waits for its message (an operator's discard, say)
+  local queue = queue_of(job.kind)
+  redis.call('ZREM', dispatched_key(queue), id)
+  redis.call('ZREM', ready_key(queue, job.priority or 'bulk'), id)
+end
 if new == 'review' then redis.call('ZADD', P .. 'review', NOW, id) end
 if new == 'rejected' then redis.call('ZADD', P .. 'rejected', NOW, id) end
 if due ~= '' then redis.call('ZADD', SCHEDULE, due, id) end

@@ -1,0 +1,42 @@
+-- Keep "queued" a promise for one queue: feed ready jobs onto its broker lists while they have
+-- room, and push again the message of every queued job that was dispatched more than `grace`
+-- ago but is neither on a list nor in kombu's unacked hash. kombu takes a message with BRPOP
+-- and records it in unacked only afterwards: a worker killed in between loses the message (and
+-- a Redis restart can lose the last second of writes). A job found so is sent again; a message
+-- that was only in transit meanwhile becomes a duplicate, which its claim drops.
+-- ARGV[1..5] as every ledger script (ledger_lib.lua)
+local queue, grace, unacked = ARGV[6], tonumber(ARGV[7]), ARGV[8]
+-- the queue, how long a message may be in transit (ms), kombu's unacked hash
+-- Returns {ready jobs fed onto the lists, id of each job whose message was pushed again...}
+local fed = top_up(queue, 1000)
+local present = {}
+for _, priority in ipairs({'realtime', 'bulk'}) do
+  local list = redis.call('HGET', P .. 'message:' .. queue .. ':' .. priority, 'list')
+  if list then
+    -- The lists hold at most WINDOW messages each: this reads a bounded amount, however large
+    -- the backlog. A message's header "id" is its task id, which is the job id.
+    for _, message in ipairs(redis.call('LRANGE', list, 0, -1)) do
+      local id = string.match(message, '"id": "([^"]+)"')
+      if id then present[id] = true end
+    end
+  end
+end
+-- Our messages' delivery tags are their job ids (worker/dispatch.py).
+for _, tag in ipairs(redis.call('HKEYS', unacked)) do present[tag] = true end
+local result = {fed}
+local dispatched = dispatched_key(queue)
+for _, id in ipairs(redis.call('ZRANGE', dispatched, '-inf', NOW - grace, 'BYSCORE')) do
+  if not present[id] then
+    local job = read(id, {'state', 'priority'})
+    if job.state ~= 'queued' then
+      redis.call('ZREM', dispatched, id)  -- claimed, ended or moved on since
+    else
+      redis.call('ZREM', dispatched, id)
+      if not push(id, queue, job.priority) then redis.call('ZADD', SCHEDULE, NOW + 1000, id) end
+      note(id, cjson.encode({at = NOW, event = 'message-lost', reason = 'its message was on '
+                             .. 'neither the queue nor a worker (lost in transit): sent again'}))
+      result[#result + 1] = id
+    end
+  end
+end
+return result
