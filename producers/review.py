@@ -62,6 +62,8 @@ def requeue(job_id: str, changes: dict[str, str], by: str, force: bool = False) 
     _, state = book.transition_to(job_id, QUEUED, entry, allowed=(REVIEW, REJECTED), fields={
         "payload": job.model_dump_json(), "faults": 0, "retries": 0,
         "retry_until_ms": now_ms() + window_ms, "force": "1" if force else "",
+        # The payload as the operator left it is what it sends now: not parts to merge again.
+        "carried": "",
     })  # fmt: skip
     return state
 

@@ -97,6 +97,9 @@ class NoojeeSimConfig:
     scripts: dict[str, Script] = field(default_factory=dict)  # njExternalLeadId -> codes
     seed: int | None = None
     arrival_bounds: ArrivalBounds = field(default_factory=ArrivalBounds)
+    #: An update of a lead the PBX never stored answers 101 (COULDNT_FIND_THE_LEAD), as a real
+    #: PBX does; off by default, so that updates of any lead id just work in a sandbox.
+    strict_leads: bool = False
 
 
 class SlotGate:
@@ -435,13 +438,18 @@ class NoojeeSimulator:
         return {"scripts": self.scripts}
 
     def configure(self, body: Any) -> dict[str, Any]:
-        """Apply any of slots/latency_s/jitter_s/queue_timeout_s at once; ValueError if invalid."""
+        """Apply any of slots/latency_s/jitter_s/queue_timeout_s/strict_leads at once; ValueError
+        if invalid."""
         if not isinstance(body, dict):
             raise ValueError("expected a JSON object")
-        allowed = {"slots", "latency_s", "jitter_s", "queue_timeout_s"}
+        allowed = {"slots", "latency_s", "jitter_s", "queue_timeout_s", "strict_leads"}
         for key, value in body.items():
             if key not in allowed:
                 raise ValueError(f"unknown setting {key!r}; allowed: {sorted(allowed)}")
+            if key == "strict_leads":
+                if not isinstance(value, bool):
+                    raise ValueError(f"strict_leads must be true or false, got {value!r}")
+                continue
             number_ok = _is_int(value) or (key != "slots" and isinstance(value, float))
             if not (number_ok and value >= 0):  # also refuses NaN, which json.loads accepts
                 raise ValueError(f"{key} must be a non-negative number, got {value!r}")
@@ -529,6 +537,8 @@ class NoojeeSimulator:
         script = self.scripts.get(leads[0][0])
         if script:
             code = script.pop(0) if len(script) > 1 else script[0]  # the last code is sticky
+        elif kind == "update" and self.config.strict_leads and leads[0][0] not in self.leads:
+            code = 101
         else:
             code = _natural_code(kind, leads)
         if code == 0:
@@ -706,7 +716,8 @@ def main(argv: list[str] | None = None) -> int:
         "with a PBX of limited slots: calls queue FIFO and fail with 109 after --queue-timeout. "
         "Times are in seconds.",
         epilog="Admin (no apiKey): GET /_stats, GET /_leads/ID, GET /_timeline?since=T, "
-        "POST /_script {lead, codes}, POST /_config {slots, latency_s, jitter_s, queue_timeout_s}, "
+        "POST /_script {lead, codes}, POST /_config {slots, latency_s, jitter_s, queue_timeout_s, "
+        "strict_leads (an update of a lead never stored answers 101)}, "
         "POST /_foreign {slots, duration_s} (another client holds slots; slots 0 ends holds), "
         "POST /_peaks (restart the peak counters), POST /_reset (clears the arrivals too). "
         'A script code may be "slow": held slow_s (given with the script), then 109, nothing '

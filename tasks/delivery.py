@@ -22,6 +22,7 @@ instead of calling again: a 110 conflict is never sent twice by accident.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -51,7 +52,7 @@ from tasks.ordering import Plan, plan
 from tasks.outcomes import Delivered, Outcome, Reauth, Rejected, Retry, Review, Superseded
 from worker.broker import redis_client
 from worker.claims import ClaimKeeper
-from worker.gate import BUSY, NONE, OK, Gate, GateConfig, Permit, gate_name
+from worker.gate import BUSY, HOST, NONE, OK, Gate, GateConfig, Permit, gate_name
 from worker.ledger import (
     DELIVERED,
     QUEUED,
@@ -234,7 +235,8 @@ class DeliveryTask(Task):
     def deliver(self, job_id: str) -> dict[str, Any]:
         """Deliver the job; a Redis error on the way puts its message back on the queue, so a
         blip between claiming and settling cannot strand the job without a message."""
-        token = uuid.uuid4().hex
+        # host/pid/random: whose claim it is shows in Redis (job:{id}:lock).
+        token = f"{HOST}/{os.getpid()}/{uuid.uuid4().hex[:16]}"
         try:
             return self._deliver(job_id, token)
         except RedisError:
@@ -321,7 +323,7 @@ class DeliveryTask(Task):
             return decided
         done = ledger.absorb(record.id, token, decided.job.model_dump_json(), decided.version,
                              decided.newest, decided.priority, decided.retry_until_ms,
-                             decided.taken)  # fmt: skip
+                             decided.taken, decided.carried)  # fmt: skip
         if done == "lost":
             log.warning("job %s: this worker's claim ended before it could merge", record.id)
             raise Ignore()

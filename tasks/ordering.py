@@ -16,6 +16,7 @@ ones where they came.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from tasks.models import JobModel, model_for
@@ -31,7 +32,8 @@ class Plan:
     job: JobModel
     superseded: str = ""
     taken: list[Taken] = field(default_factory=list)
-    version: tuple[str, str] = ("", "")
+    version: tuple[str, str, str] = ("", "", "")
+    carried: str = ""
     newest: tuple[int, str] = (0, "")
     priority: str = ""
     retry_until_ms: int = 0
@@ -61,7 +63,7 @@ def plan(
     stale = older_than_delivered(head, claim)
     if stale:
         return Plan(job, superseded=stale)
-    group: list[tuple[JobRecord, JobModel]] = [(head, job)]
+    group: list[tuple[JobRecord, JobModel]] = []
     taken: list[Taken] = []
     merged_so_far = job
     for record in held if coalesce else []:
@@ -81,32 +83,59 @@ def plan(
         group.append((record, newer))
         taken.append(Taken(record.id, MERGED, head.id, f"merged into job {head.id}, which "
                            "carries its changes in one call with the jobs before it"))  # fmt: skip
-    if len(group) == 1:
+    if not group:
         return Plan(job, taken=taken)
 
-    folded = _fold(group) if any(record.vkey for record, _ in group) else merged_so_far
+    parts = _parts_of(head, job) + [Part(r.vkey, r.seq, j) for r, j in group]
+    versioned = any(part.vkey for part in parts)
+    folded = _fold(parts) if versioned else merged_so_far
     # Validated again as a stored payload is: a merge must not smuggle in what a job may not be.
     folded = type(folded).model_validate_json(folded.model_dump_json())
-    top_version = max(group, key=lambda item: (item[0].vkey, item[0].seq))[0]
-    newest = max(group, key=lambda item: item[0].newest_seq)[0]
-    realtime = any(record.priority == "realtime" for record, _ in group)
+    everyone = [head, *(record for record, _ in group)]
+    top_version = max(everyone, key=lambda record: (record.vkey, record.seq))
+    newest = max(everyone, key=lambda record: record.newest_seq)
+    realtime = any(record.priority == "realtime" for record in everyone)
     return Plan(
         folded,
         taken=taken,
-        version=(top_version.version, top_version.vkey),
+        version=(top_version.version, top_version.vkey, top_version.vjob or top_version.id),
         newest=(newest.newest_seq, newest.top_id or newest.id),
         priority="realtime" if realtime and head.priority != "realtime" else "",
-        retry_until_ms=max(record.retry_until_ms for record, _ in group),
+        retry_until_ms=max(record.retry_until_ms for record in everyone),
+        carried=json.dumps([[p.vkey, p.seq, p.job.model_dump_json()] for p in parts])
+        if versioned else "",
     )
 
 
-def _fold(group: list[tuple[JobRecord, JobModel]]) -> JobModel:
-    """Merge ``group`` (submission order) oldest version first; see the module's docstring."""
+@dataclass(frozen=True)
+class Part:
+    """One job's own changes in a merge: its version's sort key ('' for none), its submission
+    number, and the job as it was submitted."""
+
+    vkey: str
+    seq: int
+    job: JobModel
+
+
+def _parts_of(head: JobRecord, job: JobModel) -> list[Part]:
+    """The jobs a head carries, each as it was submitted: once versions are involved, a merged
+    payload alone cannot be merged again correctly (a field it took from version 36 must lose
+    to version 39 arriving later, though the payload as a whole says 40), so the head keeps the
+    parts (``carried``) and every merge folds them all again."""
+    if not head.carried:
+        return [Part(head.vkey, head.seq, job)]
+    model = type(job)
+    return [Part(vkey, seq, model.model_validate_json(payload))
+            for vkey, seq, payload in json.loads(head.carried)]  # fmt: skip
+
+
+def _fold(parts: list[Part]) -> JobModel:
+    """Merge ``parts`` oldest version first; see the module's docstring."""
     placed = []
     highest = ""
-    for record, job in group:
-        highest = max(highest, record.vkey)
-        placed.append(((record.vkey or highest, record.seq), job))
+    for part in sorted(parts, key=lambda p: p.seq):
+        highest = max(highest, part.vkey)
+        placed.append(((part.vkey or highest, part.seq), part.job))
     placed.sort(key=lambda item: item[0])
     folded = placed[0][1]
     for _, job in placed[1:]:

@@ -157,8 +157,8 @@ def test_absorbing_ends_the_taken_jobs_and_the_head_carries_them(ledger: Ledger)
     f2 = ledger.get("f2")
     assert f2 is not None
     taken = [Taken("f1", MERGED, "h", "merged into h"), Taken("f2", MERGED, "h", "merged into h")]
-    assert ledger.absorb("h", "w", '{"merged": true}', ("7", "7".zfill(20)), (f2.seq, "f2"),
-                         "realtime", 123, taken) == "ok"  # fmt: skip
+    assert ledger.absorb("h", "w", '{"merged": true}', ("7", "7".zfill(20), "f1"),
+                         (f2.seq, "f2"), "realtime", 123, taken) == "ok"  # fmt: skip
     head = ledger.get("h", with_history=True)
     assert head is not None
     assert (head.payload, head.version, head.top_id, head.priority, head.retry_until_ms) == (
@@ -173,7 +173,8 @@ def test_absorbing_ends_the_taken_jobs_and_the_head_carries_them(ledger: Ledger)
     assert ledger.batch_counts("run")["merged"] == 2
     ledger.transition("h", "delivered", {"event": "delivered"}, token="w")
     last = ledger.last_delivery("noojee:L1")
-    assert last is not None and (last.job_id, last.seq, last.vkey) == ("f2", f2.seq, "7".zfill(20))
+    assert last is not None and (last.job_id, last.seq, last.vkey, last.version_job) == (
+        "f2", f2.seq, "7".zfill(20), "f1")
     assert state(ledger, "f3") == QUEUED
 
 
@@ -182,9 +183,9 @@ def test_absorbing_changes_nothing_if_a_job_is_no_longer_held_behind(ledger: Led
     submit(ledger, "f1")
     ledger.claim("h", "w")
     ghost = [Taken("f1", MERGED, "h", "x"), Taken("nope", MERGED, "h", "x")]
-    assert ledger.absorb("h", "w", "{}", ("", ""), (0, ""), "", 0, ghost) == "changed"
+    assert ledger.absorb("h", "w", "{}", ("", "", ""), (0, ""), "", 0, ghost) == "changed"
     assert state(ledger, "f1") == HELD
-    assert ledger.absorb("h", "other", "{}", ("", ""), (0, ""), "", 0, ghost[:1]) == "lost"
+    assert ledger.absorb("h", "other", "{}", ("", "", ""), (0, ""), "", 0, ghost[:1]) == "lost"
 
 
 def test_superseded_jobs_end_with_the_job_that_superseded_them(ledger: Ledger) -> None:
@@ -192,7 +193,7 @@ def test_superseded_jobs_end_with_the_job_that_superseded_them(ledger: Ledger) -
     submit(ledger, "old", version="3", vkey="3".zfill(20))
     ledger.claim("h", "w")
     taken = [Taken("old", SUPERSEDED, "v5-job", "version 3 is older")]
-    assert ledger.absorb("h", "w", "{}", ("", ""), (0, ""), "", 0, taken) == "ok"
+    assert ledger.absorb("h", "w", "{}", ("", "", ""), (0, ""), "", 0, taken) == "ok"
     old = ledger.get("old")
     assert old is not None
     assert (old.state, old.superseded_by, old.version) == (SUPERSEDED, "v5-job", "3")
@@ -360,7 +361,7 @@ class LineMachine(RuleBasedStateMachine):
         if not behind:
             return
         taken = [Taken(j, MERGED, job_id, "merged") for j in behind]
-        assert self.ledger.absorb(job_id, self.running[job_id], "{}", ("", ""), (0, ""), "", 0,
+        assert self.ledger.absorb(job_id, self.running[job_id], "{}", ("", "", ""), (0, ""), "", 0,
                                   taken) == "ok"  # fmt: skip
         for j in behind:
             line.remove(j)

@@ -185,7 +185,7 @@ def test_versions_decide_the_fold_and_old_versions_behind_are_superseded() -> No
     assert isinstance(decided.job, NoojeeLeadUpdate)
     # v5 folds under v6 (older version first); the unversioned job after v6 folds last.
     assert decided.job.fields["Name"] == "v6" and decided.job.fields["Title"] == "none"
-    assert decided.version == ("6", "6".zfill(20))
+    assert decided.version == ("6", "6".zfill(20), "h")
 
 
 FIELD_NAMES = ["Name", "Title", "City", "Email"]
@@ -206,3 +206,21 @@ def test_the_merged_job_is_the_fold_of_the_jobs_in_submission_order(
     assert {k: v for k, v in decided.job.fields.items() if k != "FirstPhone"} == expected
     assert len(decided.taken) == len(jobs) - 1
     assert json.loads(decided.job.model_dump_json())  # a payload the ledger can store
+
+
+def test_a_field_taken_from_an_older_version_loses_to_a_newer_one_merged_later() -> None:
+    head = update(Name="v6")
+    first = [record(update(Title="from-v36"), "f36", 2, version="36", vkey="36".zfill(20)),
+             record(update(City="from-v40"), "f40", 3, version="40", vkey="40".zfill(20))]
+    head_record = record(head, "h", 1, "running", version="6", vkey="6".zfill(20))
+    stage1 = plan(head_record, head, CLAIMED, first, coalesce=True)
+    assert stage1.job.fields["Title"] == "from-v36" and stage1.carried
+    # The head went round again (a busy answer, say) carrying that merge; version 39 arrived.
+    carrying = record(stage1.job, "h", 1, "running", version="40", vkey="40".zfill(20),
+                      carried=stage1.carried)  # fmt: skip
+    later = [record(update(Title="from-v39"), "f39", 4, version="39", vkey="39".zfill(20))]
+    stage2 = plan(carrying, stage1.job, CLAIMED, later, coalesce=True)
+    assert isinstance(stage2.job, NoojeeLeadUpdate)
+    assert stage2.job.fields == {"FirstPhone": "0383218199", "Name": "v6", "Title": "from-v39",
+                                 "City": "from-v40"}  # fmt: skip
+    assert len(json.loads(stage2.carried)) == 4

@@ -191,8 +191,9 @@ def _run(console: Console, stack: Stack, count: int) -> None:
                 answers = pipe.execute()
             states = Counter(answers)
             done = sum(states[s] for s in TERMINAL)
-            detail = "  ".join(f"{s} {states[s]}" for s in ("delivered", "retrying", "review",
-                                                            "rejected") if states[s])  # fmt: skip
+            detail = "  ".join(f"{s} {states[s]}" for s in ("delivered", "merged", "retrying",
+                                                            "review", "rejected")
+                               if states[s])  # fmt: skip
             progress.update(settling, completed=done, detail=detail)
             others_done = sum(state in TERMINAL for state in answers[len(noojee_ids):])
             if not expired and others_done >= len(more) // 3:
@@ -236,8 +237,8 @@ def _report(
     console: Console, stack: Stack, records: list[Any], refused: list[str], elapsed: float
 ) -> None:
     table = Table(title=f"contactsync demo: {len(records)} contact updates to four destinations")
-    for column, justify in (("destination", "left"), ("delivered", "right"), ("review", "right"),
-                            ("rejected", "right"), ("gate", "left"),
+    for column, justify in (("destination", "left"), ("delivered", "right"), ("merged", "right"),
+                            ("review", "right"), ("rejected", "right"), ("gate", "left"),
                             ("logins", "right")):  # fmt: skip
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     details: list[tuple[str, str, int, str]] = []
@@ -248,20 +249,26 @@ def _report(
             continue
         states = Counter(r.state for r in mine)
         unsettled += sum(n for state, n in states.items() if state not in TERMINAL)
-        for state in ("review", "rejected"):
+        for state in ("review", "rejected", "superseded"):
             for reason, n in Counter(r.last_reason for r in mine if r.state == state).items():
                 details.append((destination, state, n, reason))
         logins = _logins(stack, destination)
-        table.add_row(destination, str(states["delivered"]), str(states["review"]),
-                      str(states["rejected"]), _gate_summary(destination),
+        table.add_row(destination, str(states["delivered"]), str(states["merged"]),
+                      str(states["review"]), str(states["rejected"]),
+                      _gate_summary(destination),
                       "-" if logins is None else str(logins))  # fmt: skip
     console.print(table)
+    merged = sum(r.state == "merged" for r in records)
+    if merged:
+        console.print(f"  {merged} updates of a record that was already being updated were "
+                      "merged into one call with it (newest value of each field wins)",
+                      highlight=False)  # fmt: skip
     busy = [r for r in records if any(e.get("code") == "109" for e in r.history)]
     n109 = sum(1 for r in busy for e in r.history if e.get("code") == "109")
     console.print(f"  noojee: {len(busy)} leads answered busy (109) {n109} times, retried with "
                   "backoff, then delivered", highlight=False)  # fmt: skip
     for destination, state, n, reason in details:
-        colour = "yellow" if state == "review" else "red"
+        colour = {"review": "yellow", "rejected": "red"}.get(state, "blue")
         console.print(f"  {destination}: [{colour}]{n} {state}[/{colour}]: {reason}",
                       highlight=False)  # fmt: skip
     if refused:

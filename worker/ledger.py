@@ -147,6 +147,8 @@ class JobRecord:
     vkey: str = ""
     top_seq: int = 0
     top_id: str = ""
+    vjob: str = ""
+    carried: str = ""
     merged_into: str = ""
     superseded_by: str = ""
     force: str = ""
@@ -492,16 +494,19 @@ class Ledger:
         job_id: str,
         token: str,
         payload: str,
-        version: tuple[str, str],
+        version: tuple[str, str, str],
         newest: tuple[int, str],
         priority: str,
         retry_until_ms: int,
         taken: list[Taken],
+        carried: str = "",
     ) -> str:
         """The claimed head ``job_id`` takes over ``taken`` (held behind it): its payload
-        becomes ``payload`` (the merge), its version ``version`` (shown, sort key), the newest
+        becomes ``payload`` (the merge), its version ``version`` (shown, sort key, the job that
+        gave it), the newest
         job it carries ``newest`` (submission number, id), its priority ``priority`` ('' to
-        keep it), its retry window ``retry_until_ms`` (the latest of theirs). Returns ``ok``,
+        keep it), its retry window ``retry_until_ms`` (the latest of theirs), and ``carried``
+        (the jobs it carries as submitted, JSON; '' when versions play no part). Returns ``ok``,
         ``lost`` (our claim ended) or ``changed`` (nothing done)."""
         at = now_ms()
         merged = [t.id for t in taken if t.outcome == MERGED]
@@ -509,9 +514,9 @@ class Ledger:
         entry = {"at": at, "event": "absorbed", "merged": ",".join(merged)}
         if superseded:
             entry["superseded"] = ",".join(superseded)
-        args: list[str | int] = [*self._common(), job_id, token, payload, version[0], version[1],
+        args: list[str | int] = [*self._common(), job_id, token, payload, *version,
                                  newest[0], newest[1], priority, retry_until_ms,
-                                 json.dumps(entry)]  # fmt: skip
+                                 json.dumps(entry), carried]  # fmt: skip
         for t in taken:
             link = "into" if t.outcome == MERGED else "by"
             note = {"at": at, "event": t.outcome, link: t.by, "reason": t.reason}

@@ -268,6 +268,15 @@ class Stack:
         with _signals_ignored():
             self._stop(timeout_s)
 
+    def kill_child(self, name: str) -> None:
+        """SIGKILL one child's process group by name (a worker is ``worker-NAME``) and forget
+        it: a crash, as chaos tests and benchmarks make them."""
+        for entry in [c for c in self._children if c[0] == name]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(entry[1].pid, signal.SIGKILL)
+            entry[1].wait()
+            self._children.remove(entry)
+
     def stop_child(self, name: str, timeout_s: float = 15.0) -> None:
         """Stop one child by name (a worker is ``worker-NAME``): SIGTERM, then SIGKILL."""
         for entry in [c for c in self._children if c[0] == name]:

@@ -5,13 +5,14 @@
 -- no longer held behind the head, nothing changes and the head is sent as it was.
 -- ARGV[1..5] as every ledger script (ledger_lib.lua)
 local id, token, payload, version, vkey = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local top_seq, top_id, priority, retry_until = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-local entry = ARGV[15]
--- the head, our lock token, the merged payload (JSON), the merged job's version as shown and
--- its sort key ('' for none), the submission number and id of the newest job it now carries,
--- its priority (realtime if any absorbed job was), the latest retry window of them (ms), its
--- history entry (JSON)
-local FIRST, PER_JOB = 16, 5
+local vjob, top_seq, top_id, priority = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local retry_until, entry, carried = ARGV[15], ARGV[16], ARGV[17]
+-- the head, our lock token, the merged payload (JSON), the merged job's version as shown, its
+-- sort key ('' for none) and the job that gave it, the submission number and id of the newest
+-- job it now carries, its priority (realtime if any absorbed job was), the latest retry window
+-- of them (ms), its history entry (JSON), the jobs it carries as submitted ('' if versions play
+-- no part: a merged payload can then be merged again as it is)
+local FIRST, PER_JOB = 18, 5
 -- then PER_JOB per job taken over: id, 'merged' or 'superseded', the job that carries or
 -- supersedes it, its reason, its history entry (JSON)
 -- Returns 'ok' | 'lost' (our lock is gone) | 'changed' (a job is no longer held behind us)
@@ -42,14 +43,16 @@ end
 local fields = {'payload', payload, 'top_seq', top_seq, 'top_id', top_id,
                 'retry_until_ms', retry_until, 'updated_at_ms', NOW}
 if version ~= '' then
-  for _, pair in ipairs({{'version', version}, {'vkey', vkey}}) do
+  for _, pair in ipairs({{'version', version}, {'vkey', vkey}, {'vjob', vjob}}) do
     fields[#fields + 1] = pair[1]
     fields[#fields + 1] = pair[2]
   end
 end
-if priority ~= '' then
-  fields[#fields + 1] = 'priority'
-  fields[#fields + 1] = priority
+for _, pair in ipairs({{'priority', priority}, {'carried', carried}}) do
+  if pair[2] ~= '' then
+    fields[#fields + 1] = pair[1]
+    fields[#fields + 1] = pair[2]
+  end
 end
 redis.call('HSET', job_key(id), unpack(fields))
 note(id, entry)

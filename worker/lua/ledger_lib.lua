@@ -147,7 +147,7 @@ local function remember_delivery(id, job)
     redis.call('HSET', last, 'd', newest, 'ds', seq, 'at', NOW)
   end
   if job.vkey and job.vkey ~= '' and (not current[2] or current[2] < job.vkey) then
-    redis.call('HSET', last, 'v', job.vkey, 'vj', newest)
+    redis.call('HSET', last, 'v', job.vkey, 'vj', job.vjob or id)  -- whose version it was
   end
   redis.call('EXPIRE', last, RETENTION_S)
 end

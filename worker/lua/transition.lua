@@ -29,7 +29,7 @@ local fields = {'state', new, 'updated_at_ms', NOW}
 for i = FIELDS, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', key, unpack(fields))
 local job = read(id, {'batch', 'entity', 'kind', 'priority', 'seq', 'top_seq', 'top_id',
-                      'vkey'})
+                      'vkey', 'vjob'})
 recount(current, new, job.batch)
 redis.call('ZREM', P .. 'review', id)
 redis.call('ZREM', P .. 'rejected', id)
