@@ -480,3 +480,98 @@ def _check_destination(
             versions = [int(a["fields"][version_field]) for a in calls
                         if version_field in a["fields"]]  # fmt: skip
             assert versions == sorted(versions), (name, record, versions)
+
+
+# -- what operators and clients see --------------------------------------------------------------
+def test_a_job_in_review_holds_back_nothing_and_its_requeue_names_the_newer_job(
+    fleet: Any, ledger: Any, simulator: Any
+) -> None:
+    from producers import submit
+    from producers.review import NewerDelivered, requeue
+    from tests.conftest import run_cli
+
+    target = targets(fleet)["noojee"]
+    lead = new_lead_id()
+    simulator.script(lead, [110, 0])
+    older = submit(target.job(lead, {"Name": "older"}))
+    wait_for(lambda: ledger.get(older).state == "review", 20, "the conflict")
+    newer = submit(target.job(lead, {"Name": "newer"}))
+    wait_for(lambda: ledger.get(newer).state == "delivered", 20, "the newer job")
+
+    shown = run_cli("review", "show", older)
+    assert f"newer delivered  {newer}" in " ".join(shown.stdout.split("\n")), shown.stdout
+    with pytest.raises(NewerDelivered, match=newer):
+        requeue(older, {}, by="op")
+    refused = run_cli("review", "requeue", older, "--by", "op")
+    assert refused.returncode != 0 and newer in refused.stderr + refused.stdout
+    assert ledger.get(older).state == "review"  # a refused requeue changes nothing
+
+    assert requeue(older, {}, by="op", force=True) in ("queued", "held")
+    wait_for(lambda: ledger.get(older).state == "delivered", 20, "the forced requeue")
+    assert simulator.lead(lead)["Name"] == "older"  # what --force means: it overwrote newer
+    forced = [e for e in ledger.get(older, with_history=True).history
+              if e["event"] == "requeued"]
+    assert forced and forced[0].get("force") == "1" and forced[0]["by"] == "op"
+
+
+def test_merged_and_superseded_jobs_say_so_in_the_cli_the_intake_and_flower(
+    fleet: Any, ledger: Any, simulator: Any
+) -> None:
+    from producers import submit_many
+    from tests.conftest import run_cli
+
+    target = targets(fleet)["noojee"]
+    lead = new_lead_id()
+    simulator.script(lead, [109, 109, 109, 0])  # busy long enough for the rest to be held
+    first, *rest = submit_many([target.job(lead, {"Name": f"n{n}"}) for n in range(4)],
+                               versions=[5, 6, 7, 8])  # fmt: skip
+    settled(ledger, [first, *rest])
+    assert ledger.get(first).state == "delivered"
+    assert {ledger.get(i).state for i in rest} == {"merged"}
+    stale = submit_many([target.job(lead, {"Name": "stale"})], versions=[4])[0]
+    settled(ledger, [stale])
+    assert ledger.get(stale).state == "superseded"
+    assert simulator.lead(lead)["Name"] == "n3"
+
+    merged = rest[0]
+    shown = run_cli("jobs", "show", merged).stdout
+    assert "merged into" in shown and first in shown
+    assert "superseded by" in run_cli("jobs", "show", stale).stdout
+    counts = run_cli("jobs").stdout
+    assert "merged" in counts and "superseded" in counts and "held" in counts
+
+    ops = {"Authorization": "Bearer ops-token-0123456789"}
+    view = httpx.get(f"{fleet.intake_url}/v1/jobs/{merged}", headers=ops, timeout=10).json()
+    assert view["state"] == "merged"
+    assert view["merged_into"] == {"job_id": first, "state": "delivered"}
+    view = httpx.get(f"{fleet.intake_url}/v1/jobs/{stale}", headers=ops, timeout=10).json()
+    assert (view["state"], view["version"]) == ("superseded", "4")
+    assert view["superseded_by"] in (first, *rest)
+
+    auth = fleet.flower_credentials
+
+    def flower(job_id: str) -> Any:
+        answer = httpx.get(f"{fleet.flower_url}/api/task/info/{job_id}", auth=auth, timeout=10)
+        return answer.json() if answer.status_code == 200 else None
+
+    wait_for(lambda: (flower(merged) or {}).get("state") == "MERGED", 20, "Flower's MERGED")
+    wait_for(lambda: (flower(stale) or {}).get("state") == "SUPERSEDED", 20, "SUPERSEDED")
+
+
+def test_a_job_revoked_in_flower_while_retrying_ends_rejected_with_why(
+    fleet: Any, ledger: Any, simulator: Any
+) -> None:
+    from producers import submit
+    from worker.app import app
+
+    target = targets(fleet)["noojee"]
+    lead = new_lead_id()
+    simulator.script(lead, [109])  # busy for ever: the job retries until revoked
+    job_id = submit(target.job(lead, {"Name": "x"}))
+    wait_for(lambda: ledger.get(job_id).state == "retrying", 20, "the job to retry")
+    app.control.revoke(job_id)  # what Flower's Revoke button sends
+    record = wait_for(lambda: (r := ledger.get(job_id, with_history=True)).state == "rejected"
+                      and r, 30, "the revoked job to end")  # fmt: skip
+    assert record.last_code == "revoked" and "revoked by an operator" in record.last_reason
+    assert record.history[0]["event"] == "revoked"
+    simulator.script(lead, [0])
