@@ -1,10 +1,11 @@
 """`make bench`: the ways in (enqueue rates, Redis memory per job, the intake, a million-row
-dry-run backfill), the gate's scenarios A-F (plain Celery and the gate side by side), and the
-fairness of the other destinations beside a Noojee backfill.
+dry-run backfill), the gate's scenarios A-F (plain Celery and the gate side by side), order per
+record (coalescing, the hand-off), and the fairness of the other destinations beside a Noojee
+backfill.
 
 ``python -m bench`` runs them all; ``python -m bench enqueue`` the ways in alone; ``python -m
-bench C D`` some gate scenarios; ``python -m bench fairness`` the fairness benchmark. Results are
-printed and written under ``bench/results/``.
+bench C D`` some gate scenarios; ``python -m bench order`` / ``fairness`` that benchmark. Results
+are printed and written under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import enqueue, fairness, gate
+from bench import enqueue, fairness, gate, order
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -121,6 +122,24 @@ def enqueue_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def order_table(results: dict[str, Any]) -> str:
+    lines = []
+    for key, target in ORDER_TARGETS.items():
+        entry = results[key]
+        lines += ["", f"{key}: {target} → {'MET' if entry['met'] else 'NOT MET'}"]
+        lines += [f"   {name:40}{show(value):>16}" for name, value in entry.items()
+                  if name != "met"]  # fmt: skip
+    return "\n".join(lines)
+
+
+ORDER_TARGETS = {
+    "coalescing": f"{order.LEADS} leads x {order.UPDATES} updates as one backfill into a 4-slot "
+                  f"PBX: at most {order.MAX_CALLS_PER_LEAD} calls per lead, every lead newest",
+    "hand_off": "settle of one job to the call of the next job of its lead (coalescing off); "
+                "figures only",
+}
+
+
 def _write(name: str, report: dict[str, Any]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / name
@@ -154,13 +173,15 @@ def main(argv: list[str]) -> int:
     """``python -m bench``: everything; ``python -m bench A C``: those gate scenarios;
     ``python -m bench enqueue`` / ``fairness``: that benchmark alone."""
     wanted = [a.upper() for a in argv]
-    unknown = [a for a in wanted if a not in {*SHOWN, "FAIRNESS", "ENQUEUE"}]
+    unknown = [a for a in wanted if a not in {*SHOWN, "FAIRNESS", "ENQUEUE", "ORDER"}]
     if unknown:
         print(__doc__)
         return 0 if {"-H", "--HELP"} & set(unknown) else 2
     fairness_wanted = not wanted or "FAIRNESS" in wanted
     enqueue_wanted = not wanted or "ENQUEUE" in wanted
-    keys = [k for k in wanted if k not in ("FAIRNESS", "ENQUEUE")] or (None if not wanted else [])
+    order_wanted = not wanted or "ORDER" in wanted
+    keys = [k for k in wanted if k not in ("FAIRNESS", "ENQUEUE", "ORDER")] or (
+        None if not wanted else [])
     machine = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
     met = True
     if enqueue_wanted:
@@ -176,6 +197,11 @@ def main(argv: list[str]) -> int:
                        "noojee gate vs plain celery", machine, lambda: gate.run(keys), table,
                        nest="scenarios")  # fmt: skip
         met = met and all(entry["met"] for entry in results.values())
+    if order_wanted:
+        print("\norder benchmark: coalescing a backfill's updates of the same leads, and the "
+              "hand-off between two jobs of one lead", flush=True)  # fmt: skip
+        entry = _run("order.json", "order per record", machine, order.run, order_table)
+        met = met and entry["met"]
     if fairness_wanted:
         print("\nfairness benchmark: the other destinations, alone and beside a Noojee backfill",
               flush=True)  # fmt: skip

@@ -362,6 +362,27 @@ def calls_by_lead(simulator: Simulator) -> dict[str, int]:
 
 
 @pytest.mark.integration
+def test_a_version_column_gives_each_row_its_version_and_a_bad_one_is_a_reject(
+    book: Ledger, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "v.csv", ["external_lead_id", "FirstPhone", "Seen"], [
+        ["L1", "0383218199", "7"], ["L1", "0383218199", "2026-11-30T09:30:00Z"],
+        ["L2", "0383218199", ""], ["L3", "0383218199", "last tuesday"]])  # fmt: skip
+    result = run(Backfill(path, "noojee.update", constants=NOOJEE, version_column="Seen",
+                          max_queue_depth=0))  # fmt: skip
+    assert (result.enqueued, result.rejected) == (3, 1)
+    versions = [book.get(job_id_for("noojee", f"backfill:{result.run_id}:{row}")).version
+                for row in (2, 3, 4)]  # fmt: skip
+    assert versions == ["7", "2026-11-30T09:30:00+00:00", ""]
+    assert "Seen" not in payload(book, result, 2)["fields"]  # a version, not a lead field
+    [reject] = rejects_of(tmp_path / "v.csv.rejects.csv")
+    assert (reject["row"], reject["field"]) == ("5", "Seen (version)")
+    assert "RFC 3339" in reject["reason"] and "tuesday" not in reject["reason"]
+    with pytest.raises(BackfillError, match="--version-column Nope"):
+        run(Backfill(path, "noojee.update", constants=NOOJEE, version_column="Nope",
+                     dry_run=True))  # fmt: skip
+
+
 def test_backfill_rejects_bad_rows_to_the_file_and_delivers_the_rest_once(
     stack: Any, simulator: Simulator, ledger: Any, tmp_path: Path
 ) -> None:

@@ -118,3 +118,18 @@ def test_json_python_will_not_read_is_a_400(body: bytes) -> None:
     with pytest.raises(Problem) as refused:
         parse_submission(body, "crm", None)
     assert refused.value.status == 400
+
+
+def test_a_version_is_an_integer_or_a_timestamp_and_a_bad_one_names_its_path() -> None:
+    job = {"kind": "noojee.update", "job": {
+        "template_id": 41, "campaign_id": 41, "allocation_id": 38, "external_lead_id": "L1",
+        "disposition": "Sale", "fields": {"FirstPhone": "0383218199"}}}  # fmt: skip
+    body = {"jobs": [{**job, "version": 3}, {**job, "version": "2026-11-30T09:30:00Z"}, job]}
+    assert parse_submission(json.dumps(body).encode(), "crm", None).versions == [
+        3, "2026-11-30T09:30:00Z", None]
+    for bad in (True, -1, "yesterday", 1.5, "2026-11-30T09:30:00", {"v": 1}):
+        with pytest.raises(Problem) as refused:
+            parse_submission(json.dumps({**job, "version": bad}).encode(), "crm", None)
+        assert refused.value.status == 422
+        assert [path for path, _ in refused.value.errors] == ["$.version"]
+

@@ -224,3 +224,17 @@ def test_a_field_taken_from_an_older_version_loses_to_a_newer_one_merged_later()
     assert stage2.job.fields == {"FirstPhone": "0383218199", "Name": "v6", "Title": "from-v39",
                                  "City": "from-v40"}  # fmt: skip
     assert len(json.loads(stage2.carried)) == 4
+
+
+def test_coalescing_is_a_setting_of_each_destination(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.noojee import deliver as noojee
+    from tasks.trendsic import deliver as trendsic
+    from worker.settings import get_settings
+
+    monkeypatch.setenv("CONTACTSYNC_TRENDSIC__COALESCE", "false")
+    get_settings.cache_clear()
+    try:
+        assert (noojee._coalesces(), trendsic._coalesces()) == (True, False)
+    finally:
+        monkeypatch.delenv("CONTACTSYNC_TRENDSIC__COALESCE")
+        get_settings.cache_clear()
