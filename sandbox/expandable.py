@@ -84,6 +84,7 @@ NOT_PROVIDED = "Auth Token was not provided."
 MALFORMED = "Auth Token is malformed."
 LOGIN_FAILURE = "Auth Token login failure."
 EXPIRED = "Auth Token is expired."  # named in CRM_APIS.md, not on the source page
+BAD_LOGIN = "The user name or password is incorrect."  # ours: login_refusal 500
 NOT_POST = "Request method must be POST."
 # 500 carries business errors and faults alike (messages and codes are ours).
 CUSTOMER_NOT_FOUND = ("Customer ID does not exist.", "CUSTOMER_NOT_FOUND")
@@ -127,6 +128,9 @@ class ExpandableSimConfig:
     token_ttl_s: float = 1800.0
     latency_s: float = 0.0  # added to every API call (login and update)
     down: str | None = None  # "503" (or "502", "504"): every API call answers that status
+    #: How a wrong login is answered: 401 "Auth Token login failure." (the seed page's word for
+    #: a token's), or 500 with a MESSAGE_CODE, as some installations answer auth-token-get.
+    login_refusal: int = 401
     scripts: dict[str, list[str]] = field(default_factory=dict)
     arrival_bounds: ArrivalBounds = field(default_factory=ArrivalBounds)
 
@@ -227,6 +231,8 @@ class ExpandableSimulator:
         matches = [_same(payload[n], want) for n, want in zip(names, expected, strict=True)]
         if not all(matches):
             self.login_failures += 1
+            if cfg.login_refusal == 500:  # as some installations answer wrong credentials
+                return self._count("login", _error(500, BAD_LOGIN, "INVALID_USER_LOGIN"))
             return self._count("login", _error(401, LOGIN_FAILURE, "AUTH_TOKEN_LOGIN_FAILURE"))
         token = secrets.token_hex(16).upper()
         self.tokens[token] = _Token(time.monotonic())
@@ -389,15 +395,25 @@ class ExpandableSimulator:
         return {"scripts": self.scripts}
 
     def configure(self, body: Any) -> dict[str, Any]:
-        """Apply any of latency_s, token_ttl_s, down at once; ValueError (nothing applied)."""
+        """Apply any of latency_s, token_ttl_s, down, password (the one the login accepts) and
+        login_refusal (401, or 500 with a MESSAGE_CODE, as some installations answer wrong
+        credentials) at once; ValueError (nothing applied)."""
         if not isinstance(body, dict):
             raise ValueError("expected a JSON object")
-        allowed = ("down", "latency_s", "token_ttl_s")
+        allowed = ("down", "latency_s", "token_ttl_s", "password", "login_refusal")
         changes: dict[str, Any] = {}
         for key, value in body.items():
             if key not in allowed:
                 raise ValueError(f"unknown setting {key!r}; allowed: {list(allowed)}")
-            if key == "down":
+            if key == "password":
+                if not (isinstance(value, str) and value):
+                    raise ValueError("password must be a non-empty string")
+                changes[key] = value
+            elif key == "login_refusal":
+                if value not in (401, 500):
+                    raise ValueError(f"login_refusal must be 401 or 500, got {value!r}")
+                changes[key] = value
+            elif key == "down":
                 down = None if value is None else str(value)
                 if down is not None and down not in DOWN_VALUES:
                     raise ValueError(f"down must be null or one of {DOWN_VALUES}, got {value!r}")
@@ -412,7 +428,8 @@ class ExpandableSimulator:
 
     def settings(self) -> dict[str, Any]:
         cfg = self.config
-        return {"down": cfg.down, "latency_s": cfg.latency_s, "token_ttl_s": cfg.token_ttl_s}
+        return {"down": cfg.down, "latency_s": cfg.latency_s, "token_ttl_s": cfg.token_ttl_s,
+                "login_refusal": cfg.login_refusal}
 
     def expire_tokens(self) -> dict[str, Any]:
         """POST /_expire_tokens: every token issued so far answers "expired" from now on."""

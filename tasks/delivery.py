@@ -228,6 +228,7 @@ class DeliveryTask(Task):
                     after_failures=settings.pause.after_failures,
                     probe_interval_s=settings.pause.probe_interval_s,
                     config_probe_interval_s=settings.pause.config_probe_interval_s,
+                    limit_probe_interval_s=settings.pause.limit_probe_interval_s,
                 )  # fmt: skip
             assert self._pause is not None
             return self._pause
@@ -427,6 +428,8 @@ class DeliveryTask(Task):
             if isinstance(outcome, Rejected) and outcome.pause:
                 pause.pause_now(scrub(outcome.reason, self._secrets()))
                 return 0  # this job is rejected all the same
+            if isinstance(outcome, Retry) and outcome.spent:
+                return pause.pause_spent(scrub(outcome.reason, self._secrets()))
             if isinstance(outcome, Retry) and outcome.down:
                 return pause.failed(scrub(outcome.reason, self._secrets()))
             pause.succeeded(verdict)

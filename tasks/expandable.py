@@ -462,6 +462,12 @@ class ExpandableClient:
                               "CONTACTSYNC_EXPANDABLE__BASE_URL points at its API")  # fmt: skip
         if status in GATEWAY_DOWN:
             raise _LoginUnanswered(gateway_outcome(status, f"{NAME} (login)"), describe(response))
+        code = _message_code(_json(response))
+        if status == 500 and code:
+            # An ERP that refuses credentials answers its login with a 500 and a MESSAGE_CODE
+            # (a verdict, not a crash): retrying per job would only log in again and again.
+            raise LoginFailed(f"Expandable refused the login (HTTP 500 {code[:60]}): check "
+                              f"{CREDENTIAL_SETTINGS}")  # fmt: skip
         if status >= 500:
             outcome = Retry(f"login-http-{status}", f"the {NAME} login answered HTTP {status}",
                             bounded=True)  # fmt: skip

@@ -129,7 +129,7 @@ class Rule:
         if self.kind == "refused":
             return Reauth(code, reason)
         if self.kind in ("limit", "fault"):
-            return Retry(code, reason, bounded=self.kind == "fault")
+            return Retry(code, reason, bounded=self.kind == "fault", spent=self.kind == "limit")
         if self.kind == "review":
             return Review(code, reason)
         return Rejected(code, reason, pause=self.kind == "pause")
@@ -171,8 +171,9 @@ PLATFORM_ERRORS: dict[str, Rule] = {
         f"{ENV}LOGIN_URL"),
     "REQUEST_LIMIT_EXCEEDED": Rule(
         "limit", "the org's API allowance for the last 24 h is spent (REQUEST_LIMIT_EXCEEDED): "
-        "retried with long waits until Salesforce frees calls; ask Mission Capital for a larger "
-        "allowance if this recurs"),
+        "Mission Capital is paused, one call probes it every CONTACTSYNC_PAUSE__LIMIT_PROBE_"
+        "INTERVAL_S until Salesforce frees calls; ask Mission Capital for a larger allowance if "
+        "this recurs"),
 }  # fmt: skip
 
 #: What the HTTP status says when neither body decides.

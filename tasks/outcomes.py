@@ -28,6 +28,9 @@ class Retry:
     busy: the destination said it is overloaded (109); the concurrency gate wants to know.
     down: the destination itself is failing (refused connections, 502/503/504), not this job;
     enough of these in a row pause it (``worker/pause.py``).
+    spent: the destination's allowance of calls is spent (Salesforce's REQUEST_LIMIT_EXCEEDED):
+    the destination is paused at once and probed every ``pause.limit_probe_interval_s``; no
+    job spends a retry on it.
     """
 
     code: str
@@ -35,6 +38,7 @@ class Retry:
     bounded: bool = False
     busy: bool = False
     down: bool = False
+    spent: bool = False
 
 
 @dataclass(frozen=True)

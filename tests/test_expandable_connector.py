@@ -557,10 +557,26 @@ def test_a_login_answered_without_a_token_is_reauth_naming_the_base_url(
     assert not update.called
 
 
-def test_a_login_that_fails_with_500_is_a_bounded_retry_not_a_reauth(
+def test_a_login_answered_500_with_a_message_code_is_a_refusal_naming_the_settings(
     erp: respx.MockRouter, client: Redis
 ) -> None:
-    erp.post("/api/auth-token-get").respond(500, json={"MESSAGE": "x", "MESSAGE_CODE": "DB_DOWN"})
+    # What an installation answers wrong credentials with: a verdict, so the destination is
+    # paused (and probed) instead of each job logging in again.
+    erp.post("/api/auth-token-get").respond(
+        500, json={"MESSAGE": "The user name or password is incorrect.",
+                   "MESSAGE_CODE": "INVALID_USER_LOGIN"})  # fmt: skip
+
+    answer = mocked(client).send(job())
+
+    assert isinstance(answer.outcome, Reauth)
+    assert "INVALID_USER_LOGIN" in answer.outcome.reason
+    assert "CONTACTSYNC_EXPANDABLE__USERNAME" in answer.outcome.reason
+
+
+def test_a_login_that_fails_with_500_and_no_verdict_is_a_bounded_retry(
+    erp: respx.MockRouter, client: Redis
+) -> None:
+    erp.post("/api/auth-token-get").respond(500, text="<html>Internal Server Error</html>")
 
     answer = mocked(client).send(job())
 

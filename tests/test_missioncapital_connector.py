@@ -338,7 +338,7 @@ def test_invalid_session_id_twice_is_reauth_after_exactly_one_refresh(
 
 
 @pytest.mark.parametrize("how", ["scripted", "natural"])
-def test_request_limit_exceeded_is_an_unbounded_retry_saying_the_allowance_is_spent(
+def test_request_limit_exceeded_pauses_the_destination_saying_the_allowance_is_spent(
     org: Org, connect: Any, how: str
 ) -> None:
     mission = connect(org.url)
@@ -351,10 +351,10 @@ def test_request_limit_exceeded_is_an_unbounded_retry_saying_the_allowance_is_sp
     outcome = mission.send(job()).outcome
 
     assert isinstance(outcome, Retry)
-    assert not outcome.bounded and not outcome.down
+    assert outcome.spent and not outcome.bounded and not outcome.down  # no job's budget spent
     assert outcome.code == "REQUEST_LIMIT_EXCEEDED"
     assert "API allowance" in outcome.reason and "spent" in outcome.reason
-    assert "long waits" in outcome.reason
+    assert "CONTACTSYNC_PAUSE__LIMIT_PROBE_INTERVAL_S" in outcome.reason
 
 
 def test_another_403_goes_to_review_as_a_permission_problem(org: Org, connect: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from worker.credentials import LoginFailed, SharedToken, Token
+from worker.credentials import REFUSAL_MEMORY_S, LoginFailed, SharedToken, Token
 from worker.pause import Pause
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(20)]
@@ -159,14 +159,45 @@ def test_a_token_due_for_renewal_is_renewed_before_use(client: Any) -> None:
     assert shared.get().value == "tok-2"
 
 
-def test_a_refused_login_raises_and_caches_nothing(client: Any) -> None:
+def test_a_refused_login_raises_caches_no_token_and_answers_for_a_while(client: Any) -> None:
     logins = Logins()
     logins.refuse = True
     shared = SharedToken(client, "x", logins, prefix=fresh_prefix())
     with pytest.raises(LoginFailed, match="CONTACTSYNC_X__PASSWORD"):
         shared.get()
     logins.refuse = False
+    with pytest.raises(LoginFailed, match="CONTACTSYNC_X__PASSWORD"):
+        shared.get()  # within REFUSAL_MEMORY_S: the same answer, no second login
+    assert logins.calls == 1
+    assert 0 < client.pttl(shared._refused_key) <= REFUSAL_MEMORY_S * 1000
+    client.delete(shared._refused_key)  # as if REFUSAL_MEMORY_S had passed
     assert shared.get().value == "tok-2"
+
+
+def test_a_refused_login_is_tried_once_and_every_waiting_thread_takes_its_answer(
+    client: Any,
+) -> None:
+    logins = Logins()
+    logins.refuse = True
+    logins.release.clear()  # hold the login until every thread is asking
+    prefix = fresh_prefix()
+    workers = [SharedToken(client, "x", logins, prefix=prefix) for _ in range(8)]
+    refused: list[str] = []
+
+    def ask(shared: SharedToken) -> None:
+        with pytest.raises(LoginFailed) as caught:
+            shared.get()
+        refused.append(str(caught.value))
+
+    threads = [threading.Thread(target=ask, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    assert logins.entered.wait(5)
+    logins.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert logins.calls == 1
+    assert refused == ["refused: check CONTACTSYNC_X__PASSWORD"] * 8
 
 
 def test_a_token_never_shows_in_its_repr() -> None:

@@ -316,6 +316,7 @@ def test_bad_admin_bodies_are_400_and_change_nothing(path: str, body: Any) -> No
             "down": None,
             "latency_s": 0.0,
             "token_ttl_s": 1800,
+            "login_refusal": 401,
         }
         assert client.get("/_contacts/X/Y").status_code == 404
         assert update(client, login(client), CITY="ok").status_code == 200  # no script was set

@@ -6,7 +6,10 @@ one past its refresh time, or whose call was refused with it, logs in under a lo
 with a TTL), so the fleet logs in once and every other worker reuses that login's token.
 
 A token refused by the destination is refreshed only if it is still the cached one: a worker
-whose call failed with a token another worker already replaced just takes the new one.
+whose call failed with a token another worker already replaced just takes the new one. A login
+that is refused is tried once: the workers that waited for it, and any that come for a token in
+the next ``REFUSAL_MEMORY_S``, take its refusal instead of trying the same credentials again (by
+then the destination is paused, and its probes try again at their own pace).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ log = logging.getLogger(__name__)
 LOGIN_LOCK_S = 30.0
 #: How often a worker waiting for another's login looks for the new token.
 WAIT_STEP_S = 0.02
+#: How long a refused login answers for every worker that comes for a token.
+REFUSAL_MEMORY_S = 5.0
 
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -70,6 +75,7 @@ class SharedToken:
         self._key = f"{prefix}token:{name}"
         self._lock_key = f"{prefix}token:{name}:lock"
         self._logins_key = f"{prefix}token:{name}:logins"
+        self._refused_key = f"{prefix}token:{name}:refused"
         self._unlock = client.register_script(_UNLOCK)
 
     def get(self) -> Token:
@@ -98,18 +104,26 @@ class SharedToken:
             if self._replaced(current, stale):
                 assert current is not None
                 return current
+            self._raise_if_refused()
             if self.client.set(self._lock_key, lock, nx=True, px=int(LOGIN_LOCK_S * 1000)):
                 try:
                     current = self._read()  # another worker may have finished just now
                     if self._replaced(current, stale):
                         assert current is not None
                         return current
-                    token = self._login(current or stale)
+                    self._raise_if_refused()
+                    try:
+                        token = self._login(current or stale)
+                    except LoginFailed as exc:
+                        self.client.set(self._refused_key, str(exc),
+                                        px=int(REFUSAL_MEMORY_S * 1000))  # fmt: skip
+                        raise
                     self.client.set(self._key, json.dumps({
                         "value": token.value, "data": token.data,
                         "refresh_at_ms": token.refresh_at_ms,
                     }))  # fmt: skip
                     self.client.incr(self._logins_key)
+                    self.client.delete(self._refused_key)
                     log.info("%s: logged in for the fleet", self.name)
                     return token
                 finally:
@@ -118,6 +132,12 @@ class SharedToken:
                 raise LoginFailed(f"{self.name}: another worker's login took over "
                                   f"{LOGIN_LOCK_S:g} s")  # fmt: skip
             time.sleep(WAIT_STEP_S)  # another worker is logging in
+
+    def _raise_if_refused(self) -> None:
+        """Another worker's login was refused just now: take its answer."""
+        refused = self.client.get(self._refused_key)
+        if refused:
+            raise LoginFailed(str(refused))
 
     @staticmethod
     def _replaced(current: Token | None, stale: Token | None) -> bool:

@@ -11,7 +11,8 @@ over one probe interval.
 A login that is refused, or an answer that says the configuration is broken, pauses the
 destination at once and probes it only every ``pause.config_probe_interval_s``: retrying would
 not help until a person fixes the settings, and some destinations lock a user who logs in too
-often.
+often. An answer that says the destination's allowance of calls is spent pauses it at once too,
+probed every ``pause.limit_probe_interval_s``: every call meanwhile would spend what it frees.
 """
 
 from __future__ import annotations
@@ -68,12 +69,14 @@ class Pause:
         after_failures: int = 5,
         probe_interval_s: float = 5.0,
         config_probe_interval_s: float = 60.0,
+        limit_probe_interval_s: float = 300.0,
     ) -> None:
         self.client = client
         self.name = name
         self.after_failures = after_failures
         self.probe_interval_ms = int(probe_interval_s * 1000)
         self.config_probe_interval_ms = int(config_probe_interval_s * 1000)
+        self.limit_probe_interval_ms = int(limit_probe_interval_s * 1000)
         self._keys = [f"{prefix}pause:{name}", f"{prefix}pause:{name}:failures"]
         self._check = client.register_script(_source("pause_check"))
         self._failure = client.register_script(_source("pause_failure"))
@@ -100,6 +103,10 @@ class Pause:
     def pause_now(self, reason: str, now_ms: int | None = None) -> int:
         """Pause at once: the configuration is broken and a person must fix it."""
         return self._record(reason, self.config_probe_interval_ms, 0, now_ms)
+
+    def pause_spent(self, reason: str, now_ms: int | None = None) -> int:
+        """Pause at once: the destination's allowance of calls is spent until it frees some."""
+        return self._record(reason, self.limit_probe_interval_ms, 0, now_ms)
 
     def succeeded(self, verdict: Verdict) -> None:
         """A call got an answer: any run of failures is over. Costs a write only when there was

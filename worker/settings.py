@@ -225,6 +225,10 @@ class PauseSettings(BaseModel):
         60.0, gt=0, description="the same, when the pause is for a login or configuration error "
         "(a person must fix it; Salesforce locks a user after 3,600 logins an hour)"
     )
+    limit_probe_interval_s: float = Field(
+        300.0, gt=0, description="the same, when the destination says its allowance of calls "
+        "is spent (Salesforce's REQUEST_LIMIT_EXCEEDED: the org's 24 h allowance)"
+    )
 
 
 class FlowerSettings(BaseModel):
