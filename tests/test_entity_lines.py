@@ -6,6 +6,7 @@ test of the invariants under random operations."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import fakeredis
@@ -240,6 +241,14 @@ def test_a_running_job_with_a_live_claim_is_not_reaped(ledger: Ledger) -> None:
 
 
 # -- the broker window and lost messages -------------------------------------------------------
+HELD_MS = 30_000
+
+
+def took(job_id: str, ledger: Ledger, unacked: str, seconds_ago: float = 0) -> None:
+    """What kombu records when a worker takes a message: its delivery tag (the job id) in the
+    unacked hash, and when, in seconds, in the hash's index."""
+    ledger.r.hset(unacked, job_id, "[...]")
+    ledger.r.zadd(f"{unacked}_index", {job_id: time.time() - seconds_ago})
 @pytest.fixture
 def windowed() -> Ledger:
     return Ledger(fakeredis.FakeRedis(decode_responses=True), prefix="t:", retention_s=3600,
@@ -266,14 +275,24 @@ def test_a_message_lost_in_transit_is_pushed_again_and_one_in_flight_is_not(
     for job_id in ("lost", "unacked", "claimed"):
         submit(ledger, job_id, entity=f"noojee:{job_id}")
     ledger.r.delete(BULK_LIST)  # every message popped by a worker (BRPOP)...
-    ledger.r.hset("unacked", "unacked", "[...]")  # ...one recorded by kombu...
+    took("unacked", ledger, "unacked")  # ...one recorded by kombu...
     assert ledger.claim("claimed", "w").status == "claimed"  # ...one claimed
-    assert ledger.reconcile("noojee", 60_000, "unacked") == (0, [])  # still within the grace
-    assert ledger.reconcile("noojee", 0, "unacked") == (0, ["lost"])
+    assert ledger.reconcile("noojee", 60_000, "unacked", HELD_MS) == (0, [])  # within the grace
+    assert ledger.reconcile("noojee", 0, "unacked", HELD_MS) == (0, ["lost"])
     assert messages(ledger) == ["lost"]
     lost = ledger.get("lost", with_history=True)
     assert lost is not None and lost.history[0]["event"] == "message-lost"
-    assert ledger.reconcile("noojee", 0, "unacked") == (0, [])  # its message is there now
+    assert ledger.reconcile("noojee", 0, "unacked", HELD_MS) == (0, [])  # it is there now
+
+
+def test_a_message_a_worker_took_long_ago_without_claiming_its_job_is_pushed_again(
+    ledger: Ledger,
+) -> None:
+    submit(ledger, "a")
+    ledger.r.delete(BULK_LIST)
+    took("a", ledger, "unacked", seconds_ago=5)  # a worker killed with it, not started
+    assert ledger.reconcile("noojee", 0, "unacked", 10_000) == (0, [])  # it may just be busy
+    assert ledger.reconcile("noojee", 0, "unacked", 2_000) == (0, ["a"])  # not that long
 
 
 def test_a_job_handed_back_at_the_gate_stays_accounted_for(ledger: Ledger) -> None:
@@ -283,11 +302,11 @@ def test_a_job_handed_back_at_the_gate_stays_accounted_for(ledger: Ledger) -> No
     assert ledger.unclaim("a", "w")
     assert state(ledger, "a") == QUEUED
     # Its message is on its way back from kombu's unacked hash: not pushed twice...
-    ledger.r.hset("unacked", "a", "[...]")
-    assert ledger.reconcile("noojee", 0, "unacked") == (0, [])
+    took("a", ledger, "unacked")
+    assert ledger.reconcile("noojee", 0, "unacked", HELD_MS) == (0, [])
     # ...unless it never got there.
-    ledger.r.delete("unacked")
-    assert ledger.reconcile("noojee", 0, "unacked") == (0, ["a"])
+    ledger.r.delete("unacked", "unacked_index")
+    assert ledger.reconcile("noojee", 0, "unacked", HELD_MS) == (0, ["a"])
 
 
 # -- the model test -------------------------------------------------------------------------------
@@ -401,7 +420,7 @@ class LineMachine(RuleBasedStateMachine):
 
     @rule()
     def reconcile(self) -> None:
-        self.ledger.reconcile("noojee", 0, "unacked")
+        self.ledger.reconcile("noojee", 0, "unacked", HELD_MS)
         on_lists = {json.loads(m)["job"] for key in (BULK_LIST, REALTIME_LIST)
                     for m in self.ledger.r.lrange(key, 0, -1)}  # fmt: skip
         dispatched = set(self.ledger.r.zrange("m:dispatched:noojee", 0, -1))

@@ -587,10 +587,14 @@ class Ledger:
         ids."""
         return [str(i) for i in self._due(keys=[], args=[*self._common(), limit])]
 
-    def reconcile(self, queue: str, grace_ms: int, unacked_key: str) -> tuple[int, list[str]]:
+    def reconcile(
+        self, queue: str, grace_ms: int, unacked_key: str, held_ms: int
+    ) -> tuple[int, list[str]]:
         """For one queue: feed ready jobs onto its broker lists, and push again the messages
-        lost in transit (see reconcile.lua). Returns (jobs fed, ids sent again)."""
-        reply = self._reconcile(keys=[], args=[*self._common(), queue, grace_ms, unacked_key])
+        lost in transit or left with a dead worker (see reconcile.lua). Returns (jobs fed, ids
+        sent again)."""
+        reply = self._reconcile(keys=[], args=[*self._common(), queue, grace_ms, unacked_key,
+                                               held_ms])  # fmt: skip
         return int(reply[0]), [str(i) for i in reply[1:]]
 
     def feed(self, queue: str) -> int:

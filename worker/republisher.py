@@ -25,7 +25,9 @@ TICK_S = 0.5
 #: How often one worker of the fleet checks each queue for lost messages.
 RECONCILE_S = 5.0
 #: How long a message may be between the broker list and kombu's unacked hash (a BRPOP answer
-#: on its way to the worker) before its job is found to have none.
+#: on its way to the worker) before its job is found to have none. A worker may also hold a
+#: message it took without claiming its job (all its threads busy) for three claim leases: past
+#: that, its worker is taken for dead and the job is sent again.
 TRANSIT_GRACE_MS = 10_000
 #: Every this many ticks (a minute), forget rejected jobs whose records have expired.
 PRUNE_EVERY_TICKS = 120
@@ -55,7 +57,9 @@ class Republisher:
         for queue in self.queues:
             turn = f"{self.ledger.prefix}reconcile:{queue}"
             if self.ledger.r.set(turn, "1", nx=True, px=int(RECONCILE_S * 1000)):
-                lost += self.ledger.reconcile(queue, TRANSIT_GRACE_MS, self.unacked_key)[1]
+                held_ms = max(TRANSIT_GRACE_MS, 3 * self.ledger.lease_ms)
+                lost += self.ledger.reconcile(queue, TRANSIT_GRACE_MS, self.unacked_key,
+                                              held_ms)[1]  # fmt: skip
             else:
                 self.ledger.feed(queue)
         if lost:

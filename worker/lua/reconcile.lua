@@ -1,12 +1,17 @@
 -- Keep "queued" a promise for one queue: feed ready jobs onto its broker lists while they have
 -- room, and push again the message of every queued job that was dispatched more than `grace`
--- ago but is neither on a list nor in kombu's unacked hash. kombu takes a message with BRPOP
--- and records it in unacked only afterwards: a worker killed in between loses the message (and
--- a Redis restart can lose the last second of writes). A job found so is sent again; a message
--- that was only in transit meanwhile becomes a duplicate, which its claim drops.
+-- ago but is neither on a list nor with a worker. kombu takes a message with BRPOP and records
+-- it in its unacked hash only afterwards: a worker killed in between loses the message (and a
+-- Redis restart can lose the last second of writes). And a worker killed with messages it had
+-- taken but not started leaves them in unacked until kombu's visibility timeout (minutes): a
+-- message a worker took more than `held` ago without claiming its job counts as lost too. A
+-- job found so is sent again; a message that was only in transit or with a slow worker becomes
+-- a duplicate, which its claim drops.
 -- ARGV[1..5] as every ledger script (ledger_lib.lua)
-local queue, grace, unacked = ARGV[6], tonumber(ARGV[7]), ARGV[8]
--- the queue, how long a message may be in transit (ms), kombu's unacked hash
+local queue, grace, unacked, held = ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
+-- the queue, how long a message may be in transit (ms), kombu's unacked hash (its index is
+-- the same name with '_index': delivery tag -> when a worker took it, in seconds), how long a
+-- worker may hold a message without claiming its job (ms)
 -- Returns {ready jobs fed onto the lists, id of each job whose message was pushed again...}
 local fed = top_up(queue, 1000)
 local present = {}
@@ -22,7 +27,9 @@ for _, priority in ipairs({'realtime', 'bulk'}) do
   end
 end
 -- Our messages' delivery tags are their job ids (worker/dispatch.py).
-for _, tag in ipairs(redis.call('HKEYS', unacked)) do present[tag] = true end
+local taken_before = (NOW - held) / 1000
+local with_workers = redis.call('ZRANGE', unacked .. '_index', taken_before, '+inf', 'BYSCORE')
+for _, tag in ipairs(with_workers) do present[tag] = true end
 local result = {fed}
 local dispatched = dispatched_key(queue)
 for _, id in ipairs(redis.call('ZRANGE', dispatched, '-inf', NOW - grace, 'BYSCORE')) do
