@@ -3,8 +3,10 @@ commands find it with the settings alone, and Ctrl-C stops all of it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests.conftest import run_cli, wait_for
 
@@ -117,25 +120,32 @@ def test_up_killed_with_sigkill_leaves_no_orphans(tmp_path: Path) -> None:
     wait_for(all_gone, 30, "the children of a killed `up` to exit")
 
 
-def test_demo_prints_its_table_and_never_touches_configured_endpoints(tmp_path: Path) -> None:
+def test_demo_prints_what_it_saw_every_time_and_never_touches_configured_endpoints(
+    tmp_path: Path,
+) -> None:
     env = _env(tmp_path)
     # Were the demo to use these, it would fail: nothing listens on port 1.
     env["CONTACTSYNC_REDIS_URL"] = "redis://127.0.0.1:1/0"
     env["CONTACTSYNC_NOOJEE__BASE_URL"] = "http://127.0.0.1:1"
-    result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "demo", "--jobs", "80", "--no-linger"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    for row in ("noojee", "missioncapital", "trendsic", "expandable", "answered busy (109)",
-                "review", "rejected", "refused by the intake (422", "80 jobs settled in",
-                "Flower: http://127.0.0.1:", "Intake: http://127.0.0.1:"):  # fmt: skip
-        assert row in out, out
-    assert "LEAD_NOT_UPDATED_DUE_TO_CONFLICT" in out and "DNC" in out
-    assert "Application not found" in out  # Mission Capital's scripted unknown application
-    assert "not settled in time" not in out
-    assert not (tmp_path / ".contactsync" / "demo" / "redis" / "embedded.json").exists()
+    for run in ("first", "second"):  # the second run in the same checkout tells its own story
+        result = subprocess.run(
+            [sys.executable, "-m", "worker.cli", "demo", "--jobs", "80", "--no-linger"],
+            cwd=tmp_path, env={**env, "COLUMNS": "400"}, capture_output=True, text=True,
+            timeout=170,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = result.stdout
+        for row in ("noojee", "missioncapital", "trendsic", "expandable", "answered busy (109)",
+                    "review", "rejected", "refused by the intake (422", "80 jobs settled in",
+                    "Flower: http://127.0.0.1:", "Intake: http://127.0.0.1:"):  # fmt: skip
+            assert row in out, (run, out)
+        assert "LEAD_NOT_UPDATED_DUE_TO_CONFLICT" in out and "DNC" in out
+        assert "Application not found" in out  # Mission Capital's scripted unknown application
+        assert "not settled in time" not in out
+        busy = re.search(r"answered busy \(109\) (\d+) times \(the PBX counted (\d+) in", out)
+        assert busy is not None, out
+        assert busy.group(1) == busy.group(2) != "0", (run, busy.group(0))
+        assert not (tmp_path / ".contactsync" / "demo" / "redis" / "embedded.json").exists()
 
 
 def test_cli_explains_an_unreachable_redis_and_bad_settings(tmp_path: Path) -> None:
@@ -191,3 +201,129 @@ def test_nothing_configured_means_a_clear_refusal_not_a_stranger_redis(tmp_path:
     )  # fmt: skip
     assert worker.returncode != 0
     assert "no Redis to use: set CONTACTSYNC_REDIS_URL" in worker.stdout + worker.stderr
+
+
+class Output:
+    """A child's output lines, read on a thread, waited for by content."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        import queue
+        import threading
+
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        assert proc.stdout is not None
+        stream = proc.stdout
+        threading.Thread(target=lambda: [self._queue.put(line) for line in stream],
+                         daemon=True).start()  # fmt: skip
+
+    def wait_for(self, text: str, timeout_s: float = 90) -> str:
+        import queue
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self.lines.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"no line with {text!r} within {timeout_s} s:\n" + "".join(self.lines))
+
+
+def _start_up(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], Output]:
+    up = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "up"], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    output = Output(up)
+    output.wait_for("Ctrl-C stops everything")
+    return up, output
+
+
+def _stop_up(up: subprocess.Popen[str]) -> None:
+    os.killpg(up.pid, signal.SIGINT)
+    up.wait(timeout=60)
+
+
+def _child(up: subprocess.Popen[str], *words: str) -> int:
+    """The pid of the child of ``up`` whose command line has every one of ``words``."""
+    children = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True)
+    for pid in (int(p) for p in children.stdout.split()):
+        with contextlib.suppress(FileNotFoundError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if all(word in command for word in words):
+                return pid
+    raise AssertionError(f"no child of `up` runs {words}")
+
+
+def test_up_starts_a_killed_worker_and_server_again(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    up, output = _start_up(tmp_path, env)
+    try:
+        intake_line = next(line for line in output.lines if line.startswith("intake"))
+        intake_url, token = intake_line.split()[1], intake_line.split()[4]
+        os.kill(_child(up, "celery", "w1@"), signal.SIGKILL)
+        output.wait_for("worker-w1 started again")
+        server = json.loads((tmp_path / ".contactsync" / "redis" / "embedded.json").read_text())
+        os.kill(int(server["pid"]), signal.SIGKILL)
+        output.wait_for("the embedded server is back on " + server["url"])
+        supervisor_log = (tmp_path / ".contactsync" / "logs" / "supervisor.log").read_text()
+        assert "worker-w1 (exit code -9) died" in supervisor_log
+
+        auth = {"Authorization": f"Bearer {token}"}
+        job = {"kind": "missioncapital.contact_user",
+               "job": {"application_id": "00QEa00000ItVf8MAF"}}
+
+        def delivered() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                sent = httpx.post(f"{intake_url}/v1/jobs", json=job, headers={
+                    **auth, "Idempotency-Key": "after-the-crashes"}, timeout=5)
+                if sent.status_code == 202:
+                    shown = httpx.get(f"{intake_url}/v1/jobs/{sent.json()['job_id']}",
+                                      headers=auth, timeout=5).json()  # fmt: skip
+                    return bool(shown["state"] == "delivered")
+            return False
+
+        wait_for(delivered, 60, "a job submitted after the crashes to be delivered")
+    finally:
+        _stop_up(up)
+
+
+def test_a_backfill_through_a_redis_crash_finishes_with_resume_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    env = _env(tmp_path)
+    up, output = _start_up(tmp_path, env)
+    try:
+        leads = [f"R-{n}" for n in range(600)]
+        path = tmp_path / "leads.csv"
+        path.write_text("external_lead_id,FirstPhone\n" + "".join(
+            f"{lead},0383{n:06d}\n" for n, lead in enumerate(leads)))
+        args = [sys.executable, "-m", "worker.cli", "backfill", str(path), "-d", "noojee",
+                "--kind", "update", "--set", "template_id=41", "--set", "campaign_id=41",
+                "--set", "allocation_id=38", "--set", "disposition=Sale",
+                "--max-queue-depth", "50", "--wait"]  # fmt: skip
+        first = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        state = tmp_path / ".contactsync" / "redis" / "embedded.json"
+        server = json.loads(state.read_text())
+        client = redis.Redis.from_url(server["url"], decode_responses=True)
+        wait_for(lambda: any(client.scan_iter("cs:backfill:*")), 30, "the backfill to start")
+        wait_for(lambda: int(client.hget("cs:counts", "delivered") or 0) >= 60, 60,
+                 "some deliveries")  # fmt: skip
+        os.kill(int(server["pid"]), signal.SIGKILL)  # mid-run: the queue is at its cap
+        output.wait_for("the embedded server is back")
+        first.communicate(timeout=120)  # it rides out the outage, or stops with an error
+
+        again = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True,
+                               text=True, timeout=180)  # fmt: skip
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "600 delivered" in again.stdout.replace(",", ""), again.stdout
+        noojee = next(line for line in output.lines if line.startswith("noojee"))
+        calls = httpx.get(f"{noojee.split()[1]}/_stats", timeout=10).json()["calls_by_lead"]
+        assert [lead for lead in leads if not calls.get(lead)] == []  # every row reached it
+    finally:
+        _stop_up(up)

@@ -10,7 +10,6 @@ import getpass
 import json
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -133,9 +132,9 @@ def up(workers: int) -> None:
         with console.status("starting contactsync..."):
             stack.start()
         _print_stack(stack)
-        console.print("Ctrl-C stops everything.")
-        while True:
-            time.sleep(3600)
+        console.print("Ctrl-C stops everything. A server or worker that dies is started again "
+                      f"(and noted in {stack.log_dir / 'supervisor.log'}).")  # fmt: skip
+        stack.keep_running(lambda event: console.print(f"[yellow]{escape(event)}[/yellow]"))
     except KeyboardInterrupt:
         console.print("stopping...")
     finally:

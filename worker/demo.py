@@ -11,15 +11,18 @@ bar, then a table of where every job ended, destination by destination.
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from collections import Counter
 from typing import Any
 
+import click
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from worker.embedded import running_url
 from worker.ledger import TERMINAL
 from worker.settings import get_settings
 from worker.stack import Stack
@@ -104,8 +107,15 @@ def other_jobs(count: int, rng: random.Random) -> tuple[list[Any], dict[str, lis
 
 def run_demo(console: Console, count: int, linger: bool) -> None:
     # Sandboxed, under its own data dir: sample jobs never reach a configured Redis or PBX, and
-    # the demo runs beside a `contactsync up` without touching its ledger.
-    stack = Stack(get_settings().data_dir / "demo", sandboxed=True,
+    # the demo runs beside a `contactsync up` without touching its ledger. Each run starts from
+    # an empty one: a second run must report what it did, not find the first run's jobs (its
+    # backfill's idempotency keys would name them) and report those again.
+    sandbox = get_settings().data_dir / "demo"
+    if running_url(sandbox):
+        raise click.ClickException(f"a demo already runs on {sandbox}: stop it first (Ctrl-C in "
+                                   "its terminal)")  # fmt: skip
+    shutil.rmtree(sandbox, ignore_errors=True)
+    stack = Stack(sandbox, sandboxed=True,
                   simulator_args=["--slots", "4", "--latency", "0.1"])  # fmt: skip
     with console.status("starting embedded Redis, the Noojee simulator, a worker and Flower..."):
         stack.start()
@@ -121,8 +131,8 @@ def run_demo(console: Console, count: int, linger: bool) -> None:
                 f"{stack.intake_url}/v1/review",
                 highlight=False,
             )
-            while True:
-                time.sleep(3600)
+            stack.keep_running(lambda event: console.print(f"[yellow]{event}[/yellow]",
+                                                            highlight=False))
         else:
             console.print("`contactsync demo --linger` keeps the system running afterwards, to "
                           "look around in Flower and resolve the review jobs.")  # fmt: skip
@@ -265,8 +275,10 @@ def _report(
                       highlight=False)  # fmt: skip
     busy = [r for r in records if any(e.get("code") == "109" for e in r.history)]
     n109 = sum(1 for r in busy for e in r.history if e.get("code") == "109")
-    console.print(f"  noojee: {len(busy)} leads answered busy (109) {n109} times, retried with "
-                  "backoff, then delivered", highlight=False)  # fmt: skip
+    pbx = httpx.get(f"{stack.simulator_urls['noojee']}/_stats", timeout=10).json()
+    console.print(f"  noojee: {len(busy)} leads answered busy (109) {n109} times (the PBX "
+                  f"counted {pbx['answers'].get('109', 0)} in {pbx['calls']} calls), retried "
+                  "with backoff, then delivered", highlight=False)  # fmt: skip
     for destination, state, n, reason in details:
         colour = {"review": "yellow", "rejected": "red"}.get(state, "blue")
         console.print(f"  {destination}: [{colour}]{n} {state}[/{colour}]: {reason}",

@@ -106,6 +106,26 @@ class EmbeddedRedis:
             ) from None
         if self.port == 0:
             self.port = free_port()
+        self._spawn(timeout_s)
+        return self
+
+    @property
+    def alive(self) -> bool:
+        """Whether the server process runs."""
+        return self._process is not None and self._process.poll() is None
+
+    def restart(self, timeout_s: float = 60.0) -> EmbeddedRedis:
+        """Start the server again after it died, on the same port and append-only file (it
+        replays the file: what it had written a second before it died is there)."""
+        if self._lock is None:
+            raise RuntimeError("restart() is for a server this object started")
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._spawn(timeout_s)
+        return self
+
+    def _spawn(self, timeout_s: float) -> None:
         args = [
             str(server_binary()),
             "--port", str(self.port),
@@ -139,7 +159,6 @@ class EmbeddedRedis:
         client.close()
         state = {"url": self.url, "pid": self._process.pid}
         (self.data_dir / STATE_FILE).write_text(json.dumps(state))
-        return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Shut the server down cleanly (the AOF is flushed), then forget its URL and lock."""

@@ -117,6 +117,10 @@ class Stack:
     intake_token: str = ""
     simulator_urls: dict[str, str] = field(default_factory=dict)
     _children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = field(default_factory=list)
+    #: What each child was started with, and when; restarts by name (``supervise``).
+    _commands: dict[str, list[str]] = field(default_factory=dict)
+    _started_at: dict[str, float] = field(default_factory=dict)
+    _restarts: dict[str, Restart] = field(default_factory=dict)
 
     @property
     def flower_password_shown(self) -> str:
@@ -142,6 +146,7 @@ class Stack:
         try:
             if settings.redis_url is None or self.sandboxed:
                 self.redis = EmbeddedRedis.under(self.data_dir).start()
+                self._started_at["redis"] = time.monotonic()
                 self.env["CONTACTSYNC_REDIS_URL"] = self.redis.url
             self._start_simulators([
                 name for name, sim in SIMULATORS.items()
@@ -164,7 +169,48 @@ class Stack:
         os.environ.update(self.env)
         refresh_settings()
 
+    def supervise(self) -> list[str]:
+        """Start again, with backoff, the embedded server and every child that died: call it
+        every half second or so from the thread that started the stack (a child dies with the
+        thread that started it). Returns what it saw and did, for the screen and the log."""
+        events: list[str] = []
+        now = time.monotonic()
+        if self.redis is not None and not self.redis.alive:
+            restart = self._restarts.setdefault("redis", Restart())
+            if restart.due(now, events, "the embedded server", self._started_at.get("redis")):
+                try:
+                    self.redis.restart()
+                    self._started_at["redis"] = time.monotonic()
+                    events.append(f"the embedded server is back on {self.redis.url} (its "
+                                  "append-only file replayed)")  # fmt: skip
+                except RuntimeError as exc:
+                    events.append(f"the embedded server did not start again: {exc}")
+        for name, proc, log in list(self._children):
+            if proc.poll() is None:
+                continue
+            restart = self._restarts.setdefault(name, Restart())
+            if restart.due(now, events, f"{name} (exit code {proc.returncode})",
+                           self._started_at.get(name)):  # fmt: skip
+                log.close()
+                self._children.remove((name, proc, log))
+                self._spawn(name, self._commands[name])
+                events.append(f"{name} started again (logs: {self.log_dir / name}.log)")
+        return events
+
+    def keep_running(self, report: Callable[[str], None], tick_s: float = 0.5) -> None:
+        """Supervise until interrupted (Ctrl-C, SIGTERM): every event goes to ``report`` and,
+        with its time, to ``logs/supervisor.log``."""
+        log = self.log_dir / "supervisor.log"
+        while True:
+            for event in self.supervise():
+                report(event)
+                with log.open("a") as out:
+                    out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {event}\n")
+            time.sleep(tick_s)  # a supervisor's round, not synchronisation
+
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        self._commands[name] = args
+        self._started_at[name] = time.monotonic()
         log = (self.log_dir / f"{name}.log").open("ab")
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
@@ -304,6 +350,32 @@ class Stack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@dataclass
+class Restart:
+    """When a dead process may start again: after 1 s, then twice as long each time it dies
+    within a minute of starting, up to 30 s; once it has lived a minute, after 1 s again."""
+
+    failures: int = 0
+    not_before: float = 0.0
+    noticed: bool = False
+
+    def due(
+        self, now: float, events: list[str], what: str, started_at: float | None
+    ) -> bool:
+        """Whether to start it now; notes the death once (in ``events``) when first seen."""
+        if not self.noticed:
+            lived = now - started_at if started_at is not None else 0.0
+            self.failures = 1 if lived >= 60 else self.failures + 1
+            delay = min(30.0, 2.0 ** (self.failures - 1))
+            self.not_before = now + delay
+            self.noticed = True
+            events.append(f"{what} died; starting it again in {delay:g} s")
+        if now < self.not_before:
+            return False
+        self.noticed = False
+        return True
 
 
 def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
