@@ -4,8 +4,8 @@ record (coalescing, the hand-off), and the fairness of the other destinations be
 backfill.
 
 ``python -m bench`` runs them all; ``python -m bench enqueue`` the ways in alone; ``python -m
-bench C D`` some gate scenarios; ``python -m bench order`` / ``fairness`` that benchmark. Results
-are printed and written under ``bench/results/``.
+bench C D`` some gate scenarios; ``python -m bench order`` / ``chaos`` / ``fairness`` that
+benchmark. Results are printed and written under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import enqueue, fairness, gate, order
+from bench import chaos, enqueue, fairness, gate, order
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -132,6 +132,22 @@ def order_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def chaos_table(results: dict[str, Any]) -> str:
+    columns = ["worker_kills", "redis_kills", "delivered_at_simulator", "duplicates",
+               "duplicates_explained_by_a_kill", "lost", "stuck_after_bound", "seconds",
+               "jobs_per_s"]  # fmt: skip
+    verdict = "MET" if results["met"] else "NOT MET"
+    lines = ["", f"chaos: 0 lost and 0 stuck in {chaos.RUNS} runs; throughput with kills >= "
+             f"{chaos.TARGET_THROUGHPUT:.0%} of without → {verdict}", "   " + "  ".join(
+                 f"{c.replace('_', ' ')}" for c in ["run", *columns])]  # fmt: skip
+    rows = [("without kills", results["without_kills"])]
+    rows += [(f"run {n}", r) for n, r in enumerate(results["with_kills"], start=1)]
+    for label, r in rows:
+        lines.append(f"   {label:14}" + "  ".join(f"{show(r[c]):>{len(c)}}" for c in columns))
+    lines.append(f"   worst throughput with kills / without: {results['worst_throughput_ratio']}")
+    return "\n".join(lines)
+
+
 ORDER_TARGETS = {
     "coalescing": f"{order.LEADS} leads x {order.UPDATES} updates as one backfill into a 4-slot "
                   f"PBX: at most {order.MAX_CALLS_PER_LEAD} calls per lead, every lead newest",
@@ -175,14 +191,15 @@ def main(argv: list[str]) -> int:
     """``python -m bench``: everything; ``python -m bench A C``: those gate scenarios;
     ``python -m bench enqueue`` / ``fairness``: that benchmark alone."""
     wanted = [a.upper() for a in argv]
-    unknown = [a for a in wanted if a not in {*SHOWN, "FAIRNESS", "ENQUEUE", "ORDER"}]
+    unknown = [a for a in wanted if a not in {*SHOWN, "FAIRNESS", "ENQUEUE", "ORDER", "CHAOS"}]
     if unknown:
         print(__doc__)
         return 0 if {"-H", "--HELP"} & set(unknown) else 2
     fairness_wanted = not wanted or "FAIRNESS" in wanted
     enqueue_wanted = not wanted or "ENQUEUE" in wanted
     order_wanted = not wanted or "ORDER" in wanted
-    keys = [k for k in wanted if k not in ("FAIRNESS", "ENQUEUE", "ORDER")] or (
+    chaos_wanted = not wanted or "CHAOS" in wanted
+    keys = [k for k in wanted if k not in ("FAIRNESS", "ENQUEUE", "ORDER", "CHAOS")] or (
         None if not wanted else [])
     machine = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
     met = True
@@ -203,6 +220,11 @@ def main(argv: list[str]) -> int:
         print("\norder benchmark: coalescing a backfill's updates of the same leads, and the "
               "hand-off between two jobs of one lead", flush=True)  # fmt: skip
         entry = _run("order.json", "order per record", machine, order.run, order_table)
+        met = met and entry["met"]
+    if chaos_wanted:
+        print(f"\nchaos benchmark: {chaos.JOBS:,} jobs while workers and the Redis server are "
+              f"SIGKILLed, {chaos.RUNS} runs and one without kills", flush=True)  # fmt: skip
+        entry = _run("chaos.json", "chaos", machine, chaos.run, chaos_table)
         met = met and entry["met"]
     if fairness_wanted:
         print("\nfairness benchmark: the other destinations, alone and beside a Noojee backfill",
