@@ -357,6 +357,7 @@ def pbx_gate(settings: Settings) -> Gate:
         initial=noojee.initial_concurrency,
         ttl_s=settings.gate.lease_ttl_s,
         max_wait_s=settings.gate.max_wait_s,
+        policy=settings.gate.policy.config(),
     )
     return Gate(redis_client(), gate_name("noojee", target), config,
                 prefix=settings.key_prefix, target=target, destination="noojee")  # fmt: skip

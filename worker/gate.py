@@ -11,8 +11,11 @@ prepended):
   to that list, so the waiter wakes with the permit already its own (no polling, no race).
 - **renew**: a ``LeaseKeeper`` thread per process extends the leases of running calls every third
   of the TTL; a killed worker stops renewing, and its permits come back within one TTL.
-- **release**: gives the permit back, feeds the call's latency (or a busy answer) to the
-  adaptive limit, and hands free permits to waiters.
+- **release**: gives the permit back, records the call's latency (or a busy answer) in the
+  adaptive limit's window, and hands free permits to waiters. The release that closes a window
+  (exactly one, fleet-wide) gets its figures back: that process runs the controller
+  (``worker/gate_policy.py``, a pure function) and **adjust** applies the new limit, unless a
+  newer window was closed meanwhile.
 
 A caller that cannot get a permit within ``max_wait_s`` gets ``None`` and its job goes back to
 its queue (see ``tasks/delivery.py``); no retry budget is spent on waiting.
@@ -42,6 +45,8 @@ from typing import Any, cast
 
 import redis
 
+from worker.gate_policy import PolicyConfig, PolicyState, Window, decide
+
 log = logging.getLogger(__name__)
 
 #: What a call tells the gate on release.
@@ -55,14 +60,15 @@ RECENT_MS = 60_000
 
 @dataclass(frozen=True)
 class GateConfig:
-    """adaptive: the limit follows latency (starting at ``initial``, never above ``maximum``);
-    otherwise it is fixed at ``maximum``."""
+    """adaptive: the limit follows latency and busy answers (starting at ``initial``, never above
+    ``maximum``, decided by ``policy``); otherwise it is fixed at ``maximum``."""
 
     maximum: int
     adaptive: bool = False
     initial: int = 2
     ttl_s: float = 10.0
     max_wait_s: float = 5.0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,7 @@ def _source(name: str) -> str:
 @cache
 def _scripts_source() -> dict[str, str]:
     lib = _source("gate_lib")
-    ops = ("acquire", "release", "renew", "cancel")
+    ops = ("acquire", "release", "adjust", "renew", "cancel")
     return {op: f"{lib}\n{_source(f'gate_{op}')}" for op in ops}
 
 
@@ -190,13 +196,36 @@ class Gate:
         latency a sample; ``BUSY``: the destination said it is overloaded; ``NONE``: nothing to
         learn). Returns the limit after this release."""
         self._keeper.forget(self, permit.token)
-        held_before, limit, _held = self._run(
-            "release", permit.token, round(latency_s * 1000, 1), signal, permit.held,
-            permit.epoch, now_ms=now_ms,
-        )  # fmt: skip
+        policy = self.config.policy
+        answer = self._scripts["release"](keys=self._keys, args=[
+            "" if now_ms is None else now_ms, permit.token, round(latency_s * 1000, 1), signal,
+            permit.held, permit.epoch, policy.window_ms, policy.min_samples,
+        ])  # fmt: skip
+        held_before, limit = int(answer[0]), int(answer[1])
         if not held_before:
             log.warning("gate %s: a call outlived its permit (lease expired while it ran)",
                         self.name)  # fmt: skip
+        if len(answer) > 3:  # this release closed a window: decide the next limit
+            limit = self._adjust(_pairs(answer[3]), _pairs(answer[4]), now_ms)
+        return limit
+
+    def _adjust(self, window: dict[str, str], policy: dict[str, str], now_ms: int | None) -> int:
+        """Run the controller on a window this process closed, and apply its decision."""
+        closed = Window(
+            limit=int(window["limit"]), n=int(window["n"]), log_sum=float(window["log_sum"]),
+            log_sq_sum=float(window["log_sq_sum"]), held_sum=float(window["held_sum"]),
+            busy=int(window["busy"]), end_ms=int(window["end_ms"]),
+        )  # fmt: skip
+        decision = decide(PolicyState.from_fields(policy), closed, self.config.policy,
+                          self.config.maximum)  # fmt: skip
+        held = f"{closed.held_sum / closed.n:.2f}" if closed.n else "0.00"
+        flat = [v for pair in decision.state.fields().items() for v in pair]
+        applied, limit = self._scripts["adjust"](keys=self._keys, args=[
+            "" if now_ms is None else now_ms, window["seq"], decision.limit, held, *flat,
+        ])  # fmt: skip
+        if applied:
+            log.debug("gate %s: limit %s -> %s (%s)", self.name, closed.limit, decision.limit,
+                      decision.reason)  # fmt: skip
         return int(limit)
 
     @contextmanager
@@ -256,11 +285,11 @@ def read_status(client: redis.Redis, prefix: str, name: str) -> GateStatus:
     pipe.hgetall(f"{prefix}deadline")
     pipe.zrange(f"{prefix}waiting:0", 0, -1)
     pipe.zrange(f"{prefix}waiting:1", 0, -1)
-    pipe.lrange(f"{prefix}windows", 0, -1)
+    pipe.hgetall(f"{prefix}policy")
     pipe.lrange(f"{prefix}samples", 0, -1)
     pipe.zcount(f"{prefix}busy", now - RECENT_MS, "+inf")
     pipe.lrange(f"{prefix}history", 0, -1)
-    state, held, deadlines, realtime, bulk, windows, samples, busy, history = pipe.execute()
+    state, held, deadlines, realtime, bulk, policy, samples, busy, history = pipe.execute()
 
     def still_waiting(tokens: list[str]) -> int:
         return sum(1 for t in tokens if int(deadlines.get(t, 0)) >= now)
@@ -269,7 +298,7 @@ def read_status(client: redis.Redis, prefix: str, name: str) -> GateStatus:
         pairs = (item.split(":", 1) for item in items)
         return [float(v) for at, v in pairs if int(at) >= now - RECENT_MS]
 
-    floors = recent(windows)
+    floor = PolicyState.from_fields(policy).floor
     latencies = sorted(recent(samples))
     points = []
     for item in reversed(history):
@@ -283,7 +312,7 @@ def read_status(client: redis.Redis, prefix: str, name: str) -> GateStatus:
         adaptive=state.get("adaptive") == "1",
         held=int(held),
         waiting={"realtime": still_waiting(realtime), "bulk": still_waiting(bulk)},
-        floor_ms=min(floors) if floors else None,
+        floor_ms=round(floor.ms, 1) if floor.n else None,
         p50_ms=_percentile(latencies, 0.50),
         p95_ms=_percentile(latencies, 0.95),
         busy_last_minute=int(busy),
@@ -291,6 +320,11 @@ def read_status(client: redis.Redis, prefix: str, name: str) -> GateStatus:
         expired_total=int(state.get("expired", 0)),
         history=points,
     )
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """A Redis reply [field, value, field, value, ...] as a dict of strings."""
+    return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
 
 
 def make_way_key(prefix: str, destination: str) -> str:

@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.gate_policy import PolicyConfig
+
 
 class RetrySettings(BaseModel):
     """How a job that failed transiently is tried again (backoff through Redis)."""
@@ -45,6 +47,49 @@ class RetrySettings(BaseModel):
     )
 
 
+class PolicySettings(BaseModel):
+    """The adaptive limit's controller (``worker/gate_policy.py``); the defaults are what the
+    benchmarks pass with. ``config()`` is what the gates take."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    window_ms: int = Field(500, ge=50, description="a window of calls closes after at least this "
+                           "long (and min_samples answers, and twice the limit)")  # fmt: skip
+    min_samples: int = Field(10, ge=2, description="the fewest answers in a window or a decision")
+    tolerance: float = Field(
+        0.25, gt=0, le=1, description="a latency change of more than this fraction, beyond "
+        "doubt, is a change of the PBX (the measurement starts again); cruise measurements are "
+        "sized to see a change this large",
+    )
+    z: float = Field(1.5, gt=0, description="standard errors a probe's or a trial's verdict needs")
+    alarm_z: float = Field(
+        3.0, gt=0, description="standard errors an alarm needs: queueing seen while cruising, a "
+        "check that finds the floor wrong, a window unlike the rest of its measurement",
+    )
+    busy_cut: float = Field(0.5, gt=0, lt=1, description="a busy answer (109) multiplies the "
+                            "limit by this, once per limit")  # fmt: skip
+    probe_gap: int = Field(2, ge=0, description="at most this many windows between probes "
+                           "upward (0 after a probe that found room)")  # fmt: skip
+    max_samples: int = Field(300, ge=10, description="a decision still undecided after this many "
+                             "answers takes its best estimate")  # fmt: skip
+    max_decision_ms: int = Field(10_000, ge=100, description="the same, after this long")
+    decision_precision: float = Field(
+        0.2, gt=0, description="no verdict before the mean log-latency's standard error is below "
+        "this (a heavy-tailed PBX needs more answers per decision)",
+    )
+    floor_precision: float = Field(0.3, gt=0, description="the same for a measurement that "
+                                   "becomes the latency floor")  # fmt: skip
+    memory_samples: int = Field(200, ge=10, description="the floor and the noise estimate weigh "
+                                "at most this many past answers")  # fmt: skip
+    recheck_ms: int = Field(60_000, ge=1000, description="the floor is verified by one step "
+                            "down at least this often")  # fmt: skip
+    step_fraction: float = Field(0.125, gt=0, le=1, description="the smallest probe step, as a "
+                                 "fraction of the limit (at least one call)")  # fmt: skip
+
+    def config(self) -> PolicyConfig:
+        return PolicyConfig(**self.model_dump())
+
+
 class GateSettings(BaseModel):
     """The concurrency gates (``worker/gate.py``): permits are leases in Redis."""
 
@@ -60,6 +105,7 @@ class GateSettings(BaseModel):
         description="a job that gets no permit within this long goes back to its queue "
         "(no retry is spent), freeing its worker thread for other jobs",
     )
+    policy: PolicySettings = PolicySettings()
 
 
 class NoojeeSettings(BaseModel):
