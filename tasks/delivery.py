@@ -53,6 +53,7 @@ from worker.gate import BUSY, NONE, OK, Gate, GateConfig, Permit, gate_name
 from worker.ledger import DELIVERED, REJECTED, RETRYING, REVIEW, Ledger, LedgerConflict, now_ms
 from worker.pause import Pause, Verdict
 from worker.redaction import scrub
+from worker.requeue_log import NO_PERMIT
 from worker.runtime import ledger as runtime_ledger
 from worker.settings import DestinationSettings, get_settings, mask_url_password
 
@@ -267,11 +268,12 @@ class DeliveryTask(Task):
 
         try:
             outcome = self._attempt(ledger, job_id, job, record.priority)
-        except NoPermit:
+        except NoPermit as full:
             # The destination is at its limit: back to the queue, no retry spent, and this
-            # thread is free for jobs of other queues.
+            # thread is free for jobs of other queues. Normal at a full gate: the reason lets
+            # worker/requeue_log.py log a summary instead of a warning and traceback each.
             ledger.unclaim(job_id, token, claim.detail)
-            raise Reject(requeue=True) from None
+            raise Reject(f"{NO_PERMIT} {full}", requeue=True) from None
         except Deferred as paused:
             return self._defer(ledger, job_id, token, paused)
         return self._settle(ledger, job_id, token, outcome)
