@@ -327,8 +327,9 @@ class _Controller:
         est, se = self.served(current)
         if est - c.alarm_z * se > current.held + 0.5:
             # Faster than the floor allows: the PBX got faster, and the floor must be measured
-            # again where nothing queues.
-            self.s = replace(s, floor=Measure())
+            # again where nothing queues, then verified once (its first windows may hold the
+            # last slow calls).
+            self.s = replace(s, floor=Measure(), verified_ms=-1)
             if s.mode == "probe":
                 return self.go("cruise", s.reference_limit, "faster PBX: floor measured again",
                                **{**self.backed_off(), "gap": 0})  # fmt: skip
