@@ -358,6 +358,7 @@ def pbx_gate(settings: Settings) -> Gate:
         ttl_s=settings.gate.lease_ttl_s,
         max_wait_s=settings.gate.max_wait_s,
         policy=settings.gate.policy.config(),
+        max_patience_s=settings.gate_patience_s(),
     )
     return Gate(redis_client(), gate_name("noojee", target), config,
                 prefix=settings.key_prefix, target=target, destination="noojee")  # fmt: skip

@@ -278,3 +278,43 @@ def test_a_bulk_waiter_makes_way_for_a_realtime_job_and_a_realtime_waiter_does_n
     threads[0].join(5)
     assert outcome["realtime"][0] is not None
     gate.release(outcome["realtime"][0], 0.001)
+
+
+def test_a_waiter_whose_turn_is_near_waits_for_it_beyond_max_wait(client: redis.Redis) -> None:
+    # A gate of 1 whose calls take 0.4 s: the waiter right behind the holder needs about that,
+    # more than its 0.25 s max_wait. Without patience it would go back to its queue and come
+    # back to the end of the line; with it, it keeps its place until its turn.
+    gate = new_gate(client, maximum=1, max_wait_s=0.25, max_patience_s=5)
+    for _ in range(3):  # the gate learns how long its calls take
+        permit = gate.acquire()
+        assert permit is not None
+        gate.release(permit, 0.4, OK)
+    holder = gate.acquire()
+    assert holder is not None
+    released = threading.Timer(0.4, gate.release, args=(holder, 0.4, OK))  # the holder's call
+    released.start()
+    started = time.monotonic()
+    permit = gate.acquire()
+    waited = time.monotonic() - started
+    released.join()
+
+    assert permit is not None and 0.3 < waited < 1.0
+    gate.release(permit, 0.4, OK)
+
+
+def test_patience_is_bounded_and_an_explicit_wait_is_kept_exactly(client: redis.Redis) -> None:
+    gate = new_gate(client, maximum=1, max_wait_s=0.25, max_patience_s=0.5)
+    for _ in range(3):
+        permit = gate.acquire()
+        assert permit is not None
+        gate.release(permit, 2.0, OK)  # a turn would take 3 s: more than the patience
+    holder = gate.acquire()
+    assert holder is not None
+    started = time.monotonic()
+    assert gate.acquire() is None
+    assert 0.4 < time.monotonic() - started < 0.9  # max_patience_s, not the turn's 3 s
+    started = time.monotonic()
+    assert gate.acquire(wait_s=0.1) is None
+    assert time.monotonic() - started < 0.35  # asked for 0.1 s: no patience added
+    gate.release(holder, 0.01)
+    assert gate.status().waiting == {"realtime": 0, "bulk": 0}

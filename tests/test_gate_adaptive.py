@@ -119,7 +119,7 @@ def simulate(
 
     def ask(now: float) -> None:
         token = next(tokens)
-        granted, held, epoch = gate._acquire(token, "bulk", 3600, int(now))
+        granted, held, epoch = gate._acquire(token, "bulk", 3600, int(now))[:3]
         if granted:
             enter(Permit(token, held, epoch, 0), now)
         else:

@@ -79,7 +79,7 @@ def build_fixed(client: redis.Redis, prefix: str) -> tuple[Gate, list[Permit]]:
     assert all(p is not None for p in held)
     # Waiters, registered as acquire registers them (without blocking a thread on the wake list).
     for priority in ("realtime", "bulk", "bulk"):
-        granted, _, _ = gate._acquire(uuid.uuid4().hex, priority, 120.0, None)
+        granted = gate._acquire(uuid.uuid4().hex, priority, 120.0, None)[0]
         assert not granted
     return gate, [p for p in held if p is not None]
 

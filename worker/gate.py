@@ -18,7 +18,11 @@ prepended):
   newer window was closed meanwhile.
 
 A caller that cannot get a permit within ``max_wait_s`` gets ``None`` and its job goes back to
-its queue (see ``tasks/delivery.py``); no retry budget is spent on waiting.
+its queue (see ``tasks/delivery.py``); no retry budget is spent on waiting. Unless its turn is
+near: when the line of waiters is longer than the permits can serve within ``max_wait_s`` (a low
+limit, many threads), a waiter waits for its expected turn, up to ``max_patience_s``. Otherwise
+the back of the line would time out, go back to the queue and join the back of the line again,
+over and over: CPU spent on every job for no call more.
 
 **Making way**: under a backlog every worker thread may be waiting here with a bulk job, and a
 realtime job just submitted would sit in the queue until some thread is free to fetch it. So a
@@ -69,6 +73,15 @@ class GateConfig:
     ttl_s: float = 10.0
     max_wait_s: float = 5.0
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: The longest a waiter waits for a turn that is near (None: ``max_wait_s``, no longer).
+    max_patience_s: float | None = None
+
+    def patience_s(self, ahead: int, latency_ms: int, limit: int) -> float:
+        """How long a waiter with ``ahead`` waiters in front of it waits: its turn (the line
+        moves ``limit`` calls per mean latency) with half as much again to spare, at least
+        ``max_wait_s``, at most ``max_patience_s``."""
+        turn_s = 1.5 * (ahead + 1) * latency_ms / 1000 / max(1, limit)
+        return max(self.max_wait_s, min(turn_s, self.max_patience_s or self.max_wait_s))
 
 
 @dataclass(frozen=True)
@@ -150,15 +163,22 @@ class Gate:
     def acquire(
         self, priority: str = "bulk", wait_s: float | None = None, now_ms: int | None = None
     ) -> Permit | None:
-        """A permit, or ``None`` if none came within ``wait_s`` (default ``max_wait_s``), or if a
-        bulk caller was asked to make way for a realtime job."""
+        """A permit, or ``None`` if none came within ``wait_s`` (default: ``max_wait_s``, longer
+        if the caller's turn is near, see ``GateConfig.patience_s``), or if a bulk caller was
+        asked to make way for a realtime job."""
         cfg = self.config
+        patient = wait_s is None and cfg.max_patience_s is not None
         wait_s = cfg.max_wait_s if wait_s is None else wait_s
         # host/pid/random: whose permits are out is visible in Redis (and to the F benchmark).
         token = f"{HOST}/{os.getpid()}/{uuid.uuid4().hex[:16]}"
         started = time.monotonic()
+        answer = self._acquire(token, priority, wait_s, now_ms)
+        granted, detail, epoch = answer[:3]
+        if patient and not granted and len(answer) == 5 and cfg.patience_s(*answer[2:]) > wait_s:
+            # Its turn takes longer than max_wait_s, but not too long: keep its place, longer.
+            wait_s = cfg.patience_s(*answer[2:])
+            granted, detail, epoch = self._acquire(token, priority, wait_s, now_ms)[:3]
         deadline = started + wait_s
-        granted, detail, epoch = self._acquire(token, priority, wait_s, now_ms)
         while not granted:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -184,7 +204,7 @@ class Gate:
             else:
                 granted, detail, epoch = self._acquire(
                     token, priority, max(0.0, deadline - time.monotonic()), now_ms
-                )
+                )[:3]
         permit = Permit(token, detail, epoch, time.monotonic() - started)
         self._keeper.hold(self, token)
         return permit
@@ -257,13 +277,17 @@ class Gate:
 
     def _acquire(
         self, token: str, priority: str, wait_s: float, now_ms: int | None
-    ) -> tuple[int, int, int]:
+    ) -> list[int]:
+        """[1, held, epoch] (granted), or [0, ms to look again, waiters ahead, mean latency in
+        ms, limit] (waiting), or [0, 0, 0] (not waiting)."""
         cfg = self.config
-        return self._run(
-            "acquire", token, PRIORITY.get(priority, 1), int(cfg.ttl_s * 1000),
-            int(wait_s * 1000), int(cfg.adaptive), cfg.initial, cfg.maximum, self.target,
-            self.name, now_ms=now_ms,
-        )  # fmt: skip
+        answer = self._scripts["acquire"](keys=self._keys, args=[
+            "" if now_ms is None else now_ms, token, PRIORITY.get(priority, 1),
+            int(cfg.ttl_s * 1000), int(wait_s * 1000), int(cfg.adaptive), cfg.initial,
+            cfg.maximum, self.target, self.name,
+        ])  # fmt: skip
+        values = [int(float(v)) for v in answer]
+        return values + [0] * (3 - len(values))
 
     def _run(self, op: str, *args: Any, now_ms: int | None = None) -> tuple[int, int, int]:
         answer = self._scripts[op](keys=self._keys, args=["" if now_ms is None else now_ms,

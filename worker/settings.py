@@ -393,18 +393,29 @@ class Settings(BaseSettings):
     def _zero_turns_metrics_off(cls, value: int | None) -> int | None:
         return value or None
 
-    @model_validator(mode="after")
-    def _visibility_covers_longest_task(self) -> Settings:
-        # Redis redelivers an unacknowledged message after visibility_timeout; a task that runs
-        # longer than that would run twice. The longest task is the fast-retry window plus one
-        # wait at the gate and one call that waits its full read timeout.
-        # The other destinations may make three calls for one job (a login, Trendsic's read
-        # before its write, and the write).
-        calls_s = max(
+    def _longest_calls_s(self) -> float:
+        # One Noojee call that waits its full read timeout; the other destinations may make
+        # three calls for one job (a login, Trendsic's read before its write, and the write).
+        return max(
             self.noojee.connect_timeout_s + self.noojee.read_timeout_s,
             *(3 * (d.connect_timeout_s + d.read_timeout_s)
               for d in (self.missioncapital, self.trendsic, self.expandable)),
         )  # fmt: skip
+
+    def gate_patience_s(self) -> float:
+        """The longest a job waits at a gate for a turn that is near (``worker/gate.py``): what
+        the visibility timeout leaves room for once the fast retries and the longest call are
+        counted, so even such a task ends well within it (never less than max_wait_s)."""
+        room_s = self.visibility_timeout_s / 2 - self.retry.fast_window_s - self._longest_calls_s()
+        return max(self.gate.max_wait_s, room_s)
+
+    @model_validator(mode="after")
+    def _visibility_covers_longest_task(self) -> Settings:
+        # Redis redelivers an unacknowledged message after visibility_timeout; a task that runs
+        # longer than that would run twice. The longest task is the fast-retry window plus one
+        # wait at the gate and the longest call (a waiter near its turn may wait longer, up to
+        # what this leaves room for: gate_patience_s).
+        calls_s = self._longest_calls_s()
         longest_s = self.retry.fast_window_s + self.gate.max_wait_s + calls_s
         if self.visibility_timeout_s < 2 * longest_s:
             raise ValueError(

@@ -9,7 +9,7 @@
 --   P.."deadline"   hash  waiter token -> when it stops waiting (ms)
 --   P.."seq"        string, arrival counter
 --   P.."wake:"..tok list  a permit handed to a waiter (one element; the waiter BLPOPs it)
---   P.."state"      hash  limit, epoch, config, the adaptive limit's window in progress
+--   P.."state"      hash  limit, epoch, config, calls' mean latency, the adaptive limit's window
 --   P.."policy"     hash  the adaptive limit's controller state (worker/gate_policy.py)
 --   P.."samples"    list  "ms:latency" of recent calls (for p50/p95 in `gate status`)
 --   P.."busy"       zset  busy answers (109) by time

@@ -55,6 +55,10 @@ if signal == 'busy' then
 elseif signal == 'ok' then
   redis.call('LPUSH', SAMPLES, now .. ':' .. latency)
   redis.call('LTRIM', SAMPLES, 0, 499)
+  -- The calls' mean latency, recent ones weighing most: how fast the line of waiters moves.
+  local mean = num('lat_ms', 0)
+  if mean <= 0 then mean = latency else mean = mean + (latency - mean) / 16 end
+  redis.call('HSET', STATE, 'lat_ms', mean)
 end
 local window = nil
 if redis.call('HGET', STATE, 'adaptive') == '1' then window = observe() end
