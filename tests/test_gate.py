@@ -18,6 +18,7 @@ import redis
 
 from tests.conftest import wait_for
 from worker.gate import BUSY, OK, Gate, GateConfig, LeaseKeeper, make_way
+from worker.gate_policy import PolicyConfig
 
 pytestmark = pytest.mark.integration
 
@@ -318,3 +319,42 @@ def test_patience_is_bounded_and_an_explicit_wait_is_kept_exactly(client: redis.
     assert time.monotonic() - started < 0.35  # asked for 0.1 s: no patience added
     gate.release(holder, 0.01)
     assert gate.status().waiting == {"realtime": 0, "bulk": 0}
+
+
+def test_a_window_is_decided_once_and_the_next_waits_for_that_decision(
+    client: redis.Redis,
+) -> None:
+    """The release that closes a window gets it (to run the controller); until its decision is
+    applied no other window closes, and a decision is applied once. A closer that never comes
+    back is given up after PENDING_MS (1 s here): the fleet goes on, its late decision dropped."""
+    policy = PolicyConfig(window_ms=0, min_samples=2)
+    gate = new_gate(client, maximum=8, adaptive=True, initial=1, policy=policy)
+    t = 5_000_000
+
+    def release_raw(at: int) -> list[Any]:
+        """One call answered in 100 ms, released without deciding (as a closer that died)."""
+        permit = gate.acquire(wait_s=0, now_ms=at)
+        assert permit is not None
+        return list(gate._scripts["release"](keys=gate._keys, args=[
+            at, permit.token, 100.0, OK, permit.held, permit.epoch, 0, 2]))  # fmt: skip
+
+    def adjust(seq: str, limit: int, at: int) -> list[int]:
+        return [int(v) for v in gate._scripts["adjust"](keys=gate._keys, args=[at, seq, limit,
+                                                                              "1.00"])]  # fmt: skip
+
+    assert len(release_raw(t)) == 3  # one answer: no window yet
+    closed = release_raw(t + 10)
+    window = dict(zip(closed[3][::2], closed[3][1::2], strict=True))
+    assert (window["n"], window["limit"]) == (2, 1)
+    assert len(release_raw(t + 20)) == 3 and len(release_raw(t + 30)) == 3  # pending: no close
+    assert adjust(window["seq"], 1, t + 40) == [1, 1]  # (the same limit: answers keep counting)
+    assert adjust(window["seq"], 3, t + 41) == [0, 1]  # applied once only
+    next_window = release_raw(t + 50)
+    assert len(next_window) == 5  # the next window closes once the decision is in
+    # Its closer dies; after PENDING_MS another release closes a window, and the dead closer's
+    # decision, if it ever came, would be dropped.
+    assert len(release_raw(t + 60)) == 3
+    assert len(release_raw(t + 50 + 1000)) == 5
+    stale = dict(zip(next_window[3][::2], next_window[3][1::2], strict=True))["seq"]
+    assert adjust(stale, 8, t + 1100)[0] == 0
+    assert gate.status().limit == 1
