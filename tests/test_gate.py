@@ -358,3 +358,20 @@ def test_a_window_is_decided_once_and_the_next_waits_for_that_decision(
     stale = dict(zip(next_window[3][::2], next_window[3][1::2], strict=True))["seq"]
     assert adjust(stale, 8, t + 1100)[0] == 0
     assert gate.status().limit == 1
+
+
+def test_a_controller_that_fails_costs_no_release(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_: Any) -> None:
+        raise ZeroDivisionError("a bug in the controller")
+
+    monkeypatch.setattr("worker.gate.decide", broken)
+    gate = new_gate(client, maximum=8, adaptive=True, initial=1,
+                    policy=PolicyConfig(window_ms=0, min_samples=2))  # fmt: skip
+    for _ in range(2):  # the second release closes a window
+        permit = gate.acquire()
+        assert permit is not None
+        assert gate.release(permit, 0.1, OK) == 1
+    assert gate.status().held == 0
+    assert "could not decide the limit" in caplog.text

@@ -226,7 +226,10 @@ class Gate:
             log.warning("gate %s: a call outlived its permit (lease expired while it ran)",
                         self.name)  # fmt: skip
         if len(answer) > 3:  # this release closed a window: decide the next limit
-            limit = self._adjust(_pairs(answer[3]), _pairs(answer[4]), now_ms)
+            try:
+                limit = self._adjust(_pairs(answer[3]), _pairs(answer[4]), now_ms)
+            except Exception:  # the permit is back; the window is decided by the next closer
+                log.exception("gate %s: could not decide the limit after a window", self.name)
         return limit
 
     def _adjust(self, window: dict[str, str], policy: dict[str, str], now_ms: int | None) -> int:
