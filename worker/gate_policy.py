@@ -54,8 +54,6 @@ MODES: tuple[Mode, ...] = ("cruise", "confirm", "trial", "probe", "check")
 #: The log-variance assumed before any sample (a standard deviation of 0.5 in logs: cautious,
 #: so the first windows of a noisy PBX are not trusted more than they deserve), and its weight.
 PRIOR_LOG_VARIANCE, PRIOR_WEIGHT = 0.25, 2.0
-#: A latency below this (ms) is counted as this, so its logarithm stays finite.
-MIN_LATENCY_MS = 0.1
 
 
 @dataclass(frozen=True)
@@ -113,14 +111,6 @@ class Window:
     held_sum: float
     busy: int
     end_ms: int
-
-    @classmethod
-    def of(cls, latencies_ms: list[float], held: float, limit: int, end_ms: int,
-           busy: int = 0) -> Window:  # fmt: skip
-        """A window of these latencies, each call granted with ``held`` permits out (tests)."""
-        logs = [math.log(max(ms, MIN_LATENCY_MS)) for ms in latencies_ms]
-        return cls(limit, len(logs), sum(logs), sum(v * v for v in logs), held * len(logs), busy,
-                   end_ms)  # fmt: skip
 
 
 @dataclass(frozen=True)
