@@ -1,11 +1,12 @@
 """`make bench`: the ways in (enqueue rates, Redis memory per job, the intake, a million-row
-dry-run backfill), the gate's scenarios A-F (plain Celery and the gate side by side), order per
-record (coalescing, the hand-off), and the fairness of the other destinations beside a Noojee
-backfill.
+dry-run backfill), the gate's scenarios A-J and L (plain Celery and the gate side by side),
+order per record (coalescing, the hand-off), chaos (workers and the Redis server SIGKILLed), and
+the fairness of the other destinations beside a Noojee backfill.
 
 ``python -m bench`` runs them all; ``python -m bench enqueue`` the ways in alone; ``python -m
-bench C D`` some gate scenarios; ``python -m bench order`` / ``chaos`` / ``fairness`` that
-benchmark. Results are printed and written under ``bench/results/``.
+bench C D`` some gate scenarios (``python -m bench A L``: L's target compares with A's figure);
+``python -m bench order`` / ``chaos`` / ``fairness`` that benchmark. Results are printed and
+written under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -23,26 +24,27 @@ from bench import chaos, enqueue, fairness, gate, order
 RESULTS = Path(__file__).parent / "results"
 
 #: The figures shown for each scenario: (key in the results, label).
+CPU = ("worker_cpu_ms_per_job", "worker CPU per delivered job (ms)")
 SHOWN: dict[str, list[tuple[str, str]]] = {
     "A": [("utilisation", "utilisation"),
           ("utilisation_from_first_submit", "utilisation from the first submit"),
           ("answers_109", "109 answers"),
           ("peak_our_in_flight", "peak of our calls in the PBX"),
           ("peak_queued_in_pbx", "peak of our calls queued in the PBX"),
-          ("elapsed_s", "seconds for 2,000 jobs")],
+          ("elapsed_s", "seconds for 2,000 jobs"), CPU],
     "B": [("utilisation", "utilisation"),
           ("utilisation_from_first_submit", "utilisation from the first submit"),
           ("answers_109", "109 answers"), ("calls", "calls"),
-          ("queued_in_pbx_time_avg", "time-avg queue in the PBX")],
+          ("queued_in_pbx_time_avg", "time-avg queue in the PBX"), CPU],
     "C": [("limit_settled_after_s", "limit within ±1 after (s)"), ("answers_109", "109 answers"),
           ("utilisation", "utilisation"), ("queued_in_pbx_time_avg", "time-avg queue in the PBX"),
-          ("limit_by_second", "limit, second by second")],
+          ("limit_by_second", "limit, second by second"), CPU],
     "D": [("our_max_in_flight_10_to_20_s", "our max in flight, 10-20 s"),
           ("our_max_in_flight_12_to_20_s", "our max in flight, 12-20 s"),
           ("our_back_to_6_after_s", "back to 6 in flight after (s)"),
           ("foreign_client_waited_s", "foreign client waited for its slots (s)"),
           ("queued_in_pbx_time_avg", "time-avg queue in the PBX"), ("answers_109", "109 answers"),
-          ("limit_by_second", "limit, second by second")],
+          ("limit_by_second", "limit, second by second"), CPU],
     "E": [("realtime_p50_s", "realtime p50 (s)"), ("realtime_p99_s", "realtime p99 (s)"),
           ("realtime_max_s", "realtime max (s)"),
           ("realtime_gate_wait_p50_max_s", "of which waiting for a permit, p50 max (s)"),
@@ -54,6 +56,21 @@ SHOWN: dict[str, list[tuple[str, str]]] = {
           ("permits_back_after_s", "its permits back after (s)"),
           ("delivered", "jobs delivered (of 600)"), ("leads_called_twice", "leads called twice"),
           ("elapsed_s", "seconds until all delivered")],
+    "G": [("utilisation_by_phase", "utilisation by phase"), ("utilisation", "utilisation"),
+          ("answers_109", "109 answers"), ("queued_in_pbx_time_avg", "time-avg queue in the PBX"),
+          ("limit_by_second", "limit, second by second"), CPU],
+    "H": [("utilisation", "utilisation"), ("answers_109", "109 answers"),
+          ("queued_in_pbx_time_avg", "time-avg queue in the PBX"),
+          ("peak_queued_in_pbx", "peak of our calls queued in the PBX"), ("calls", "calls"),
+          ("limit_by_second", "limit, second by second"), CPU],
+    "J": [("limit_settled_after_s", "limit at 2 ± 1 after (s)"), ("answers_109", "109 answers"),
+          ("utilisation_15_to_25_s", "utilisation 15-25 s"), ("utilisation", "utilisation"),
+          ("queued_in_pbx_time_avg", "time-avg queue in the PBX"),
+          ("limit_by_second", "limit, second by second"), CPU],
+    "L": [CPU, ("delivered", "jobs delivered in 60 s"), ("requeues", "requeues (approx.)"),
+          ("log_lines", "log lines besides per-message ones"),
+          ("log_lines_per_message", "Celery's per-message INFO lines"),
+          ("warnings", "warning and traceback lines"), ("utilisation", "utilisation")],
 }  # fmt: skip
 
 
@@ -210,8 +227,8 @@ def main(argv: list[str]) -> int:
         met = met and ways_in["met"]
     if keys != []:
         print(f"gate benchmark: {gate.WORKERS} workers x {gate.THREADS} threads, simulator "
-              f"{gate.SERVICE_S * 1000:.0f} ms ± 20 ms, 109 after 2 s queued",
-              flush=True)  # fmt: skip
+              f"{gate.SERVICE_S * 1000:.0f} ms ± 20 ms (unless the scenario changes it), 109 after "
+              "2 s queued", flush=True)  # fmt: skip
         results = _run("gate.json" if keys is None else f"gate-{''.join(keys)}.json",
                        "noojee gate vs plain celery", machine, lambda: gate.run(keys), table,
                        nest="scenarios")  # fmt: skip

@@ -1,14 +1,15 @@
-"""The Noojee gate against plain Celery, scenarios A-F, side by side in one run.
+"""The Noojee gate against plain Celery, scenarios A-J and L, side by side in one run.
 
 Each scenario runs twice on a fresh stack: the real embedded Valkey, 4 Celery worker processes
-x 8 threads, and the Noojee simulator (100 ms ± 20 ms a call, 109 after 2 s queued in the PBX).
-"celery" is the same fleet without the gate (CONTACTSYNC_NOOJEE__GATE=false): calls are limited
-only by the 32 worker threads, as a user running Celery alone would have it. "gate" puts every
-call behind the gate.
+x 8 threads, and the Noojee simulator (100 ms ± 20 ms a call unless the scenario says otherwise,
+109 after 2 s queued in the PBX). "celery" is the same fleet without the gate
+(CONTACTSYNC_NOOJEE__GATE=false): calls are limited only by the 32 worker threads, as a user
+running Celery alone would have it. "gate" puts every call behind the gate.
 
 Utilisation = slot-seconds the PBX spent on our calls / (elapsed x slots available to us), both
 integrated over the simulator's timeline (slots changed, minus a foreign client's), elapsed being
-the delivery window (see ``Run.measures``).
+the delivery window (see ``Run.measures``). Worker CPU per delivered job is the workers'
+user + system time (``/proc/PID/stat``) from the first submit to the end, over the jobs delivered.
 """
 
 from __future__ import annotations
@@ -39,14 +40,19 @@ BASE_ENV = {
     "CONTACTSYNC_RETRY__BASE_DELAY_S": "0.5",
     "CONTACTSYNC_RETRY__MAX_DELAY_S": "2",
     "CONTACTSYNC_GATE__MAX_WAIT_S": "2",
-    "CONTACTSYNC_VISIBILITY_TIMEOUT_S": "20",
+    # Room for a waiter near its turn to wait up to 12 s at a low limit (Settings.gate_patience_s).
+    "CONTACTSYNC_VISIBILITY_TIMEOUT_S": "40",
     "CONTACTSYNC_METRICS_PORT": "0",
     **{f"CONTACTSYNC_{name}__{knob}": value for name in ("MISSIONCAPITAL", "TRENDSIC", "EXPANDABLE")
        for knob, value in (("CONNECT_TIMEOUT_S", "0.5"), ("READ_TIMEOUT_S", "1.5"))},
 }
 NO_GATE = {"CONTACTSYNC_NOOJEE__GATE": "false"}
 FIXED_4 = {"CONTACTSYNC_NOOJEE__ADAPTIVE": "false", "CONTACTSYNC_NOOJEE__MAX_CONCURRENCY": "4"}
+FIXED_1 = {"CONTACTSYNC_NOOJEE__ADAPTIVE": "false", "CONTACTSYNC_NOOJEE__MAX_CONCURRENCY": "1"}
 ADAPTIVE_32 = {"CONTACTSYNC_NOOJEE__ADAPTIVE": "true", "CONTACTSYNC_NOOJEE__MAX_CONCURRENCY": "32"}
+#: A heavy-tailed PBX: lognormal service time, median SERVICE_S, the 99th percentile about 6 x it.
+LOGNORMAL = ["--distribution", "lognormal", "--sigma", "0.77"]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -58,6 +64,7 @@ class Run:
     env: dict[str, str]
     stack: Any = None
     started: float = 0.0  # wall clock (epoch s) of the first submit
+    cpu_at_start_s: float = 0.0  # the workers' CPU time at the first submit
     limits: list[tuple[float, int, int]] = field(default_factory=list)  # (s, limit, held)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -79,6 +86,7 @@ class Run:
 
         if not self.started:
             self.started = time.time()
+            self.cpu_at_start_s = self.worker_cpu_s()
         return submit_many([
             NoojeeLeadUpdate(
                 template_id=41, campaign_id=41, allocation_id=38, external_lead_id=f"{tag}-{n}",
@@ -87,11 +95,44 @@ class Run:
             for n in range(count)
         ], priority="realtime" if priority == "realtime" else "bulk")  # fmt: skip
 
+    def workers(self) -> list[tuple[str, Any]]:
+        """(name, process) of each Celery worker of the stack."""
+        return [(name, proc) for name, proc, _ in self.stack._children
+                if name.startswith("worker")]  # fmt: skip
+
+    def worker_cpu_s(self) -> float:
+        """User + system CPU seconds of the worker processes (threads included) so far."""
+        total = 0
+        for _, proc in self.workers():
+            with contextlib.suppress(OSError):  # a worker killed by the scenario (F)
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        return total / CLOCK_TICKS
+
+    def worker_log_sizes(self) -> dict[str, int]:
+        """How many bytes each worker's log holds now (where new lines will start)."""
+        logs = {name: self.stack.log_dir / f"{name}.log" for name, _ in self.workers()}
+        return {name: path.stat().st_size if path.exists() else 0 for name, path in logs.items()}
+
+    def worker_log_lines(self, since: dict[str, int]) -> list[str]:
+        """The lines the workers wrote after ``since`` (``worker_log_sizes`` earlier)."""
+        lines: list[str] = []
+        for name, offset in since.items():
+            with (self.stack.log_dir / f"{name}.log").open("rb") as log:
+                log.seek(offset)
+                lines += log.read().decode(errors="replace").splitlines()
+        return lines
+
     def at(self, second: float) -> None:
         """Wait until ``second`` seconds after the first submit (the scenario's clock)."""
         delay = self.started + second - time.time()
         if delay > 0:
             time.sleep(delay)
+
+    def change(self, second: float, **config: float) -> None:
+        """At ``second`` of the scenario, change the PBX (``POST /_config``: slots, latency_s)."""
+        self.at(second)
+        httpx.post(f"{self.sim}/_config", json=config).raise_for_status()
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -159,8 +200,12 @@ class Run:
             return _integrate(samples, t0, end, lambda s: s[4] - s[2])
 
         queued = _integrate(samples, first, end, lambda s: s[3])
+        delivered = self.delivered()
+        cpu_s = self.worker_cpu_s() - self.cpu_at_start_s
         return {
             "elapsed_s": round(end - self.started, 2),
+            "delivered": delivered,
+            "worker_cpu_ms_per_job": round(1000 * cpu_s / delivered, 2) if delivered else None,
             "delivery_window_s": round(end - first, 2),
             "calls": stats["calls"],
             "answers_109": stats["answers"].get("109", 0),
@@ -171,6 +216,14 @@ class Run:
             "queued_in_pbx_time_avg": round(queued / (end - first), 3),
             "peak_queued_in_pbx": max((int(s[3]) for s in samples), default=0),
         }  # fmt: skip
+
+    def utilisation_between(self, start_s: float, end_s: float) -> float:
+        """Utilisation over [start_s, end_s) of the scenario's clock (seconds after the first
+        submit): slot-seconds our calls held over the slot-seconds free for us."""
+        samples = self.timeline()
+        t0, t1 = self.started + start_s, self.started + end_s
+        held = _integrate(samples, t0, t1, lambda s: s[1])
+        return round(held / _integrate(samples, t0, t1, lambda s: s[4] - s[2]), 3)
 
 
 def _integrate(
@@ -187,7 +240,9 @@ def _integrate(
 
 
 @contextlib.contextmanager
-def fresh_stack(mode: str, slots: int, gate_env: dict[str, str]) -> Iterator[Run]:
+def fresh_stack(
+    mode: str, slots: int, gate_env: dict[str, str], simulator_args: list[str] | None = None
+) -> Iterator[Run]:
     from worker.stack import Stack, refresh_settings
 
     for name in [n for n in os.environ if n.startswith("CONTACTSYNC_")]:
@@ -199,7 +254,7 @@ def fresh_stack(mode: str, slots: int, gate_env: dict[str, str]) -> Iterator[Run
     refresh_settings()  # forget the previous stack's server
     stack = Stack(data_dir, workers=WORKERS, flower=False, intake=False, simulator_args=[
         "--slots", str(slots), "--latency", str(SERVICE_S), "--jitter", "0.02",
-        "--queue-timeout", "2"])  # fmt: skip
+        "--queue-timeout", "2", *(simulator_args or [])])  # fmt: skip
     stack.start()
     run = Run(mode, slots, env, stack)
     httpx.post(f"{run.sim}/_reset").raise_for_status()
@@ -229,8 +284,7 @@ def scenario_c(run: Run) -> dict[str, Any]:
     """Adaptive; the PBX's slots go 4 → 2 at 10 s → 6 at 20 s."""
     run.submit(3000)
     for second, slots in [(10, 2), (20, 6)]:
-        run.at(second)
-        httpx.post(f"{run.sim}/_config", json={"slots": slots}).raise_for_status()
+        run.change(second, slots=slots)
     run.at(30)
     result = run.measures(30)
     if run.limits:
@@ -360,6 +414,63 @@ def scenario_f(run: Run) -> dict[str, Any]:
     return result
 
 
+def scenario_g(run: Run) -> dict[str, Any]:
+    """Adaptive; 4 slots throughout; the service time goes 100 → 250 ms at 10 s, back at 40 s."""
+    run.submit(3000)
+    for second, latency_s in [(10, 0.25), (40, SERVICE_S)]:
+        run.change(second, latency_s=latency_s)
+    run.at(55)
+    result = run.measures(55)
+    result["utilisation_by_phase"] = {
+        f"{t0}-{t0 + 10} s": run.utilisation_between(t0, t0 + 10) for t0 in (15, 25, 45)
+    }
+    if run.limits:
+        result["limit_by_second"] = _by_second(run.limits)
+    return result
+
+
+def scenario_h(run: Run) -> dict[str, Any]:
+    """Adaptive; 4 slots; lognormal service time, median 100 ms, sigma 0.77; 60 s."""
+    run.submit(3000)
+    run.at(60)
+    result = run.measures(60)
+    if run.limits:
+        result["limit_by_second"] = _by_second(run.limits)
+    return result
+
+
+def scenario_j(run: Run) -> dict[str, Any]:
+    """Adaptive; at 10 s the PBX goes from 4 slots of 100 ms to 2 slots of 200 ms at once."""
+    run.submit(1500)
+    run.change(10, slots=2, latency_s=0.2)
+    run.at(25)
+    result = run.measures(25)
+    result["utilisation_15_to_25_s"] = run.utilisation_between(15, 25)
+    if run.limits:
+        result["limit_settled_after_s"] = _settled(run.limits, 10, 25, 2)
+        result["limit_by_second"] = _by_second(run.limits)
+    return result
+
+
+def scenario_l(run: Run) -> dict[str, Any]:
+    """Gate fixed at 1 (4 slots): 31 of the 32 threads wait at the gate, and go back to the
+    queue after GATE__MAX_WAIT_S without a permit, for 60 s. What the churn costs."""
+    logs = run.worker_log_sizes()
+    run.submit(3000)
+    run.at(60)
+    result = run.measures(60)
+    lines = run.worker_log_lines(logs)
+    per_message = [line for line in lines if " received" in line or "] succeeded in " in line]
+    received = sum(1 for line in per_message if " received" in line)
+    result.update({
+        "requeues": max(0, received - result["delivered"] - 32),  # (32: taken, not yet done)
+        "log_lines": len(lines) - len(per_message),
+        "log_lines_per_message": len(per_message),
+        "warnings": sum(1 for line in lines if "WARNING" in line or "Traceback" in line),
+    })  # fmt: skip
+    return result
+
+
 def _settled(limits: list[tuple[float, int, int]], since: float, until: float, slots: int) -> Any:
     """Seconds after ``since`` from which the limit stays within ±1 of ``slots`` until ``until``."""
     window = [(t, limit) for t, limit, _ in limits if since <= t < until]
@@ -392,41 +503,75 @@ class Scenario:
     slots: int
     gate_env: dict[str, str]
     run: Callable[[Run], dict[str, Any]]
-    #: The target (for the gate) as text, and its check on the gate's figures.
+    #: The target (for the gate) as text, and its check on the gate's figures (and on those of
+    #: the scenarios that ran before it in the same run, by key).
     target: str
-    met: Callable[[dict[str, Any]], bool]
+    met: Callable[[dict[str, Any], dict[str, Any]], bool]
+    simulator_args: tuple[str, ...] = ()
 
 
-def _c_met(r: dict[str, Any]) -> bool:
+def _c_met(r: dict[str, Any], _: dict[str, Any]) -> bool:
     settled = r.get("limit_settled_after_s", {}).values()
-    return r["answers_109"] == 0 and all(s is not None and s <= 5 for s in settled)
+    return (r["answers_109"] == 0 and all(s is not None and s <= 5 for s in settled)
+            and r["utilisation"] >= 0.90)  # fmt: skip
+
+
+def _g_met(r: dict[str, Any], _: dict[str, Any]) -> bool:
+    return (all(u >= 0.90 for u in r["utilisation_by_phase"].values())
+            and r["answers_109"] == 0 and r["queued_in_pbx_time_avg"] <= 0.5)  # fmt: skip
+
+
+def _j_met(r: dict[str, Any], _: dict[str, Any]) -> bool:
+    settled = r.get("limit_settled_after_s")
+    return r["answers_109"] == 0 and settled is not None and settled <= 5
+
+
+def _l_met(r: dict[str, Any], earlier: dict[str, Any]) -> bool:
+    a = earlier.get("A", {}).get("gate", {}).get("worker_cpu_ms_per_job")
+    per_minute = r["log_lines"] * 60 / r["elapsed_s"]
+    return a is not None and r["worker_cpu_ms_per_job"] <= 1.3 * a and per_minute < 100
 
 
 SCENARIOS = [
     Scenario("A", "2,000 bulk jobs, 4 slots, gate fixed at 4", 4, FIXED_4, scenario_a,
              "utilisation ≥ 0.95; 0 x 109; never more than 4 of our calls in the PBX",
-             lambda r: r["utilisation"] >= 0.95 and r["answers_109"] == 0
+             lambda r, _: r["utilisation"] >= 0.95 and r["answers_109"] == 0
              and r["peak_our_in_flight"] <= 4),
     Scenario("B", "same, adaptive, max concurrency 32", 4, ADAPTIVE_32, scenario_b,
-             "utilisation ≥ 0.90; 109s ≤ 0.5 % of calls; time-avg queue in the PBX ≤ 0.5",
-             lambda r: r["utilisation"] >= 0.90 and r["answers_109"] <= 0.005 * r["calls"]
+             "utilisation ≥ 0.95; 109s ≤ 0.5 % of calls; time-avg queue in the PBX ≤ 0.5",
+             lambda r, _: r["utilisation"] >= 0.95 and r["answers_109"] <= 0.005 * r["calls"]
              and r["queued_in_pbx_time_avg"] <= 0.5),
     Scenario("C", "adaptive, slots 4 → 2 at 10 s → 6 at 20 s", 4, ADAPTIVE_32, scenario_c,
-             "limit within ±1 of the slots within 5 s of each change; 0 x 109", _c_met),
+             "limit within ±1 of the slots within 5 s of each change; 0 x 109; utilisation "
+             "≥ 0.90 over the run", _c_met),
     Scenario("D", "adaptive, 6 slots, a foreign client holds 2 from 10 s to 20 s", 6,
              ADAPTIVE_32, scenario_d,
              "our calls in flight ≤ 4 (+1 probing) in the window; back to ~6 within 5 s",
-             lambda r: r["our_max_in_flight_12_to_20_s"] <= 5
+             lambda r, _: r["our_max_in_flight_12_to_20_s"] <= 5
              and r["our_back_to_6_after_s"] is not None and r["our_back_to_6_after_s"] <= 5),
     Scenario("E", "5,000 bulk jobs running, then 50 realtime jobs at 1/s", 4, ADAPTIVE_32,
              scenario_e, f"realtime submit→delivered p99 ≤ {2 * SERVICE_S + 0.1:.1f} s",
-             lambda r: r["realtime_delivered"] == 50
+             lambda r, _: r["realtime_delivered"] == 50
              and r["realtime_p99_s"] <= 2 * SERVICE_S + 0.1),
     Scenario("F", "SIGKILL a worker that holds permits", 4, FIXED_4, scenario_f,
              "its permits back within the lease TTL (10 s, +50 ms for the next Redis call to "
              "reap them and for measuring); no job lost",
-             lambda r: r["permits_back_after_s"] is not None
+             lambda r, _: r["permits_back_after_s"] is not None
              and r["permits_back_after_s"] <= 10.05 and r["delivered"] == r["jobs"]),
+    Scenario("G", "adaptive, 4 slots, service 100 → 250 ms at 10 s → 100 ms at 40 s", 4,
+             ADAPTIVE_32, scenario_g,
+             "utilisation ≥ 0.90 in each 10 s phase from 5 s after a change; 0 x 109; "
+             "time-avg queue in the PBX ≤ 0.5", _g_met),
+    Scenario("H", "adaptive, 4 slots, lognormal service (median 100 ms, sigma 0.77), 60 s", 4,
+             ADAPTIVE_32, scenario_h,
+             "utilisation ≥ 0.90; 0 x 109; time-avg queue in the PBX ≤ 1.0",
+             lambda r, _: r["utilisation"] >= 0.90 and r["answers_109"] == 0
+             and r["queued_in_pbx_time_avg"] <= 1.0, tuple(LOGNORMAL)),
+    Scenario("J", "adaptive, at 10 s slots 4 → 2 and service 100 → 200 ms at once", 4,
+             ADAPTIVE_32, scenario_j, "limit settled at 2 ± 1 within 5 s; 0 x 109", _j_met),
+    Scenario("L", "gate fixed at 1, 4 slots, 32 threads: requeue churn for 60 s", 4, FIXED_1,
+             scenario_l, "worker CPU per delivered job ≤ 1.3 x A's (gate); fewer than 100 log "
+             "lines a minute besides Celery's per-message ones", _l_met),
 ]  # fmt: skip
 
 
@@ -438,12 +583,13 @@ def run(keys: list[str] | None = None) -> dict[str, Any]:
         entry: dict[str, Any] = {"title": scenario.title, "target": scenario.target}
         for mode in ("celery", "gate"):
             print(f"  {scenario.key} {mode} …", flush=True)
-            with fresh_stack(mode, scenario.slots, scenario.gate_env) as current:
+            with fresh_stack(mode, scenario.slots, scenario.gate_env,
+                             list(scenario.simulator_args)) as current:  # fmt: skip
                 try:
                     entry[mode] = scenario.run(current)
                 except RuntimeError as exc:  # a scenario that did not finish: say so, go on
                     print(f"  {scenario.key} {mode}: {exc}", flush=True)
                     entry[mode] = {"error": str(exc)}
-        entry["met"] = "error" not in entry["gate"] and scenario.met(entry["gate"])
+        entry["met"] = "error" not in entry["gate"] and scenario.met(entry["gate"], results)
         results[scenario.key] = entry
     return results

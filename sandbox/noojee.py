@@ -74,6 +74,8 @@ ANSWERS: dict[int, tuple[str, int]] = {
     116: ("TEMPLATE_ID_REQUIRED", 400),
     117: ("CAMPAIGN_ID_REQUIRED", 400),
 }
+#: Service-time distributions (``NoojeeSimConfig.distribution``).
+DISTRIBUTIONS = ("uniform", "lognormal")
 # Scripts may use codes outside the table, to exercise the worker's "unknown code" path.
 UNKNOWN_ANSWER = ("UNKNOWN", 400)
 # What a scripted "slow" call answers once held: what the PBX says of a call that waited too long.
@@ -90,8 +92,10 @@ class NoojeeSimConfig:
     (or "slow")."""
 
     slots: int = 4  # concurrent calls the PBX processes (insert and update share them)
-    latency_s: float = 0.100  # mean service time of one call, holding a slot
+    latency_s: float = 0.100  # service time of one call, holding a slot: mean, or lognormal median
     jitter_s: float = 0.020  # uniform +/- jitter around latency_s (see _service_time_s)
+    distribution: str = "uniform"  # or "lognormal": heavy-tailed, median latency_s, log-sd sigma
+    sigma: float = 0.77  # lognormal only: 0.77 puts the 99th percentile at about 6 x the median
     queue_timeout_s: float = 60.0  # a queued call that waited this long gets 109
     api_key: str = "sandbox-key"
     scripts: dict[str, Script] = field(default_factory=dict)  # njExternalLeadId -> codes
@@ -438,17 +442,22 @@ class NoojeeSimulator:
         return {"scripts": self.scripts}
 
     def configure(self, body: Any) -> dict[str, Any]:
-        """Apply any of slots/latency_s/jitter_s/queue_timeout_s/strict_leads at once; ValueError
-        if invalid."""
+        """Apply any of slots/latency_s/jitter_s/queue_timeout_s/distribution/sigma/strict_leads
+        at once; ValueError if invalid."""
         if not isinstance(body, dict):
             raise ValueError("expected a JSON object")
-        allowed = {"slots", "latency_s", "jitter_s", "queue_timeout_s", "strict_leads"}
+        allowed = {"slots", "latency_s", "jitter_s", "queue_timeout_s", "distribution", "sigma",
+                   "strict_leads"}
         for key, value in body.items():
             if key not in allowed:
                 raise ValueError(f"unknown setting {key!r}; allowed: {sorted(allowed)}")
             if key == "strict_leads":
                 if not isinstance(value, bool):
                     raise ValueError(f"strict_leads must be true or false, got {value!r}")
+                continue
+            if key == "distribution":
+                if value not in DISTRIBUTIONS:
+                    raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {value!r}")
                 continue
             number_ok = _is_int(value) or (key != "slots" and isinstance(value, float))
             if not (number_ok and value >= 0):  # also refuses NaN, which json.loads accepts
@@ -527,8 +536,14 @@ class NoojeeSimulator:
 
         A latency_s configured below 100 ms (fast tests) deliberately opts out of that floor;
         the floor is then latency_s - jitter_s (and never below 0).
+
+        Lognormal: median latency_s, log-sd sigma, no floor (half the calls are faster than the
+        median; a floor would pile them up on it). A real PBX's heavy tail: a few calls take
+        many times the median (sigma 0.77: the 99th percentile is about 6 x the median).
         """
         cfg = self.config
+        if cfg.distribution == "lognormal":
+            return cfg.latency_s * math.exp(self._rng.gauss(0.0, cfg.sigma))
         low_s, high_s = cfg.latency_s - cfg.jitter_s, cfg.latency_s + cfg.jitter_s
         floor_s = MIN_SERVICE_S if cfg.latency_s >= MIN_SERVICE_S else max(0.0, low_s)
         return max(floor_s, self._rng.uniform(low_s, high_s))
@@ -717,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
         "Times are in seconds.",
         epilog="Admin (no apiKey): GET /_stats, GET /_leads/ID, GET /_timeline?since=T, "
         "POST /_script {lead, codes}, POST /_config {slots, latency_s, jitter_s, queue_timeout_s, "
-        "strict_leads (an update of a lead never stored answers 101)}, "
+        "distribution, sigma, strict_leads (an update of a lead never stored answers 101)}, "
         "POST /_foreign {slots, duration_s} (another client holds slots; slots 0 ends holds), "
         "POST /_peaks (restart the peak counters), POST /_reset (clears the arrivals too). "
         'A script code may be "slow": held slow_s (given with the script), then 109, nothing '
@@ -731,6 +746,11 @@ def main(argv: list[str] | None = None) -> int:
     add("--slots", type=int, default=4, help="calls the PBX processes at once (default 4)")
     add("--latency", type=float, default=0.1, metavar="S", help="mean service time (default 0.1)")
     add("--jitter", type=float, default=0.02, metavar="S", help="uniform +/- jitter (default 0.02)")
+    add("--distribution", choices=DISTRIBUTIONS, default="uniform",
+        help="service time: uniform (--latency +/- --jitter, default) or lognormal (median "
+        "--latency, log-sd --sigma: a heavy tail)")  # fmt: skip
+    add("--sigma", type=float, default=0.77,
+        help="lognormal log-sd (default 0.77: the 99th percentile is 6 x the median)")
     add("--queue-timeout", type=float, default=60, metavar="S", help="max queue wait (default 60)")
     add("--api-key", default="sandbox-key", help="the apiKey to accept (default %(default)s)")
     add("--script", type=_script_arg, action="append", default=[], metavar="LEAD=CODE[,CODE...]",
@@ -743,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
         slots=args.slots,
         latency_s=args.latency,
         jitter_s=args.jitter,
+        distribution=args.distribution,
+        sigma=args.sigma,
         queue_timeout_s=args.queue_timeout,
         api_key=args.api_key,
         scripts=dict(args.script),

@@ -68,8 +68,9 @@ from worker.ledger import (
 )
 from worker.pause import Pause, Verdict
 from worker.redaction import scrub
+from worker.requeue_log import NO_PERMIT
 from worker.runtime import ledger as runtime_ledger
-from worker.settings import DestinationSettings, get_settings, mask_url_password
+from worker.settings import DestinationSettings, NoojeeSettings, get_settings, mask_url_password
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +135,26 @@ class Connector(Protocol):
 
 
 # -- what the HTTP connectors share -------------------------------------------------------------
-def destination_gate(destination: str, target: str, config: DestinationSettings) -> Gate:
+def destination_gate(
+    destination: str,
+    target: str,
+    config: DestinationSettings | NoojeeSettings,
+    initial: int | None = None,
+) -> Gate:
     """The fleet-wide cap of calls in flight to one endpoint of ``destination`` (fixed at
-    ``max_concurrency`` unless ``adaptive``), shared by every thread, process and host."""
+    ``max_concurrency`` unless ``adaptive``, then starting at ``initial``, default 2), shared by
+    every thread, process and host, with the adaptive controller's settings."""
     settings = get_settings()
     target = mask_url_password(target).rstrip("/")
     gate_config = GateConfig(
         maximum=config.max_concurrency,
         adaptive=config.adaptive,
-        initial=min(2, config.max_concurrency) if config.adaptive else config.max_concurrency,
+        initial=min(initial or 2, config.max_concurrency)
+        if config.adaptive else config.max_concurrency,
         ttl_s=settings.gate.lease_ttl_s,
         max_wait_s=settings.gate.max_wait_s,
+        policy=settings.gate.policy.config(),
+        max_patience_s=settings.gate_patience_s(),
     )
     return Gate(redis_client(), gate_name(destination, target), gate_config,
                 prefix=settings.key_prefix, target=target, destination=destination)  # fmt: skip
@@ -302,11 +312,12 @@ class DeliveryTask(Task):
         try:
             outcome = self._attempt(ledger, job_id, decided.job,
                                     decided.priority or record.priority)  # fmt: skip
-        except NoPermit:
+        except NoPermit as full:
             # The destination is at its limit: back to the queue, no retry spent, and this
-            # thread is free for jobs of other queues.
+            # thread is free for jobs of other queues. Normal at a full gate: the reason lets
+            # worker/requeue_log.py log a summary instead of a warning and traceback each.
             ledger.unclaim(job_id, token)
-            raise Reject(requeue=True) from None
+            raise Reject(f"{NO_PERMIT} {full}", requeue=True) from None
         except Deferred as paused:
             return self._defer(ledger, job_id, token, paused)
         return self._settle(ledger, job_id, token, outcome)

@@ -16,13 +16,12 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, field_validator
 
-from tasks.delivery import GATEWAY_DOWN, Answer, DeliveryTask, NotConfigured
+from tasks.delivery import GATEWAY_DOWN, Answer, DeliveryTask, NotConfigured, destination_gate
 from tasks.models import JobModel
 from tasks.outcomes import Delivered, Outcome, Rejected, Retry, Review
 from worker.app import app
-from worker.broker import redis_client
-from worker.gate import Gate, GateConfig, gate_name
-from worker.settings import NoojeeSettings, Settings, get_settings, mask_url_password
+from worker.gate import Gate
+from worker.settings import NoojeeSettings, Settings, get_settings
 
 NO_CHANGE = "<No Change>"
 PHONE_SUFFIX = "Phone"
@@ -382,16 +381,8 @@ def pbx_gate(settings: Settings) -> Gate:
     """The gate of the configured PBX: one per base URL, shared by insert and update, by every
     worker, and adaptive unless CONTACTSYNC_NOOJEE__ADAPTIVE=false."""
     noojee = settings.noojee
-    target = mask_url_password(str(noojee.base_url or "")).rstrip("/")
-    config = GateConfig(
-        maximum=noojee.max_concurrency,
-        adaptive=noojee.adaptive,
-        initial=noojee.initial_concurrency,
-        ttl_s=settings.gate.lease_ttl_s,
-        max_wait_s=settings.gate.max_wait_s,
-    )
-    return Gate(redis_client(), gate_name("noojee", target), config,
-                prefix=settings.key_prefix, target=target, destination="noojee")  # fmt: skip
+    return destination_gate("noojee", str(noojee.base_url or ""), noojee,
+                            initial=noojee.initial_concurrency)
 
 
 def _client() -> NoojeeClient:

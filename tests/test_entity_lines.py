@@ -466,3 +466,24 @@ class LineMachine(RuleBasedStateMachine):
 
 TestLineMachine = LineMachine.TestCase
 TestLineMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def test_a_claim_given_up_while_it_was_being_renewed_is_not_reported_lost(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    from worker.claims import ClaimKeeper
+
+    submit(ledger, "a")
+    ledger.claim("a", "w")
+    keeper = ClaimKeeper(ledger)
+    keeper._held["a"] = "w"
+    settle = ledger.renew
+
+    def renew_as_the_job_settles(leases: dict[str, str]) -> list[str]:
+        ledger.transition("a", "delivered", {"event": "delivered"}, token="w")
+        keeper.forget("a")  # what the task does once it has settled
+        return settle(leases)
+
+    ledger.renew = renew_as_the_job_settles  # type: ignore[method-assign]
+    assert keeper.renew_once() == []
+    assert "expired" not in caplog.text

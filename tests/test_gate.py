@@ -18,6 +18,7 @@ import redis
 
 from tests.conftest import wait_for
 from worker.gate import BUSY, OK, Gate, GateConfig, LeaseKeeper, make_way
+from worker.gate_policy import PolicyConfig
 
 pytestmark = pytest.mark.integration
 
@@ -278,3 +279,99 @@ def test_a_bulk_waiter_makes_way_for_a_realtime_job_and_a_realtime_waiter_does_n
     threads[0].join(5)
     assert outcome["realtime"][0] is not None
     gate.release(outcome["realtime"][0], 0.001)
+
+
+def test_a_waiter_whose_turn_is_near_waits_for_it_beyond_max_wait(client: redis.Redis) -> None:
+    # A gate of 1 whose calls take 0.4 s: the waiter right behind the holder needs about that,
+    # more than its 0.25 s max_wait. Without patience it would go back to its queue and come
+    # back to the end of the line; with it, it keeps its place until its turn.
+    gate = new_gate(client, maximum=1, max_wait_s=0.25, max_patience_s=5)
+    for _ in range(3):  # the gate learns how long its calls take
+        permit = gate.acquire()
+        assert permit is not None
+        gate.release(permit, 0.4, OK)
+    holder = gate.acquire()
+    assert holder is not None
+    released = threading.Timer(0.4, gate.release, args=(holder, 0.4, OK))  # the holder's call
+    released.start()
+    started = time.monotonic()
+    permit = gate.acquire()
+    waited = time.monotonic() - started
+    released.join()
+
+    assert permit is not None and 0.3 < waited < 1.0
+    gate.release(permit, 0.4, OK)
+
+
+def test_patience_is_bounded_and_an_explicit_wait_is_kept_exactly(client: redis.Redis) -> None:
+    gate = new_gate(client, maximum=1, max_wait_s=0.25, max_patience_s=0.5)
+    for _ in range(3):
+        permit = gate.acquire()
+        assert permit is not None
+        gate.release(permit, 2.0, OK)  # a turn would take 3 s: more than the patience
+    holder = gate.acquire()
+    assert holder is not None
+    started = time.monotonic()
+    assert gate.acquire() is None
+    assert 0.4 < time.monotonic() - started < 0.9  # max_patience_s, not the turn's 3 s
+    started = time.monotonic()
+    assert gate.acquire(wait_s=0.1) is None
+    assert time.monotonic() - started < 0.35  # asked for 0.1 s: no patience added
+    gate.release(holder, 0.01)
+    assert gate.status().waiting == {"realtime": 0, "bulk": 0}
+
+
+def test_a_window_is_decided_once_and_the_next_waits_for_that_decision(
+    client: redis.Redis,
+) -> None:
+    """The release that closes a window gets it (to run the controller); until its decision is
+    applied no other window closes, and a decision is applied once. A closer that never comes
+    back is given up after PENDING_MS (1 s here): the fleet goes on, its late decision dropped."""
+    policy = PolicyConfig(window_ms=0, min_samples=2)
+    gate = new_gate(client, maximum=8, adaptive=True, initial=1, policy=policy)
+    t = 5_000_000
+
+    def release_raw(at: int) -> list[Any]:
+        """One call answered in 100 ms, released without deciding (as a closer that died)."""
+        permit = gate.acquire(wait_s=0, now_ms=at)
+        assert permit is not None
+        return list(gate._scripts["release"](keys=gate._keys, args=[
+            at, permit.token, 100.0, OK, permit.held, permit.epoch, 0, 2]))  # fmt: skip
+
+    def adjust(seq: str, limit: int, at: int) -> list[int]:
+        return [int(v) for v in gate._scripts["adjust"](keys=gate._keys, args=[at, seq, limit,
+                                                                              "1.00"])]  # fmt: skip
+
+    assert len(release_raw(t)) == 3  # one answer: no window yet
+    closed = release_raw(t + 10)
+    window = dict(zip(closed[3][::2], closed[3][1::2], strict=True))
+    assert (window["n"], window["limit"]) == (2, 1)
+    assert len(release_raw(t + 20)) == 3 and len(release_raw(t + 30)) == 3  # pending: no close
+    assert adjust(window["seq"], 1, t + 40) == [1, 1]  # (the same limit: answers keep counting)
+    assert adjust(window["seq"], 3, t + 41) == [0, 1]  # applied once only
+    next_window = release_raw(t + 50)
+    assert len(next_window) == 5  # the next window closes once the decision is in
+    # Its closer dies; after PENDING_MS another release closes a window, and the dead closer's
+    # decision, if it ever came, would be dropped.
+    assert len(release_raw(t + 60)) == 3
+    assert len(release_raw(t + 50 + 1000)) == 5
+    stale = dict(zip(next_window[3][::2], next_window[3][1::2], strict=True))["seq"]
+    assert adjust(stale, 8, t + 1100)[0] == 0
+    assert gate.status().limit == 1
+
+
+def test_a_controller_that_fails_costs_no_release(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_: Any) -> None:
+        raise ZeroDivisionError("a bug in the controller")
+
+    monkeypatch.setattr("worker.gate.decide", broken)
+    gate = new_gate(client, maximum=8, adaptive=True, initial=1,
+                    policy=PolicyConfig(window_ms=0, min_samples=2))  # fmt: skip
+    for _ in range(2):  # the second release closes a window
+        permit = gate.acquire()
+        assert permit is not None
+        assert gate.release(permit, 0.1, OK) == 1
+    assert gate.status().held == 0
+    assert "could not decide the limit" in caplog.text

@@ -15,7 +15,7 @@ import pytest
 from httpx import Response
 
 from sandbox._records import ArrivalBounds
-from sandbox.noojee import NoojeeSimConfig, serve
+from sandbox.noojee import NoojeeSimConfig, NoojeeSimulator, serve
 from tests.conftest import Simulator, simulator_cli, simulator_in_thread
 from tests.conftest import wait_briefly as wait_for
 
@@ -210,6 +210,58 @@ def test_cli_prints_its_address_writes_the_port_file_and_stops_on_sigterm(tmp_pa
         assert line == f"noojee simulator listening on {url} (slots=2)"
         with httpx.Client(base_url=url, timeout=3) as client:
             assert update(client, "L1", JANE).json()["code"] == 110
+
+
+def service_times_s(config: NoojeeSimConfig, calls: int = 20_000) -> list[float]:
+    """What the simulated PBX would take for ``calls`` calls, sorted (seeded: deterministic)."""
+    sim = NoojeeSimulator(config)
+    return sorted(sim._service_time_s() for _ in range(calls))
+
+
+def test_lognormal_service_is_heavy_tailed_around_its_median_with_no_100_ms_floor() -> None:
+    times = service_times_s(NoojeeSimConfig(distribution="lognormal", latency_s=0.1, sigma=0.77,
+                                            seed=3))  # fmt: skip
+    median, p99 = times[len(times) // 2], times[int(0.99 * len(times))]
+    assert median == pytest.approx(0.100, rel=0.03)
+    assert p99 / median == pytest.approx(6.0, rel=0.12)  # exp(2.326 x 0.77)
+    assert times[0] < 0.03  # half the calls are faster than the median: no floor piles them up
+
+
+def test_uniform_service_stays_within_its_jitter_and_above_100_ms() -> None:
+    times = service_times_s(NoojeeSimConfig(latency_s=0.1, jitter_s=0.02, seed=3), 2_000)
+    assert 0.1 <= times[0] and times[-1] <= 0.12  # below 100 ms is Noojee's floor
+    assert service_times_s(NoojeeSimConfig(latency_s=0.25, jitter_s=0.02, seed=3), 200)[0] >= 0.23
+
+
+def test_config_switches_distribution_and_latency_while_running_and_refuses_bad_ones() -> None:
+    with simulator(seed=5) as client:
+        answer = client.post("/_config", json={"distribution": "lognormal", "sigma": 0.5,
+                                               "latency_s": 0.2})  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        wanted = {"distribution": "lognormal", "sigma": 0.5, "latency_s": 0.2}
+        assert wanted.items() <= answer.json().items()
+        for bad in ({"distribution": "pareto"}, {"distribution": 1}, {"sigma": -0.1}):
+            refused = client.post("/_config", json=bad)
+            assert refused.status_code == 400 and next(iter(bad)) in refused.json()["error"]
+        assert client.post("/_config", json={}).json()["distribution"] == "lognormal"
+
+
+def test_a_running_simulator_takes_its_new_service_time_for_the_next_calls() -> None:
+    sim = NoojeeSimulator(NoojeeSimConfig(latency_s=0.1, jitter_s=0.0, seed=1))
+    assert sim._service_time_s() == pytest.approx(0.1)
+    sim.configure({"latency_s": 0.25})
+    assert sim._service_time_s() == pytest.approx(0.25)
+    sim.configure({"distribution": "lognormal", "sigma": 0.0})
+    assert sim._service_time_s() == pytest.approx(0.25)  # no spread: exactly the median
+
+
+def test_cli_takes_a_lognormal_distribution(tmp_path: Path) -> None:
+    args = ("--distribution", "lognormal", "--sigma", "0.6", "--latency", "0.05")
+    with simulator_cli("noojee", *args, tmp_path=tmp_path) as (_, url, _line):
+        with httpx.Client(base_url=url, timeout=3) as client:
+            settings = client.post("/_config", json={}).json()
+    assert (settings["distribution"], settings["sigma"], settings["latency_s"]) == (
+        "lognormal", 0.6, 0.05)  # fmt: skip
 
 
 def stats(client: httpx.Client) -> dict[str, Any]:

@@ -214,6 +214,16 @@ def test_visibility_timeout_at_the_minimum_is_accepted(env: pytest.MonkeyPatch) 
     env.setenv("CONTACTSYNC_VISIBILITY_TIMEOUT_S", "230")
 
     assert Settings().visibility_timeout_s == 230
+    assert Settings().gate_patience_s() == 5  # no room left to wait longer than max_wait_s
+
+
+def test_a_waiter_near_its_turn_may_wait_what_the_visibility_timeout_leaves_room_for(
+    env: pytest.MonkeyPatch,
+) -> None:
+    # Defaults: 600 / 2 - 5 s of fast retries - 105 s of calls (three of 5 s + 30 s).
+    assert Settings().gate_patience_s() == 190
+    env.setenv("CONTACTSYNC_VISIBILITY_TIMEOUT_S", "300")
+    assert Settings().gate_patience_s() == 40
 
 
 @pytest.mark.parametrize(

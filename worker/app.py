@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu.entity import Queue
 
+from worker import requeue_log
 from worker.broker import broker_url
 from worker.settings import get_settings
 
@@ -102,6 +103,8 @@ def _quiet_http_logs(**_: Any) -> None:
     # httpx logs every request URL at INFO, and Noojee's apiKey travels in the URL.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A job that found its gate full goes back to its queue: a summary, not a traceback each.
+    requeue_log.install()
 
 
 _flower_defaults()

@@ -797,8 +797,8 @@ def gate_status(name: str | None, as_json: bool, minutes: int) -> None:
                        answers, never above max; fixed: always max
     in flight          permits held now: calls running against the destination
     waiting            calls waiting for a permit; realtime ones are served before bulk
-    latency floor      the lowest mean latency of a window of calls in the last minute: the
-                       destination's own service time, with nothing queued inside it
+    latency floor      adaptive: the typical (geometric mean) latency at the highest limit
+                       verified to queue nothing: the destination's own service time
     latency p50 / p95  median and 95th percentile of the calls answered in the last minute
     busy answers       "too busy" answers (Noojee 109), in the last minute and in total
     expired leases     permits that came back because their holder stopped renewing them

@@ -11,11 +11,18 @@ prepended):
   to that list, so the waiter wakes with the permit already its own (no polling, no race).
 - **renew**: a ``LeaseKeeper`` thread per process extends the leases of running calls every third
   of the TTL; a killed worker stops renewing, and its permits come back within one TTL.
-- **release**: gives the permit back, feeds the call's latency (or a busy answer) to the
-  adaptive limit, and hands free permits to waiters.
+- **release**: gives the permit back, records the call's latency (or a busy answer) in the
+  adaptive limit's window, and hands free permits to waiters. The release that closes a window
+  (exactly one, fleet-wide) gets its figures back: that process runs the controller
+  (``worker/gate_policy.py``, a pure function) and **adjust** applies the new limit, unless a
+  newer window was closed meanwhile.
 
 A caller that cannot get a permit within ``max_wait_s`` gets ``None`` and its job goes back to
-its queue (see ``tasks/delivery.py``); no retry budget is spent on waiting.
+its queue (see ``tasks/delivery.py``); no retry budget is spent on waiting. Unless its turn is
+near: when the line of waiters is longer than the permits can serve within ``max_wait_s`` (a low
+limit, many threads), a waiter waits for its expected turn, up to ``max_patience_s``. Otherwise
+the back of the line would time out, go back to the queue and join the back of the line again,
+over and over: CPU spent on every job for no call more.
 
 **Making way**: under a backlog every worker thread may be waiting here with a bulk job, and a
 realtime job just submitted would sit in the queue until some thread is free to fetch it. So a
@@ -42,6 +49,8 @@ from typing import Any, cast
 
 import redis
 
+from worker.gate_policy import PolicyConfig, PolicyState, Window, decide
+
 log = logging.getLogger(__name__)
 
 #: What a call tells the gate on release.
@@ -55,14 +64,24 @@ RECENT_MS = 60_000
 
 @dataclass(frozen=True)
 class GateConfig:
-    """adaptive: the limit follows latency (starting at ``initial``, never above ``maximum``);
-    otherwise it is fixed at ``maximum``."""
+    """adaptive: the limit follows latency and busy answers (starting at ``initial``, never above
+    ``maximum``, decided by ``policy``); otherwise it is fixed at ``maximum``."""
 
     maximum: int
     adaptive: bool = False
     initial: int = 2
     ttl_s: float = 10.0
     max_wait_s: float = 5.0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: The longest a waiter waits for a turn that is near (None: ``max_wait_s``, no longer).
+    max_patience_s: float | None = None
+
+    def patience_s(self, ahead: int, latency_ms: int, limit: int) -> float:
+        """How long a waiter with ``ahead`` waiters in front of it waits: its turn (the line
+        moves ``limit`` calls per mean latency) with half as much again to spare, at least
+        ``max_wait_s``, at most ``max_patience_s``."""
+        turn_s = 1.5 * (ahead + 1) * latency_ms / 1000 / max(1, limit)
+        return max(self.max_wait_s, min(turn_s, self.max_patience_s or self.max_wait_s))
 
 
 @dataclass(frozen=True)
@@ -103,7 +122,7 @@ def _source(name: str) -> str:
 @cache
 def _scripts_source() -> dict[str, str]:
     lib = _source("gate_lib")
-    ops = ("acquire", "release", "renew", "cancel")
+    ops = ("acquire", "release", "adjust", "renew", "cancel")
     return {op: f"{lib}\n{_source(f'gate_{op}')}" for op in ops}
 
 
@@ -144,15 +163,22 @@ class Gate:
     def acquire(
         self, priority: str = "bulk", wait_s: float | None = None, now_ms: int | None = None
     ) -> Permit | None:
-        """A permit, or ``None`` if none came within ``wait_s`` (default ``max_wait_s``), or if a
-        bulk caller was asked to make way for a realtime job."""
+        """A permit, or ``None`` if none came within ``wait_s`` (default: ``max_wait_s``, longer
+        if the caller's turn is near, see ``GateConfig.patience_s``), or if a bulk caller was
+        asked to make way for a realtime job."""
         cfg = self.config
+        patient = wait_s is None and cfg.max_patience_s is not None
         wait_s = cfg.max_wait_s if wait_s is None else wait_s
         # host/pid/random: whose permits are out is visible in Redis (and to the F benchmark).
         token = f"{HOST}/{os.getpid()}/{uuid.uuid4().hex[:16]}"
         started = time.monotonic()
+        answer = self._acquire(token, priority, wait_s, now_ms)
+        granted, detail, epoch = answer[:3]
+        if patient and not granted and len(answer) == 5 and cfg.patience_s(*answer[2:]) > wait_s:
+            # Its turn takes longer than max_wait_s, but not too long: keep its place, longer.
+            wait_s = cfg.patience_s(*answer[2:])
+            granted, detail, epoch = self._acquire(token, priority, wait_s, now_ms)[:3]
         deadline = started + wait_s
-        granted, detail, epoch = self._acquire(token, priority, wait_s, now_ms)
         while not granted:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -178,7 +204,7 @@ class Gate:
             else:
                 granted, detail, epoch = self._acquire(
                     token, priority, max(0.0, deadline - time.monotonic()), now_ms
-                )
+                )[:3]
         permit = Permit(token, detail, epoch, time.monotonic() - started)
         self._keeper.hold(self, token)
         return permit
@@ -190,13 +216,39 @@ class Gate:
         latency a sample; ``BUSY``: the destination said it is overloaded; ``NONE``: nothing to
         learn). Returns the limit after this release."""
         self._keeper.forget(self, permit.token)
-        held_before, limit, _held = self._run(
-            "release", permit.token, round(latency_s * 1000, 1), signal, permit.held,
-            permit.epoch, now_ms=now_ms,
-        )  # fmt: skip
+        policy = self.config.policy
+        answer = self._scripts["release"](keys=self._keys, args=[
+            "" if now_ms is None else now_ms, permit.token, round(latency_s * 1000, 1), signal,
+            permit.held, permit.epoch, policy.window_ms, policy.min_samples,
+        ])  # fmt: skip
+        held_before, limit = int(answer[0]), int(answer[1])
         if not held_before:
             log.warning("gate %s: a call outlived its permit (lease expired while it ran)",
                         self.name)  # fmt: skip
+        if len(answer) > 3:  # this release closed a window: decide the next limit
+            try:
+                limit = self._adjust(_pairs(answer[3]), _pairs(answer[4]), now_ms)
+            except Exception:  # the permit is back; the window is decided by the next closer
+                log.exception("gate %s: could not decide the limit after a window", self.name)
+        return limit
+
+    def _adjust(self, window: dict[str, str], policy: dict[str, str], now_ms: int | None) -> int:
+        """Run the controller on a window this process closed, and apply its decision."""
+        closed = Window(
+            limit=int(window["limit"]), n=int(window["n"]), log_sum=float(window["log_sum"]),
+            log_sq_sum=float(window["log_sq_sum"]), held_sum=float(window["held_sum"]),
+            busy=int(window["busy"]), end_ms=int(window["end_ms"]),
+        )  # fmt: skip
+        decision = decide(PolicyState.from_fields(policy), closed, self.config.policy,
+                          self.config.maximum)  # fmt: skip
+        held = f"{closed.held_sum / closed.n:.2f}" if closed.n else "0.00"
+        flat = [v for pair in decision.state.fields().items() for v in pair]
+        applied, limit = self._scripts["adjust"](keys=self._keys, args=[
+            "" if now_ms is None else now_ms, window["seq"], decision.limit, held, *flat,
+        ])  # fmt: skip
+        if applied:
+            log.debug("gate %s: limit %s -> %s (%s)", self.name, closed.limit, decision.limit,
+                      decision.reason)  # fmt: skip
         return int(limit)
 
     @contextmanager
@@ -228,13 +280,17 @@ class Gate:
 
     def _acquire(
         self, token: str, priority: str, wait_s: float, now_ms: int | None
-    ) -> tuple[int, int, int]:
+    ) -> list[int]:
+        """[1, held, epoch] (granted), or [0, ms to look again, waiters ahead, mean latency in
+        ms, limit] (waiting), or [0, 0, 0] (not waiting)."""
         cfg = self.config
-        return self._run(
-            "acquire", token, PRIORITY.get(priority, 1), int(cfg.ttl_s * 1000),
-            int(wait_s * 1000), int(cfg.adaptive), cfg.initial, cfg.maximum, self.target,
-            self.name, now_ms=now_ms,
-        )  # fmt: skip
+        answer = self._scripts["acquire"](keys=self._keys, args=[
+            "" if now_ms is None else now_ms, token, PRIORITY.get(priority, 1),
+            int(cfg.ttl_s * 1000), int(wait_s * 1000), int(cfg.adaptive), cfg.initial,
+            cfg.maximum, self.target, self.name,
+        ])  # fmt: skip
+        values = [int(float(v)) for v in answer]
+        return values + [0] * (3 - len(values))
 
     def _run(self, op: str, *args: Any, now_ms: int | None = None) -> tuple[int, int, int]:
         answer = self._scripts[op](keys=self._keys, args=["" if now_ms is None else now_ms,
@@ -256,11 +312,11 @@ def read_status(client: redis.Redis, prefix: str, name: str) -> GateStatus:
     pipe.hgetall(f"{prefix}deadline")
     pipe.zrange(f"{prefix}waiting:0", 0, -1)
     pipe.zrange(f"{prefix}waiting:1", 0, -1)
-    pipe.lrange(f"{prefix}windows", 0, -1)
+    pipe.hgetall(f"{prefix}policy")
     pipe.lrange(f"{prefix}samples", 0, -1)
     pipe.zcount(f"{prefix}busy", now - RECENT_MS, "+inf")
     pipe.lrange(f"{prefix}history", 0, -1)
-    state, held, deadlines, realtime, bulk, windows, samples, busy, history = pipe.execute()
+    state, held, deadlines, realtime, bulk, policy, samples, busy, history = pipe.execute()
 
     def still_waiting(tokens: list[str]) -> int:
         return sum(1 for t in tokens if int(deadlines.get(t, 0)) >= now)
@@ -269,7 +325,7 @@ def read_status(client: redis.Redis, prefix: str, name: str) -> GateStatus:
         pairs = (item.split(":", 1) for item in items)
         return [float(v) for at, v in pairs if int(at) >= now - RECENT_MS]
 
-    floors = recent(windows)
+    floor = PolicyState.from_fields(policy).floor
     latencies = sorted(recent(samples))
     points = []
     for item in reversed(history):
@@ -283,7 +339,7 @@ def read_status(client: redis.Redis, prefix: str, name: str) -> GateStatus:
         adaptive=state.get("adaptive") == "1",
         held=int(held),
         waiting={"realtime": still_waiting(realtime), "bulk": still_waiting(bulk)},
-        floor_ms=min(floors) if floors else None,
+        floor_ms=round(floor.ms, 1) if floor.n else None,
         p50_ms=_percentile(latencies, 0.50),
         p95_ms=_percentile(latencies, 0.95),
         busy_last_minute=int(busy),
@@ -291,6 +347,11 @@ def read_status(client: redis.Redis, prefix: str, name: str) -> GateStatus:
         expired_total=int(state.get("expired", 0)),
         history=points,
     )
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """A Redis reply [field, value, field, value, ...] as a dict of strings."""
+    return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
 
 
 def make_way_key(prefix: str, destination: str) -> str:

@@ -128,8 +128,9 @@ class FleetCollector:
         in_flight = gauge("gate_in_flight", "Permits held now: calls in flight, fleet-wide")
         waiting = gauge("gate_waiting", "Calls waiting for a permit, by priority",
                         [*gate, "priority"])  # fmt: skip
-        floor = gauge("gate_latency_floor_seconds", "Lowest window-mean latency of the last "
-                      "minute: the destination's service time with nothing queued")  # fmt: skip
+        floor = gauge("gate_latency_floor_seconds", "Typical (geometric mean) latency at the "
+                      "highest limit verified to queue nothing: the destination's service "
+                      "time")  # fmt: skip
         latency = gauge("gate_latency_seconds", "Latency of the calls answered in the last "
                         "minute, by quantile", [*gate, "quantile"])  # fmt: skip
         busy_minute = gauge("gate_busy_last_minute", "Busy answers (Noojee 109) in the last "

@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.gate_policy import PolicyConfig
+
 
 class RetrySettings(BaseModel):
     """How a job that failed transiently is tried again (backoff through Redis)."""
@@ -45,6 +47,49 @@ class RetrySettings(BaseModel):
     )
 
 
+class PolicySettings(BaseModel):
+    """The adaptive limit's controller (``worker/gate_policy.py``); the defaults are what the
+    benchmarks pass with. ``config()`` is what the gates take."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    window_ms: int = Field(500, ge=50, description="a window of calls closes after at least this "
+                           "long (and min_samples answers, and twice the limit)")  # fmt: skip
+    min_samples: int = Field(10, ge=2, description="the fewest answers in a window or a decision")
+    tolerance: float = Field(
+        0.25, gt=0, le=1, description="a latency change of more than this fraction, beyond "
+        "doubt, is a change of the PBX (the measurement starts again); cruise measurements are "
+        "sized to see a change this large",
+    )
+    z: float = Field(1.5, gt=0, description="standard errors a probe's or a trial's verdict needs")
+    alarm_z: float = Field(
+        3.0, gt=0, description="standard errors an alarm needs: queueing seen while cruising, a "
+        "check that finds the floor wrong, a window unlike the rest of its measurement",
+    )
+    busy_cut: float = Field(0.5, gt=0, lt=1, description="a busy answer (109) multiplies the "
+                            "limit by this, once per limit")  # fmt: skip
+    probe_gap: int = Field(2, ge=0, description="at most this many windows between probes "
+                           "upward (0 after a probe that found room)")  # fmt: skip
+    max_samples: int = Field(300, ge=10, description="a decision still undecided after this many "
+                             "answers takes its best estimate")  # fmt: skip
+    max_decision_ms: int = Field(10_000, ge=100, description="the same, after this long")
+    decision_precision: float = Field(
+        0.2, gt=0, description="no verdict before the mean log-latency's standard error is below "
+        "this (a heavy-tailed PBX needs more answers per decision)",
+    )
+    floor_precision: float = Field(0.3, gt=0, description="the same for a measurement that "
+                                   "becomes the latency floor")  # fmt: skip
+    memory_samples: int = Field(200, ge=10, description="the floor and the noise estimate weigh "
+                                "at most this many past answers")  # fmt: skip
+    recheck_ms: int = Field(60_000, ge=1000, description="the floor is verified by one step "
+                            "down at least this often")  # fmt: skip
+    step_fraction: float = Field(0.125, gt=0, le=1, description="the smallest probe step, as a "
+                                 "fraction of the limit (at least one call)")  # fmt: skip
+
+    def config(self) -> PolicyConfig:
+        return PolicyConfig(**self.model_dump())
+
+
 class GateSettings(BaseModel):
     """The concurrency gates (``worker/gate.py``): permits are leases in Redis."""
 
@@ -60,6 +105,7 @@ class GateSettings(BaseModel):
         description="a job that gets no permit within this long goes back to its queue "
         "(no retry is spent), freeing its worker thread for other jobs",
     )
+    policy: PolicySettings = PolicySettings()
 
 
 class NoojeeSettings(BaseModel):
@@ -374,18 +420,29 @@ class Settings(BaseSettings):
     def _zero_turns_metrics_off(cls, value: int | None) -> int | None:
         return value or None
 
-    @model_validator(mode="after")
-    def _visibility_covers_longest_task(self) -> Settings:
-        # Redis redelivers an unacknowledged message after visibility_timeout; a task that runs
-        # longer than that would run twice. The longest task is the fast-retry window plus one
-        # wait at the gate and one call that waits its full read timeout.
-        # The other destinations may make three calls for one job (a login, Trendsic's read
-        # before its write, and the write).
-        calls_s = max(
+    def _longest_calls_s(self) -> float:
+        # One Noojee call that waits its full read timeout; the other destinations may make
+        # three calls for one job (a login, Trendsic's read before its write, and the write).
+        return max(
             self.noojee.connect_timeout_s + self.noojee.read_timeout_s,
             *(3 * (d.connect_timeout_s + d.read_timeout_s)
               for d in (self.missioncapital, self.trendsic, self.expandable)),
         )  # fmt: skip
+
+    def gate_patience_s(self) -> float:
+        """The longest a job waits at a gate for a turn that is near (``worker/gate.py``): what
+        the visibility timeout leaves room for once the fast retries and the longest call are
+        counted, so even such a task ends well within it (never less than max_wait_s)."""
+        room_s = self.visibility_timeout_s / 2 - self.retry.fast_window_s - self._longest_calls_s()
+        return max(self.gate.max_wait_s, room_s)
+
+    @model_validator(mode="after")
+    def _visibility_covers_longest_task(self) -> Settings:
+        # Redis redelivers an unacknowledged message after visibility_timeout; a task that runs
+        # longer than that would run twice. The longest task is the fast-retry window plus one
+        # wait at the gate and the longest call (a waiter near its turn may wait longer, up to
+        # what this leaves room for: gate_patience_s).
+        calls_s = self._longest_calls_s()
         longest_s = self.retry.fast_window_s + self.gate.max_wait_s + calls_s
         if self.visibility_timeout_s < 2 * longest_s:
             raise ValueError(

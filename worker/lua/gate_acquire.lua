@@ -4,7 +4,8 @@
 -- ARGV[6] adaptive (1/0), ARGV[7] initial limit, ARGV[8] maximum limit, ARGV[9] target (label),
 -- ARGV[10] the gate's name, added to the registry of gates KEYS[2] (for `gate status`, metrics)
 -- Returns {1, permits held after the grant, limit epoch} | {0, ms until the waiter should look
--- again}. A waiter that pops its wake list gets "permits held:epoch" instead.
+-- again, waiters ahead of it, the calls' mean latency (ms, 0 if none yet), limit}: how long its
+-- turn should take. A waiter that pops its wake list gets "permits held:epoch" instead.
 local now, token, prio = clock(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local ttl, wait = tonumber(ARGV[4]), tonumber(ARGV[5])
 local adaptive, initial, max = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -40,8 +41,10 @@ if not redis.call('ZSCORE', set, token) then
   redis.call('ZADD', set, redis.call('INCR', P .. 'seq'), token)
 end
 redis.call('HSET', DEADLINE, token, now + wait)
+local ahead = redis.call('ZRANK', set, token)
+if prio == 1 then ahead = ahead + redis.call('ZCARD', WAITING[1]) end
 -- Look again when the waiting ends or when the oldest lease would expire (a dead holder's).
 local oldest = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
 local recheck = wait
 if #oldest == 2 then recheck = math.min(wait, tonumber(oldest[2]) - now + 1) end
-return {0, math.max(1, recheck)}
+return {0, math.max(1, recheck), ahead, math.floor(num('lat_ms', 0)), limit}

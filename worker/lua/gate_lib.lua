@@ -9,8 +9,8 @@
 --   P.."deadline"   hash  waiter token -> when it stops waiting (ms)
 --   P.."seq"        string, arrival counter
 --   P.."wake:"..tok list  a permit handed to a waiter (one element; the waiter BLPOPs it)
---   P.."state"      hash  limit, config, the adaptive controller's window and baseline
---   P.."windows"    list  "ms:mean latency" of recent windows (the latency floor)
+--   P.."state"      hash  limit, epoch, config, calls' mean latency, the adaptive limit's window
+--   P.."policy"     hash  the adaptive limit's controller state (worker/gate_policy.py)
 --   P.."samples"    list  "ms:latency" of recent calls (for p50/p95 in `gate status`)
 --   P.."busy"       zset  busy answers (109) by time
 --   P.."history"    list  "ms:limit:in flight" once per window (the limit chart)
@@ -21,6 +21,7 @@ local P = KEYS[1]
 local LEASES, STATE = P .. 'leases', P .. 'state'
 local WAITING = {P .. 'waiting:0', P .. 'waiting:1'}
 local DEADLINE = P .. 'deadline'
+local POLICY = P .. 'policy'
 
 local function clock(given)
   if given ~= nil and given ~= '' then return tonumber(given) end
@@ -80,6 +81,12 @@ end
 local function set_limit(new, now)
   if new ~= limit_now() then redis.call('HINCRBY', STATE, 'epoch', 1) end
   redis.call('HSET', STATE, 'limit', new)
+end
+
+-- Start a new window of the adaptive limit: nothing measured yet.
+local function reset_window(now)
+  redis.call('HSET', STATE, 'w_start', now, 'w_n', 0, 'w_log', 0, 'w_log2', 0, 'w_held', 0,
+             'w_busy', 0)
 end
 
 local function waiting_count()
