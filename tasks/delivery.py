@@ -316,6 +316,7 @@ class DeliveryTask(Task):
             # The destination is at its limit: back to the queue, no retry spent, and this
             # thread is free for jobs of other queues. Normal at a full gate: the reason lets
             # worker/requeue_log.py log a summary instead of a warning and traceback each.
+            ClaimKeeper.for_process(ledger).settling(job_id)
             ledger.unclaim(job_id, token)
             raise Reject(f"{NO_PERMIT} {full}", requeue=True) from None
         except Deferred as paused:
@@ -568,6 +569,7 @@ class DeliveryTask(Task):
             wait=wait_exponential(multiplier=0.2, max=2),
             reraise=True,
         )
+        ClaimKeeper.for_process(ledger).settling(job_id)
         try:
             settling(ledger.transition, job_id, state, entry, token=token, due_ms=due_ms,
                      fields=fields)  # fmt: skip

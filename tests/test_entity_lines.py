@@ -480,9 +480,9 @@ def test_a_claim_given_up_while_it_was_being_renewed_is_not_reported_lost(
     settle = ledger.renew
 
     def renew_as_the_job_settles(leases: dict[str, str]) -> list[str]:
+        keeper.settling("a")  # what the task says before it settles...
         ledger.transition("a", "delivered", {"event": "delivered"}, token="w")
-        keeper.forget("a")  # what the task does once it has settled
-        return settle(leases)
+        return settle(leases)  # ...and forgets it only after
 
     ledger.renew = renew_as_the_job_settles  # type: ignore[method-assign]
     assert keeper.renew_once() == []

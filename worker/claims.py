@@ -25,6 +25,7 @@ class ClaimKeeper:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._held: dict[str, str] = {}
+        self._settling: set[str] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -47,6 +48,14 @@ class ClaimKeeper:
     def forget(self, job_id: str) -> None:
         with self._lock:
             self._held.pop(job_id, None)
+            self._settling.discard(job_id)
+
+    def settling(self, job_id: str) -> None:
+        """The job is about to give its claim up (it settles, or goes back to its queue): keep
+        renewing it until it has, but a claim found gone from now on was given up, not lost."""
+        with self._lock:
+            if job_id in self._held:
+                self._settling.add(job_id)
 
     def renew_once(self) -> list[str]:
         """Renew every held claim; returns (and forgets) the ids whose claim was already gone."""
@@ -58,7 +67,8 @@ class ClaimKeeper:
             log.warning("could not renew the claims of %d running job(s): %s", len(held), exc)
             return []
         with self._lock:  # a job that settled meanwhile gave its claim up: nothing was lost
-            lost = [job_id for job_id in lost if self._held.get(job_id) == held[job_id]]
+            lost = [job_id for job_id in lost
+                    if self._held.get(job_id) == held[job_id] and job_id not in self._settling]
             for job_id in lost:
                 del self._held[job_id]
         for job_id in lost:

@@ -315,6 +315,10 @@ class _Controller:
         if not s.floor.n:
             return self.first_floor()
         est, se = self.served(current)
+        if not (math.isfinite(est) and math.isfinite(se)):
+            # A measure of next to no weight (a fraction of a sample after capping) says
+            # nothing: keep measuring rather than decide on infinity.
+            return self.stay("no finite estimate yet")
         if est - c.alarm_z * se > current.held + 0.5:
             # Faster than the floor allows: the PBX got faster, and the floor must be measured
             # again where nothing queues, then verified once (its first windows may hold the
