@@ -111,6 +111,8 @@ SUBMIT = textwrap.dedent("""
 #: Celery's own INFO line for every message a worker takes and every job that succeeds: the
 #: same with or without a gate, and gone at --loglevel WARNING.
 PER_MESSAGE = (" received", "] succeeded in ")
+#: How long the fleet is watched at the gate of 1.
+MEASURED_S = 10
 
 
 @pytest.mark.integration
@@ -118,7 +120,8 @@ PER_MESSAGE = (" received", "] succeeded in ")
 def test_a_fleet_waiting_at_a_gate_of_1_writes_almost_no_log_lines(
     redis_server: str, tmp_path: Path
 ) -> None:
-    """2 workers x 16 threads on their own database; the gate fixed at 1; 20 s measured."""
+    """2 workers x 16 threads on their own database; the gate fixed at 1; MEASURED_S s
+    measured."""
     url = redis_server.rsplit("/", 1)[0] + "/3"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTSYNC_")}
     with simulator_in_thread(serve, NoojeeSimConfig(slots=4, latency_s=0.03, jitter_s=0.005,
@@ -144,7 +147,7 @@ def test_a_fleet_waiting_at_a_gate_of_1_writes_almost_no_log_lines(
             wait_for(lambda: sim.get("/_stats").json()["calls"] >= 50, 30, "deliveries")
             start = [log.stat().st_size for log in logs]
             calls_before = sim.get("/_stats").json()["calls"]
-            time.sleep(20)  # the measured run itself, not a wait for something to happen
+            time.sleep(MEASURED_S)  # the measured run itself, not a wait for something to happen
             written = [log.read_bytes()[offset:].decode() for log, offset in zip(logs, start,
                                                                                   strict=True)]
             calls = sim.get("/_stats").json()["calls"] - calls_before
@@ -155,8 +158,8 @@ def test_a_fleet_waiting_at_a_gate_of_1_writes_almost_no_log_lines(
                 worker.wait(30)
     lines = [line for text in written for line in text.splitlines()]
     ours = [line for line in lines if not any(mark in line for mark in PER_MESSAGE)]
-    print(f"{len(lines)} lines in 20 s, {len(ours)} besides Celery's per-message ones; "
-          f"{calls} calls delivered")
-    assert calls > 100  # the gate let one call at a time through, all along
+    print(f"{len(lines)} lines in {MEASURED_S} s, {len(ours)} besides Celery's per-message "
+          f"ones; {calls} calls delivered")
+    assert calls > 5 * MEASURED_S  # the gate let one call at a time through, all along
     assert not [line for line in lines if "WARNING" in line or "Traceback" in line]
-    assert len(ours) < 100 * 20 / 60, ours  # fewer than 100 a minute across the fleet
+    assert len(ours) < 100 * MEASURED_S / 60, ours  # fewer than 100 a minute, fleet-wide
