@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+#: The gate's lease TTL (the setting's default), within which a killed worker's permits return.
+LEASE_TTL_S = 3.0
 WORKERS, THREADS = 4, 8
 SERVICE_S = 0.100
 #: Timeouts scaled from minutes to seconds (the PBX's 60 s queue becomes 2 s), every ratio the
@@ -554,10 +556,10 @@ SCENARIOS = [
              lambda r, _: r["realtime_delivered"] == 50
              and r["realtime_p99_s"] <= 2 * SERVICE_S + 0.1),
     Scenario("F", "SIGKILL a worker that holds permits", 4, FIXED_4, scenario_f,
-             "its permits back within the lease TTL (10 s, +50 ms for the next Redis call to "
-             "reap them and for measuring); no job lost",
+             f"its permits back within the lease TTL ({LEASE_TTL_S:g} s, +50 ms for the next "
+             "Redis call to reap them and for measuring); no job lost",
              lambda r, _: r["permits_back_after_s"] is not None
-             and r["permits_back_after_s"] <= 10.05 and r["delivered"] == r["jobs"]),
+             and r["permits_back_after_s"] <= LEASE_TTL_S + 0.05 and r["delivered"] == r["jobs"]),
     Scenario("G", "adaptive, 4 slots, service 100 → 250 ms at 10 s → 100 ms at 40 s", 4,
              ADAPTIVE_32, scenario_g,
              "utilisation ≥ 0.90 in each 10 s phase from 5 s after a change; 0 x 109; "

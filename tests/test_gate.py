@@ -112,6 +112,24 @@ def test_a_dead_holders_lease_expires_and_a_waiter_gets_it(client: redis.Redis) 
     gate.release(permit, 0.01)
 
 
+def test_a_dead_waiter_is_passed_over_after_one_lease_and_gets_no_permit(
+    client: redis.Redis,
+) -> None:
+    gate = new_gate(client, ttl_s=3, max_wait_s=60)
+    t0 = 10_000_000  # simulated time (ms): the scripts take "now" from the caller
+    assert gate._acquire("holder", "bulk", 0, t0)[0] == 1
+    # A waiter that will never ask again (its worker was killed), then a live one.
+    assert gate._acquire("dead", "bulk", 60, t0)[0] == 0
+    assert gate._acquire("live", "bulk", 60, t0 + 500)[0] == 0
+    assert gate.renew(["holder"], now_ms=t0 + 1000) == []  # the holder's call runs on
+    for at in (t0 + 1500, t0 + 2500, t0 + 3200):  # the live one asks again, a third of a lease
+        assert gate._acquire("live", "bulk", 60, at)[0] == 0
+    # It ends after the dead waiter's lease ran out: the permit goes to the live one.
+    gate._run("release", "holder", 100, "none", 1, 0, 500, 10, now_ms=t0 + 3300)
+    assert client.zscore(f"{gate.prefix}leases", "live") is not None
+    assert client.zscore(f"{gate.prefix}leases", "dead") is None
+
+
 def test_a_killed_process_gives_its_permits_back_within_the_ttl(
     client: redis.Redis, redis_server: str
 ) -> None:

@@ -97,7 +97,8 @@ class GateSettings(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     lease_ttl_s: float = Field(
-        10.0, gt=0, description="a killed worker's permits come back after at most this long"
+        3.0, gt=0, description="a killed worker's permits come back, and its threads waiting "
+        "for one are passed over, after at most this long; live ones renew every third of it"
     )
     max_wait_s: float = Field(
         5.0,

@@ -40,11 +40,14 @@ local set = WAITING[prio + 1]
 if not redis.call('ZSCORE', set, token) then
   redis.call('ZADD', set, redis.call('INCR', P .. 'seq'), token)
 end
-redis.call('HSET', DEADLINE, token, now + wait)
+-- A waiter is leased too: its place lasts one lease unless it asks again (a live waiter looks
+-- again within a third of one), so a killed worker's waiters are passed over within a lease
+-- instead of being handed permits nobody will use until the end of their whole wait.
+redis.call('HSET', DEADLINE, token, now + math.min(wait, ttl))
 local ahead = redis.call('ZRANK', set, token)
 if prio == 1 then ahead = ahead + redis.call('ZCARD', WAITING[1]) end
 -- Look again when the waiting ends or when the oldest lease would expire (a dead holder's).
 local oldest = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
-local recheck = wait
-if #oldest == 2 then recheck = math.min(wait, tonumber(oldest[2]) - now + 1) end
+local recheck = math.min(wait, math.floor(ttl / 3))
+if #oldest == 2 then recheck = math.min(recheck, tonumber(oldest[2]) - now + 1) end
 return {0, math.max(1, recheck), ahead, math.floor(num('lat_ms', 0)), limit}
