@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import chaos, enqueue, fairness, gate, order
+from bench import chaos, durability, enqueue, fairness, gate, order
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -208,7 +208,8 @@ def main(argv: list[str]) -> int:
     """``python -m bench``: everything; ``python -m bench A C``: those gate scenarios;
     ``python -m bench enqueue`` / ``fairness``: that benchmark alone."""
     wanted = [a.upper() for a in argv]
-    unknown = [a for a in wanted if a not in {*SHOWN, "FAIRNESS", "ENQUEUE", "ORDER", "CHAOS"}]
+    named = {"FAIRNESS", "ENQUEUE", "ORDER", "CHAOS", "DURABILITY"}
+    unknown = [a for a in wanted if a not in {*SHOWN, *named}]
     if unknown:
         print(__doc__)
         return 0 if {"-H", "--HELP"} & set(unknown) else 2
@@ -216,8 +217,8 @@ def main(argv: list[str]) -> int:
     enqueue_wanted = not wanted or "ENQUEUE" in wanted
     order_wanted = not wanted or "ORDER" in wanted
     chaos_wanted = not wanted or "CHAOS" in wanted
-    keys = [k for k in wanted if k not in ("FAIRNESS", "ENQUEUE", "ORDER", "CHAOS")] or (
-        None if not wanted else [])
+    durability_wanted = not wanted or "DURABILITY" in wanted
+    keys = [k for k in wanted if k not in named] or (None if not wanted else [])
     machine = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
     met = True
     if enqueue_wanted:
@@ -237,6 +238,12 @@ def main(argv: list[str]) -> int:
         print("\norder benchmark: coalescing a backfill's updates of the same leads, and the "
               "hand-off between two jobs of one lead", flush=True)  # fmt: skip
         entry = _run("order.json", "order per record", machine, order.run, order_table)
+        met = met and entry["met"]
+    if durability_wanted:
+        print("\ndurability benchmark: the embedded server's appendfsync always against everysec",
+              flush=True)  # fmt: skip
+        entry = _run("durability.json", "durability", machine, durability.run,
+                     lambda r: "\n".join(f"   {k:30}{show(v):>40}" for k, v in r.items()))
         met = met and entry["met"]
     if chaos_wanted:
         print(f"\nchaos benchmark: {chaos.JOBS:,} jobs while workers and the Redis server are "

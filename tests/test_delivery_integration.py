@@ -350,3 +350,32 @@ def test_a_retry_waiting_in_redis_needs_no_worker_memory_to_happen(
     record = wait_for_state(ledger, job_id, ("delivered",))
     assert simulator.calls(lead) == 1
     assert [e["event"] for e in record.history][:2] == ["delivered", "attempt"]
+
+
+def test_a_message_taken_by_a_worker_killed_before_kombu_recorded_it_is_sent_again(
+    stack: Any, simulator: Simulator, ledger: Any
+) -> None:
+    """kombu takes a message with BRPOP and records it in its unacked hash only afterwards; a
+    worker killed in between took the message with it. Here the "worker" that takes it is a
+    plain client that never records it: from Redis's side, exactly what that kill leaves."""
+    from producers import submit
+    from worker.app import app
+    from worker.broker import redis_client
+    from worker.dispatch import queue_key
+    from worker.republisher import RECONCILE_S, TRANSIT_GRACE_MS
+
+    stack.stop_child("worker-w1")  # nobody else may take it first
+    try:
+        lead = new_lead_id()
+        job_id = submit(sample_update(lead))
+        taken = redis_client().rpop(queue_key(app, "noojee", "realtime"))
+        assert taken is not None and job_id in taken
+        assert ledger.get(job_id).state == "queued"  # and its message is gone for good
+    finally:
+        stack.start_worker("w1")
+        stack.wait_for_workers(1)
+    bound_s = TRANSIT_GRACE_MS / 1000 + RECONCILE_S + 2
+    record = wait_for_state(ledger, job_id, ("delivered",), timeout_s=bound_s + 5)
+    assert record.updated_at_ms - record.submitted_at_ms <= (bound_s + 5) * 1000
+    assert "message-lost" in [e["event"] for e in record.history]
+    assert simulator.calls(lead) == 1
