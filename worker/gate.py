@@ -122,7 +122,7 @@ def _source(name: str) -> str:
 @cache
 def _scripts_source() -> dict[str, str]:
     lib = _source("gate_lib")
-    ops = ("acquire", "release", "adjust", "renew", "cancel")
+    ops = ("acquire", "release", "adjust", "renew", "cancel", "sweep")
     return {op: f"{lib}\n{_source(f'gate_{op}')}" for op in ops}
 
 
@@ -273,6 +273,14 @@ class Gate:
             args=["" if now_ms is None else now_ms, int(self.config.ttl_s * 1000), *tokens],
         )
         return [str(t) for t in lost]
+
+    def sweep(self, dead: list[str], now_ms: int | None = None) -> tuple[int, int]:
+        """Give back the permits of these dead processes ("host/pid") and pass over their
+        waiters now (see ``worker/liveness.py``); returns (permits, waiters)."""
+        if not dead:
+            return 0, 0
+        gone, passed, _ = self._run("sweep", *dead, now_ms=now_ms)
+        return gone, passed
 
     # -- looking -------------------------------------------------------------------------------
     def status(self) -> GateStatus:

@@ -484,10 +484,10 @@ class Ledger:
         lost = self._renew(keys=[], args=[*self._common(), self.lease_ms, *pairs])
         return [str(job_id) for job_id in lost]
 
-    def reap(self, limit: int = 500) -> list[str]:
-        """Queue again the running jobs whose worker stopped renewing its claim; returns their
-        ids."""
-        return [str(i) for i in self._reap(keys=[], args=[*self._common(), limit])]
+    def reap(self, limit: int = 500, dead: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """Queue again the running jobs whose worker stopped renewing its claim, or is one of
+        the ``dead`` processes ("host/pid", ``worker/liveness.py``); returns their ids."""
+        return [str(i) for i in self._reap(keys=[], args=[*self._common(), limit, *dead])]
 
     def absorb(
         self,

@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
+from worker import liveness
 from worker.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ RECONCILE_S = 5.0
 #: message it took without claiming its job (all its threads busy) for three claim leases: past
 #: that, its worker is taken for dead and the job is sent again.
 TRANSIT_GRACE_MS = 10_000
+#: How often one worker of the fleet looks for dead worker processes (worker/liveness.py).
+SWEEP_MS = 400
 #: Every this many ticks (a minute), forget rejected jobs whose records have expired.
 PRUNE_EVERY_TICKS = 120
 
@@ -50,6 +53,11 @@ class Republisher:
         returns how many jobs were queued again."""
         queued = self.ledger.due()
         reaped = self.ledger.reap()
+        if self.ledger.r.set(f"{self.ledger.prefix}sweep", "1", nx=True, px=SWEEP_MS):
+            dead = liveness.sweep(self.ledger.r, self.ledger.prefix, self._reap_dead)
+            if dead:
+                log.warning("worker process(es) %s died: their permits and jobs are back",
+                            ", ".join(dead))  # fmt: skip
         if reaped:
             log.warning("queued %d job(s) again whose worker stopped renewing its claim (killed?): "
                         "%s", len(reaped), ", ".join(reaped[:10]))  # fmt: skip
@@ -66,6 +74,12 @@ class Republisher:
             log.warning("sent again %d job(s) whose message was lost in transit (a worker killed "
                         "as it took it?): %s", len(lost), ", ".join(lost[:10]))  # fmt: skip
         return len(queued) + len(reaped) + len(lost)
+
+    def _reap_dead(self, dead: list[str]) -> None:
+        reaped = self.ledger.reap(dead=dead)
+        if reaped:
+            log.warning("queued %d job(s) of dead worker(s) again: %s", len(reaped),
+                        ", ".join(reaped[:10]))  # fmt: skip
 
     def run(self) -> None:
         ticks = 0
@@ -109,6 +123,10 @@ class RepublisherStep(bootsteps.StartStopStep):
 
         queues = destinations()
         store_templates(parent.app, ledger(), queues)
+        from worker.broker import redis_url
+        from worker.settings import get_settings
+
+        liveness.Heartbeat(redis_url(), get_settings().key_prefix).start()
         self.republisher = Republisher(parent.app, ledger(), queues)
         self.thread = threading.Thread(
             target=self.republisher.run, name="contactsync-republisher", daemon=True

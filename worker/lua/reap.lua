@@ -1,12 +1,25 @@
--- Jobs whose runner stopped renewing its lease (a killed worker): queued again, their message
--- pushed at once, so a dead worker blocks its jobs (and the entity lines they head) for one
--- lease, not kombu's visibility timeout. The call the dead worker made may have applied:
+-- Jobs whose runner stopped renewing its lease, or is known dead (a killed worker): queued
+-- again, their message pushed at once, so a dead worker blocks its jobs (and the entity lines
+-- they head) for one sweep or one lease, not kombu's visibility timeout. The call the dead worker made may have applied:
 -- delivery is at least once. kombu redelivers the dead worker's own message later; the job has
 -- ended or runs by then, and that duplicate is dropped at its claim.
 -- ARGV[1..5] as every ledger script (ledger_lib.lua)
 local most = tonumber(ARGV[6])
+-- ARGV[7..]: processes known dead ("host/pid", worker/liveness.py): their claims end now, not
+-- when their leases run out.
 -- Returns the ids queued again
+local dead = {}
+for i = 7, #ARGV do dead[ARGV[i]] = true end
 local due = redis.call('ZRANGE', RUNNING, '-inf', NOW, 'BYSCORE', 'LIMIT', 0, most)
+if #ARGV >= 7 then
+  for _, id in ipairs(redis.call('ZRANGE', RUNNING, 0, -1)) do
+    local holder = redis.call('GET', lock_key(id))
+    if holder and dead[string.match(holder, '^(.-/%d+)/') or ''] then
+      redis.call('DEL', lock_key(id))
+      due[#due + 1] = id
+    end
+  end
+end
 local reaped = {}
 for _, id in ipairs(due) do
   local left = redis.call('PTTL', lock_key(id))
