@@ -84,7 +84,9 @@ def test_a_killed_worker_gives_back_its_permits_and_jobs_within_a_sweep_not_a_le
         dead = wait_for(swept, 5, "the sweep to find the dead worker")
         took_s = time.monotonic() - killed
         assert dead == [f"{os.uname().nodename}/{beating.pid}"]
-        assert took_s < 1.0, took_s  # its connections closed at once; its leases had 30 s
+        # Its connections closed at once; its leases had 30 s more. (How fast, in figures: the
+        # gate benchmark's scenario F.)
+        assert took_s < 10, took_s
         assert gate.status().held == 1  # the silent one (no heartbeat) keeps its lease
         assert ledger.get("with-heartbeat").state == "queued"
         assert ledger.get("without").state == "running"

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import redis
 
+from worker import scripts
+
 log = logging.getLogger(__name__)
 
 #: How long a login may take before another worker may try (the lock's TTL).
@@ -32,10 +34,6 @@ WAIT_STEP_S = 0.02
 #: How long a refused login answers for every worker that comes for a token.
 REFUSAL_MEMORY_S = 5.0
 
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class LoginFailed(Exception):
@@ -76,7 +74,7 @@ class SharedToken:
         self._lock_key = f"{prefix}token:{name}:lock"
         self._logins_key = f"{prefix}token:{name}:logins"
         self._refused_key = f"{prefix}token:{name}:refused"
-        self._unlock = client.register_script(_UNLOCK)
+        self._unlock = scripts.load(client, "unlock")
 
     def get(self) -> Token:
         """The cached token, or a new one if there is none or it is due for renewal."""

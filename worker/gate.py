@@ -43,12 +43,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from typing import Any, cast
 
 import redis
 
+from worker import scripts
 from worker.gate_policy import PolicyConfig, PolicyState, Window, decide
 
 log = logging.getLogger(__name__)
@@ -115,15 +114,8 @@ class GateStatus:
     history: list[tuple[int, int, float]] = field(default_factory=list)  # (ms, limit, in flight)
 
 
-def _source(name: str) -> str:
-    return resources.files("worker").joinpath("lua", f"{name}.lua").read_text()
-
-
-@cache
-def _scripts_source() -> dict[str, str]:
-    lib = _source("gate_lib")
-    ops = ("acquire", "release", "adjust", "renew", "cancel", "sweep")
-    return {op: f"{lib}\n{_source(f'gate_{op}')}" for op in ops}
+#: The gate's atomic steps: ``lua/gate_<op>.lua``, each after ``lua/gate_lib.lua``.
+OPS = ("acquire", "release", "adjust", "renew", "cancel", "sweep")
 
 
 def gate_name(destination: str, target: str = "") -> str:
@@ -156,7 +148,7 @@ class Gate:
         self.target = target
         self.prefix = f"{prefix}gate:{name}:"
         self._keys = [self.prefix, registry_key(prefix)]
-        self._scripts = {op: client.register_script(src) for op, src in _scripts_source().items()}
+        self._scripts = {op: scripts.load(client, f"gate_{op}", "gate_lib") for op in OPS}
         self._keeper = keeper or LeaseKeeper.for_process()
 
     # -- the calls' side ----------------------------------------------------------------------

@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import redis
+
+from worker import scripts
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,6 @@ class PauseStatus:
     failures: int = 0
 
 
-@cache
-def _source(name: str) -> str:
-    return resources.files("worker").joinpath("lua", f"{name}.lua").read_text()
-
-
 class Pause:
     """The pause of one destination endpoint (``name`` is its gate's name). Thread-safe."""
 
@@ -78,8 +73,8 @@ class Pause:
         self.config_probe_interval_ms = int(config_probe_interval_s * 1000)
         self.limit_probe_interval_ms = int(limit_probe_interval_s * 1000)
         self._keys = [f"{prefix}pause:{name}", f"{prefix}pause:{name}:failures"]
-        self._check = client.register_script(_source("pause_check"))
-        self._failure = client.register_script(_source("pause_failure"))
+        self._check = scripts.load(client, "pause_check")
+        self._failure = scripts.load(client, "pause_failure")
 
     def check(self, now_ms: int | None = None) -> Verdict:
         """Before a call. Not paused: go. Paused: wait until ``wait_until_ms``, unless this call
