@@ -63,29 +63,9 @@ def plan(
     stale = older_than_delivered(head, claim)
     if stale:
         return Plan(job, superseded=stale)
-    group: list[tuple[JobRecord, JobModel]] = []
-    taken: list[Taken] = []
-    merged_so_far = job
-    for record in held if coalesce else []:
-        if record is None or record.state != HELD or record.destination != head.destination:
-            break
-        stale = older_than_delivered(record, claim)
-        if stale:
-            taken.append(Taken(record.id, SUPERSEDED, claim.delivered_by, stale))
-            continue
-        try:
-            newer = model_for(record.kind).model_validate_json(record.payload)
-        except ValueError:
-            break  # it runs alone and is rejected with its own reason
-        if not merged_so_far.mergeable(newer):
-            break
-        merged_so_far = merged_so_far.merge(newer)
-        group.append((record, newer))
-        taken.append(Taken(record.id, MERGED, head.id, f"merged into job {head.id}, which "
-                           "carries its changes in one call with the jobs before it"))  # fmt: skip
+    group, taken, merged_so_far = _take(head, job, claim, held if coalesce else [])
     if not group:
         return Plan(job, taken=taken)
-
     parts = _parts_of(head, job) + [Part(r.vkey, r.seq, j) for r, j in group]
     versioned = any(part.vkey for part in parts)
     folded = _fold(parts) if versioned else merged_so_far
@@ -105,6 +85,35 @@ def plan(
         carried=json.dumps([[p.vkey, p.seq, p.job.model_dump_json()] for p in parts])
         if versioned else "",
     )
+
+
+def _take(
+    head: JobRecord, job: JobModel, claim: Claim, held: list[JobRecord | None]
+) -> tuple[list[tuple[JobRecord, JobModel]], list[Taken], JobModel]:
+    """The jobs held behind ``head`` that it takes over, in order, up to the first it may not
+    merge: (those it merges, with their jobs; every job taken, the superseded ones included;
+    the merge in submission order)."""
+    group: list[tuple[JobRecord, JobModel]] = []
+    taken: list[Taken] = []
+    merged_so_far = job
+    for record in held:
+        if record is None or record.state != HELD or record.destination != head.destination:
+            break
+        stale = older_than_delivered(record, claim)
+        if stale:
+            taken.append(Taken(record.id, SUPERSEDED, claim.delivered_by, stale))
+            continue
+        try:
+            newer = model_for(record.kind).model_validate_json(record.payload)
+        except ValueError:
+            break  # it runs alone and is rejected with its own reason
+        if not merged_so_far.mergeable(newer):
+            break
+        merged_so_far = merged_so_far.merge(newer)
+        group.append((record, newer))
+        taken.append(Taken(record.id, MERGED, head.id, f"merged into job {head.id}, which "
+                           "carries its changes in one call with the jobs before it"))  # fmt: skip
+    return group, taken, merged_so_far
 
 
 @dataclass(frozen=True)

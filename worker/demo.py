@@ -144,80 +144,116 @@ def run_demo(console: Console, count: int, linger: bool) -> None:
 
 
 def _run(console: Console, stack: Stack, count: int) -> None:
-    from producers import submit_many
     from worker.runtime import ledger
 
     rng = random.Random(2026)
     others = max(1, int(count * OTHER_SHARE))
     jobs, scripts = sample_jobs(count - 3 * others, rng)
     more, other_scripts = other_jobs(others, rng)
-    urls = stack.simulator_urls
-    if "noojee" in urls:
-        httpx.post(f"{urls['noojee']}/_script", json={"scripts": scripts}).raise_for_status()
-    for name, bodies in other_scripts.items():
-        for body in bodies:
-            httpx.post(f"{urls[name]}/_script", json=body).raise_for_status()
+    _script_simulators(stack, scripts, other_scripts)
     intake = httpx.Client(base_url=stack.intake_url, timeout=30,
                           headers={"Authorization": f"Bearer {stack.intake_token}"})  # fmt: skip
-    # A job that cannot succeed never reaches the queue: the intake names every bad field.
-    refused_answer = intake.post("/v1/jobs", json={"kind": "noojee.update", "job": {
-        "template_id": 41, "campaign_id": 41, "allocation_id": 38, "external_lead_id": "X-1",
-        "disposition": "Sale", "callback_date": "24/12/2026", "fields": {"Name": "Al Bo"},
-    }})  # fmt: skip
-    refused = [f"{e['path']}: {e['reason']}" for e in refused_answer.json().get("errors", [])]
-
-    book = ledger()
+    refused = _refused(intake)
     started = time.monotonic()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=console) as progress:
-        # Services post every tenth Noojee update and a third of the other destinations' jobs
-        # to the intake, one request each, as they happen; a script backfills the rest of the
-        # Noojee updates from a file, and the rest of the others go in with submit_many().
-        live_noojee, live_others = [job for n, job in enumerate(jobs) if n % 10 == 0], more[::3]
-        live = live_noojee + live_others
-        posting = progress.add_task("intake   ", total=len(live), detail="HTTP, realtime")
-        posted = []
-        for job in live:
-            answer = intake.post("/v1/jobs", json={
-                "kind": job.kind, "job": job.model_dump(mode="json", exclude_none=True)})
-            answer.raise_for_status()
-            posted.append(answer.json()["job_id"])
-            progress.advance(posting)
-        backfilled = [job for n, job in enumerate(jobs) if n % 10]
-        filling = progress.add_task("backfill ", total=len(backfilled), detail="")
-        noojee_ids = posted[:len(live_noojee)] + _backfill(
-            stack, backfilled, lambda p: progress.update(
-                filling, completed=p.rows_read, detail=f"{p.enqueued} enqueued, bulk"))
-        other_ids = posted[len(live_noojee):] + submit_many(
-            [job for n, job in enumerate(more) if n % 3], client="demo")
-        ids = noojee_ids + other_ids
-        settling = progress.add_task("settled  ", total=len(ids), detail="")
-        expired = False
-        while True:
-            with book.r.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hget(book.job_key(job_id), "state")
-                answers = pipe.execute()
-            states = Counter(answers)
-            done = sum(states[s] for s in TERMINAL)
-            detail = "  ".join(f"{s} {states[s]}" for s in ("delivered", "merged", "retrying",
-                                                            "review", "rejected")
-                               if states[s])  # fmt: skip
-            progress.update(settling, completed=done, detail=detail)
-            others_done = sum(state in TERMINAL for state in answers[len(noojee_ids):])
-            if not expired and others_done >= len(more) // 3:
-                # A third of the way, every token expires: one login each, for the fleet.
-                for name in ("missioncapital", "trendsic", "expandable"):
-                    if name in urls:
-                        httpx.post(f"{urls[name]}/_expire_tokens").raise_for_status()
-                expired = True
-            if done == len(ids) or time.monotonic() - started > 110:
-                break
-            time.sleep(0.2)
+        noojee_ids, other_ids = _submit(stack, intake, progress, jobs, more)
+        _settle(stack, progress, noojee_ids, other_ids, len(more), started)
     intake.close()
     elapsed = time.monotonic() - started
-    _report(console, stack, [book.get(i, with_history=True) for i in ids], refused, elapsed)
+    book = ledger()
+    records = [book.get(i, with_history=True) for i in noojee_ids + other_ids]
+    _report(console, stack, records, refused, elapsed)
+
+
+def _script_simulators(
+    stack: Stack, noojee: dict[str, list[int]], others: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Tell the simulators which answers to give (busy leads, conflicts, refusals...)."""
+    urls = stack.simulator_urls
+    if "noojee" in urls:
+        httpx.post(f"{urls['noojee']}/_script", json={"scripts": noojee}).raise_for_status()
+    for name, bodies in others.items():
+        for body in bodies:
+            httpx.post(f"{urls[name]}/_script", json=body).raise_for_status()
+
+
+def _refused(intake: httpx.Client) -> list[str]:
+    """A job that cannot succeed never reaches the queue: the intake names every bad field."""
+    answer = intake.post("/v1/jobs", json={"kind": "noojee.update", "job": {
+        "template_id": 41, "campaign_id": 41, "allocation_id": 38, "external_lead_id": "X-1",
+        "disposition": "Sale", "callback_date": "24/12/2026", "fields": {"Name": "Al Bo"},
+    }})  # fmt: skip
+    return [f"{e['path']}: {e['reason']}" for e in answer.json().get("errors", [])]
+
+
+def _submit(
+    stack: Stack, intake: httpx.Client, progress: Progress, jobs: list[Any], more: list[Any]
+) -> tuple[list[str], list[str]]:
+    """Services post every tenth Noojee update and a third of the other destinations' jobs to
+    the intake, one request each, as they happen; a script backfills the rest of the Noojee
+    updates from a file, and the rest of the others go in with submit_many(). Returns the
+    Noojee job ids and the others'."""
+    from producers import submit_many
+
+    live_noojee, live_others = [job for n, job in enumerate(jobs) if n % 10 == 0], more[::3]
+    live = live_noojee + live_others
+    posting = progress.add_task("intake   ", total=len(live), detail="HTTP, realtime")
+    posted = []
+    for job in live:
+        answer = intake.post("/v1/jobs", json={
+            "kind": job.kind, "job": job.model_dump(mode="json", exclude_none=True)})
+        answer.raise_for_status()
+        posted.append(answer.json()["job_id"])
+        progress.advance(posting)
+    backfilled = [job for n, job in enumerate(jobs) if n % 10]
+    filling = progress.add_task("backfill ", total=len(backfilled), detail="")
+    noojee_ids = posted[:len(live_noojee)] + _backfill(
+        stack, backfilled, lambda p: progress.update(
+            filling, completed=p.rows_read, detail=f"{p.enqueued} enqueued, bulk"))
+    other_ids = posted[len(live_noojee):] + submit_many(
+        [job for n, job in enumerate(more) if n % 3], client="demo")
+    return noojee_ids, other_ids
+
+
+def _settle(
+    stack: Stack,
+    progress: Progress,
+    noojee_ids: list[str],
+    other_ids: list[str],
+    others: int,
+    started: float,
+) -> None:
+    """Watch every job until it ends (or 110 s pass); a third of the way through the other
+    destinations' jobs, every token expires: one login each, for the fleet."""
+    from worker.runtime import ledger
+
+    book, ids = ledger(), noojee_ids + other_ids
+    settling = progress.add_task("settled  ", total=len(ids), detail="")
+    expired = False
+    while True:
+        with book.r.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(book.job_key(job_id), "state")
+            answers = pipe.execute()
+        states = Counter(answers)
+        done = sum(states[s] for s in TERMINAL)
+        detail = "  ".join(f"{s} {states[s]}" for s in SHOWN_STATES if states[s])
+        progress.update(settling, completed=done, detail=detail)
+        others_done = sum(state in TERMINAL for state in answers[len(noojee_ids):])
+        if not expired and others_done >= others // 3:
+            for name in ("missioncapital", "trendsic", "expandable"):
+                if name in stack.simulator_urls:
+                    httpx.post(f"{stack.simulator_urls[name]}/_expire_tokens").raise_for_status()
+            expired = True
+        if done == len(ids) or time.monotonic() - started > 110:
+            return
+        time.sleep(0.2)  # a progress bar's refresh, not synchronisation
+
+
+#: The states the progress bar counts as they come.
+SHOWN_STATES = ("delivered", "merged", "retrying", "review", "rejected")
 
 
 def _backfill(stack: Stack, jobs: list[Any], progress: Any) -> list[str]:
@@ -246,27 +282,7 @@ def _backfill(stack: Stack, jobs: list[Any], progress: Any) -> list[str]:
 def _report(
     console: Console, stack: Stack, records: list[Any], refused: list[str], elapsed: float
 ) -> None:
-    table = Table(title=f"contactsync demo: {len(records)} contact updates to four destinations")
-    for column, justify in (("destination", "left"), ("delivered", "right"), ("merged", "right"),
-                            ("review", "right"), ("rejected", "right"), ("gate", "left"),
-                            ("logins", "right")):  # fmt: skip
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    details: list[tuple[str, str, int, str]] = []
-    unsettled = 0
-    for destination in ("noojee", "missioncapital", "trendsic", "expandable"):
-        mine = [r for r in records if r.destination == destination]
-        if not mine:
-            continue
-        states = Counter(r.state for r in mine)
-        unsettled += sum(n for state, n in states.items() if state not in TERMINAL)
-        for state in ("review", "rejected", "superseded"):
-            for reason, n in Counter(r.last_reason for r in mine if r.state == state).items():
-                details.append((destination, state, n, reason))
-        logins = _logins(stack, destination)
-        table.add_row(destination, str(states["delivered"]), str(states["merged"]),
-                      str(states["review"]), str(states["rejected"]),
-                      _gate_summary(destination),
-                      "-" if logins is None else str(logins))  # fmt: skip
+    table, details, unsettled = _table(stack, records)
     console.print(table)
     merged = sum(r.state == "merged" for r in records)
     if merged:
@@ -298,6 +314,35 @@ def _report(
                   f"[bold]{password}[/bold]")  # fmt: skip
     console.print(f"Intake: {stack.intake_url}  bearer token [bold]{stack.intake_token}[/bold] "
                   f"(OpenAPI at {stack.intake_url}/openapi.json)", highlight=False)
+
+
+def _table(
+    stack: Stack, records: list[Any]
+) -> tuple[Table, list[tuple[str, str, int, str]], int]:
+    """Where every job went, destination by destination: (the table, the reasons of the jobs
+    that did not deliver, how many have not ended)."""
+    table = Table(title=f"contactsync demo: {len(records)} contact updates to four destinations")
+    for column, justify in (("destination", "left"), ("delivered", "right"), ("merged", "right"),
+                            ("review", "right"), ("rejected", "right"), ("gate", "left"),
+                            ("logins", "right")):  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    details: list[tuple[str, str, int, str]] = []
+    unsettled = 0
+    for destination in ("noojee", "missioncapital", "trendsic", "expandable"):
+        mine = [r for r in records if r.destination == destination]
+        if not mine:
+            continue
+        states = Counter(r.state for r in mine)
+        unsettled += sum(n for state, n in states.items() if state not in TERMINAL)
+        for state in ("review", "rejected", "superseded"):
+            for reason, n in Counter(r.last_reason for r in mine if r.state == state).items():
+                details.append((destination, state, n, reason))
+        logins = _logins(stack, destination)
+        table.add_row(destination, str(states["delivered"]), str(states["merged"]),
+                      str(states["review"]), str(states["rejected"]),
+                      _gate_summary(destination),
+                      "-" if logins is None else str(logins))  # fmt: skip
+    return table, details, unsettled
 
 
 def _logins(stack: Stack, destination: str) -> int | None:
