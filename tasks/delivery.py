@@ -115,9 +115,21 @@ class Answer:
     measured: bool = False
 
 
+class LoginUnanswered(Exception):
+    """A connector's login got no verdict on the credentials (the destination is down or
+    failing, a transport error): carries the answer that settles the job, a retry, not a
+    refusal (``LoginFailed``), since the configuration may be right."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.outcome.reason)
+        self.answer = answer
+
+
 class Connector(Protocol):
     """A destination's client: one call for one job, classified by the destination's table.
-    ``gate`` limits the calls in flight to the destination across the fleet (None: no limit)."""
+    ``gate`` limits the calls in flight to the destination across the fleet (None: no limit).
+    A connector lets a ``RedisError`` (its fleet's token cache) go up: the job's message goes
+    back to its queue, nothing spent (``DeliveryTask.deliver``)."""
 
     gate: Gate | None
 

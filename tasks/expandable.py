@@ -12,18 +12,17 @@ import re
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 import httpx
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from redis import Redis
-from redis.exceptions import RedisError
 
 from tasks.delivery import (
     GATEWAY_DOWN,
     Answer,
     DeliveryTask,
+    LoginUnanswered,
     destination_gate,
     gateway_outcome,
     http_timeout,
@@ -31,7 +30,7 @@ from tasks.delivery import (
     require,
 )
 from tasks.models import JobModel
-from tasks.outcomes import Delivered, Outcome, Reauth, Rejected, Retry, Review
+from tasks.outcomes import Outcome, Reauth, Retry, Rule
 from worker.app import app
 from worker.broker import redis_client
 from worker.credentials import LoginFailed, SharedToken, Token
@@ -252,26 +251,6 @@ class ExpandableContactUpdate(JobModel):
 
 
 # -- the answer table --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rule:
-    """How one HTTP status of ``customer-contact-update`` settles, and what the operator reads.
-    ``halt``: rejected, and the destination paused (its configuration is broken)."""
-
-    kind: Literal["delivered", "rejected", "halt", "reauth", "fault", "review"]
-    reason: str
-
-    def outcome(self, code: str, reason: str) -> Outcome:
-        if self.kind == "delivered":
-            return Delivered(code, reason)
-        if self.kind in ("rejected", "halt"):
-            return Rejected(code, reason, pause=self.kind == "halt")
-        if self.kind == "reauth":
-            return Reauth(code, reason)
-        if self.kind == "fault":
-            return Retry(code, reason, bounded=True)
-        return Review(code, reason)
-
-
 #: By HTTP status (502/503/504 go to ``gateway_outcome``). What a reason may quote of the
 #: answer: MESSAGE_CODE when it is an upper-case identifier (it names the error; the ERP does
 #: not build it from the request), MESSAGE only when it is one of the page's fixed messages.
@@ -281,14 +260,14 @@ ANSWERS: dict[int, Rule] = {
     200: Rule("delivered", "customer contact updated"),
     400: Rule("rejected", "Expandable refused the request as invalid (a field name, type or "
                           "length it does not accept); fix the job, then requeue"),
-    401: Rule("reauth", "Expandable refused a freshly fetched AUTH_TOKEN: check "
+    401: Rule("refused", "Expandable refused a freshly fetched AUTH_TOKEN: check "
                         f"{CREDENTIAL_SETTINGS}, and that this user may edit customer contacts"),
     # Not on the page: no such endpoint at the configured address.
-    404: Rule("halt", "no customer-contact-update endpoint at this address: check "
+    404: Rule("broken", "no customer-contact-update endpoint at this address: check "
                       "CONTACTSYNC_EXPANDABLE__BASE_URL; the destination is paused"),
     # A client bug or a redirect/proxy that turned the POST into a GET: every call would fail
     # alike, so the destination is paused as well as this job rejected.
-    405: Rule("halt", "Expandable saw a method other than POST (a redirect or proxy on the way, "
+    405: Rule("broken", "Expandable saw a method other than POST (a redirect or proxy on the way, "
                       "or a contactsync bug): check CONTACTSYNC_EXPANDABLE__BASE_URL is the "
                       "exact https address; the destination is paused"),
     # Business errors (unknown CUSTOMER_ID / CUST_CONTACT) and faults alike, told apart by
@@ -313,7 +292,7 @@ def _message(data: Any) -> str | None:
     return message if message in DOCUMENTED_MESSAGES else None
 
 
-def classify(status: int, data: Any) -> Outcome:
+def classify_answer(status: int, data: Any) -> Outcome:
     """One ``customer-contact-update`` answer (status, parsed JSON or None) → one outcome."""
     if status in GATEWAY_DOWN:
         return gateway_outcome(status, NAME)
@@ -324,7 +303,7 @@ def classify(status: int, data: Any) -> Outcome:
     return rule.outcome(message_code or str(status), f"{said}: {rule.reason}")
 
 
-def describe(response: httpx.Response) -> str:
+def describe_answer(response: httpx.Response) -> str:
     """What the ledger keeps of an answer. A 200 is the whole updated record (personal data):
     only its two keys are kept. An error keeps MESSAGE_CODE, and MESSAGE only if documented."""
     data = _json(response)
@@ -354,25 +333,17 @@ def _json(response: httpx.Response) -> Any:
 
 
 # -- the client --------------------------------------------------------------------------------
-class _LoginUnanswered(Exception):
-    """The login got no verdict on the credentials (the ERP is down or failing): retry later."""
-
-    def __init__(self, outcome: Retry, answer: str) -> None:
-        super().__init__(outcome.reason)
-        self.answer = Answer(outcome, answer)
-
-
 class ExpandableClient:
     """One pooled, thread-safe HTTP client per worker process for one Expandable installation.
 
-    redis: where the fleet's token is cached (default: the broker's Redis); prefix: its key
-    prefix (default ``key_prefix`` of the settings).
+    token_cache: the Redis where the fleet's token is cached (default: the broker's); prefix:
+    its key prefix (default ``key_prefix`` of the settings).
     """
 
     def __init__(
         self,
         settings: ExpandableSettings,
-        redis: Redis | None = None,
+        token_cache: Redis | None = None,
         prefix: str | None = None,
         max_connections: int = 16,
     ) -> None:
@@ -393,7 +364,7 @@ class ExpandableClient:
         login = f"{settings.data_source}\0{settings.username}".encode()
         #: The fleet's token for this installation and login (``worker/credentials.py``).
         self.shared_token = SharedToken(
-            redis if redis is not None else redis_client(),
+            token_cache if token_cache is not None else redis_client(),
             f"{gate.name}:{hashlib.sha256(login).hexdigest()[:10]}",
             self._login,
             prefix=prefix if prefix is not None else get_settings().key_prefix,
@@ -428,17 +399,15 @@ class ExpandableClient:
             if "CONTACTSYNC_EXPANDABLE__" not in reason:
                 reason = f"{reason}; check {CREDENTIAL_SETTINGS}"
             return Answer(Reauth("login-failed", reason), "auth-token-get: no token")
-        except _LoginUnanswered as exc:
+        except LoginUnanswered as exc:
             return exc.answer
         except httpx.TransportError as exc:
             return Answer(idempotent_transport_outcome(exc, NAME), type(exc).__name__)
-        except RedisError as exc:
-            return Answer(Retry(type(exc).__name__, "could not reach Redis for the fleet's "
-                                "Expandable token", bounded=True))  # fmt: skip
         status = response.status_code
         # After a renewal the latency covers a login and two calls: not a sample of the load.
         measured = status in MEASURED and not refreshed
-        return Answer(classify(status, _json(response)), describe(response), measured=measured)
+        return Answer(classify_answer(status, _json(response)), describe_answer(response),
+                      measured=measured)
 
     def _update(self, body: dict[str, str], token: Token) -> httpx.Response:
         return self._http.post(UPDATE_PATH, json={**body, "AUTH_TOKEN": token.value})
@@ -461,7 +430,8 @@ class ExpandableClient:
             raise LoginFailed("Expandable answered the login without an AUTH_TOKEN: check "
                               "CONTACTSYNC_EXPANDABLE__BASE_URL points at its API")  # fmt: skip
         if status in GATEWAY_DOWN:
-            raise _LoginUnanswered(gateway_outcome(status, f"{NAME} (login)"), describe(response))
+            raise LoginUnanswered(Answer(gateway_outcome(status, f"{NAME} (login)"),
+                                         describe_answer(response)))
         code = _message_code(_json(response))
         if status == 500 and code:
             # An ERP that refuses credentials answers its login with a 500 and a MESSAGE_CODE
@@ -471,7 +441,7 @@ class ExpandableClient:
         if status >= 500:
             outcome = Retry(f"login-http-{status}", f"the {NAME} login answered HTTP {status}",
                             bounded=True)  # fmt: skip
-            raise _LoginUnanswered(outcome, describe(response))
+            raise LoginUnanswered(Answer(outcome, describe_answer(response)))
         if status == 401:
             raise LoginFailed(f"Expandable refused the login (HTTP 401): check "
                               f"{CREDENTIAL_SETTINGS}")  # fmt: skip

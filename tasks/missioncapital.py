@@ -14,8 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
 import redis
@@ -25,6 +24,7 @@ from tasks.delivery import (
     GATEWAY_DOWN,
     Answer,
     DeliveryTask,
+    LoginUnanswered,
     destination_gate,
     gateway_outcome,
     http_timeout,
@@ -33,7 +33,7 @@ from tasks.delivery import (
     require,
 )
 from tasks.models import JobModel
-from tasks.outcomes import Delivered, Outcome, Reauth, Rejected, Retry, Review
+from tasks.outcomes import Outcome, Reauth, Retry, Review, Rule
 from worker.app import app
 from worker.broker import redis_client
 from worker.credentials import LoginFailed, SharedToken, Token
@@ -109,30 +109,9 @@ class MissionCapitalContactUser(JobModel):
 
 
 # -- the answer tables -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rule:
-    """How one answer settles: the outcome class and what the operator reads. ``refused``: the
-    token was refused (the client logs in again once, then it is Reauth); ``limit``: an unbounded
-    retry; ``fault``: a bounded one; ``pause``: rejected, and the destination paused. ``code`` set:
-    the outcome's code (contactUser's texts have none of their own). ``{instance}`` in the reason
-    becomes the instance URL the login returned."""
-
-    kind: Literal["delivered", "review", "rejected", "pause", "refused", "limit", "fault"]
-    reason: str
-    code: str = ""
-
-    def outcome(self, code: str, instance: str = "") -> Outcome:
-        code = self.code or code
-        reason = self.reason.replace("{instance}", instance or "unknown")
-        if self.kind == "delivered":
-            return Delivered(code, reason)
-        if self.kind == "refused":
-            return Reauth(code, reason)
-        if self.kind in ("limit", "fault"):
-            return Retry(code, reason, bounded=self.kind == "fault", spent=self.kind == "limit")
-        if self.kind == "review":
-            return Review(code, reason)
-        return Rejected(code, reason, pause=self.kind == "pause")
+def _outcome(rule: Rule, code: str, instance: str) -> Outcome:
+    """A row's outcome, ``{instance}`` in its reason the instance URL the login returned."""
+    return rule.outcome(code, rule.reason.replace("{instance}", instance or "unknown"))
 
 
 DELIVERED = Rule("delivered", "contact re-enabled for the application", code="IsSuccessful")
@@ -154,7 +133,7 @@ RESPONSE_TEXTS: dict[str, Rule] = {
         f"{ENV}SECURITY_TOKEN, and that {ENV}LOGIN_URL is the org Mission Capital set the user "
         "up in", code="invalid-credentials"),
     "Invalid Request Header. PartnerName or PartnerId parameters are missing.": Rule(
-        "pause", f"Invalid Request Header: Mission Capital did not accept the PartnerId or "
+        "broken", f"Invalid Request Header: Mission Capital did not accept the PartnerId or "
         f"PartnerName header; set {ENV}PARTNER_ID and {ENV}PARTNER_NAME to the values Mission "
         "Capital issued (the destination is paused until they are fixed), then requeue",
         code="missing-partner-header"),
@@ -170,7 +149,7 @@ PLATFORM_ERRORS: dict[str, Rule] = {
         f"login; check the connected app's session and IP policies for {ENV}USERNAME, and "
         f"{ENV}LOGIN_URL"),
     "REQUEST_LIMIT_EXCEEDED": Rule(
-        "limit", "the org's API allowance for the last 24 h is spent (REQUEST_LIMIT_EXCEEDED): "
+        "spent", "the org's API allowance for the last 24 h is spent (REQUEST_LIMIT_EXCEEDED): "
         "Mission Capital is paused, one call probes it every CONTACTSYNC_PAUSE__LIMIT_PROBE_"
         "INTERVAL_S until Salesforce frees calls; ask Mission Capital for a larger allowance if "
         "this recurs"),
@@ -204,14 +183,14 @@ def classify_answer(status: int, data: Any, instance: str = "") -> Outcome:
             return DELIVERED.outcome("IsSuccessful")
         text = data.get("ResponseText")
         rule = RESPONSE_TEXTS.get(text.strip()) if isinstance(text, str) else None
-        return (rule or UNKNOWN_TEXT).outcome("", instance)
+        return _outcome(rule or UNKNOWN_TEXT, "", instance)
     codes = _error_codes(data)
     for code in codes:
         if code in PLATFORM_ERRORS:
-            return PLATFORM_ERRORS[code].outcome(code, instance)
+            return _outcome(PLATFORM_ERRORS[code], code, instance)
     code = codes[0] if codes else f"http-{status}"
     if status in STATUSES:
-        return STATUSES[status].outcome(code, instance)
+        return _outcome(STATUSES[status], code, instance)
     if status in GATEWAY_DOWN:
         return gateway_outcome(status, NAME)
     return Review(code, f"HTTP {status} without a documented contactUser answer; a person decides")
@@ -270,16 +249,6 @@ LOGIN_OTHER = (
 )
 
 
-class LoginUnanswered(Exception):
-    """The login endpoint failed (5xx) rather than refusing the credentials: a Retry, not a
-    Reauth, since the configuration may be right."""
-
-    def __init__(self, outcome: Retry, answer: str) -> None:
-        super().__init__(outcome.reason)
-        self.outcome = outcome
-        self.answer = answer
-
-
 def login_refusal(response: httpx.Response) -> str:
     """The ``LoginFailed`` message for a refused login: Salesforce's error and what to check."""
     data = _json(response.content)
@@ -298,7 +267,7 @@ class MissionCapitalClient:
     def __init__(
         self,
         settings: MissionCapitalSettings,
-        client: redis.Redis | None = None,
+        token_cache: redis.Redis | None = None,
         prefix: str | None = None,
         max_connections: int = 64,
     ) -> None:
@@ -325,7 +294,7 @@ class MissionCapitalClient:
         # One token per org user and connected app, for the whole fleet.
         who = f"{self._login_url} {settings.username} {settings.client_id}"
         self.shared_token = SharedToken(
-            client if client is not None else redis_client(), gate_name(DESTINATION, who),
+            token_cache if token_cache is not None else redis_client(), gate_name(DESTINATION, who),
             self._login, prefix=get_settings().key_prefix if prefix is None else prefix,
         )  # fmt: skip
 
@@ -357,7 +326,7 @@ class MissionCapitalClient:
         except LoginFailed as exc:
             return Answer(Reauth("login-failed", str(exc)), "login refused")
         except LoginUnanswered as exc:
-            return Answer(exc.outcome, exc.answer)
+            return exc.answer
         except httpx.TransportError as exc:
             return Answer(idempotent_transport_outcome(exc, LOGIN_NAME), type(exc).__name__)
         return answer
@@ -394,7 +363,7 @@ class MissionCapitalClient:
                 gateway_outcome(status, LOGIN_NAME) if status in GATEWAY_DOWN
                 else Retry(f"http-{status}", f"{LOGIN_NAME} failed (HTTP {status})", bounded=True)
             )  # fmt: skip
-            raise LoginUnanswered(outcome, f"login HTTP {status}")
+            raise LoginUnanswered(Answer(outcome, f"login HTTP {status}"))
         if status != 200:
             raise LoginFailed(login_refusal(response))
         data = _json(response.content)

@@ -9,16 +9,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field, field_validator
 
 from tasks.delivery import GATEWAY_DOWN, Answer, DeliveryTask, NotConfigured, destination_gate
 from tasks.models import JobModel
-from tasks.outcomes import Delivered, Outcome, Rejected, Retry, Review
+from tasks.outcomes import Outcome, Retry, Review, Rule
 from worker.app import app
 from worker.gate import Gate
 from worker.settings import NoojeeSettings, Settings, get_settings
@@ -204,24 +203,6 @@ class NoojeeLeadInsert(_NoojeeLead):
 
 
 # -- the answer table --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rule:
-    """How one Noojee code settles: the outcome class and what the operator reads."""
-
-    kind: Literal["delivered", "retry", "fault", "down", "review", "rejected"]
-    reason: str
-
-    def outcome(self, code: str) -> Outcome:
-        if self.kind == "delivered":
-            return Delivered(code, self.reason)
-        if self.kind in ("retry", "fault", "down"):
-            return Retry(code, self.reason, bounded=self.kind != "retry", busy=code == "109",
-                         down=self.kind == "down")  # fmt: skip
-        if self.kind == "review":
-            return Review(code, self.reason)
-        return Rejected(code, self.reason)
-
-
 ANSWERS: dict[int, Rule] = {
     0: Rule("delivered", "OK"),
     101: Rule("rejected", "COULDNT_FIND_THE_LEAD: no lead has this njExternalLeadId"),
@@ -235,7 +216,7 @@ ANSWERS: dict[int, Rule] = {
     107: Rule("rejected", "DISPOSTION_ISNT_SET_AND_NOCHANGE_SPECIFIED: the lead was never "
                           "dialed; send a real disposition instead of <No Change>"),
     108: Rule("rejected", "IMPORT_BUT_NOCHANGE_SPECIFIED: <No Change> is not valid on insert"),
-    109: Rule("retry", "TIMEOUT_TOO_MANY_CONCURRENT_REQUESTS: the PBX queued the call too long"),
+    109: Rule("busy", "TIMEOUT_TOO_MANY_CONCURRENT_REQUESTS: the PBX queued the call too long"),
     110: Rule("review", "LEAD_NOT_UPDATED_DUE_TO_CONFLICT: a user edited the lead at the same "
                         "moment; check the lead in Noojee, then requeue or discard"),
     111: Rule("rejected", "INVALID_TIMEZONE_SPECIFIED: unknown njContactHours"),

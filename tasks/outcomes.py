@@ -8,6 +8,7 @@ A connector turns one destination answer into exactly one of these; ``tasks.deli
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,49 @@ class Superseded:
 
 
 Outcome = Delivered | Retry | Review | Rejected | Reauth
+
+
+#: One word for each class of answer, the same for every connector (CRM_APIS.md's classes, with
+#: Retry split by what the answer says of the destination).
+Verdict = Literal[
+    "delivered", "busy", "retry", "fault", "down", "spent", "review", "rejected", "broken",
+    "refused",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one destination answer settles: a row of a connector's answer table, which maps the
+    destination's own codes to these (data, readable as the vendor's documentation).
+
+    verdict: ``delivered``; ``busy`` (the destination is overloaded: Noojee's 109; retried,
+    unbounded, and the gate is told); ``retry`` (transient, until the retry window closes);
+    ``fault`` (transient, a bounded number of times); ``down`` (the destination is failing: a
+    bounded retry that counts towards a pause); ``spent`` (its allowance of calls is spent: it is
+    paused, nothing spent); ``review``; ``rejected``; ``broken`` (rejected, and the destination
+    paused: its configuration is broken); ``refused`` (the credential was refused).
+    reason: what the operator reads. code: the outcome's code when the answer has none of its
+    own. measured: the destination did the work, so the call's latency says how loaded it is.
+    """
+
+    verdict: Verdict
+    reason: str
+    code: str = ""
+    measured: bool = False
+
+    def outcome(self, code: str = "", reason: str | None = None) -> Outcome:
+        """The outcome of an answer this row matched: ``code`` is the answer's own code (this
+        row's ``code`` wins), ``reason`` replaces this row's when the answer adds to it."""
+        code, reason = self.code or code, self.reason if reason is None else reason
+        verdict = self.verdict
+        if verdict == "delivered":
+            return Delivered(code, reason)
+        if verdict in ("busy", "retry", "fault", "down", "spent"):
+            return Retry(code, reason, bounded=verdict in ("fault", "down"),
+                         busy=verdict == "busy", down=verdict == "down",
+                         spent=verdict == "spent")  # fmt: skip
+        if verdict == "review":
+            return Review(code, reason)
+        if verdict == "refused":
+            return Reauth(code, reason)
+        return Rejected(code, reason, pause=verdict == "broken")

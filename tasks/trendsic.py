@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 import httpx
 import redis
@@ -36,6 +36,7 @@ from tasks.delivery import (
     GATEWAY_DOWN,
     Answer,
     DeliveryTask,
+    LoginUnanswered,
     destination_gate,
     gateway_outcome,
     http_timeout,
@@ -43,7 +44,7 @@ from tasks.delivery import (
     require,
 )
 from tasks.models import JobModel
-from tasks.outcomes import Delivered, Outcome, Reauth, Rejected, Retry, Review
+from tasks.outcomes import Outcome, Reauth, Retry, Review, Rule
 from worker.app import app
 from worker.broker import redis_client
 from worker.credentials import LoginFailed, SharedToken, Token
@@ -287,31 +288,11 @@ class TrendsicContactConnection(JobModel):
 
 
 # -- the answer table --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rule:
-    """How one HTTP status of ServiceStack settles: the outcome class and what the operator
-    reads. measured: Trendsic did the work (its latency says how loaded it is)."""
-
-    kind: Literal["delivered", "fault", "review", "rejected", "reauth"]
-    reason: str
-    measured: bool = False
-
-    def outcome(self, code: str, reason: str) -> Outcome:
-        if self.kind == "delivered":
-            return Delivered(code, reason)
-        if self.kind == "fault":
-            return Retry(code, reason, bounded=True)
-        if self.kind == "review":
-            return Review(code, reason)
-        if self.kind == "reauth":
-            return Reauth(code, reason)
-        return Rejected(code, reason)
-
-
 ANSWERS: dict[int, Rule] = {
     200: Rule("delivered", "OK", measured=True),
-    400: Rule("rejected", "validation failed; fix these fields in the job, then requeue", True),
-    401: Rule("reauth", "the bearer token was refused"),
+    400: Rule("rejected", "validation failed; fix these fields in the job, then requeue",
+              measured=True),
+    401: Rule("refused", "the bearer token was refused"),
     403: Rule("review", "Invalid Role: the API user needs the Worker, Agent or Administrator "
                         "role in Trendsic; grant one, then requeue"),
     404: Rule("rejected", "no contact has this ContactId in Trendsic", measured=True),
@@ -378,7 +359,7 @@ def classify_answer(
     reason += rule.reason
     if code == 400:
         reason += f": {field_errors(status, values) or _text(status.get('Message'), values)}"
-    elif rule.kind == "reauth":
+    elif rule.verdict == "refused":
         reason += refused
     return rule.outcome(f"http-{code}", reason)
 
@@ -411,15 +392,6 @@ def _strings(*records: dict[str, Any]) -> list[str]:
 
 
 # -- the client --------------------------------------------------------------------------------
-class _NoLogin(Exception):
-    """The login could not be made for a reason that is not the credentials' (the service is
-    down, a transport error); carries the answer that settles the job."""
-
-    def __init__(self, answer: Answer) -> None:
-        super().__init__(answer.outcome.reason)
-        self.answer = answer
-
-
 @dataclass
 class _Credential:
     """The token one job's calls carry; refreshed at most once per job."""
@@ -435,7 +407,7 @@ class TrendsicClient:
     def __init__(
         self,
         settings: TrendsicSettings,
-        redis_conn: redis.Redis | None = None,
+        token_cache: redis.Redis | None = None,
         prefix: str | None = None,
         max_connections: int = 64,
     ) -> None:
@@ -456,7 +428,7 @@ class TrendsicClient:
         if not self._api_key:
             user = hashlib.sha256(self._username.encode()).hexdigest()[:8]
             self._shared = SharedToken(
-                redis_conn if redis_conn is not None else redis_client(),
+                token_cache if token_cache is not None else redis_client(),
                 f"{self.gate.name}:{user}", self._login,
                 prefix=prefix if prefix is not None else get_settings().key_prefix,
             )  # fmt: skip
@@ -499,7 +471,7 @@ class TrendsicClient:
         except LoginFailed as exc:
             return Answer(Reauth("login-failed", f"{NAME} login failed: {exc}; "
                                  f"{CHECK_CREDENTIALS}"))  # fmt: skip
-        except _NoLogin as exc:
+        except LoginUnanswered as exc:
             return exc.answer
 
     def _answer(self, response: httpx.Response, stage: str, values: list[str]) -> Answer:
@@ -584,15 +556,16 @@ class TrendsicClient:
         try:
             response = self._exchange(self._http.build_request("POST", path, json=body))
         except httpx.TransportError as exc:
-            raise _NoLogin(Answer(idempotent_transport_outcome(exc, NAME),
-                                  type(exc).__name__)) from None  # fmt: skip
-        if response.status_code in GATEWAY_DOWN:
-            raise _NoLogin(Answer(gateway_outcome(response.status_code, NAME),
-                                  f"HTTP {response.status_code} to the login"))  # fmt: skip
-        if response.status_code >= 500:
-            raise _NoLogin(Answer(Retry(f"http-{response.status_code}", f"{NAME} failed while "
-                                        f"logging in (HTTP {response.status_code})",
-                                        bounded=True)))  # fmt: skip
+            answer = Answer(idempotent_transport_outcome(exc, NAME), type(exc).__name__)
+            raise LoginUnanswered(answer) from None
+        status = response.status_code
+        if status in GATEWAY_DOWN:
+            raise LoginUnanswered(Answer(gateway_outcome(status, NAME),
+                                         f"HTTP {status} to the login"))  # fmt: skip
+        if status >= 500:
+            failed = Retry(f"http-{status}", f"{NAME} failed while logging in (HTTP {status})",
+                           bounded=True)  # fmt: skip
+            raise LoginUnanswered(Answer(failed))
         return response
 
 

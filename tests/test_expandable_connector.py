@@ -16,6 +16,7 @@ import pytest
 import respx
 from redis import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry as RedisRetry
 
 from sandbox import expandable as expandable_sim
@@ -174,7 +175,7 @@ def simulator(**config: Any) -> Iterator[httpx.Client]:
 
 
 def connector(sim: httpx.Client, client: Redis, prefix: str, **overrides: Any) -> ExpandableClient:
-    return ExpandableClient(settings_for(str(sim.base_url), **overrides), redis=client,
+    return ExpandableClient(settings_for(str(sim.base_url), **overrides), token_cache=client,
                             prefix=prefix)  # fmt: skip
 
 
@@ -350,7 +351,7 @@ def test_connection_refused_is_retried_as_down(client: Redis) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    expandable = ExpandableClient(settings_for(f"http://127.0.0.1:{port}"), redis=client,
+    expandable = ExpandableClient(settings_for(f"http://127.0.0.1:{port}"), token_cache=client,
                                   prefix=fresh_prefix())  # fmt: skip
 
     answer = expandable.send(job())
@@ -372,17 +373,18 @@ def test_no_answer_within_the_read_timeout_is_a_bounded_retry(client: Redis) -> 
         "ReadTimeout", True, False)  # fmt: skip
 
 
-def test_redis_out_of_reach_for_the_token_is_a_bounded_retry(client: Redis) -> None:
+def test_redis_out_of_reach_for_the_token_goes_up_to_the_task_and_nothing_is_called(
+    client: Redis,
+) -> None:
+    # Every connector alike: the task puts the job's message back, nothing spent.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     nowhere = Redis(port=port, socket_connect_timeout=0.5, retry=RedisRetry(NoBackoff(), 0))
     with simulator() as sim:
-        answer = connector(sim, nowhere, fresh_prefix()).send(job())
-
-        assert isinstance(answer.outcome, Retry) and answer.outcome.bounded
-        assert "Redis" in answer.outcome.reason
-        assert stats(sim)["logins"] == 0
+        with pytest.raises(RedisConnectionError):
+            connector(sim, nowhere, fresh_prefix()).send(job())
+        assert stats(sim)["logins"] == 0 and stats(sim)["calls"] == 0
 
 
 # -- the fleet's token -----------------------------------------------------------------------------
@@ -475,7 +477,7 @@ def erp() -> Iterator[respx.MockRouter]:
 
 
 def mocked(client: Redis) -> ExpandableClient:
-    return ExpandableClient(settings_for(BASE_URL), redis=client, prefix=fresh_prefix())
+    return ExpandableClient(settings_for(BASE_URL), token_cache=client, prefix=fresh_prefix())
 
 
 def test_the_token_travels_in_the_json_body_never_in_a_header(
