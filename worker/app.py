@@ -19,6 +19,7 @@ from kombu.entity import Queue
 
 from worker import requeue_log
 from worker.broker import broker_url
+from worker.logs import use_format
 from worker.settings import get_settings
 
 #: Modules of ``tasks/`` that are not destinations.
@@ -95,6 +96,14 @@ def _prompt_thread_switches(**_: Any) -> None:
     # until the running thread yields it, by default up to 5 ms. A freed PBX slot stays idle
     # that long; 1 ms keeps the hand-off prompt at a small cost in throughput of Python code.
     sys.setswitchinterval(0.001)
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _json_logs(logger: logging.Logger | None = None, **_: Any) -> None:
+    # CONTACTSYNC_LOG_FORMAT=json: the handlers Celery just set up write one JSON object a line.
+    if logger is not None:
+        use_format(logger, get_settings().log_format)
 
 
 @signals.after_setup_logger.connect
