@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy worker tasks
+	$(BIN)/mypy worker tasks producers
 
 unit: $(STAMP)             ## tests that need no server
 	$(BIN)/python -m pytest -m "not integration"
