@@ -19,6 +19,7 @@ from kombu.entity import Queue
 
 from worker import requeue_log
 from worker.broker import broker_url
+from worker.logs import configure as configure_logs
 from worker.logs import use_format
 from worker.settings import get_settings
 
@@ -118,6 +119,11 @@ def _quiet_http_logs(**_: Any) -> None:
 
 _flower_defaults()
 _quiet_http_logs()
+if get_settings().log_format == "json":
+    # JSON from the first line: what is logged (or warned, e.g. Celery's warning about running
+    # as root) before Celery sets up its logging would otherwise be plain text.
+    configure_logs("json", logging.WARNING)
+    logging.captureWarnings(True)
 app = make_app()
 
 from worker.metrics import MetricsStep  # noqa: E402

@@ -196,7 +196,9 @@ class Overview:
     breakdown_age_s: float
 
 
-_breakdown_cache: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
+#: Sets larger than this are counted per destination at most every ``BREAKDOWN_TTL_S``.
+LIVE_COUNT_MAX = 10_000
+_breakdown_cache: dict[tuple[str, str], tuple[float, dict[str, int]]] = {}
 
 
 def overview(ledger: Ledger, destinations: list[str], minutes: int = 10) -> Overview:
@@ -218,10 +220,8 @@ def overview(ledger: Ledger, destinations: list[str], minutes: int = 10) -> Over
 
 def _breakdown(ledger: Ledger, destinations: list[str]) -> tuple[dict[str, dict[str, int]], float]:
     """Jobs per destination in each listed state: queued from each queue's sets, the others by
-    reading each job's kind (reused for ``BREAKDOWN_TTL_S``: the review set may hold 100,000)."""
-    cached = _breakdown_cache.get(ledger.prefix)
-    if cached is not None and time.monotonic() - cached[0] < BREAKDOWN_TTL_S:
-        return cached[1], time.monotonic() - cached[0]
+    reading each job's kind. A set of more than ``LIVE_COUNT_MAX`` (the review set may hold
+    100,000) is recounted at most every ``BREAKDOWN_TTL_S``; returns the oldest count's age."""
     table = {d: dict.fromkeys(("queued", "running", "retrying", "review", "rejected"), 0)
              for d in destinations}  # fmt: skip
     pipe = ledger.r.pipeline(transaction=False)
@@ -231,15 +231,31 @@ def _breakdown(ledger: Ledger, destinations: list[str]) -> tuple[dict[str, dict[
     sizes = pipe.execute()
     for i, d in enumerate(destinations):
         table[d]["queued"] = sum(int(n) for n in sizes[3 * i:3 * i + 3])
+    oldest = 0.0
     for name, key in (("running", "running"), ("retrying", "schedule"), ("review", "review"),
                       ("rejected", "rejected")):  # fmt: skip
-        ids = [job_id for job_id, _ in ledger.listing(key, 0, 10**9)]
-        for kind, state in ledger.fields_of(ids, ("kind", "state")):
-            destination = (kind or "").partition(".")[0]
-            if destination in table and (name != "retrying" or state == RETRYING):
-                table[destination][name] += 1
-    _breakdown_cache[ledger.prefix] = (time.monotonic(), table)
-    return table, 0.0
+        counted = _per_destination(ledger, name, key)
+        oldest = max(oldest, counted[1])
+        for destination, n in counted[0].items():
+            if destination in table:
+                table[destination][name] = n
+    return table, oldest
+
+
+def _per_destination(ledger: Ledger, name: str, key: str) -> tuple[dict[str, int], float]:
+    cached = _breakdown_cache.get((ledger.prefix, key))
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < BREAKDOWN_TTL_S and \
+            ledger.size(key) > LIVE_COUNT_MAX:  # fmt: skip
+        return cached[1], now - cached[0]
+    counts: dict[str, int] = {}
+    ids = [job_id for job_id, _ in ledger.listing(key, 0, 10**9)]
+    for kind, state in ledger.fields_of(ids, ("kind", "state")):
+        if kind and (name != "retrying" or state == RETRYING):
+            destination = kind.partition(".")[0]
+            counts[destination] = counts.get(destination, 0) + 1
+    _breakdown_cache[(ledger.prefix, key)] = (now, counts)
+    return counts, 0.0
 
 
 # -- search -----------------------------------------------------------------------------------
