@@ -380,12 +380,13 @@ class DeliveryTask(Task):
                 "latency_ms": round(latency_s * 1000), "gate_wait_ms": round(waited_s * 1000),
                 "worker": self.request.hostname or "",
             }, fault=fault)  # fmt: skip
-            log.info("job %s: %s answered %s in %d ms", job_id, self.name.split(".")[0],
-                     outcome.code, latency_s * 1000, extra={
-                         "job_id": job_id, "destination": self.name.split(".")[0],
-                         "outcome": type(outcome).__name__.lower(), "code": outcome.code,
-                         "latency_ms": round(latency_s * 1000),
-                         "gate_wait_ms": round(waited_s * 1000)})  # fmt: skip
+            _last_call.job_id, _last_call.latency_ms = job_id, round(latency_s * 1000)
+            log.debug("job %s: %s answered %s in %d ms", job_id, self.name.split(".")[0],
+                      outcome.code, latency_s * 1000, extra={
+                          "job_id": job_id, "destination": self.name.split(".")[0],
+                          "outcome": type(outcome).__name__.lower(), "code": outcome.code,
+                          "latency_ms": round(latency_s * 1000),
+                          "gate_wait_ms": round(waited_s * 1000)})  # fmt: skip
             if paused_until:
                 raise Deferred(paused_until, "the destination is paused: "
                                + scrub(outcome.reason, secrets))  # fmt: skip
@@ -548,9 +549,11 @@ class DeliveryTask(Task):
     def _settled(self, job_id: str, state: str, code: str) -> None:
         """One INFO line per job that ended (or went to review), with the fields a JSON log
         line carries (``CONTACTSYNC_LOG_FORMAT=json``)."""
-        destination = self.name.split(".")[0]
-        log.info("job %s %s (%s)", job_id, state, code, extra={
-            "job_id": job_id, "destination": destination, "outcome": state, "code": code})
+        fields = {"job_id": job_id, "destination": self.name.split(".")[0], "outcome": state,
+                  "code": code}  # fmt: skip
+        if getattr(_last_call, "job_id", None) == job_id:  # its last call, in this thread
+            fields["latency_ms"] = _last_call.latency_ms
+        log.info("job %s settled: %s (%s)", job_id, state, code, extra=fields)
 
     def _retry_or_give_up(self, ledger: Ledger, job_id: str, token: str, outcome: Retry) -> Review:
         """Schedule the next attempt through Redis (ends the task with ``Ignore``), or, when the
@@ -601,6 +604,10 @@ class DeliveryTask(Task):
             log.warning("not settling %s as %s: %s", job_id, state, exc)
             ledger.recheck(job_id, due_ms=now_ms() + 1000)
             raise Ignore() from None
+
+
+#: The latency of the last call each worker thread made, for the line its job's settling logs.
+_last_call = threading.local()
 
 
 def _shown(state: str, code: str, reason: str, job_id: str) -> str:

@@ -84,6 +84,15 @@ def submit_job(lead: str, **overrides: Any) -> str:
     return str(submit(sample_update(lead, **overrides), client="crm"))
 
 
+def job_in_review(simulator: Simulator, ledger: Any) -> tuple[str, str]:
+    """A job of a new lead that the PBX answers 110 (conflict): (lead, job id), in review."""
+    lead = new_lead_id()
+    simulator.script(lead, [110])
+    job_id = submit_job(lead)
+    wait_for_state(ledger, job_id, ("review",))
+    return lead, job_id
+
+
 def test_a_wrong_token_is_refused_and_an_operator_logs_in(browser: Any, stack: Any) -> None:
     context = browser.new_context(viewport=DESKTOP, base_url=stack.intake_url)
     tab = context.new_page()
@@ -104,10 +113,7 @@ def test_a_wrong_token_is_refused_and_an_operator_logs_in(browser: Any, stack: A
 def test_a_110_job_is_found_in_review_fixed_after_an_error_requeued_and_delivered(
     page: Any, simulator: Simulator, ledger: Any
 ) -> None:
-    lead = new_lead_id()
-    simulator.script(lead, [110])
-    job_id = submit_job(lead)
-    wait_for_state(ledger, job_id, ("review",))
+    lead, job_id = job_in_review(simulator, ledger)
 
     page.goto(f"/console/review?q={lead}")
     row = page.locator(f'tr[data-job="{job_id}"]')
@@ -148,10 +154,7 @@ def test_a_110_job_is_found_in_review_fixed_after_an_error_requeued_and_delivere
 def test_a_job_in_review_is_discarded_with_a_reason(
     page: Any, simulator: Simulator, ledger: Any
 ) -> None:
-    lead = new_lead_id()
-    simulator.script(lead, [110])
-    job_id = submit_job(lead)
-    wait_for_state(ledger, job_id, ("review",))
+    _, job_id = job_in_review(simulator, ledger)
     page.goto(f"/console/jobs/{job_id}")
     page.click("button.discard")  # no reason: refused, next to the field
     assert "required" in page.inner_text('.field-error[data-field="reason"]')
@@ -265,10 +268,7 @@ def test_the_overview_shows_the_gate_limit_change_when_the_pbx_slots_change(
 def test_every_page_works_on_a_desktop_and_a_phone(
     browser: Any, stack: Any, simulator: Simulator, ledger: Any, viewport: dict[str, int]
 ) -> None:
-    lead = new_lead_id()
-    simulator.script(lead, [110])
-    job_id = submit_job(lead)
-    wait_for_state(ledger, job_id, ("review",))
+    lead, job_id = job_in_review(simulator, ledger)
     context = browser.new_context(viewport=viewport, base_url=stack.intake_url)
     tab = context.new_page()
     log_in(tab)
