@@ -74,11 +74,19 @@ def limit_columns(
     return values
 
 
-def chart_points(status: GateStatus, now_ms: int, minutes: int) -> list[int | None]:
-    """The limit chart of a gate over the last ``minutes``: ``limit_columns`` of its history,
+def chart_points(status: GateStatus, now_ms: int, span_ms: int) -> list[int | None]:
+    """The limit chart of a gate over the last ``span_ms``: ``limit_columns`` of its history,
     ended by the limit now (a changed setting moves it without a window closing)."""
     points = [*status.history, (now_ms, status.limit, float(status.held))]
-    return limit_columns(points, now_ms - minutes * 60_000, now_ms + 1)
+    return limit_columns(points, now_ms - span_ms, now_ms + 1)
+
+
+def chart_span_ms(status: GateStatus, now_ms: int, longest_ms: int = 600_000) -> int:
+    """How far back a gate's chart goes: its whole history, at least a minute and at most
+    ``longest_ms`` (a young gate's few points would otherwise crowd into the last column)."""
+    if not status.history:
+        return 60_000
+    return max(60_000, min(longest_ms, now_ms - status.history[0][0]))
 
 
 def gate_json(status: GateStatus, since_ms: int) -> dict[str, Any]:

@@ -202,7 +202,7 @@ class OverviewHandler(ConsoleHandler):
 def chart_svg(values: list[int | None], maximum: int) -> str:
     """A gate's limit over time as a small inline SVG step line (numbers only: safe to embed)."""
     width, height = 300, 60
-    top = max([maximum, 1, *(v for v in values if v is not None)])
+    top = max([maximum, 1, *(v for v in values if v is not None)]) * 1.15  # headroom
     step = width / max(1, len(values))
     points = []
     for i, value in enumerate(values):
@@ -212,7 +212,7 @@ def chart_svg(values: list[int | None], maximum: int) -> str:
         points.append(f"{i * step:.1f},{y:.1f} {(i + 1) * step:.1f},{y:.1f}")
     line = " ".join(points)
     return (f'<svg class="chart" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
-            f'role="img" aria-label="limit over time, highest {top}">'
+            f'role="img" aria-label="limit over time, highest {maximum}">'
             f'<polyline fill="none" stroke="currentColor" stroke-width="2" points="{line}"/>'
             "</svg>")
 

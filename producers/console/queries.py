@@ -20,7 +20,7 @@ from urllib.parse import quote
 from worker.gate import GateStatus, gate_names, read_status
 from worker.ledger import RETRYING, JobRecord, Ledger, job_id_for
 from worker.pause import Pause, PauseStatus
-from worker.reports import chart_points
+from worker.reports import chart_points, chart_span_ms
 
 #: The lists of the console: each reads one or more of the ledger's sorted sets.
 LISTS = ("review", "rejected", "retrying", "running", "queued", "merged", "superseded")
@@ -182,9 +182,15 @@ def phase(record: JobRecord) -> str:
 # -- the overview -----------------------------------------------------------------------------
 @dataclass
 class GateView:
+    """A gate as the overview shows it: its figures, its pause, the limit chart over the last
+    ``span_s`` and the lowest and highest limit in that time."""
+
     status: GateStatus
     pause: PauseStatus
     chart: list[int | None]
+    span_s: int
+    low: int
+    high: int
 
 
 @dataclass
@@ -213,7 +219,10 @@ def overview(ledger: Ledger, destinations: list[str], minutes: int = 10) -> Over
         if not status.maximum:
             continue
         pause = Pause(client, name, prefix=ledger.prefix).status()
-        gates.append(GateView(status, pause, chart_points(status, now, minutes)))
+        span = chart_span_ms(status, now, minutes * 60_000)
+        seen = [limit for at, limit, _ in status.history if at >= now - span] + [status.limit]
+        gates.append(GateView(status, pause, chart_points(status, now, span), span // 1000,
+                              min(seen), max(seen)))  # fmt: skip
     by_destination, age = _breakdown(ledger, destinations)
     return Overview(ledger.counts(), by_destination, gates, now, age)
 
