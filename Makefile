@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo up test lint typecheck unit integration bench clean
+.PHONY: demo up test test-tools lint typecheck unit integration bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "contactsync needs Python 3.11 or newer")'
@@ -20,14 +20,27 @@ demo: $(STAMP)             ## run the whole system on the embedded default and s
 up: $(STAMP)               ## run the whole system until Ctrl-C
 	$(BIN)/contactsync up
 
-test: lint typecheck       ## lint, type-check and run every test
+test: lint typecheck test-tools  ## lint, type-check and run every test
 	$(BIN)/python -m pytest
+
+# The console's browser tests drive Debian's chromium, and the alert rules' tests run promtool
+# (Debian's prometheus package): installed here when missing, where apt-get runs as root. Where
+# they cannot be, those tests skip and say why. (Never `playwright install`: it downloads a
+# browser build of its own.)
+test-tools:
+	@if [ -x /usr/bin/chromium ] && command -v promtool >/dev/null; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends chromium prometheus >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium prometheus; } || \
+	  echo "note: could not install chromium and prometheus: the browser and promtool tests skip"; \
+	else echo "note: no root apt-get here: the browser and promtool tests skip without chromium and promtool"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy worker tasks
+	$(BIN)/mypy worker tasks producers
 
 unit: $(STAMP)             ## tests that need no server
 	$(BIN)/python -m pytest -m "not integration"

@@ -1,12 +1,13 @@
 """`make bench`: the ways in (enqueue rates, Redis memory per job, the intake, a million-row
 dry-run backfill), the gate's scenarios A-J and L (plain Celery and the gate side by side),
 order per record (coalescing, the hand-off), chaos (workers and the Redis server SIGKILLed), and
-the fairness of the other destinations beside a Noojee backfill.
+the fairness of the other destinations beside a Noojee backfill, and the operator's console
+with 100,000 jobs in review.
 
 ``python -m bench`` runs them all; ``python -m bench enqueue`` the ways in alone; ``python -m
 bench C D`` some gate scenarios (``python -m bench A L``: L's target compares with A's figure);
-``python -m bench order`` / ``chaos`` / ``fairness`` that benchmark. Results are printed and
-written under ``bench/results/``.
+``python -m bench order`` / ``chaos`` / ``fairness`` / ``console`` that benchmark. Results are
+printed and written under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import chaos, durability, enqueue, fairness, gate, order
+from bench import chaos, console, durability, enqueue, fairness, gate, order
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -208,7 +209,7 @@ def main(argv: list[str]) -> int:
     """``python -m bench``: everything; ``python -m bench A C``: those gate scenarios;
     ``python -m bench enqueue`` / ``fairness``: that benchmark alone."""
     wanted = [a.upper() for a in argv]
-    named = {"FAIRNESS", "ENQUEUE", "ORDER", "CHAOS", "DURABILITY"}
+    named = {"FAIRNESS", "ENQUEUE", "ORDER", "CHAOS", "DURABILITY", "CONSOLE"}
     unknown = [a for a in wanted if a not in {*SHOWN, *named}]
     if unknown:
         print(__doc__)
@@ -218,6 +219,7 @@ def main(argv: list[str]) -> int:
     order_wanted = not wanted or "ORDER" in wanted
     chaos_wanted = not wanted or "CHAOS" in wanted
     durability_wanted = not wanted or "DURABILITY" in wanted
+    console_wanted = not wanted or "CONSOLE" in wanted
     keys = [k for k in wanted if k not in named] or (None if not wanted else [])
     machine = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
     met = True
@@ -249,6 +251,11 @@ def main(argv: list[str]) -> int:
         print(f"\nchaos benchmark: {chaos.JOBS:,} jobs while workers and the Redis server are "
               f"SIGKILLed, {chaos.RUNS} runs and one without kills", flush=True)  # fmt: skip
         entry = _run("chaos.json", "chaos", machine, chaos.run, chaos_table)
+        met = met and entry["met"]
+    if console_wanted:
+        print(f"\nconsole benchmark: the review list with {console.JOBS:,} jobs in review",
+              flush=True)  # fmt: skip
+        entry = _run("console.json", "console", machine, console.run, console.table)
         met = met and entry["met"]
     if fairness_wanted:
         print("\nfairness benchmark: the other destinations, alone and beside a Noojee backfill",

@@ -25,6 +25,7 @@ from producers.review import discard, requeue
 from producers.submit import Priority, enqueue
 from tasks.models import JobModel, JobValidationError, kinds, model_for, validate_job, version_key
 from worker.ledger import JobRecord, LedgerConflict
+from worker.logs import configure as configure_logs
 from worker.runtime import ledger
 from worker.serving import log_paths_only, send, serve_app
 from worker.settings import IntakeSettings, get_settings
@@ -242,6 +243,15 @@ class Tokens:
                         for name, token in settings.tokens.items()]  # fmt: skip
         self._operators = frozenset(settings.operators)
 
+    @property
+    def names(self) -> list[str]:
+        """Every configured client's name."""
+        return [name for name, _ in self._tokens]
+
+    def is_operator(self, name: str) -> bool:
+        """Whether ``name`` is a configured client named an operator."""
+        return name in self._operators and name in self.names
+
     def client(self, authorization: str | None) -> Client | None:
         scheme, _, presented = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not presented:
@@ -441,7 +451,7 @@ class OpenAPIHandler(Handler):
 class NotFoundHandler(Handler):
     def prepare(self) -> None:
         raise Problem(404, f"no such endpoint: {self.request.method} {self.request.path[:100]}; "
-                           "see /openapi.json")  # fmt: skip
+                           "see /docs or /openapi.json, and /console/ for operators")  # fmt: skip
 
 
 def _int_argument(handler: Handler, name: str, default: int, lo: int, hi: int) -> int:
@@ -474,11 +484,17 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 def make_app(settings: IntakeSettings | None = None) -> tornado.web.Application:
     """The intake's tornado application."""
+    from producers import console
+
     settings = settings or get_settings().intake
     tokens = Tokens(settings)
     common = {"tokens": tokens}
+    secrets = {name: token.get_secret_value() for name, token in settings.tokens.items()}
     return tornado.web.Application(
         [
+            (r"/", tornado.web.RedirectHandler, {"url": "/console/"}),
+            (r"/redoc", tornado.web.RedirectHandler, {"url": "/docs"}),
+            *console.routes(tokens, settings),
             (r"/v1/jobs", JobsHandler, {**common, "max_body_bytes": settings.max_body_bytes}),
             (r"/v1/jobs/([^/]+)", JobHandler, common),
             (r"/v1/review", ReviewListHandler, common),
@@ -489,6 +505,7 @@ def make_app(settings: IntakeSettings | None = None) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         default_handler_args=common,
         log_function=log_paths_only(log),
+        **console.app_settings(secrets),
     )
 
 
@@ -504,6 +521,7 @@ def serve(
             'CONTACTSYNC_INTAKE__TOKENS is empty: set it to {"client-name": "long-random-token"} '
             "(JSON), one token per calling service"
         )
+    configure_logs(get_settings().log_format)
     warm_up()
     serve_app(lambda: make_app(settings), settings.host, settings.port, ready, stop, "intake",
               max_body_size=settings.max_body_bytes + 1)  # fmt: skip

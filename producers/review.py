@@ -46,14 +46,7 @@ def requeue(job_id: str, changes: dict[str, str], by: str, force: bool = False) 
             f"delivered at {_iso(newer.at_ms)}: requeueing {job_id} would overwrite its newer "
             "data. Requeue with force (CLI --force, HTTP \"force\": true) to send it anyway."
         )
-    model = model_for(record.kind)
-    data: dict[str, Any] = json.loads(record.payload)
-    names = {alias: name for name, f in model.model_fields.items() for alias in (name, f.alias)}
-    for key, value in changes.items():
-        if key in names:
-            data[names[key]] = value
-        else:
-            data.setdefault("fields", {})[key.removeprefix("fields.")] = value
+    data = apply_changes(record.kind, json.loads(record.payload), changes)
     job = validate_job(record.kind, data)
     window_ms = int(get_settings().retry.window_s * 1000)
     entry = {"event": "requeued", "by": by, "edited": ",".join(sorted(changes)) or "-"}
@@ -66,6 +59,40 @@ def requeue(job_id: str, changes: dict[str, str], by: str, force: bool = False) 
         "carried": "",
     })  # fmt: skip
     return state
+
+
+def apply_changes(kind: str, data: dict[str, Any], changes: dict[str, str]) -> dict[str, Any]:
+    """``data`` (a job's payload as stored) with an operator's text edits applied: a name of the
+    job model (``disposition`` or its wire name ``njDisposition``) sets that field, a dotted
+    path (``contact.first_name``) a field of a nested object, and any other name a lead field
+    (``fields.NAME``). Text that replaces a number or a boolean is read as JSON when it is one
+    (``"41"`` → 41), so a strict field can be edited from a form; anything else stays text and
+    validation says what is wrong."""
+    model = model_for(kind)
+    names = {alias: name for name, f in model.model_fields.items() for alias in (name, f.alias)}
+    for key, text in changes.items():
+        head, _, rest = key.partition(".")
+        head = names.get(head, head)
+        if key in names:
+            parent, leaf = data, names[key]
+        elif rest and isinstance(data.get(head), dict) and head in model.model_fields:
+            parent, leaf = data[head], rest
+        else:
+            parent, leaf = data.setdefault("fields", {}), key.removeprefix("fields.")
+        parent[leaf] = _typed(parent.get(leaf), text)
+    return data
+
+
+def _typed(current: Any, text: str) -> Any:
+    """``text`` as the type of the value it replaces, when it reads as one."""
+    if isinstance(current, bool | int | float) and not isinstance(current, str):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        if isinstance(value, bool | int | float):
+            return value
+    return text
 
 
 def _iso(ms: int) -> str:
@@ -81,4 +108,5 @@ def discard(job_id: str, reason: str, by: str) -> None:
     ledger().transition(job_id, REJECTED, entry, allowed=(REVIEW,))
 
 
-__all__ = ["JobValidationError", "LedgerConflict", "NewerDelivered", "discard", "requeue"]
+__all__ = ["JobValidationError", "LedgerConflict", "NewerDelivered", "apply_changes", "discard",
+           "requeue"]

@@ -356,7 +356,9 @@ class DeliveryTask(Task):
             return Plan(job)
         for taken in decided.taken:
             self._announce(taken.id, f"task-{taken.outcome}",
-                           reason=f"{taken.outcome} ({taken.by}): {taken.reason}")  # fmt: skip
+                           reason=f"{taken.outcome} ({taken.by}): {taken.reason}",
+                           result=_shown(taken.outcome, f"by {taken.by}", taken.reason,
+                                         taken.id))  # fmt: skip
         return decided
 
     def _coalesces(self) -> bool:
@@ -391,6 +393,13 @@ class DeliveryTask(Task):
                 "latency_ms": round(latency_s * 1000), "gate_wait_ms": round(waited_s * 1000),
                 "worker": self.request.hostname or "",
             }, fault=fault)  # fmt: skip
+            _last_call.job_id, _last_call.latency_ms = job_id, round(latency_s * 1000)
+            log.debug("job %s: %s answered %s in %d ms", job_id, self.name.split(".")[0],
+                      outcome.code, latency_s * 1000, extra={
+                          "job_id": job_id, "destination": self.name.split(".")[0],
+                          "outcome": type(outcome).__name__.lower(), "code": outcome.code,
+                          "latency_ms": round(latency_s * 1000),
+                          "gate_wait_ms": round(waited_s * 1000)})  # fmt: skip
             if paused_until:
                 raise Deferred(paused_until, "the destination is paused: "
                                + scrub(outcome.reason, secrets))  # fmt: skip
@@ -428,6 +437,8 @@ class DeliveryTask(Task):
             permit = gate.acquire(priority)
             if permit is None:
                 raise NoPermit(gate.name)
+        if self.request.id:  # the console tells a job calling from one waiting at the gate
+            runtime_ledger().calling(self.request.id)
         answer = Answer(Review("internal-error", "contactsync error; see the worker log"))
         started = time.monotonic()
         try:
@@ -525,21 +536,37 @@ class DeliveryTask(Task):
         if isinstance(outcome, Superseded):
             self._move(ledger, job_id, token, SUPERSEDED, {"event": "superseded", **entry},
                        fields={"superseded_by": outcome.by})  # fmt: skip
-            self.send_event("task-superseded", reason=f"{outcome.code}: {reason}")
+            self._settled(job_id, SUPERSEDED, outcome.code)
+            self.send_event("task-superseded", reason=f"{outcome.code}: {reason}",
+                            result=_shown(SUPERSEDED, outcome.code, reason, job_id))
             raise Ignore()
         if isinstance(outcome, Delivered):
             # The ledger drops the payload (personal data) and the envelope on delivery.
             self._move(ledger, job_id, token, DELIVERED, {"event": "delivered", **entry})
+            self._settled(job_id, DELIVERED, outcome.code)
             return {"state": DELIVERED, "code": outcome.code}
         if isinstance(outcome, Review):
             self._move(ledger, job_id, token, REVIEW, {"event": "review", **entry})
-            self.send_event("task-review", reason=f"{outcome.code}: {reason}")
+            self._settled(job_id, REVIEW, outcome.code)
+            self.send_event("task-review", reason=f"{outcome.code}: {reason}",
+                            result=_shown(REVIEW, outcome.code, reason, job_id))
             raise Ignore()
         if isinstance(outcome, Rejected):
             self._move(ledger, job_id, token, REJECTED, {"event": "rejected", **entry})
-            self.send_event("task-deadletter", reason=f"{outcome.code}: {reason}")
+            self._settled(job_id, REJECTED, outcome.code)
+            self.send_event("task-deadletter", reason=f"{outcome.code}: {reason}",
+                            result=_shown(REJECTED, outcome.code, reason, job_id))
             raise Ignore()
         raise AssertionError(f"unhandled outcome {outcome!r}")
+
+    def _settled(self, job_id: str, state: str, code: str) -> None:
+        """One INFO line per job that ended (or went to review), with the fields a JSON log
+        line carries (``CONTACTSYNC_LOG_FORMAT=json``)."""
+        fields = {"job_id": job_id, "destination": self.name.split(".")[0], "outcome": state,
+                  "code": code}  # fmt: skip
+        if getattr(_last_call, "job_id", None) == job_id:  # its last call, in this thread
+            fields["latency_ms"] = _last_call.latency_ms
+        log.info("job %s settled: %s (%s)", job_id, state, code, extra=fields)
 
     def _retry_or_give_up(self, ledger: Ledger, job_id: str, token: str, outcome: Retry) -> Review:
         """Schedule the next attempt through Redis (ends the task with ``Ignore``), or, when the
@@ -591,6 +618,17 @@ class DeliveryTask(Task):
             log.warning("not settling %s as %s: %s", job_id, state, exc)
             ledger.recheck(job_id, due_ms=now_ms() + 1000)
             raise Ignore() from None
+
+
+#: The latency of the last call each worker thread made, for the line its job's settling logs.
+_last_call = threading.local()
+
+
+def _shown(state: str, code: str, reason: str, job_id: str) -> str:
+    """The outcome as Flower shows it in a task's Result (it renders ``result``, not a
+    custom event's fields): the job's state, why, and where an operator acts on it."""
+    return (f"{state.upper()}: {code}: {reason} (job state: {state}; act on it in the "
+            f"console, /console/jobs/{job_id}, or `contactsync jobs show {job_id}`)")
 
 
 def _unsettled_answer(entry: dict[str, Any] | None) -> Outcome | None:

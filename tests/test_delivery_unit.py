@@ -160,7 +160,9 @@ def test_rejected_is_dead_lettered_with_its_reason(harness: Harness) -> None:
     record = harness.run(ScriptedConnector([Rejected("104", "DNC")]))
     assert (record.state, record.last_reason) == ("rejected", "DNC")
     assert harness.ledger.listing("rejected")[0][0] == "j1"
-    assert harness.events == [("task-deadletter", {"reason": "104: DNC"})]
+    assert harness.events == [("task-deadletter", {"reason": "104: DNC", "result": (
+        "REJECTED: 104: DNC (job state: rejected; act on it in the console, /console/jobs/j1, "
+        "or `contactsync jobs show j1`)")})]  # what Flower shows as the task's Result
 
 
 def test_review_keeps_the_payload_for_the_operator(harness: Harness) -> None:

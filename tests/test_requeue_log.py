@@ -108,9 +108,10 @@ SUBMIT = textwrap.dedent("""
                              fields={"FirstPhone": f"0383{n:06d}"}) for n in range(1500)]
     submit_many(jobs, priority="bulk")
 """)
-#: Celery's own INFO line for every message a worker takes and every job that succeeds: the
-#: same with or without a gate, and gone at --loglevel WARNING.
-PER_MESSAGE = (" received", "] succeeded in ")
+#: Celery's own INFO line for every message a worker takes and every job that succeeds, and
+#: ours for every job that ends (with its outcome and latency): the same with or without a gate,
+#: and gone at --loglevel WARNING.
+PER_MESSAGE = (" received", "] succeeded in ", " settled: ")
 #: How long the fleet is watched at the gate of 1.
 MEASURED_S = 10
 

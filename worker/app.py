@@ -19,6 +19,8 @@ from kombu.entity import Queue
 
 from worker import requeue_log
 from worker.broker import broker_url
+from worker.logs import configure as configure_logs
+from worker.logs import use_format
 from worker.settings import get_settings
 
 #: Modules of ``tasks/`` that are not destinations.
@@ -99,6 +101,14 @@ def _prompt_thread_switches(**_: Any) -> None:
 
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
+def _json_logs(logger: logging.Logger | None = None, **_: Any) -> None:
+    # CONTACTSYNC_LOG_FORMAT=json: the handlers Celery just set up write one JSON object a line.
+    if logger is not None:
+        use_format(logger, get_settings().log_format)
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
 def _quiet_http_logs(**_: Any) -> None:
     # httpx logs every request URL at INFO, and Noojee's apiKey travels in the URL.
     for name in ("httpx", "httpcore"):
@@ -109,6 +119,11 @@ def _quiet_http_logs(**_: Any) -> None:
 
 _flower_defaults()
 _quiet_http_logs()
+if get_settings().log_format == "json":
+    # JSON from the first line: what is logged (or warned, e.g. Celery's warning about running
+    # as root) before Celery sets up its logging would otherwise be plain text.
+    configure_logs("json", logging.WARNING)
+    logging.captureWarnings(True)
 app = make_app()
 
 from worker.metrics import MetricsStep  # noqa: E402

@@ -11,13 +11,15 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+# Shared with the operator's console; re-exported for the tests of `gate status`.
+from worker.reports import CHART_COLUMNS, limit_columns  # noqa: F401
 
 if TYPE_CHECKING:
     from worker.gate import GateStatus
@@ -26,9 +28,9 @@ console = Console()
 
 
 def _when(ms: int) -> str:
-    if not ms:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    from worker.reports import when
+
+    return when(ms)
 
 
 def _stop_on_signals() -> None:
@@ -496,6 +498,7 @@ def _ledger() -> Any:
 
 def _show_job(job_id: str, reveal: bool) -> None:
     from tasks.models import load_kinds, model_for
+    from worker.reports import order_rows
 
     load_kinds()
     record = _ledger().get(job_id, with_history=True)
@@ -506,7 +509,7 @@ def _show_job(job_id: str, reveal: bool) -> None:
     for label, value in [
         ("job", record.id), ("kind", record.kind), ("state", record.state),
         ("record", record.entity or "-"), ("version", record.version or "-"),
-        *_order_rows(facts),
+        *order_rows(facts, _when),
         ("priority", record.priority), ("client", record.client or "-"),
         ("submitted", _when(record.submitted_at_ms)), ("updated", _when(record.updated_at_ms)),
         ("attempts", str(record.attempts)), ("faults", str(record.faults)),
@@ -531,27 +534,6 @@ def _show_job(job_id: str, reveal: bool) -> None:
         event = entry.pop("event", "")
         details = " ".join(f"{k}={v}" for k, v in entry.items() if v not in ("", None))
         console.print(f"  {at}  {event:<10} {details}", highlight=False, markup=False)
-
-
-def _order_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
-    """What a job's place among the jobs of its record says, as rows of `jobs show`."""
-    rows = []
-    if "merged_into" in facts:
-        carrier = facts["merged_into"]
-        rows.append(("merged into", f"{carrier['job_id']} (now {carrier['state']}): its call "
-                                    "carries this job's changes"))  # fmt: skip
-    if "superseded_by" in facts:
-        rows.append(("superseded by", f"{facts['superseded_by']}, which delivered a newer "
-                                      "version of the record; this job was not sent"))
-    if "waits_behind" in facts:
-        behind = facts["waits_behind"]
-        rows.append(("waits behind", f"{behind['jobs']} earlier job(s) of the record; the "
-                                     f"first is {behind['head']}"))  # fmt: skip
-    if "newer_delivered" in facts:
-        newer = facts["newer_delivered"]
-        rows.append(("newer delivered", f"{newer['job_id']} at {_when(newer['at_ms'])}: a "
-                                        "requeue would overwrite it (needs --force)"))
-    return rows
 
 
 @main.group(invoke_without_command=True)
@@ -668,8 +650,6 @@ def rejected_list(limit: int, offset: int) -> None:
 
 # -- the gates ----------------------------------------------------------------------------------
 BLOCKS = "▁▂▃▄▅▆▇█"
-#: Columns of the limit chart: each shows the highest limit of its slice of the time range.
-CHART_COLUMNS = 60
 
 
 def sparkline(
@@ -694,32 +674,6 @@ def sparkline(
     return "".join(chars)
 
 
-def limit_columns(
-    history: Sequence[tuple[int, int, float]], start_ms: int, end_ms: int,
-    columns: int = CHART_COLUMNS,
-) -> list[int | None]:  # fmt: skip
-    """The limit over ``[start_ms, end_ms)`` in ``columns`` equal slices of time, the highest
-    limit each slice saw. ``history`` is (ms, limit, in flight), oldest first; a limit holds
-    until the next point, so a slice without a point keeps the one before it, and slices before
-    the first point are ``None``."""
-    width = (end_ms - start_ms) / columns
-    held: int | None = None
-    i = 0
-    while i < len(history) and history[i][0] < start_ms:
-        held = history[i][1]
-        i += 1
-    values: list[int | None] = []
-    for column in range(columns):
-        edge = start_ms + (column + 1) * width
-        top = held
-        while i < len(history) and history[i][0] < edge:
-            held = history[i][1]
-            top = held if top is None else max(top, held)
-            i += 1
-        values.append(top)
-    return values
-
-
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
 
@@ -738,19 +692,6 @@ def _chart(status: GateStatus, now_ms: int, minutes: int) -> str:
     lo, hi = min(shown), max(shown)
     line = sparkline(limit_columns(points, start, now_ms + 1), lo, hi)
     return f"{line}  min {lo} max {hi}"
-
-
-def _gate_json(status: GateStatus, since_ms: int) -> dict[str, Any]:
-    return {
-        "name": status.name, "target": status.target, "limit": status.limit,
-        "max": status.maximum, "adaptive": status.adaptive, "in_flight": status.held,
-        "waiting": dict(status.waiting), "latency_floor_ms": status.floor_ms,
-        "latency_p50_ms": status.p50_ms, "latency_p95_ms": status.p95_ms,
-        "busy_last_minute": status.busy_last_minute, "busy_total": status.busy_total,
-        "expired_leases_total": status.expired_total,
-        "history": [{"at_ms": at, "limit": limit, "in_flight": inflight}
-                    for at, limit, inflight in status.history if at >= since_ms],
-    }  # fmt: skip
 
 
 def _print_gate(status: GateStatus, now_ms: int, minutes: int) -> None:
@@ -809,6 +750,7 @@ def gate_status(name: str | None, as_json: bool, minutes: int) -> None:
     """
     from worker.broker import redis_client
     from worker.gate import gate_names, read_status
+    from worker.reports import gate_json
     from worker.settings import get_settings
 
     client = redis_client()
@@ -824,7 +766,7 @@ def gate_status(name: str | None, as_json: bool, minutes: int) -> None:
     statuses = [read_status(client, f"{prefix}gate:{n}:", n) for n in names]
     if as_json:
         since = now_ms - minutes * 60_000
-        gates = [_gate_json(s, since) for s in statuses]
+        gates = [gate_json(s, since) for s in statuses]
         click.echo(json.dumps({"now_ms": now_ms, "minutes": minutes, "gates": gates}, indent=2))
         return
     if not statuses:

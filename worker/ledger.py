@@ -29,6 +29,9 @@ Keys, under ``prefix`` (``cs:`` by default):
   number) and highest delivered version (``v``, ``vj``), for ``superseded`` and for requeues
   that would overwrite newer data. Expires ``retention_s`` after the last delivery.
 - ``review``, ``rejected`` zsets: job ids by the time they got there.
+- ``recent:merged``, ``recent:superseded`` zsets: the last ``RECENT_ENDED`` jobs that ended so,
+  by when (an operator's listing only, written after the transition that ended them: a crash
+  between the two leaves a job unlisted, never a state wrong).
 - ``schedule`` zset: job ids by the time (ms) their next attempt is due; ``due.lua`` queues
   them in the step that takes them off.
 - ``message:{queue}:{priority}`` hash: the Celery message template of that queue and priority
@@ -82,6 +85,8 @@ CREATE_GROUP = 250
 #: Jobs held behind a head that one claim may take over (coalescing); the rest wait for the
 #: next claim.
 MAX_ABSORB = 100
+#: Most jobs each ``recent:{merged,superseded}`` listing keeps (the newest).
+RECENT_ENDED = 10_000
 
 
 def job_id_for(destination: str, idempotency_key: str) -> str:
@@ -152,12 +157,14 @@ class JobRecord:
     merged_into: str = ""
     superseded_by: str = ""
     force: str = ""
+    calling_since_ms: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[str, str]) -> JobRecord:
         ints = {"submitted_at_ms", "updated_at_ms", "retry_until_ms", "attempts", "faults",
-                "retries", "next_attempt_at_ms", "seq", "top_seq"}  # fmt: skip
+                "retries", "next_attempt_at_ms", "seq", "top_seq",
+                "calling_since_ms"}  # fmt: skip
         known = cls.__dataclass_fields__
         values: dict[str, Any] = {
             k: (int(v) if k in ints else v) for k, v in raw.items() if k in known
@@ -361,14 +368,31 @@ class Ledger:
         return [JobRecord.from_hash(i, raw) if raw else None
                 for i, raw in zip(job_ids, raws, strict=True)]  # fmt: skip
 
-    def listing(self, name: str, offset: int = 0, limit: int = 50) -> list[tuple[str, int]]:
-        """Ids in the ``review`` or ``rejected`` set, oldest first, with the time (ms) they got
-        there."""
+    def listing(
+        self, name: str, offset: int = 0, limit: int = 50, newest_first: bool = False
+    ) -> list[tuple[str, int]]:
+        """Ids in one of the ledger's sorted sets (``review``, ``rejected``, ``schedule``,
+        ``running``, ``recent:merged``, ...), oldest first (``newest_first``: the reverse), with
+        their score: the time (ms) they got there, are due, or their lease ends."""
         rows = cast(
             list[tuple[str, float]],
-            self.r.zrange(self.set_key(name), offset, offset + limit - 1, withscores=True),
-        )
+            self.r.zrange(self.set_key(name), offset, offset + limit - 1, withscores=True,
+                          desc=newest_first),
+        )  # fmt: skip
         return [(job_id, int(score)) for job_id, score in rows]
+
+    def fields_of(
+        self, job_ids: list[str], names: tuple[str, ...], chunk: int = 2000
+    ) -> list[list[str | None]]:
+        """Some fields of many jobs (``HMGET``, pipelined ``chunk`` at a time): what a
+        filtered listing reads of each job, a tenth of a whole record."""
+        values: list[list[str | None]] = []
+        for start in range(0, len(job_ids), chunk):
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in job_ids[start:start + chunk]:
+                pipe.hmget(self.job_key(job_id), names)
+            values += cast(list[list[str | None]], pipe.execute())
+        return values
 
     def size(self, name: str) -> int:
         return int(self.r.zcard(self.set_key(name)))
@@ -471,8 +495,45 @@ class Ledger:
                 "last_code": entry.get("code", ""), "last_reason": entry.get("reason", ""),
                 "last_answer": entry.get("answer", ""),
             })  # fmt: skip
+            pipe.hdel(self.job_key(job_id), "calling_since_ms")
             pipe.lpush(self.history_key(job_id), json.dumps(entry))
             pipe.ltrim(self.history_key(job_id), 0, self.history_len - 1)
+            pipe.execute()
+
+    def calling(self, job_id: str, at_ms: int | None = None) -> None:
+        """A running job holds its gate's permit and its call starts now: until the call's
+        answer is recorded (``record_attempt`` clears it), the job is calling, not waiting at
+        the gate (what an operator's list of running jobs tells apart)."""
+        self.r.hset(self.job_key(job_id), "calling_since_ms", now_ms() if at_ms is None else at_ms)
+
+    def note(self, job_id: str, entry: dict[str, Any]) -> None:
+        """Add an entry to a job's history without changing its state (an operator revealed
+        its payload, asked for its retry now): who did what to it stays on record."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.lpush(self.history_key(job_id), json.dumps({"at": now_ms(), **entry}))
+            pipe.ltrim(self.history_key(job_id), 0, self.history_len - 1)
+            pipe.execute()
+
+    def retry_now(self, job_id: str) -> bool:
+        """Make a retrying job's next attempt due now (an operator fixed what it waited for);
+        False if it is not on the schedule. ``recheck`` only ever moves an entry later: this is
+        the one way earlier (``ZADD XX``: a job that left the schedule is not put back)."""
+        at = now_ms()
+        moved = self.r.zadd(self.set_key("schedule"), {job_id: at}, xx=True, ch=True)
+        if moved:
+            self.r.hset(self.job_key(job_id), "next_attempt_at_ms", at)
+        return bool(moved)
+
+    def _list_ended(self, outcome: str, job_ids: list[str]) -> None:
+        """Add jobs that just ended ``merged`` or ``superseded`` to that listing, newest
+        ``RECENT_ENDED`` kept."""
+        if not job_ids:
+            return
+        key = self.set_key(f"recent:{outcome}")
+        at = now_ms()
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, dict.fromkeys(job_ids, at))
+            pipe.zremrangebyrank(key, 0, -RECENT_ENDED - 1)
             pipe.execute()
 
     def renew(self, leases: dict[str, str]) -> list[str]:
@@ -521,7 +582,11 @@ class Ledger:
             link = "into" if t.outcome == MERGED else "by"
             note = {"at": at, "event": t.outcome, link: t.by, "reason": t.reason}
             args += [t.id, t.outcome, t.by, t.reason, json.dumps(note)]
-        return str(self._absorb(keys=[], args=args))
+        done = str(self._absorb(keys=[], args=args))
+        if done == "ok":
+            self._list_ended(MERGED, merged)
+            self._list_ended(SUPERSEDED, superseded)
+        return done
 
     def transition(
         self,
@@ -579,6 +644,8 @@ class Ledger:
             raise LedgerConflict(f"job {job_id} is {previous}, not {' or '.join(allowed)}")
         if status == "lost":
             raise LedgerConflict(f"job {job_id}: this worker's claim expired before it settled")
+        if state in (MERGED, SUPERSEDED):
+            self._list_ended(state, [job_id])
         return previous, str(reply[2])
 
     # -- the runtime's own rounds --------------------------------------------------------------

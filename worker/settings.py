@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
@@ -320,6 +320,10 @@ class IntakeSettings(BaseModel):
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="a larger request is refused with 413"
     )
+    session_hours: float = Field(
+        12.0, gt=0, le=24 * 30,
+        description="an operator's console login lasts this long (its signed cookie's age)",
+    )  # fmt: skip
 
     @field_validator("tokens")
     @classmethod
@@ -394,6 +398,12 @@ class Settings(BaseSettings):
         description="Prometheus metrics (gates, job counts) on http://HOST:PORT/metrics; the "
         "figures are fleet-wide, so the first worker on a host serves them and the others skip; "
         "0 turns them off",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="json: one JSON object per log line (time, level, logger, message and, "
+        "where known, job_id, destination, outcome, code, latency_ms), for the worker and "
+        "the intake",
     )
     retry: RetrySettings = RetrySettings()
     gate: GateSettings = GateSettings()

@@ -1,0 +1,500 @@
+"""The console's pages and actions: tornado handlers that render server-side templates.
+
+Every page and action needs an operator's session (``producers/console/session.py``); a GET
+without one is sent to the login page, anything else is refused with 403. Every POST carries
+the session's CSRF token. Pages are ``Cache-Control: no-store`` and keep personal data masked
+unless the operator reveals a job's payload, which its history records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import tornado.web
+from redis.exceptions import RedisError
+
+from producers.console import queries
+from producers.console.session import COOKIE, Session
+from producers.review import NewerDelivered, apply_changes, discard, requeue
+from tasks.models import JobModel, JobValidationError, load_kinds, model_for
+from worker.app import destinations
+from worker.ledger import REJECTED, RETRYING, REVIEW, JobRecord, LedgerConflict, now_ms
+from worker.redaction import MASK, mask
+from worker.reports import order_rows, when
+from worker.runtime import ledger
+from worker.settings import IntakeSettings
+
+log = logging.getLogger(__name__)
+
+PAGE = 50
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+#: Fields of a bulk form that carry its filter.
+FILTER_FIELDS = ("destination", "code", "q", "sort", "order")
+#: What a done= parameter says after an action redirected back to a page.
+DONE = {
+    "requeued": "Requeued: the job is queued and a worker will take it.",
+    "held": "Requeued: the job waits behind earlier jobs of the same record.",
+    "discarded": "Discarded: the job is rejected with your reason.",
+    "retry-now": "Its next attempt is due now.",
+    "not-retrying": "The job is no longer waiting for a retry: nothing changed.",
+}
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # Only our own files: the console loads nothing from elsewhere and runs no inline script.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                               "script-src 'self'; frame-ancestors 'none'; form-action 'self'; "
+                               "base-uri 'none'",
+}  # fmt: skip
+
+
+class ConsoleHandler(tornado.web.RequestHandler):
+    """Session, CSRF, security headers and error pages of every console page."""
+
+    public = False
+    tokens: Any
+    settings_: IntakeSettings
+
+    def initialize(self, tokens: Any, settings: IntakeSettings) -> None:
+        self.tokens = tokens
+        self.settings_ = settings
+
+    def set_default_headers(self) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+
+    def get_current_user(self) -> Session | None:
+        raw = self.get_signed_cookie(COOKIE, max_age_days=self.settings_.session_hours / 24 + 1)
+        session = Session.read(raw)
+        if session is None or session.expired(self.settings_.session_hours):
+            return None
+        if not self.tokens.is_operator(session.client):
+            return None  # no longer an operator, or the client was removed from the settings
+        return session
+
+    @property
+    def session(self) -> Session:
+        assert isinstance(self.current_user, Session)
+        return self.current_user
+
+    def prepare(self) -> None:
+        if self.public:
+            return
+        if self.current_user is None:
+            if self.request.method in ("GET", "HEAD"):
+                self.redirect("/console/login?" + urlencode({"next": self.request.uri or ""}))
+                return
+            raise tornado.web.HTTPError(403, "log in first")
+        if self.request.method == "POST" and not self.session.csrf_ok(
+            self.get_body_argument("_csrf", "")
+        ):
+            raise tornado.web.HTTPError(403, "the form's CSRF token is missing or stale: reload "
+                                             "the page and send it again")  # fmt: skip
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        namespace = super().get_template_namespace()
+        session = self.current_user if isinstance(self.current_user, Session) else None
+        namespace.update(user=session.client if session else "", csrf=session.csrf if session
+                         else "", when=when, ago=ago, json=json, qs=urlencode,
+                         lists=queries.LISTS, destinations=destinations())  # fmt: skip
+        return namespace
+
+    def page(self, template: str, status: int = 200, **values: Any) -> None:
+        self.set_status(status)
+        self.render(template, **values)
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, RedisError):
+            log.warning("console: Redis unavailable: %s", type(e).__name__)
+            self.send_error(503, reason="the job store (Redis) is unavailable; try again")
+            return
+        super()._handle_request_exception(e)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # tornado's own logs the whole URI: a search's query may hold personal data.
+        if isinstance(value, tornado.web.HTTPError):
+            log.warning("%d %s %s: %s", value.status_code, self.request.method,
+                        self.request.path, value.log_message or "")  # fmt: skip
+        else:
+            log.error("unexpected error in %s %s", self.request.method, self.request.path,
+                      exc_info=(typ, value, tb))  # fmt: skip
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+            message = exc.log_message
+        elif status_code >= 500:
+            message = "internal error; the intake's log has the details"
+        self.render("error.html", status=status_code, message=message)
+
+    def local(self, target: str | None, default: str) -> str:
+        """A redirect target only if it stays in the console (no open redirect)."""
+        if target and target.startswith("/console/") and not target.startswith("//"):
+            return target
+        return default
+
+
+def ago(ms: int, now: int | None = None) -> str:
+    """How long ago (or, for a time ahead, in how long) ``ms`` was, briefly: 42 s, 3 min, 2 h,
+    5 d."""
+    if not ms:
+        return "-"
+    delta_s = ((now or now_ms()) - ms) / 1000
+    ahead = delta_s < 0
+    span = abs(delta_s)
+    text = (f"{span:.0f} s" if span < 90 else f"{span / 60:.0f} min" if span < 5400
+            else f"{span / 3600:.0f} h" if span < 172800 else f"{span / 86400:.0f} d")
+    return f"in {text}" if ahead else f"{text} ago"
+
+
+# -- login ------------------------------------------------------------------------------------
+class LoginHandler(ConsoleHandler):
+    """``/console/login``: an operator token (CONTACTSYNC_INTAKE__TOKENS of a client named in
+    CONTACTSYNC_INTAKE__OPERATORS) is exchanged for a signed session cookie."""
+
+    public = True
+
+    def get(self) -> None:
+        self.page("login.html", error="", next=self.local(self.get_query_argument("next", ""),
+                                                          "/console/"))
+
+    def post(self) -> None:
+        token = self.get_body_argument("token", "").strip()
+        target = self.local(self.get_body_argument("next", ""), "/console/")
+        client = self.tokens.client(f"Bearer {token}") if token else None
+        if client is None or not client.operator:
+            log.warning("console: a login was refused")
+            self.page("login.html", status=401, next=target, error=(
+                "That token is not an operator's: use a token of CONTACTSYNC_INTAKE__TOKENS "
+                "whose client is named in CONTACTSYNC_INTAKE__OPERATORS."))
+            return
+        session = Session.new(client.name)
+        self.set_signed_cookie(COOKIE, session.dump(), expires_days=None, httponly=True,
+                               samesite="Strict", path="/console",
+                               secure=self.request.protocol == "https")  # fmt: skip
+        log.info("console: %s logged in", client.name, extra={"client": client.name})
+        self.redirect(target, status=303)
+
+
+class LogoutHandler(ConsoleHandler):
+    def post(self) -> None:
+        self.clear_cookie(COOKIE, path="/console")
+        self.redirect("/console/login", status=303)
+
+
+# -- pages ------------------------------------------------------------------------------------
+class OverviewHandler(ConsoleHandler):
+    """``/console/``: counts by state and destination, every gate, paused destinations."""
+
+    def get(self) -> None:
+        seen = queries.overview(ledger(), destinations())
+        self.page("overview.html", o=seen, chart=chart_svg)
+
+
+def chart_svg(values: list[int | None], maximum: int) -> str:
+    """A gate's limit over time as a small inline SVG step line (numbers only: safe to embed)."""
+    width, height = 300, 60
+    top = max([maximum, 1, *(v for v in values if v is not None)]) * 1.15  # headroom
+    step = width / max(1, len(values))
+    points = []
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        y = height - 2 - (height - 4) * value / top
+        points.append(f"{i * step:.1f},{y:.1f} {(i + 1) * step:.1f},{y:.1f}")
+    line = " ".join(points)
+    return (f'<svg class="chart" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
+            f'role="img" aria-label="limit over time, highest {maximum}">'
+            f'<polyline fill="none" stroke="currentColor" stroke-width="2" points="{line}"/>'
+            "</svg>")
+
+
+def _filter(handler: ConsoleHandler, body: bool = False) -> queries.Filter:
+    get = handler.get_body_argument if body else handler.get_query_argument
+    sort = get("sort", "age") or "age"
+    return queries.Filter(
+        destination=(get("destination", "") or "").strip()[:64],
+        code=(get("code", "") or "").strip()[:64],
+        text=(get("q", "") or "").strip()[:200],
+        sort=sort if sort in queries.SORTS else "age",
+        newest_first=get("order", "") == "desc",
+    )
+
+
+class ListHandler(ConsoleHandler):
+    """``/console/{review,rejected,retrying,running,queued,merged,superseded}``: a page of 50,
+    filtered by destination, code and text, sorted by age or attempts."""
+
+    def get(self, name: str) -> None:
+        wanted = _filter(self)
+        raw = self.get_query_argument("offset", "0") or "0"
+        offset = int(raw) if raw.isdigit() and int(raw) < 10**9 else 0
+        found = queries.job_page(ledger(), name, wanted, offset, PAGE, destinations())
+        self.page("list.html", name=name, found=found, wanted=wanted, now=now_ms(),
+                  resolvable=name in queries.RESOLVABLE, done=DONE.get(
+                      self.get_query_argument("done", "") or "", ""))  # fmt: skip
+
+
+class SearchHandler(ConsoleHandler):
+    """``/console/search?q=``: a job id, an idempotency key or a record (entity key)."""
+
+    def get(self) -> None:
+        text = (self.get_query_argument("q", "") or "").strip()
+        found = queries.search(ledger(), text, destinations(), sorted(self.tokens.names))
+        if len(found.jobs) == 1 and not found.records and found.jobs[0][0] == "job id":
+            self.redirect(f"/console/jobs/{found.jobs[0][1].id}")
+            return
+        self.page("search.html", text=text, found=found)
+
+
+# -- a job ------------------------------------------------------------------------------------
+def form_fields(record: JobRecord) -> list[dict[str, Any]]:
+    """The inputs of a job's edit form: each scalar field of its model, and each entry of a
+    nested object (``fields.FirstPhone``). Public fields show their value; personal ones stay
+    empty, with the masked value as a hint (an empty input keeps the value)."""
+    if not record.payload:
+        return []
+    model = model_for(record.kind)
+    data: dict[str, Any] = json.loads(record.payload)
+    public = model.public_fields
+    inputs: list[dict[str, Any]] = []
+    for name, info in model.model_fields.items():
+        value = data.get(name)
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if isinstance(inner, dict | list):
+                    continue
+                inputs.append(_input(f"{name}.{key}", inner, name in public or key in public,
+                                     f"{info.alias or name}: {key}"))  # fmt: skip
+        elif not isinstance(value, list):
+            if value is None and "dict" in str(info.annotation):
+                continue
+            inputs.append(_input(name, value, name in public, info.alias or name))
+    return inputs
+
+
+def _input(name: str, value: Any, public: bool, label: str) -> dict[str, Any]:
+    shown = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return {"name": name, "label": label, "public": public,
+            "value": shown if public else "",
+            "hint": "" if public or value is None else f"{mask(shown)} (unchanged if empty)",
+            "current": shown}  # fmt: skip
+
+
+class JobHandler(ConsoleHandler):
+    """``/console/jobs/{id}``: state, answers, history, the masked payload; the actions its
+    state allows."""
+
+    def get(self, job_id: str) -> None:
+        self.show(job_id, done=DONE.get(self.get_query_argument("done", "") or "", ""))
+
+    def show(
+        self, job_id: str, status: int = 200, reveal: bool = False, errors: dict[str, str] |
+        None = None, problem: str = "", typed: dict[str, str] | None = None,
+        refused_newer: str = "", done: str = "",
+    ) -> None:  # fmt: skip
+        load_kinds()
+        book = ledger()
+        record = book.get(job_id, with_history=True)
+        if record is None:
+            raise tornado.web.HTTPError(404, f"no job {job_id} (unknown id, or its record "
+                                             "expired after the retention period)")  # fmt: skip
+        facts = book.order_facts(record)
+        payload = None
+        if record.payload:
+            job: JobModel = model_for(record.kind).model_validate_json(record.payload)
+            payload = job.model_dump(mode="json", exclude_none=True) if reveal else job.masked()
+        inputs = form_fields(record) if record.state in (REVIEW, REJECTED) else []
+        for item in inputs:
+            if typed and item["name"] in typed:
+                item["value"] = typed[item["name"]]
+        self.page("job.html", status=status, r=record, facts=order_rows(
+            facts, when, "force"), payload=payload, revealed=reveal, inputs=inputs,
+            errors=errors or {}, problem=problem, newer=facts.get("newer_delivered"),
+            refused_newer=refused_newer, done=done, phase=queries.phase(record), now=now_ms(),
+            mask_sign=MASK, typed=typed or {})  # fmt: skip
+
+
+class JobActionHandler(JobHandler):
+    """``POST /console/jobs/{id}/{reveal,requeue,discard,retry-now}``."""
+
+    def post(self, job_id: str, action: str) -> None:
+        by = self.session.client
+        if action == "reveal":
+            self._exists(job_id)
+            ledger().note(job_id, {"event": "revealed", "by": by})
+            log.info("console: %s revealed job %s", by, job_id, extra={"job_id": job_id,
+                                                                         "by": by})
+            self.show(job_id, reveal=True)
+        elif action == "requeue":
+            self._requeue(job_id, by)
+        elif action == "discard":
+            reason = self.get_body_argument("reason", "").strip()
+            if not reason or len(reason) > 1000:
+                self.show(job_id, status=422, errors={"reason": "required: why the job is "
+                                                      "discarded (1-1000 characters)"})
+                return
+            try:
+                discard(job_id, reason, by)
+            except LedgerConflict as exc:
+                self.show(job_id, status=409, problem=str(exc))
+                return
+            self.redirect(f"/console/jobs/{job_id}?done=discarded", status=303)
+        else:  # retry-now
+            record = self._exists(job_id)
+            moved = record.state == RETRYING and ledger().retry_now(job_id)
+            if moved:
+                ledger().note(job_id, {"event": "retry-now", "by": by})
+            done = "retry-now" if moved else "not-retrying"
+            back = self.local(self.get_body_argument("next", ""), f"/console/jobs/{job_id}")
+            self.redirect(f"{back}{'&' if '?' in back else '?'}done={done}", status=303)
+
+    def _exists(self, job_id: str) -> JobRecord:
+        record = ledger().get(job_id)
+        if record is None:
+            raise tornado.web.HTTPError(404, f"no job {job_id}")
+        return record
+
+    def _requeue(self, job_id: str, by: str) -> None:
+        record = self._exists(job_id)
+        typed = {name[2:]: value for name, values in self.request.body_arguments.items()
+                 if name.startswith("f:") for value in [values[-1].decode("utf-8", "replace")]}
+        current = {item["name"]: item["current"] for item in form_fields(record)}
+        changes = {name: value for name, value in typed.items()
+                   if value.strip() and value != current.get(name)}  # fmt: skip
+        new_name = self.get_body_argument("new_name", "").strip()
+        if new_name:
+            changes[new_name] = self.get_body_argument("new_value", "")
+        force = self.get_body_argument("force", "") == "1"
+        try:
+            if record.payload:  # validate first: errors belong next to the fields
+                from tasks.models import validate_job
+
+                validate_job(record.kind, apply_changes(record.kind, json.loads(record.payload),
+                                                        dict(changes)))  # fmt: skip
+            state = requeue(job_id, changes, by=by, force=force)
+        except JobValidationError as exc:
+            self.show(job_id, status=422, errors=_errors_by_input(record, exc.problems),
+                      problem="The edited job is invalid; nothing changed.",
+                      typed=typed)  # fmt: skip
+            return
+        except NewerDelivered as exc:
+            self.show(job_id, status=409, refused_newer=str(exc), typed=typed)
+            return
+        except LedgerConflict as exc:
+            self.show(job_id, status=409, problem=str(exc))
+            return
+        self.redirect(f"/console/jobs/{job_id}?done={'held' if state == 'held' else 'requeued'}",
+                      status=303)  # fmt: skip
+
+
+def _errors_by_input(record: JobRecord, problems: list[tuple[str, str]]) -> dict[str, str]:
+    """Validation problems keyed by the form input they belong to (a field's name or wire
+    name); the rest under ``""``, shown above the form."""
+    model = model_for(record.kind)
+    names = {alias: name for name, f in model.model_fields.items() for alias in (name, f.alias)
+             if alias}  # fmt: skip
+    errors: dict[str, str] = {}
+    for path, message in problems:
+        head, _, rest = path.partition(".")
+        key = names.get(head, head) + (f".{rest}" if rest else "")
+        errors[key] = f"{errors[key]}; {message}" if key in errors else message
+    inputs = {item["name"] for item in form_fields(record)}
+    loose = [f"{k}: {v}" for k, v in errors.items() if k not in inputs]
+    shown = {k: v for k, v in errors.items() if k in inputs}
+    if loose:
+        shown[""] = "; ".join(loose)
+    return shown
+
+
+# -- bulk -------------------------------------------------------------------------------------
+class BulkHandler(ConsoleHandler):
+    """``POST /console/bulk``: requeue or discard the selected jobs of a list, or every job the
+    list's filter matches. The first POST shows a confirmation stating the count; the second
+    (``confirm=1``, with that count) acts, unless the selection changed meanwhile."""
+
+    def post(self) -> None:
+        name = self.get_body_argument("list", "")
+        action = self.get_body_argument("action", "")
+        if name not in queries.RESOLVABLE or action not in ("requeue", "discard") or (
+            action == "discard" and name != "review"
+        ):
+            raise tornado.web.HTTPError(400, "bulk actions: requeue (review, rejected) or "
+                                             "discard (review)")  # fmt: skip
+        wanted = _filter(self, body=True)
+        scope = self.get_body_argument("scope", "selected")
+        if scope == "matching":
+            ids = queries.matching_ids(ledger(), name, wanted, destinations())
+        else:
+            ids = [i for i in self.get_body_arguments("ids") if _JOB_ID.match(i)]
+        reason = self.get_body_argument("reason", "").strip()[:1000]
+        force = self.get_body_argument("force", "") == "1"
+        expected = self.get_body_argument("expected", "")
+        form: dict[str, Any] = {"list": name, "action": action, "scope": scope, "ids": ids,
+                                "wanted": wanted, "reason": reason, "force": force}
+        if not ids:
+            self.page("confirm.html", status=422, count=0, note="Nothing is selected: tick "
+                      "jobs, or act on every job the filter matches.", **form)  # fmt: skip
+            return
+        if self.get_body_argument("confirm", "") != "1" or expected != str(len(ids)):
+            note = "" if not expected else (f"The selection changed since you confirmed "
+                                            f"{expected}: {len(ids)} jobs match now.")
+            self.page("confirm.html", count=len(ids), note=note, **form)
+            return
+        if action == "discard" and not reason:
+            self.page("confirm.html", status=422, count=len(ids), note="A reason is required "
+                      "to discard.", **form)  # fmt: skip
+            return
+        by = self.session.client
+        outcome: dict[str, int] = {}
+        refused: list[tuple[str, str]] = []
+        for job_id in ids:
+            try:
+                if action == "requeue":
+                    state = requeue(job_id, {}, by=by, force=force)
+                else:
+                    discard(job_id, reason, by)
+                    state = "rejected"
+                outcome[state] = outcome.get(state, 0) + 1
+            except (JobValidationError, LedgerConflict) as exc:
+                refused.append((job_id, str(exc).splitlines()[0][:300]))
+        log.info("console: %s bulk %s of %d %s jobs: %s, %d refused", by, action, len(ids), name,
+                 outcome, len(refused), extra={"by": by})  # fmt: skip
+        self.page("bulk_done.html", action=action, name=name, count=len(ids), outcome=outcome,
+                  refused=refused, wanted=wanted)  # fmt: skip
+
+
+# -- the API's documentation -----------------------------------------------------------------
+class DocsHandler(tornado.web.RequestHandler):
+    """``/docs``: the OpenAPI document as a page (no auth, like /openapi.json: it describes
+    the API and holds no data)."""
+
+    def set_default_headers(self) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+
+    def get(self) -> None:
+        from producers.openapi import document
+
+        doc = document()
+        self.render("docs.html", doc=doc, json=json, ref=_ref_name, generated=datetime.now(UTC))
+
+
+def _ref_name(schema: dict[str, Any]) -> str:
+    """A schema as a short type name: its ``$ref``'s last part, or its type."""
+    if "$ref" in schema:
+        return str(schema["$ref"]).rsplit("/", 1)[-1]
+    for combined in ("oneOf", "anyOf"):
+        if combined in schema:
+            return " | ".join(_ref_name(s) for s in schema[combined])
+    if schema.get("type") == "array":
+        return f"array of {_ref_name(schema.get('items', {}))}"
+    return str(schema.get("type", "any"))
