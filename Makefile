@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo up test test-tools lint typecheck unit integration bench clean
+.PHONY: demo up test test-tools lint typecheck unit integration bench screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "contactsync needs Python 3.11 or newer")'
@@ -47,6 +47,9 @@ unit: $(STAMP)             ## tests that need no server
 
 bench: $(STAMP)            ## benchmarks; results printed and written under bench/results/
 	$(BIN)/python -m bench
+
+screenshots: $(STAMP) test-tools  ## rewrite the README's screenshots of the console
+	CONTACTSYNC_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/test_console_browser.py
 
 clean:
 	rm -rf $(VENV) .contactsync .pytest_cache .mypy_cache .ruff_cache *.egg-info

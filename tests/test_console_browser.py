@@ -1,10 +1,13 @@
 """The operator's console in a real browser (Debian's chromium, driven by Playwright), through the
 real stack: log in, read why a job is in review, fix it and watch it deliver, discard, bulk
 requeue, retry now, and the gate's limit following the PBX. Each step checks the ledger as well
-as the page. The run also writes the README's screenshots (docs/screenshots/)."""
+as the page. `make screenshots` runs it to rewrite the README's screenshots (docs/screenshots/);
+other runs write them to a temporary folder, so that a test run leaves the tree clean."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +31,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 OPS_TOKEN = "ops-token-0123456789"
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+#: Where the screenshots go: `make screenshots` sets it to docs/screenshots.
+SCREENSHOTS = Path(os.environ.get("CONTACTSYNC_SCREENSHOTS")
+                   or Path(tempfile.gettempdir()) / "contactsync-screenshots")
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 

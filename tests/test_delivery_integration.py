@@ -364,7 +364,9 @@ def test_a_message_taken_by_a_worker_killed_before_kombu_recorded_it_is_sent_aga
     from worker.dispatch import queue_key
     from worker.republisher import RECONCILE_S, TRANSIT_GRACE_MS
 
-    stack.stop_child("worker-w1")  # nobody else may take it first
+    workers = [name for name, _, _ in stack._children if name.startswith("worker-")]
+    for name in workers:
+        stack.stop_child(name)  # nobody else may take it first
     try:
         lead = new_lead_id()
         job_id = submit(sample_update(lead))
@@ -372,8 +374,9 @@ def test_a_message_taken_by_a_worker_killed_before_kombu_recorded_it_is_sent_aga
         assert taken is not None and job_id in taken
         assert ledger.get(job_id).state == "queued"  # and its message is gone for good
     finally:
-        stack.start_worker("w1")
-        stack.wait_for_workers(1)
+        for name in workers:
+            stack.start_worker(name.removeprefix("worker-"))
+        stack.wait_for_workers(len(workers))
     bound_s = TRANSIT_GRACE_MS / 1000 + RECONCILE_S + 2
     record = wait_for_state(ledger, job_id, ("delivered",), timeout_s=bound_s + 5)
     assert record.updated_at_ms - record.submitted_at_ms <= (bound_s + 5) * 1000

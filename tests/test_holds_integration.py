@@ -98,7 +98,7 @@ def test_request_limit_exceeded_pauses_mission_capital_for_the_whole_fleet(
         # The calls in flight when the first answer came back (one per worker thread at most)
         # were sent already; from then on, one call per probe interval for the whole fleet.
         first = next(t for t, n in seen if n)
-        assert seen[-1][1] <= get_settings().worker_concurrency + 3, seen
+        assert seen[-1][1] <= get_settings().missioncapital.max_concurrency + 3, seen
         after = [(t, n) for t, n in seen if t >= first + 0.5]
         assert most_in_any_window(after, interval) <= 1, seen
         records = [ledger.get(i, with_history=True) for i in ids]

@@ -98,17 +98,20 @@ def test_the_same_idempotency_key_twice_gives_the_same_job_id_and_one_delivery(
     job_id = first.json()["job_id"]
     assert second.json()["job_id"] == job_id
     assert first.headers["Location"] == f"/v1/jobs/{job_id}"
-    # Keys are the client's own: another client's same key is another job.
-    other = intake.post("/v1/jobs", json=update(lead), headers={**OPS, **key}).json()["job_id"]
-    assert other != job_id
+    # Keys are the client's own: another client's same key is another job (of another lead
+    # here, so that it is not merged into the first: jobs of one lead are).
+    other_lead = new_lead_id()
+    other = intake.post("/v1/jobs", json=update(other_lead), headers={**OPS, **key}).json()
+    assert other["job_id"] != job_id
 
     wait_for_state(ledger, job_id, ("delivered",))
-    wait_for_state(ledger, other, ("delivered",))
-    # A last job to the same lead without a key: once it is delivered, every earlier message
-    # has been consumed (one worker, realtime FIFO), so the count below is final.
+    wait_for_state(ledger, other["job_id"], ("delivered",))
+    # A last job to the same lead without a key, after the first was delivered: once it is
+    # delivered too, every earlier message has been consumed, so the count below is final.
     last = intake.post("/v1/jobs", json=update(lead), headers=CRM).json()["job_id"]
     wait_for_state(ledger, last, ("delivered",))
-    assert simulator.calls(lead) == 3  # the keyed job once, the other client's, the last
+    assert simulator.calls(lead) == 2  # the keyed job once, then the last
+    assert simulator.calls(other_lead) == 1
     assert ledger.get(job_id).client == "crm"
 
 
