@@ -63,16 +63,12 @@ class _Main(click.Group):
         from redis.exceptions import ConnectionError as RedisConnectionError
 
         from worker.broker import RedisNotConfigured
+        from worker.settings import exit_for_settings
 
         try:
             return super().invoke(ctx)
-        except ValidationError as exc:
-            lines = [f"  {_variable(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                     for e in exc.errors(include_input=False, include_url=False)]  # fmt: skip
-            _fail("invalid configuration (CONTACTSYNC_* variables or .env):\n" + "\n".join(lines))
-        except SettingsError as exc:  # e.g. a nested variable set to malformed JSON
-            _fail(f"invalid configuration: {exc}; nested settings take JSON, or set each field "
-                  "with its own variable (CONTACTSYNC_NOOJEE__API_KEY=...)")  # fmt: skip
+        except (ValidationError, SettingsError) as exc:
+            exit_for_settings(exc)
         except RedisNotConfigured as exc:
             _fail(str(exc))
         except RedisConnectionError:
@@ -81,14 +77,6 @@ class _Main(click.Group):
 
             _fail(f"cannot reach Redis at {mask_url_password(redis_url())}: start the system with "
                   "`contactsync up`, or set CONTACTSYNC_REDIS_URL to a running server")  # fmt: skip
-
-
-def _variable(loc: tuple[int | str, ...]) -> str:
-    """The environment variable behind a settings field: ("noojee", "api_key") →
-    CONTACTSYNC_NOOJEE__API_KEY (a model-wide check names its variables in its message)."""
-    if not loc:
-        return "settings"
-    return "CONTACTSYNC_" + "__".join(str(part).upper() for part in loc)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})

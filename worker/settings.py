@@ -6,9 +6,10 @@ a ``.env`` file in the working directory is read too. Secrets are ``SecretStr`` 
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
@@ -17,10 +18,11 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from worker.gate_policy import PolicyConfig
 
@@ -476,3 +478,31 @@ def mask_url_password(url: str) -> str:
 def get_settings() -> Settings:
     """The process-wide settings, read once (tests call ``get_settings.cache_clear()``)."""
     return Settings()
+
+
+def settings_variable(loc: tuple[int | str, ...]) -> str:
+    """The environment variable behind a settings field: ("noojee", "api_key") →
+    CONTACTSYNC_NOOJEE__API_KEY (a model-wide check names its variables in its message)."""
+    if not loc:
+        return "settings"
+    return "CONTACTSYNC_" + "__".join(str(part).upper() for part in loc)
+
+
+def settings_problem(exc: ValidationError | SettingsError) -> str:
+    """What is wrong with the configuration, as one line that names each variable and what to
+    set it to, never the value given (it may be a secret). The same line wherever the settings
+    are read: `contactsync`, `celery -A worker worker`, `celery -A worker flower`."""
+    if isinstance(exc, SettingsError):  # e.g. a nested variable set to malformed JSON
+        return (f"invalid configuration: {exc}; nested settings take JSON, or set each field "
+                "with its own variable (CONTACTSYNC_NOOJEE__API_KEY=...)")  # fmt: skip
+    problems = [f"{settings_variable(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors(include_input=False, include_url=False)]  # fmt: skip
+    return ("invalid configuration (CONTACTSYNC_* variables or .env): "
+            + "; ".join(problems).replace("\n", " "))
+
+
+def exit_for_settings(exc: ValidationError | SettingsError) -> NoReturn:
+    """Stop the process with ``settings_problem`` on stderr and exit status 2: a person fixes a
+    variable, a traceback would only bury its name."""
+    print(f"error: {settings_problem(exc)}", file=sys.stderr)
+    sys.exit(2)
