@@ -321,6 +321,36 @@ class IntakeSettings(BaseModel):
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="a larger request is refused with 413"
     )
+    max_buffered_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="request bodies held in memory at once, every "
+        "request together; a body that would pass it is refused with 503 and Retry-After, so "
+        "many large uploads at once cannot exhaust the intake's memory",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a client must send a request's headers within this long, and "
+        "a kept-alive connection idle this long is closed (slow-loris clients)",
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="a client must send a request's body within this long"
+    )
+    max_connections_per_client: int = Field(
+        64, ge=0, description="connections open at once from one client address; more are "
+        "closed on accept (0: no cap; behind a proxy, every client has the proxy's address)",
+    )
+    redis_deadline_s: float = Field(
+        1.5, gt=0, description="a request whose Redis work has not finished in this long is "
+        "answered 503 (a hung Redis never holds the intake); /healthz waits at most 0.8 s",
+    )
+
+    @model_validator(mode="after")
+    def _buffer_holds_one_body(self) -> IntakeSettings:
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"CONTACTSYNC_INTAKE__MAX_BUFFERED_BYTES={self.max_buffered_bytes} must be at "
+                f"least CONTACTSYNC_INTAKE__MAX_BODY_BYTES={self.max_body_bytes}, or a body of "
+                "the largest accepted size could never be taken"
+            )
+        return self
 
     @field_validator("tokens")
     @classmethod
