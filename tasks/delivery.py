@@ -67,7 +67,7 @@ from worker.ledger import (
     now_ms,
 )
 from worker.pause import Pause, Verdict
-from worker.redaction import scrub
+from worker.redaction import scrub, scrub_personal
 from worker.requeue_log import NO_PERMIT
 from worker.runtime import ledger as runtime_ledger
 from worker.settings import DestinationSettings, NoojeeSettings, get_settings, mask_url_password
@@ -76,6 +76,10 @@ log = logging.getLogger(__name__)
 
 #: How much of a destination's answer the ledger keeps.
 ANSWER_CHARS = 300
+
+#: The personal values of the job this thread delivers (``JobModel.personal_values``): the
+#: task object is shared by the worker's threads, so they cannot live on it.
+_delivering = threading.local()
 
 #: Outcomes that end a job, by the name an attempt records them under.
 FINAL_OUTCOMES: dict[str, type[Delivered | Review | Rejected]] = {
@@ -305,7 +309,19 @@ class DeliveryTask(Task):
             reason = "payload no longer valid: " + "; ".join(f"{p}: {m}" for p, m in problems)
             return self._settle(ledger, job_id, token, Rejected("invalid-payload", reason))
 
+        _delivering.personal = job.personal_values()
+        try:
+            return self._deliver_job(ledger, record, job, claim, token)
+        finally:
+            _delivering.personal = []
+
+    def _deliver_job(
+        self, ledger: Ledger, record: JobRecord, job: JobModel, claim: Claim, token: str
+    ) -> dict[str, Any]:
+        job_id = record.id
         decided = self._in_order(ledger, record, job, claim, token)
+        if decided.absorbs:  # the merged call carries the absorbed jobs' values too
+            _delivering.personal = [*job.personal_values(), *decided.job.personal_values()]
         if decided.superseded:
             return self._settle(ledger, job_id, token, Superseded(
                 "superseded", decided.superseded, claim.delivered_by))  # fmt: skip
@@ -370,17 +386,16 @@ class DeliveryTask(Task):
             outcome = answer.outcome
             # A failure that paused the destination is the destination's, not the job's.
             fault = not paused_until and isinstance(outcome, Retry) and outcome.bounded
-            secrets = self._secrets()
             ledger.record_attempt(job_id, {
                 "at": now_ms(), "event": "attempt", "outcome": type(outcome).__name__.lower(),
-                "code": outcome.code, "reason": scrub(outcome.reason, secrets),
-                "answer": scrub(answer.answer, secrets)[:ANSWER_CHARS],
+                "code": outcome.code, "reason": self._scrub(outcome.reason),
+                "answer": self._scrub(answer.answer)[:ANSWER_CHARS],
                 "latency_ms": round(latency_s * 1000), "gate_wait_ms": round(waited_s * 1000),
                 "worker": self.request.hostname or "",
             }, fault=fault)  # fmt: skip
             if paused_until:
                 raise Deferred(paused_until, "the destination is paused: "
-                               + scrub(outcome.reason, secrets))  # fmt: skip
+                               + self._scrub(outcome.reason))  # fmt: skip
             return outcome
 
         retrying = Retrying(
@@ -435,14 +450,14 @@ class DeliveryTask(Task):
         until if the job must wait for it, else 0."""
         try:
             if isinstance(outcome, Reauth):
-                return pause.pause_now(scrub(outcome.reason, self._secrets()))
+                return pause.pause_now(self._scrub(outcome.reason))
             if isinstance(outcome, Rejected) and outcome.pause:
-                pause.pause_now(scrub(outcome.reason, self._secrets()))
+                pause.pause_now(self._scrub(outcome.reason))
                 return 0  # this job is rejected all the same
             if isinstance(outcome, Retry) and outcome.spent:
-                return pause.pause_spent(scrub(outcome.reason, self._secrets()))
+                return pause.pause_spent(self._scrub(outcome.reason))
             if isinstance(outcome, Retry) and outcome.down:
-                return pause.failed(scrub(outcome.reason, self._secrets()))
+                return pause.failed(self._scrub(outcome.reason))
             pause.succeeded(verdict)
         except RedisError as exc:
             log.warning("%s: could not update the pause: %s", pause.name, exc)
@@ -479,6 +494,12 @@ class DeliveryTask(Task):
     def _secrets(self) -> list[str]:
         return self._connector.secrets() if self._connector is not None else []
 
+    def _scrub(self, text: str) -> str:
+        """``text`` (a destination's answer, a reason built from it) as the ledger may keep it:
+        credentials removed, and the delivered job's own personal values masked as its payload
+        masks them, whichever connector wrote it."""
+        return scrub_personal(scrub(text, self._secrets()), getattr(_delivering, "personal", ()))
+
     # -- settling -----------------------------------------------------------------------------
     def _defer(self, ledger: Ledger, job_id: str, token: str, paused: Deferred) -> dict[str, Any]:
         """The destination is paused: the job waits in the schedule until a little after the
@@ -507,7 +528,7 @@ class DeliveryTask(Task):
             outcome = Retry(outcome.code, outcome.reason, bounded=True)
         if isinstance(outcome, Retry):
             outcome = self._retry_or_give_up(ledger, job_id, token, outcome)
-        reason = scrub(outcome.reason, self._secrets())
+        reason = self._scrub(outcome.reason)
         entry: dict[str, Any] = {"code": outcome.code, "reason": reason}
         if isinstance(outcome, Superseded):
             self._move(ledger, job_id, token, SUPERSEDED, {"event": "superseded", **entry},
@@ -532,7 +553,7 @@ class DeliveryTask(Task):
         """Schedule the next attempt through Redis (ends the task with ``Ignore``), or, when the
         fault budget is spent or the retry window has closed, return the Review that ends it."""
         retry = get_settings().retry
-        reason = scrub(outcome.reason, self._secrets())
+        reason = self._scrub(outcome.reason)
         record = ledger.get(job_id)
         assert record is not None
         now = now_ms()

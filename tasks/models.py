@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from worker.redaction import mask_fields
+from worker.redaction import mask_fields, personal_values
 
 _KINDS: dict[str, type[JobModel]] = {}
 
@@ -74,6 +74,12 @@ class JobModel(BaseModel):
     def masked(self) -> dict[str, Any]:
         """The job as a person may see it: personal values masked."""
         return mask_fields(self.model_dump(mode="json", exclude_none=True), self.public_fields)
+
+    def personal_values(self) -> list[str]:
+        """The values ``masked`` hides, as text to scrub from what a destination answers about
+        this job (its messages may quote them)."""
+        return personal_values(self.model_dump(mode="json", exclude_none=True),
+                               self.public_fields)  # fmt: skip
 
     def entity_key(self) -> str:
         """The destination record this job writes, as ``destination:part/part`` (each part
