@@ -11,12 +11,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import redis
 
 from tests.conftest import run_cli, wait_for
+from worker.settings import mask_url_password
 
 pytestmark = pytest.mark.integration
 
@@ -176,7 +178,7 @@ def test_second_embedded_server_on_the_same_data_is_refused(tmp_path: Path) -> N
     with EmbeddedRedis.under(tmp_path) as first:
         with pytest.raises(RuntimeError, match="already runs on"):
             EmbeddedRedis.under(tmp_path).start()
-        assert first.url.startswith("redis://127.0.0.1:")
+        assert first.url.startswith(f"redis://:{first.password}@127.0.0.1:")
 
 
 @pytest.mark.parametrize(("name", "option"), [
@@ -269,7 +271,8 @@ def test_up_starts_a_killed_worker_and_server_again(tmp_path: Path) -> None:
         output.wait_for("worker-w1 started again")
         server = json.loads((tmp_path / ".contactsync" / "redis" / "embedded.json").read_text())
         os.kill(int(server["pid"]), signal.SIGKILL)
-        output.wait_for("the embedded server is back on " + server["url"])
+        output.wait_for("the embedded server is back on " + mask_url_password(server["url"]))
+        assert urlsplit(server["url"]).password not in "".join(output.lines)  # never shown
         supervisor_log = (tmp_path / ".contactsync" / "logs" / "supervisor.log").read_text()
         assert "worker-w1 (exit code -9) died" in supervisor_log
 

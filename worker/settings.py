@@ -426,6 +426,13 @@ class Settings(BaseSettings):
         "figures are fleet-wide, so the first worker on a host serves them and the others skip; "
         "0 turns them off",
     )
+    aof_rewrite_after_deliveries: int = Field(
+        10_000,
+        ge=0,
+        description="ask Redis to rewrite its append-only file once this many jobs were "
+        "delivered since the last rewrite (and the file grew 4 MB), so delivered personal data "
+        "leaves the disk; 0: leave it to Redis's own trigger",
+    )
     retry: RetrySettings = RetrySettings()
     gate: GateSettings = GateSettings()
     noojee: NoojeeSettings = NoojeeSettings()
