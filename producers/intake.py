@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from producers.review import discard, requeue
 from producers.submit import Priority, enqueue
 from tasks.models import JobModel, JobValidationError, kinds, model_for, validate_job, version_key
+from worker.codec import unseal
 from worker.ledger import JobRecord, LedgerConflict
 from worker.runtime import ledger
 from worker.serving import (
@@ -226,7 +227,7 @@ def job_view(record: JobRecord, order: dict[str, Any] | None = None) -> dict[str
     its place among the jobs of its record (``Ledger.order_facts``)."""
     payload = None
     if record.payload:
-        payload = model_for(record.kind).model_validate_json(record.payload).masked()
+        payload = model_for(record.kind).model_validate_json(unseal(record.payload)).masked()
     facts = dict(order or {})
     if "newer_delivered" in facts:
         facts["newer_delivered"] = {"job_id": facts["newer_delivered"]["job_id"],

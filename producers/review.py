@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tasks.models import JobValidationError, model_for, validate_job
+from worker.codec import seal, unseal
 from worker.ledger import QUEUED, REJECTED, REVIEW, LedgerConflict, now_ms
 from worker.runtime import ledger
 from worker.settings import get_settings
@@ -47,7 +48,7 @@ def requeue(job_id: str, changes: dict[str, str], by: str, force: bool = False) 
             "data. Requeue with force (CLI --force, HTTP \"force\": true) to send it anyway."
         )
     model = model_for(record.kind)
-    data: dict[str, Any] = json.loads(record.payload)
+    data: dict[str, Any] = json.loads(unseal(record.payload))
     names = {alias: name for name, f in model.model_fields.items() for alias in (name, f.alias)}
     for key, value in changes.items():
         if key in names:
@@ -60,7 +61,7 @@ def requeue(job_id: str, changes: dict[str, str], by: str, force: bool = False) 
     if force:
         entry["force"] = "1"
     _, state = book.transition_to(job_id, QUEUED, entry, allowed=(REVIEW, REJECTED), fields={
-        "payload": job.model_dump_json(), "faults": 0, "retries": 0,
+        "payload": seal(job.model_dump_json()), "faults": 0, "retries": 0,
         "retry_until_ms": now_ms() + window_ms, "force": "1" if force else "",
         # The payload as the operator left it is what it sends now: not parts to merge again.
         "carried": "",

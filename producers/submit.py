@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from tasks.models import JobModel, version_key
 from worker.app import app
+from worker.codec import seal
 from worker.dispatch import Messages
 from worker.gate import make_way
 from worker.ledger import NewJob, job_id_for, now_ms
@@ -146,7 +147,7 @@ def _new_job(
         task=f"{destination}.deliver",
         queue=destination,
         priority=priority,
-        payload=job.model_dump_json(),
+        payload=seal(job.model_dump_json()),  # ciphertext when payload keys are set
         retry_until_ms=retry_until_ms,
         idempotency_key=idempotency_key,
         client=client,

@@ -52,6 +52,7 @@ from tasks.ordering import Plan, plan
 from tasks.outcomes import Delivered, Outcome, Reauth, Rejected, Retry, Review, Superseded
 from worker.broker import redis_client
 from worker.claims import ClaimKeeper
+from worker.codec import PayloadKeyError, seal, unseal
 from worker.gate import BUSY, HOST, NONE, OK, Gate, GateConfig, Permit, gate_name
 from worker.ledger import (
     DELIVERED,
@@ -300,7 +301,9 @@ class DeliveryTask(Task):
         record = ledger.get(job_id)
         assert record is not None
         try:
-            job = model_for(record.kind).model_validate_json(record.payload)
+            job = model_for(record.kind).model_validate_json(unseal(record.payload))
+        except PayloadKeyError as exc:  # a key was dropped too early: a person adds it back
+            return self._settle(ledger, job_id, token, Review("payload-key", str(exc)))
         except (ValidationError, JobValidationError) as exc:
             problems = (
                 exc.problems if isinstance(exc, JobValidationError)
@@ -349,9 +352,10 @@ class DeliveryTask(Task):
         decided = plan(record, job, claim, held, self._coalesces())
         if not decided.absorbs:
             return decided
-        done = ledger.absorb(record.id, token, decided.job.model_dump_json(), decided.version,
-                             decided.newest, decided.priority, decided.retry_until_ms,
-                             decided.taken, decided.carried)  # fmt: skip
+        done = ledger.absorb(record.id, token, seal(decided.job.model_dump_json()),
+                             decided.version, decided.newest, decided.priority,
+                             decided.retry_until_ms, decided.taken,
+                             seal(decided.carried))  # fmt: skip
         if done == "lost":
             log.warning("job %s: this worker's claim ended before it could merge", record.id)
             raise Ignore()

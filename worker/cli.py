@@ -484,6 +484,7 @@ def _ledger() -> Any:
 
 def _show_job(job_id: str, reveal: bool) -> None:
     from tasks.models import load_kinds, model_for
+    from worker.codec import unseal
 
     load_kinds()
     record = _ledger().get(job_id, with_history=True)
@@ -505,7 +506,7 @@ def _show_job(job_id: str, reveal: bool) -> None:
         table.add_row(f"[bold]{label}[/bold]", escape(value))
     console.print(table)
     if record.payload:
-        job = model_for(record.kind).model_validate_json(record.payload)
+        job = model_for(record.kind).model_validate_json(unseal(record.payload))
         shown = job.model_dump(mode="json", exclude_none=True) if reveal else job.masked()
         console.print("[bold]payload[/bold]" + ("" if reveal else " (masked; --reveal shows it)"))
         console.print_json(json.dumps(shown))
@@ -639,6 +640,35 @@ def review_discard(job_id: str, reason: str, by: str) -> None:
     except (LedgerConflict, ValueError) as exc:
         _fail(str(exc))
     console.print(f"discarded {job_id}")
+
+
+@main.group()
+def payloads() -> None:
+    """Payload encryption at rest (CONTACTSYNC_PAYLOAD_KEYS; see `payloads new-key`)."""
+
+
+@payloads.command("new-key")
+def payloads_new_key() -> None:
+    """Print a fresh key: put it first in CONTACTSYNC_PAYLOAD_KEYS ('{"k2": "NEW", "k1": ...}')
+    on every process, the old keys after it."""
+    from worker.codec import new_key
+
+    click.echo(new_key())
+
+
+@payloads.command("reseal")
+def payloads_reseal() -> None:
+    """Seal every stored payload again with the first key of CONTACTSYNC_PAYLOAD_KEYS (or open
+    them all, with no key), so the keys after it can be dropped: the second half of a key
+    rotation. Safe while workers run: a job that changes meanwhile is left as they wrote it
+    (with the first key already)."""
+    from worker.codec import payload_codec
+    from worker.payload_store import reseal_all
+
+    done = reseal_all(_ledger(), payload_codec())
+    key = "the first key" if payload_codec().enabled else "no key (plaintext)"
+    console.print(f"{done.changed:,} job(s) sealed again with {key}, {done.kept:,} already "
+                  f"were, {done.skipped:,} changed meanwhile (and so are)")  # fmt: skip
 
 
 @main.group()

@@ -6,6 +6,7 @@ a ``.env`` file in the working directory is read too. Secrets are ``SecretStr`` 
 
 from __future__ import annotations
 
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -426,6 +427,12 @@ class Settings(BaseSettings):
         "figures are fleet-wide, so the first worker on a host serves them and the others skip; "
         "0 turns them off",
     )
+    payload_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='payload encryption at rest, JSON {"NAME": "BASE64 of 32 bytes", ...}: the '
+        "first key seals every payload written, each key opens; unset: payloads are plaintext "
+        "(see worker/codec.py for rotation)",
+    )
     aof_rewrite_after_deliveries: int = Field(
         10_000,
         ge=0,
@@ -453,6 +460,17 @@ class Settings(BaseSettings):
                 "(for example redis://127.0.0.1:6379/0)"
             )
         return value
+
+    @field_validator("payload_keys")
+    @classmethod
+    def _payload_keys_are_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        from worker.codec import decode_key
+
+        for name, key in keys.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name):
+                raise ValueError("key names must be 1-32 letters, digits, _ or -")
+            decode_key(key.get_secret_value())
+        return keys
 
     @field_validator("metrics_port")
     @classmethod

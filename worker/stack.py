@@ -73,9 +73,11 @@ def refresh_settings() -> None:
     """Re-read settings and rebuild what was derived from them after the environment changed."""
     from worker.app import app
     from worker.broker import broker_url, redis_client
+    from worker.codec import payload_codec
     from worker.runtime import ledger
 
     get_settings.cache_clear()
+    payload_codec.cache_clear()
     redis_client.cache_clear()
     ledger.cache_clear()
     app.conf.broker_url = broker_url()
