@@ -1,12 +1,13 @@
 """`make bench`: the ways in (enqueue rates, Redis memory per job, the intake, a million-row
 dry-run backfill), the gate's scenarios A-J and L (plain Celery and the gate side by side),
 order per record (coalescing, the hand-off), chaos (workers and the Redis server SIGKILLed), and
-the fairness of the other destinations beside a Noojee backfill.
+the fairness of the other destinations beside a Noojee backfill, and what payload encryption at
+rest costs.
 
 ``python -m bench`` runs them all; ``python -m bench enqueue`` the ways in alone; ``python -m
 bench C D`` some gate scenarios (``python -m bench A L``: L's target compares with A's figure);
-``python -m bench order`` / ``chaos`` / ``fairness`` that benchmark. Results are printed and
-written under ``bench/results/``.
+``python -m bench order`` / ``chaos`` / ``fairness`` / ``codec`` that benchmark. Results are
+printed and written under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import chaos, enqueue, fairness, gate, order
+from bench import chaos, codec, enqueue, fairness, gate, order
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -208,7 +209,8 @@ def main(argv: list[str]) -> int:
     """``python -m bench``: everything; ``python -m bench A C``: those gate scenarios;
     ``python -m bench enqueue`` / ``fairness``: that benchmark alone."""
     wanted = [a.upper() for a in argv]
-    unknown = [a for a in wanted if a not in {*SHOWN, "FAIRNESS", "ENQUEUE", "ORDER", "CHAOS"}]
+    named = ("FAIRNESS", "ENQUEUE", "ORDER", "CHAOS", "CODEC")
+    unknown = [a for a in wanted if a not in {*SHOWN, *named}]
     if unknown:
         print(__doc__)
         return 0 if {"-H", "--HELP"} & set(unknown) else 2
@@ -216,8 +218,8 @@ def main(argv: list[str]) -> int:
     enqueue_wanted = not wanted or "ENQUEUE" in wanted
     order_wanted = not wanted or "ORDER" in wanted
     chaos_wanted = not wanted or "CHAOS" in wanted
-    keys = [k for k in wanted if k not in ("FAIRNESS", "ENQUEUE", "ORDER", "CHAOS")] or (
-        None if not wanted else [])
+    codec_wanted = not wanted or "CODEC" in wanted
+    keys = [k for k in wanted if k not in named] or (None if not wanted else [])
     machine = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
     met = True
     if enqueue_wanted:
@@ -225,6 +227,11 @@ def main(argv: list[str]) -> int:
               f"{enqueue.DRY_ROWS:,}-row dry-run backfill", flush=True)  # fmt: skip
         ways_in = _run("enqueue.json", "ways in", machine, enqueue.run, enqueue_table)
         met = met and ways_in["met"]
+    if codec_wanted:
+        print(f"\ncodec benchmark: payload encryption off and on, {codec.RUNS} runs each",
+              flush=True)  # fmt: skip
+        entry = _run("codec.json", "payload encryption", machine, codec.run, codec.table)
+        met = met and entry["met"]
     if keys != []:
         print(f"gate benchmark: {gate.WORKERS} workers x {gate.THREADS} threads, simulator "
               f"{gate.SERVICE_S * 1000:.0f} ms ± 20 ms (unless the scenario changes it), 109 after "
