@@ -134,7 +134,7 @@ def _new_job(
     if not isinstance(job, JobModel):
         raise TypeError(f"submit() takes a job model such as NoojeeLeadUpdate, not {type(job)}")
     if priority not in ("realtime", "bulk"):
-        raise ValueError(f"priority must be 'realtime' or 'bulk', not {priority!r}")
+        raise ValueError("priority must be 'realtime' or 'bulk'")
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise ValueError("idempotency_key must be 1-255 printable ASCII characters, no spaces")
     destination = job.destination
