@@ -658,7 +658,7 @@ class NotFoundHandler(Handler):
 
 def _int_argument(handler: Handler, name: str, default: int, lo: int, hi: int) -> int:
     """A query number, strictly: ASCII digits within [lo, hi], else 422 (never the value)."""
-    raw = handler.get_query_argument(name, None)
+    raw = handler.get_query_argument(name, None, strip=False)
     if raw is None:
         return default
     if not _QUERY_INT.fullmatch(raw) or not lo <= int(raw) <= hi:

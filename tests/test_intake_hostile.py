@@ -126,39 +126,47 @@ def settles_near(intake: Intake, baseline_mb: float, within: float = 0.20) -> fl
     return rss
 
 
+def send_until_answered(sock: socket.socket, piece: bytes, total_bytes: int,
+                        pace_s: float = 0.0) -> int:  # fmt: skip
+    """Send ``piece`` after ``piece`` (``pace_s`` apart: a slow client) until ``total_bytes``
+    are sent, the intake answers (the socket turns readable) or hangs up; returns the bytes
+    sent."""
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    sent = 0
+    while sent < total_bytes and not selector.select(0):
+        try:
+            sock.sendall(piece)
+        except OSError:
+            break
+        sent += len(piece)
+        if pace_s:
+            time.sleep(pace_s)  # the client's own pace: what is measured
+    return sent
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """Whatever the intake sends until it closes (a reset ends it too)."""
+    answer = b""
+    sock.settimeout(10)
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except OSError:
+        pass
+    return answer
+
+
 def upload(intake: Intake, path: str, headers: dict[str, str], send_bytes: int,
            pace_s: float = 0.0, abort: bool = False) -> bytes:  # fmt: skip
-    """Declare an 8 MiB JSON body to ``path``, send ``send_bytes`` of it in 64 KiB pieces
-    (``pace_s`` apart: a slow client), stop as soon as the intake answers; then read the answer,
-    or (``abort``) just hang up. Returns what the intake sent back."""
+    """Declare an 8 MiB JSON body to ``path``, send ``send_bytes`` of it in 64 KiB pieces,
+    stop as soon as the intake answers; then read the answer, or (``abort``) just hang up."""
     head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {8 * MIB}",
             "Content-Type: application/json", *(f"{k}: {v}" for k, v in headers.items())]
-    sock = socket.create_connection(("127.0.0.1", intake.port), timeout=10)
-    answer = b""
-    try:
+    with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as sock:
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
-        piece, sent = b"[" + b" " * (64 * 1024 - 1), 0
-        selector = selectors.DefaultSelector()
-        selector.register(sock, selectors.EVENT_READ)
-        while sent < send_bytes and not selector.select(0):
-            try:
-                sock.sendall(piece)
-            except OSError:
-                break
-            sent += len(piece)
-            if pace_s:
-                time.sleep(pace_s)  # the client's own pace: what is measured
-        if abort:
-            return b""
-        sock.settimeout(10)
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except OSError:
-            pass
-    finally:
-        sock.close()
-    return answer
+        send_until_answered(sock, b"[" + b" " * (64 * 1024 - 1), send_bytes, pace_s)
+        return b"" if abort else read_answer(sock)
 
 
 def in_threads(count: int, work: Callable[[int], bytes]) -> list[bytes]:
@@ -324,27 +332,12 @@ def test_the_bounds_of_a_job_hold_over_http(intake: Intake) -> None:
 
 
 def test_a_chunked_body_past_the_limit_is_413_not_an_empty_400(intake: Intake) -> None:
-    sock = socket.create_connection(("127.0.0.1", intake.port), timeout=10)
     head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CRM_TOKEN}\r\n"
             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-    answer = b""
-    try:
+    with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as sock:
         sock.sendall(head.encode() + b"%x\r\n" % (64 * MIB))  # one chunk of 64 MiB declared
-        selector = selectors.DefaultSelector()
-        selector.register(sock, selectors.EVENT_READ)
-        sent, piece = 0, b" " * (256 * 1024)
-        while sent < 64 * MIB and not selector.select(0):
-            try:
-                sock.sendall(piece)
-            except OSError:
-                break
-            sent += len(piece)
-        while chunk := sock.recv(65536):
-            answer += chunk
-    except OSError:
-        pass
-    finally:
-        sock.close()
+        sent = send_until_answered(sock, b" " * (256 * 1024), 64 * MIB)
+        answer = read_answer(sock)
     status, _, body = answer.partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"MAX_BODY_BYTES" in body
