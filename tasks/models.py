@@ -36,10 +36,12 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
+# The bounds come before the validator: after it, pydantic writes them into the JSON Schema
+# as "gt"/"le", which no client (nor schemathesis) reads as exclusiveMinimum/maximum.
 #: A positive Int32 id (``> 0``, ``≤ 2,147,483,647``), a JSON integer.
-Int32Id = Annotated[int, BeforeValidator(_whole_number), Field(gt=0, le=INT32_MAX)]
-#: A whole number given as a JSON integer (bounds set per field).
-WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+Int32Id = Annotated[int, Field(gt=0, le=INT32_MAX), BeforeValidator(_whole_number)]
+#: A percentage-like whole number 0-100 given as a JSON integer (Noojee's njPriority).
+Percent = Annotated[int, Field(ge=0, le=100), BeforeValidator(_whole_number)]
 
 
 class JobModel(BaseModel):

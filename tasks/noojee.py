@@ -22,7 +22,7 @@ from tasks.models import (
     TEXT_CONTROL_CHARACTERS,
     Int32Id,
     JobModel,
-    WholeNumber,
+    Percent,
 )
 from tasks.outcomes import Delivered, Outcome, Rejected, Retry, Review
 from worker.app import app
@@ -68,7 +68,7 @@ class _NoojeeLead(JobModel):
     allocation_id: Int32Id = Field(alias="fAllocationId")
     external_lead_id: str = Field(alias="njExternalLeadId", min_length=1, max_length=128)
     callback_date: str | None = Field(None, alias="njCallBackDate", max_length=16)
-    priority: WholeNumber | None = Field(None, alias="njPriority", ge=0, le=100)
+    priority: Percent | None = Field(None, alias="njPriority")
     contact_hours: str | None = Field(None, alias="njContactHours", min_length=1, max_length=64)
     fields: dict[str, str] = Field(
         default_factory=dict,

@@ -161,3 +161,15 @@ def test_validate_job_errors_name_fields_never_values() -> None:
                                        "fields": {"MobilePhone": "0412345678x"}})  # fmt: skip
     assert "0412345678" not in str(caught.value)
     assert {path for path, _ in caught.value.problems} == {"callback_date", "fields"}
+
+
+def test_the_openapi_document_states_the_bounds_in_json_schema_keywords() -> None:
+    from producers.openapi import document
+
+    schemas = document()["components"]["schemas"]
+    template = schemas["NoojeeLeadUpdate"]["properties"]["fTemplateId"]
+    assert (template["exclusiveMinimum"], template["maximum"]) == (0, INT32_MAX)
+    assert schemas["NoojeeLeadUpdate"]["properties"]["fields"]["maxProperties"] == 200
+    text = json.dumps(document())
+    assert not any(f'"{word}": ' in text for word in ("gt", "ge", "lt", "le")), (
+        "pydantic wrote a bound as a keyword JSON Schema does not have")

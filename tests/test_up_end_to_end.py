@@ -161,14 +161,15 @@ def test_cli_explains_an_unreachable_redis_and_bad_settings(tmp_path: Path) -> N
     env["CONTACTSYNC_FLOWER__PORT"] = "70000"
     port = run_cli("config", cwd=tmp_path, env=env)
     assert port.returncode == 2
-    assert "CONTACTSYNC_FLOWER__PORT: Input should be less than or equal to 65535" in port.stdout
+    # On stderr, as one line: the same as `celery -A worker worker` prints for it.
+    assert "CONTACTSYNC_FLOWER__PORT: Input should be less than or equal to 65535" in port.stderr
     env["CONTACTSYNC_FLOWER__PORT"] = "0"
 
     env["CONTACTSYNC_NOOJEE__API_KEY"] = "k-very-secret"
     env["CONTACTSYNC_NOOJEE__READ_TIMEOUT_S"] = "30"
     bad = run_cli("config", cwd=tmp_path, env=env)
     assert bad.returncode == 2
-    assert "CONTACTSYNC_NOOJEE__READ_TIMEOUT_S=30.0 must be greater than" in bad.stdout
+    assert "CONTACTSYNC_NOOJEE__READ_TIMEOUT_S=30.0 must be greater than" in bad.stderr
     assert "k-very-secret" not in bad.stdout + bad.stderr
 
 
