@@ -1,12 +1,13 @@
 """`make bench`: the ways in (enqueue rates, Redis memory per job, the intake, a million-row
 dry-run backfill), the gate's scenarios A-J and L (plain Celery and the gate side by side),
 order per record (coalescing, the hand-off), chaos (workers and the Redis server SIGKILLed), and
-the fairness of the other destinations beside a Noojee backfill, and the operator's console
-with 100,000 jobs in review.
+the fairness of the other destinations beside a Noojee backfill, the operator's console with
+100,000 jobs in review, and what payload encryption at rest costs.
 
 ``python -m bench`` runs them all; ``python -m bench enqueue`` the ways in alone; ``python -m
 bench C D`` some gate scenarios (``python -m bench A L``: L's target compares with A's figure);
-``python -m bench order`` / ``chaos`` / ``fairness`` / ``console`` that benchmark. Results are
+``python -m bench order`` / ``chaos`` / ``durability`` / ``fairness`` / ``console`` / ``codec``
+that benchmark. Results are
 printed and written under ``bench/results/``.
 """
 
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import chaos, console, durability, enqueue, fairness, gate, order
+from bench import chaos, codec, console, durability, enqueue, fairness, gate, order
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -209,7 +210,7 @@ def main(argv: list[str]) -> int:
     """``python -m bench``: everything; ``python -m bench A C``: those gate scenarios;
     ``python -m bench enqueue`` / ``fairness``: that benchmark alone."""
     wanted = [a.upper() for a in argv]
-    named = {"FAIRNESS", "ENQUEUE", "ORDER", "CHAOS", "DURABILITY", "CONSOLE"}
+    named = {"FAIRNESS", "ENQUEUE", "ORDER", "CHAOS", "DURABILITY", "CONSOLE", "CODEC"}
     unknown = [a for a in wanted if a not in {*SHOWN, *named}]
     if unknown:
         print(__doc__)
@@ -220,6 +221,7 @@ def main(argv: list[str]) -> int:
     chaos_wanted = not wanted or "CHAOS" in wanted
     durability_wanted = not wanted or "DURABILITY" in wanted
     console_wanted = not wanted or "CONSOLE" in wanted
+    codec_wanted = not wanted or "CODEC" in wanted
     keys = [k for k in wanted if k not in named] or (None if not wanted else [])
     machine = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
     met = True
@@ -228,6 +230,11 @@ def main(argv: list[str]) -> int:
               f"{enqueue.DRY_ROWS:,}-row dry-run backfill", flush=True)  # fmt: skip
         ways_in = _run("enqueue.json", "ways in", machine, enqueue.run, enqueue_table)
         met = met and ways_in["met"]
+    if codec_wanted:
+        print(f"\ncodec benchmark: payload encryption off and on, {codec.RUNS} runs each",
+              flush=True)  # fmt: skip
+        entry = _run("codec.json", "payload encryption", machine, codec.run, codec.table)
+        met = met and entry["met"]
     if keys != []:
         print(f"gate benchmark: {gate.WORKERS} workers x {gate.THREADS} threads, simulator "
               f"{gate.SERVICE_S * 1000:.0f} ms ± 20 ms (unless the scenario changes it), 109 after "

@@ -7,16 +7,20 @@ with the JSON path and reason of every bad field (never its value, which may be 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import re
 import threading
+import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from http.client import responses as HTTP_REASONS
+from typing import Any, TypeVar
 
 import tornado.web
 from redis.exceptions import RedisError
@@ -24,20 +28,30 @@ from redis.exceptions import RedisError
 from producers.review import discard, requeue
 from producers.submit import Priority, enqueue
 from tasks.models import JobModel, JobValidationError, kinds, model_for, validate_job, version_key
+from worker.codec import unseal
 from worker.ledger import JobRecord, LedgerConflict
 from worker.logs import configure as configure_logs
 from worker.runtime import ledger
-from worker.serving import log_paths_only, send, serve_app
+from worker.serving import (
+    log_paths_only,
+    release_freed_memory,
+    return_large_blocks_at_once,
+    send,
+    serve_app,
+)
 from worker.settings import IntakeSettings, get_settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Most jobs in one request.
 MAX_BATCH = 1000
 #: Idempotency keys (header or body): printable ASCII without spaces.
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,128}$"
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY)
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+#: A key of the request that may be shown back in an error: it looks like a field name.
+_FIELD_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 PRIORITIES = ("realtime", "bulk")
 #: Most entries one page of ``GET /v1/review`` lists.
 MAX_PAGE = 500
@@ -99,8 +113,8 @@ def parse_submission(body: bytes, client: str, idempotency_key: str | None) -> S
         entries, path, default = [data], ["$"], "realtime"
     else:
         unknown = sorted(set(data) - {"jobs", "priority"})
-        errors += [(f"$.{name[:64]}", "unknown field of a batch; it takes jobs and priority")
-                   for name in unknown]  # fmt: skip
+        errors += [(_key_path(str(name)), "unknown field of a batch; it takes jobs and "
+                    "priority") for name in unknown]  # fmt: skip
         default = _priority(data.get("priority"), "$.priority", errors) or "realtime"
         raw = data["jobs"]
         if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_BATCH:
@@ -151,8 +165,9 @@ def _entry(
         return None, None, default
     before = len(errors)
     allowed = {"kind", "job", "idempotency_key", "priority", "version"}
-    errors += [(f"{where}.{name[:64]}", "unknown field; a job takes kind, job, idempotency_key, "
-                "priority and version") for name in sorted(set(entry) - allowed)]  # fmt: skip
+    errors += [(where + _key_path(str(name))[1:], "unknown field; a job takes kind, job, "
+                "idempotency_key, priority and version")
+               for name in sorted(set(entry) - allowed)]  # fmt: skip
     priority = _priority(entry.get("priority"), f"{where}.priority", errors) or default
     key = entry.get("idempotency_key")
     if key is not None and not (isinstance(key, str) and _IDEMPOTENCY_KEY.match(key)):
@@ -213,7 +228,7 @@ def job_view(record: JobRecord, order: dict[str, Any] | None = None) -> dict[str
     its place among the jobs of its record (``Ledger.order_facts``)."""
     payload = None
     if record.payload:
-        payload = model_for(record.kind).model_validate_json(record.payload).masked()
+        payload = model_for(record.kind).model_validate_json(unseal(record.payload)).masked()
     facts = dict(order or {})
     if "newer_delivered" in facts:
         facts["newer_delivered"] = {"job_id": facts["newer_delivered"]["job_id"],
@@ -256,7 +271,7 @@ class Tokens:
         scheme, _, presented = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not presented:
             return None
-        given = presented.strip().encode()
+        given = presented.strip().encode("utf-8", "replace")
         found = None
         for name, token in self._tokens:  # every token compared: no early exit to time
             if hmac.compare_digest(given, token):
@@ -264,17 +279,127 @@ class Tokens:
         return None if found is None else Client(found, found in self._operators)
 
 
-class Handler(tornado.web.RequestHandler):
-    """JSON in and out; ``Problem`` becomes its answer; every other error a 500 that names no
-    detail (the log has the traceback, never the request body)."""
+class BodyBudget:
+    """The request bytes held in memory by every request together (``max_buffered_bytes``):
+    each body takes its chunks from it as they arrive and gives them back when its request
+    ends. Only the event loop touches it: no lock."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.held_bytes = 0
+        self.peak_bytes = 0
+
+    def take(self, size: int) -> bool:
+        if self.held_bytes + size > self.limit_bytes:
+            return False
+        self.held_bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+        return True
+
+    def give(self, size: int) -> None:
+        self.held_bytes -= size
+        if self.held_bytes == 0 and self.peak_bytes >= RELEASE_AFTER_BYTES:
+            self.peak_bytes = 0
+            release_freed_memory()
+
+
+@dataclass(frozen=True)
+class Service:
+    """What every handler shares: the tokens, the limits, the body budget and the threads that
+    talk to Redis (so a hung Redis holds a thread, never the event loop)."""
 
     tokens: Tokens
+    settings: IntakeSettings
+    budget: BodyBudget
+    redis_threads: ThreadPoolExecutor
 
-    def initialize(self, tokens: Tokens) -> None:
-        self.tokens = tokens
+
+#: Media types a body may declare (a missing Content-Type is read as JSON).
+_JSON_MEDIA = re.compile(r"application/(?:[\w.+-]+\+)?json")
+#: A query number: ASCII digits only ('²'.isdigit() is true, int('²') fails), 10 at most.
+_QUERY_INT = re.compile(r"[0-9]{1,10}")
+#: A declared Content-Length: ASCII digits (up to 19: larger is refused as too large).
+_LENGTH = re.compile(r"[0-9]{1,19}")
+#: The body limit of every endpoint but ``POST /v1/jobs`` (a review action's JSON is small).
+SMALL_BODY_BYTES = 64 * 1024
+#: Bodies that, once all are gone, make it worth handing freed memory back to the system.
+RELEASE_AFTER_BYTES = 4 * 1024 * 1024
+#: How long ``/healthz`` waits for Redis before answering 503.
+HEALTH_DEADLINE_S = 0.8
+#: Threads that talk to Redis for the intake: a hung Redis holds at most these.
+REDIS_THREADS = 8
+
+
+@tornado.web.stream_request_body
+class Handler(tornado.web.RequestHandler):
+    """JSON in and out; ``Problem`` becomes its answer; every other error a 500 that names no
+    detail (the log has the exception's type and frames, never its message or the request).
+
+    Every request is decided on before its body is read (``prepare``): the token, the method,
+    the Content-Type and a declared length; the body then streams in, refused with 413 past the
+    endpoint's limit and with 503 when the bodies held together would pass
+    ``max_buffered_bytes``. Redis is only called from ``redis()``, with a deadline."""
+
+    service: Service
+    #: False: no token needed (``/healthz``, ``/openapi.json``).
+    authenticated = True
+    caller: Client
+
+    def initialize(self, service: Service) -> None:
+        self.service = service
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.held = 0
+        self.refused = False
+        self.deferred: Problem | None = None
+
+    def body_limit(self) -> int:
+        return SMALL_BODY_BYTES
+
+    # -- before the body ----------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Decide before the body is read. A request with a large or chunked body is refused
+        at once (tornado closes the connection instead of reading the rest). A refusal of one
+        with a small body (``SMALL_BODY_BYTES`` at most, or none) is answered once that body
+        has been read, as any answer: closing a connection with data still unread in it
+        resets it, and a client may then lose the answer or, keeping the connection alive,
+        its next request."""
+        try:
+            self._check_head()
+        except Problem as problem:
+            declared = self.request.headers.get("Content-Length", "0").strip()
+            small = (_LENGTH.fullmatch(declared) and int(declared) <= SMALL_BODY_BYTES
+                     and not self._chunked())  # fmt: skip
+            if not small:
+                raise
+            self.deferred = problem
+
+    def _chunked(self) -> bool:
+        return "chunked" in self.request.headers.get("Transfer-Encoding", "").lower()
+
+    def _check_head(self) -> None:
+        if self.authenticated:
+            self.caller = self.client()
+        if self.request.method not in self.allowed_methods():
+            raise Problem(405, f"{self.request.method} is not allowed here; see /openapi.json")
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and not _LENGTH.fullmatch(declared.strip()):
+            raise Problem(400, "Content-Length must be a number of bytes")
+        if self._chunked() or (declared is not None and int(declared) > 0):
+            media = self.request.headers.get("Content-Type", "application/json")
+            kind = media.partition(";")[0].strip().lower()
+            if not _JSON_MEDIA.fullmatch(kind):
+                raise Problem(415, "send the body as JSON: Content-Type: application/json")
+        if declared is not None and int(declared) > self.body_limit():
+            raise Problem(413, self._too_large())
+
+    def refuse_deferred(self) -> None:
+        """Raise the refusal ``prepare`` kept until the body was read."""
+        if self.deferred is not None:
+            raise self.deferred
 
     def client(self) -> Client:
-        client = self.tokens.client(self.request.headers.get("Authorization"))
+        client = self.service.tokens.client(self.request.headers.get("Authorization"))
         if client is None:
             self.set_header("WWW-Authenticate", 'Bearer realm="contactsync"')
             raise Problem(401, "send Authorization: Bearer <token> with a token from "
@@ -282,13 +407,79 @@ class Handler(tornado.web.RequestHandler):
         return client
 
     def operator(self) -> Client:
-        client = self.client()
-        if not client.operator:
-            raise Problem(403, f"client {client.name!r} is not an operator "
+        if not self.caller.operator:
+            raise Problem(403, f"client {self.caller.name!r} is not an operator "
                                "(CONTACTSYNC_INTAKE__OPERATORS)")  # fmt: skip
-        return client
+        return self.caller
 
+    # -- the body -----------------------------------------------------------------------------
+    def data_received(self, chunk: bytes) -> None:
+        if self.refused or self._finished:
+            return  # answered already; tornado closes the connection after the answer
+        self.size += len(chunk)
+        if self.deferred is not None:  # refused already: read it (small), answer after
+            return
+        if self.size > self.body_limit():
+            self._refuse(Problem(413, self._too_large()))
+            return
+        if not self.service.budget.take(len(chunk)):
+            self.set_header("Retry-After", "1")
+            self._refuse(Problem(503, "the intake holds as many request bodies as it may right "
+                                      "now; send again in a moment"))  # fmt: skip
+            return
+        self.held += len(chunk)
+        self.chunks.append(chunk)
+
+    def _refuse(self, problem: Problem) -> None:
+        """Answer now, while the body is still arriving: tornado then closes the connection
+        instead of reading the rest."""
+        self.refused = True
+        self._give_back()
+        self.reply(problem.status, problem.body())
+
+    def body(self) -> bytes:
+        data = b"".join(self.chunks)
+        self.chunks = []
+        return data
+
+    def _give_back(self) -> None:
+        self.chunks = []
+        if self.held:
+            held, self.held = self.held, 0
+            self.service.budget.give(held)
+
+    def on_finish(self) -> None:
+        self._give_back()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._give_back()
+
+    def _too_large(self) -> str:
+        return (f"the body is larger than {self.body_limit()} bytes (CONTACTSYNC_INTAKE__"
+                "MAX_BODY_BYTES for /v1/jobs): send fewer jobs per request")  # fmt: skip
+
+    # -- Redis --------------------------------------------------------------------------------
+    async def redis(self, work: Callable[[], T], deadline_s: float | None = None) -> T:
+        """``work()`` (which talks to Redis) on one of the intake's Redis threads; 503 if it has
+        not finished within the deadline (``redis_deadline_s``). A call still queued then is
+        dropped; one already running may still complete, which an Idempotency-Key makes
+        harmless to send again."""
+        deadline_s = self.service.settings.redis_deadline_s if deadline_s is None else deadline_s
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self.service.redis_threads, work), deadline_s)
+        except TimeoutError:
+            log.warning("Redis did not answer within %.1f s", deadline_s)
+            raise Problem(503, f"the job store (Redis) did not answer within {deadline_s:g} s; "
+                               "try again (with the same Idempotency-Key, nothing is queued "
+                               "twice)") from None  # fmt: skip
+
+    # -- answers ------------------------------------------------------------------------------
     def reply(self, status: int, body: Any) -> None:
+        if self._finished:
+            return
         if status == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         send(self, status, body)
@@ -300,6 +491,8 @@ class Handler(tornado.web.RequestHandler):
                 if getattr(type(self), m.lower()) is not getattr(base, m.lower())]  # fmt: skip
 
     def _handle_request_exception(self, e: BaseException) -> None:
+        if self.deferred is not None:  # e.g. tornado's own 405 for a method of no handler
+            e = self.deferred
         if isinstance(e, Problem):
             self.reply(e.status, e.body())
         elif isinstance(e, RedisError):
@@ -307,50 +500,34 @@ class Handler(tornado.web.RequestHandler):
             self.reply(503, {"error": "the job store (Redis) is unavailable; try again (with "
                              "the same Idempotency-Key, nothing is queued twice)"})  # fmt: skip
         elif isinstance(e, tornado.web.HTTPError):
-            self.reply(e.status_code, {"error": e.log_message or self._reason})
+            # Not its log_message: tornado's may quote what the client sent (bad UTF-8 in a
+            # query value).
+            self.reply(e.status_code, {"error": HTTP_REASONS.get(e.status_code, "error")})
         else:
-            log.error("unexpected error in %s %s", self.request.method, self.request.path,
-                      exc_info=(type(e), e, e.__traceback__))  # fmt: skip
+            # The exception's message may quote the request (a value that failed to parse):
+            # its type and frames only.
+            frames = "".join(traceback.format_tb(e.__traceback__))
+            log.error("unexpected %s in %s %s:\n%s", type(e).__name__, self.request.method,
+                      self.request.path, frames)  # fmt: skip
             self.reply(500, {"error": "internal error; the intake's log has the details"})
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.reply(status_code, {"error": self._reason})
 
 
-@tornado.web.stream_request_body
 class JobsHandler(Handler):
     """``POST /v1/jobs``: one job or a batch. The body is read in chunks and refused with 413 as
     soon as it outgrows the limit."""
 
-    def initialize(self, tokens: Tokens, max_body_bytes: int) -> None:  # type: ignore[override]
-        self.tokens = tokens
-        self.max_body_bytes = max_body_bytes
-        self.chunks: list[bytes] = []
-        self.size = 0
+    def body_limit(self) -> int:
+        return self.service.settings.max_body_bytes
 
-    def prepare(self) -> None:
-        if self.request.method != "POST":
-            return
-        self.caller = self.client()
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise Problem(413, self._too_large())
-
-    def data_received(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.max_body_bytes:
-            raise Problem(413, self._too_large())
-        self.chunks.append(chunk)
-
-    def _too_large(self) -> str:
-        return (f"the body is larger than {self.max_body_bytes} bytes "
-                "(CONTACTSYNC_INTAKE__MAX_BODY_BYTES): send fewer jobs per request")  # fmt: skip
-
-    def post(self) -> None:
-        submission = parse_submission(
-            b"".join(self.chunks), self.caller.name, self.request.headers.get("Idempotency-Key")
-        )
-        ids = submit(submission, self.caller.name)
+    async def post(self) -> None:
+        self.refuse_deferred()
+        name = self.caller.name
+        submission = parse_submission(self.body(), name, self.request.headers.get(
+            "Idempotency-Key"))  # fmt: skip
+        ids = await self.redis(lambda: submit(submission, name))
         if submission.single:
             self.set_header("Location", f"/v1/jobs/{ids[0]}")
             self.reply(202, {"job_id": ids[0]})
@@ -361,79 +538,109 @@ class JobsHandler(Handler):
 class JobHandler(Handler):
     """``GET /v1/jobs/{id}``: a client sees its own jobs, an operator every job."""
 
-    def get(self, job_id: str) -> None:
-        client = self.client()
-        record = ledger().get(job_id, with_history=True) if _JOB_ID.match(job_id) else None
-        if record is None or not (client.operator or record.client == client.name):
-            raise Problem(404, f"no job {job_id[:64]} (unknown id, or its record expired)")
-        self.reply(200, job_view(record, ledger().order_facts(record)))
+    async def get(self, job_id: str) -> None:
+        self.refuse_deferred()
+        client = self.caller
+        if not _JOB_ID.fullmatch(job_id):
+            raise Problem(404, "no such job: a job id is 32 hex digits")
+        missing = Problem(404, f"no job {job_id} (unknown id, or its record expired)")
+
+        def read() -> dict[str, Any] | None:
+            book = ledger()
+            record = book.get(job_id, with_history=True)
+            if record is None or not (client.operator or record.client == client.name):
+                return None
+            return job_view(record, book.order_facts(record))
+
+        shown = await self.redis(read)
+        if shown is None:
+            raise missing
+        self.reply(200, shown)
 
 
 class ReviewListHandler(Handler):
     """``GET /v1/review?offset=&limit=``: the jobs waiting for a person, oldest first."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
+        self.refuse_deferred()
         self.operator()
         offset = _int_argument(self, "offset", 0, 0, 10**9)
         limit = _int_argument(self, "limit", 50, 1, MAX_PAGE)
-        book = ledger()
-        jobs = []
-        for job_id, at in book.listing("review", offset, limit):
-            record = book.get(job_id)
-            if record is not None:
-                jobs.append({"id": job_id, "kind": record.kind, "since": _iso(at),
-                             "attempts": record.attempts, "client": record.client or None,
-                             "last_answer": {"code": record.last_code,
-                                             "reason": record.last_reason}})  # fmt: skip
-        self.reply(200, {"total": book.size("review"), "offset": offset, "jobs": jobs})
+
+        def page() -> dict[str, Any]:
+            book = ledger()
+            rows = book.listing("review", offset, limit)
+            jobs = []
+            for (job_id, at), record in zip(rows, book.get_many([i for i, _ in rows]),
+                                            strict=True):  # fmt: skip
+                if record is not None:
+                    jobs.append({"id": job_id, "kind": record.kind, "since": _iso(at),
+                                 "attempts": record.attempts, "client": record.client or None,
+                                 "last_answer": {"code": record.last_code,
+                                                 "reason": record.last_reason}})  # fmt: skip
+            return {"total": book.size("review"), "offset": offset, "jobs": jobs}
+
+        self.reply(200, await self.redis(page))
 
 
 class ReviewActionHandler(Handler):
     """``POST /v1/review/{id}/requeue`` (optionally edited) and ``/discard`` (with a reason)."""
 
-    def post(self, job_id: str, action: str) -> None:
+    async def post(self, job_id: str, action: str) -> None:
+        self.refuse_deferred()
         client = self.operator()
-        body = _json_object(self.request.body)
-        try:
-            if action == "requeue":
-                changes = body.get("changes", {})
-                if not isinstance(changes, dict) or not all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in changes.items()
-                ):
-                    raise Problem(422, "invalid request", [
-                        ("$.changes", 'must map field names to text: {"disposition": "Sale"}')])
-                force = body.get("force", False)
-                if not isinstance(force, bool):
-                    raise Problem(422, "invalid request", [("$.force", "must be true or false")])
-                if extra := sorted(set(body) - {"changes", "force"}):
-                    raise Problem(422, "invalid request", [(f"$.{extra[0]}", "unknown field")])
-                state = requeue(job_id, changes, by=client.name, force=force)
-                self.reply(202, {"job_id": job_id, "state": state})
-            else:
-                reason = body.get("reason")
-                if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
-                    raise Problem(422, "invalid request", [
-                        ("$.reason", "required: why the job is discarded (1-1000 characters)")])
-                if extra := sorted(set(body) - {"reason"}):
-                    raise Problem(422, "invalid request", [(f"$.{extra[0]}", "unknown field")])
-                discard(job_id, reason, by=client.name)
-                self.reply(200, {"job_id": job_id, "state": "rejected"})
-        except JobValidationError as exc:
-            raise Problem(422, "the edited job is invalid; nothing changed",
-                          [(f"$.changes.{path}", reason) for path, reason in exc.problems]) \
-                from None  # fmt: skip
-        except LedgerConflict as exc:
-            missing = not _JOB_ID.match(job_id) or ledger().get(job_id) is None
-            raise Problem(404 if missing else 409, str(exc)[:300]) from None
+        body = _json_object(self.body())
+        if action == "requeue":
+            changes = body.get("changes", {})
+            if not isinstance(changes, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in changes.items()
+            ):
+                raise Problem(422, "invalid request", [
+                    ("$.changes", 'must map field names to text: {"disposition": "Sale"}')])
+            force = body.get("force", False)
+            if not isinstance(force, bool):
+                raise Problem(422, "invalid request", [("$.force", "must be true or false")])
+            if extra := sorted(set(body) - {"changes", "force"}):
+                raise Problem(422, "invalid request", [(_key_path(extra[0]), "unknown field")])
+            state = await self.redis(lambda: _resolved(
+                job_id, lambda: requeue(job_id, changes, by=client.name, force=force)))
+            self.reply(202, {"job_id": job_id, "state": state})
+            return
+        reason = body.get("reason")
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
+            raise Problem(422, "invalid request", [
+                ("$.reason", "required: why the job is discarded (1-1000 characters)")])
+        if extra := sorted(set(body) - {"reason"}):
+            raise Problem(422, "invalid request", [(_key_path(extra[0]), "unknown field")])
+        await self.redis(lambda: _resolved(job_id, lambda: discard(job_id, reason,
+                                                                   by=client.name)))
+        self.reply(200, {"job_id": job_id, "state": "rejected"})
+
+
+def _resolved(job_id: str, action: Callable[[], T]) -> T:
+    """Run a review action (on a Redis thread), its refusals as the intake's answers."""
+    try:
+        return action()
+    except JobValidationError as exc:
+        raise Problem(422, "the edited job is invalid; nothing changed",
+                      [(f"$.changes.{path}", reason) for path, reason in exc.problems]) \
+            from None  # fmt: skip
+    except LedgerConflict as exc:
+        missing = not _JOB_ID.fullmatch(job_id) or ledger().get(job_id) is None
+        raise Problem(404 if missing else 409, str(exc)[:300]) from None
 
 
 class HealthHandler(Handler):
-    """``GET /healthz``: 200 when the intake can reach Redis, else 503. No auth."""
+    """``GET /healthz``: 200 when the intake can reach Redis, else 503, within a second even
+    when Redis hangs. No auth."""
 
-    def get(self) -> None:
+    authenticated = False
+
+    async def get(self) -> None:
+        self.refuse_deferred()
         try:
-            ledger().r.ping()
-        except RedisError:
+            await self.redis(lambda: ledger().r.ping(), HEALTH_DEADLINE_S)
+        except (RedisError, Problem):
             self.reply(503, {"status": "unavailable", "redis": "unreachable"})
             return
         self.reply(200, {"status": "ok"})
@@ -442,25 +649,38 @@ class HealthHandler(Handler):
 class OpenAPIHandler(Handler):
     """``GET /openapi.json``. No auth: it describes the API, it holds no data."""
 
+    authenticated = False
+
     def get(self) -> None:
+        self.refuse_deferred()
         from producers.openapi import document
 
         self.reply(200, document())
 
 
 class NotFoundHandler(Handler):
-    def prepare(self) -> None:
-        raise Problem(404, f"no such endpoint: {self.request.method} {self.request.path[:100]}; "
-                           "see /docs or /openapi.json, and /console/ for operators")  # fmt: skip
+    """Every other path: 401 without a token (nothing is read first), then 404."""
+
+    def _check_head(self) -> None:
+        self.caller = self.client()
+        raise Problem(404, "no such endpoint; see /docs or /openapi.json, and /console/ for "
+                           "operators")  # fmt: skip
 
 
 def _int_argument(handler: Handler, name: str, default: int, lo: int, hi: int) -> int:
-    raw = handler.get_query_argument(name, None)
+    """A query number, strictly: ASCII digits within [lo, hi], else 422 (never the value)."""
+    raw = handler.get_query_argument(name, None, strip=False)
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    if not _QUERY_INT.fullmatch(raw) or not lo <= int(raw) <= hi:
         raise Problem(422, "invalid request", [(f"query {name}", f"must be {lo} to {hi}")])
     return int(raw)
+
+
+def _key_path(key: str) -> str:
+    """``$.KEY`` for a key the client sent, if it looks like a field name; a key that does not
+    may be a value put in the wrong place, and is not shown."""
+    return f"$.{key}" if _FIELD_KEY.fullmatch(key) else "$.(a key that is not a field name)"
 
 
 def _json(body: bytes) -> Any:
@@ -487,15 +707,16 @@ def make_app(settings: IntakeSettings | None = None) -> tornado.web.Application:
     from producers import console
 
     settings = settings or get_settings().intake
-    tokens = Tokens(settings)
-    common = {"tokens": tokens}
+    service = Service(Tokens(settings), settings, BodyBudget(settings.max_buffered_bytes),
+                      ThreadPoolExecutor(REDIS_THREADS, thread_name_prefix="intake-redis"))
+    common = {"service": service}
     secrets = {name: token.get_secret_value() for name, token in settings.tokens.items()}
     return tornado.web.Application(
         [
             (r"/", tornado.web.RedirectHandler, {"url": "/console/"}),
             (r"/redoc", tornado.web.RedirectHandler, {"url": "/docs"}),
-            *console.routes(tokens, settings),
-            (r"/v1/jobs", JobsHandler, {**common, "max_body_bytes": settings.max_body_bytes}),
+            *console.routes(service.tokens, settings),
+            (r"/v1/jobs", JobsHandler, common),
             (r"/v1/jobs/([^/]+)", JobHandler, common),
             (r"/v1/review", ReviewListHandler, common),
             (r"/v1/review/([^/]+)/(requeue|discard)", ReviewActionHandler, common),
@@ -507,6 +728,13 @@ def make_app(settings: IntakeSettings | None = None) -> tornado.web.Application:
         log_function=log_paths_only(log),
         **console.app_settings(secrets),
     )
+
+
+#: What the server itself caps (the handlers cap each body as it streams, so this is only a
+#: backstop): a larger declared chunk would otherwise be refused by tornado with an empty 400.
+SERVER_MAX_BODY_BYTES = 1 << 40
+#: Longest request head (request line and headers).
+MAX_HEADER_BYTES = 16 * 1024
 
 
 def serve(
@@ -523,8 +751,12 @@ def serve(
         )
     configure_logs(get_settings().log_format)
     warm_up()
+    return_large_blocks_at_once()
     serve_app(lambda: make_app(settings), settings.host, settings.port, ready, stop, "intake",
-              max_body_size=settings.max_body_bytes + 1)  # fmt: skip
+              max_body_size=SERVER_MAX_BODY_BYTES, max_header_size=MAX_HEADER_BYTES,
+              body_timeout=settings.body_timeout_s, header_timeout_s=settings.header_timeout_s,
+              max_connections_per_client=settings.max_connections_per_client,
+              max_buffer_size=1 << 20)  # fmt: skip
 
 
 @lru_cache(maxsize=1)

@@ -57,8 +57,13 @@ JOB_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 UNAUTHORIZED = _error("no valid bearer token")
 FORBIDDEN = _error("the client is not an operator")
 #: What every review action may answer besides its own outcomes.
+UNSUPPORTED = _error("the body is not declared as JSON (Content-Type: application/json)")
+UNAVAILABLE = _error("Redis unavailable or too slow to answer (the intake waits at most "
+                     "CONTACTSYNC_INTAKE__REDIS_DEADLINE_S), or the intake holds as many "
+                     "request bodies as it may (Retry-After); send again")
 REVIEW_ACTION = {"400": _error("the body is not JSON"), "401": UNAUTHORIZED, "403": FORBIDDEN,
-                 "404": _error("no such job"), "503": _error("Redis unavailable")}
+                 "404": _error("no such job"), "413": _error("the body is larger than 64 KiB"),
+                 "415": UNSUPPORTED, "503": UNAVAILABLE}
 
 
 @lru_cache(maxsize=1)
@@ -154,10 +159,14 @@ def document() -> dict[str, Any]:
                         "job_id": JOB_ID, "job_ids": {"type": "array", "items": JOB_ID}}}),
                     "400": _error("the body is not JSON"),
                     "401": UNAUTHORIZED,
-                    "413": _error("the body is larger than the intake accepts"),
+                    "413": _error("the body is larger than the intake accepts "
+                                  "(CONTACTSYNC_INTAKE__MAX_BODY_BYTES)"),
+                    "415": UNSUPPORTED,
                     "422": _error("invalid: every bad field's JSON path and reason; nothing "
                                   "was queued"),
-                    "503": _error("Redis unavailable; send again with the same Idempotency-Key"),
+                    "503": _error("Redis unavailable or too slow to answer, or the intake "
+                                  "holds as many request bodies as it may (Retry-After); send "
+                                  "again with the same Idempotency-Key"),
                 },
             }},
             "/v1/jobs/{job_id}": {"get": {
@@ -166,7 +175,7 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _ok("the job", {"$ref": REF.format(model="Job")}),
                               "401": UNAUTHORIZED,
                               "404": _error("no such job, or not this client's"),
-                              "503": _error("Redis unavailable")},
+                              "503": UNAVAILABLE},
             }},
             "/v1/review": {"get": {
                 "summary": "Jobs waiting for a person, oldest first (operators)",
@@ -181,7 +190,7 @@ def document() -> dict[str, Any]:
                                   "jobs": {"type": "array", "items": {"type": "object"}}}}),
                               "401": UNAUTHORIZED, "403": FORBIDDEN,
                               "422": _error("bad offset or limit"),
-                              "503": _error("Redis unavailable")},
+                              "503": UNAVAILABLE},
             }},
             "/v1/review/{job_id}/requeue": {"post": {
                 "summary": "Send a job in review (or rejected) again, optionally edited",
@@ -218,7 +227,8 @@ def document() -> dict[str, Any]:
             "/healthz": {"get": {
                 "summary": "Whether the intake can reach Redis", "security": [],
                 "responses": {"200": _ok("ready", {"type": "object"}),
-                              "503": _ok("Redis unreachable", {"type": "object"})},
+                              "503": _ok("Redis unreachable, or no answer within 0.8 s",
+                                         {"type": "object"})},
             }},
             "/openapi.json": {"get": {
                 "summary": "This document", "security": [],

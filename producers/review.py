@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tasks.models import JobValidationError, model_for, validate_job
+from worker.codec import seal, unseal
 from worker.ledger import QUEUED, REJECTED, REVIEW, LedgerConflict, now_ms
 from worker.runtime import ledger
 from worker.settings import get_settings
@@ -46,14 +47,14 @@ def requeue(job_id: str, changes: dict[str, str], by: str, force: bool = False) 
             f"delivered at {_iso(newer.at_ms)}: requeueing {job_id} would overwrite its newer "
             "data. Requeue with force (CLI --force, HTTP \"force\": true) to send it anyway."
         )
-    data = apply_changes(record.kind, json.loads(record.payload), changes)
+    data = apply_changes(record.kind, json.loads(unseal(record.payload)), changes)
     job = validate_job(record.kind, data)
     window_ms = int(get_settings().retry.window_s * 1000)
     entry = {"event": "requeued", "by": by, "edited": ",".join(sorted(changes)) or "-"}
     if force:
         entry["force"] = "1"
     _, state = book.transition_to(job_id, QUEUED, entry, allowed=(REVIEW, REJECTED), fields={
-        "payload": job.model_dump_json(), "faults": 0, "retries": 0,
+        "payload": seal(job.model_dump_json()), "faults": 0, "retries": 0,
         "retry_until_ms": now_ms() + window_ms, "force": "1" if force else "",
         # The payload as the operator left it is what it sends now: not parts to merge again.
         "carried": "",

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from tasks.models import JobModel, version_key
 from worker.app import app
+from worker.codec import seal
 from worker.dispatch import Messages
 from worker.gate import make_way
 from worker.ledger import NewJob, job_id_for, now_ms
@@ -133,7 +134,7 @@ def _new_job(
     if not isinstance(job, JobModel):
         raise TypeError(f"submit() takes a job model such as NoojeeLeadUpdate, not {type(job)}")
     if priority not in ("realtime", "bulk"):
-        raise ValueError(f"priority must be 'realtime' or 'bulk', not {priority!r}")
+        raise ValueError("priority must be 'realtime' or 'bulk'")
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise ValueError("idempotency_key must be 1-255 printable ASCII characters, no spaces")
     destination = job.destination
@@ -146,7 +147,7 @@ def _new_job(
         task=f"{destination}.deliver",
         queue=destination,
         priority=priority,
-        payload=job.model_dump_json(),
+        payload=seal(job.model_dump_json()),  # ciphertext when payload keys are set
         retry_until_ms=retry_until_ms,
         idempotency_key=idempotency_key,
         client=client,

@@ -81,7 +81,11 @@ UNKNOWN_ANSWER = ("UNKNOWN", 400)
 # What a scripted "slow" call answers once held: what the PBX says of a call that waited too long.
 SLOW_CODE = 109
 
-Script = list[int | str]  # codes, or SLOW, one per call, the last sticky
+Script = list[int | str]  # codes, SLOW or ECHO, one per call, the last sticky
+#: A scripted "echo" call answers 110 with a message that quotes the lead's fields, as a PBX's
+#: error text may quote what it was sent (what the worker must mask before it stores it).
+ECHO = "echo"
+ECHO_CODE = 110
 
 log = logging.getLogger(__name__)
 
@@ -415,14 +419,19 @@ class NoojeeSimulator:
         if decided == SLOW:  # held after its slot is given back: it slows only this lead
             await self.slow.hold(leads[0][0])
             decided = SLOW_CODE
+        if decided == ECHO:
+            status, answer = self._answer(ECHO_CODE, leads)
+            quoted = ", ".join(f"{name}={value}" for name, value in leads[0][1].items())
+            return status, {**answer, "message": f"{answer['message']}: lead {quoted}"}
         assert isinstance(decided, int)
         return self._answer(decided, leads)
 
     def set_scripts(self, body: Any) -> dict[str, Any]:
         """Apply {"lead": ID, "codes": [...]} or {"scripts": {ID: [...]}}; ValueError if bad.
 
-        A code is an integer or "slow": the call goes through the PBX as usual, is then held
-        `slow_s` seconds (the body's, default SLOW_S_DEFAULT) and answered 109, storing nothing.
+        A code is an integer, "echo" or "slow"; with both the call goes through the PBX as
+        usual and stores nothing. "echo" answers 110 with a message quoting the lead's fields;
+        "slow" holds the call `slow_s` seconds (the body's, default SLOW_S_DEFAULT), then 109.
         """
         scripts: dict[str, Any]
         if isinstance(body, dict) and "lead" in body:
@@ -434,7 +443,8 @@ class NoojeeSimulator:
         for lead, codes in scripts.items():
             if not codes or not isinstance(codes, list) or not all(map(_is_code, codes)):
                 raise ValueError(
-                    f"codes for lead {lead!r} must be a non-empty list of integers or {SLOW!r}"
+                    f"codes for lead {lead!r} must be a non-empty list of integers, {SLOW!r} or "
+                    f"{ECHO!r}"
                 )
         slow_s = parse_slow_s(body)
         self.slow.update(scripts, slow_s)
@@ -648,8 +658,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_code(value: Any) -> bool:
-    """A scripted code: an integer, or "slow"."""
-    return _is_int(value) or value == SLOW
+    """A scripted code: an integer, "slow" or "echo"."""
+    return _is_int(value) or value in (SLOW, ECHO)
 
 
 # Path only: the query string carries the apiKey, which must never reach a log.
@@ -714,7 +724,8 @@ def serve(
 def _script_arg(text: str) -> tuple[str, Script]:
     lead, _, codes = text.partition("=")
     try:
-        parsed: Script = [code if code == SLOW else int(code) for code in codes.split(",")]
+        parsed: Script = [code if code in (SLOW, ECHO) else int(code)
+                          for code in codes.split(",")]
     except ValueError:
         parsed = []
     if not lead or not parsed:
@@ -736,7 +747,8 @@ def main(argv: list[str] | None = None) -> int:
         "POST /_foreign {slots, duration_s} (another client holds slots; slots 0 ends holds), "
         "POST /_peaks (restart the peak counters), POST /_reset (clears the arrivals too). "
         'A script code may be "slow": held slow_s (given with the script), then 109, nothing '
-        "stored. GET /_arrivals: every lead's calls (n, start, end, call, status, code, applied, "
+        'stored; or "echo": 110 with a message quoting the lead\'s fields. GET /_arrivals: '
+        "every lead's calls (n, start, end, call, status, code, applied, "
         "fields); GET /_arrivals/ID: one lead's. /_stats counts peak_calls_per_record and "
         "overlapping_records (leads with 2+ calls in flight at once).",
     )
@@ -754,7 +766,8 @@ def main(argv: list[str] | None = None) -> int:
     add("--queue-timeout", type=float, default=60, metavar="S", help="max queue wait (default 60)")
     add("--api-key", default="sandbox-key", help="the apiKey to accept (default %(default)s)")
     add("--script", type=_script_arg, action="append", default=[], metavar="LEAD=CODE[,CODE...]",
-        help="codes or slow for one lead, one per call, the last sticky (repeatable)")  # fmt: skip
+        help="codes, slow or echo for one lead, one per call, the last sticky "
+             "(repeatable)")  # fmt: skip
     add("--seed", type=int, default=None, help="random seed for the service-time jitter")
     add("--port-file", metavar="PATH", help="write the bound port to PATH once listening")
     args = parser.parse_args(argv)

@@ -52,6 +52,7 @@ from tasks.ordering import Plan, plan
 from tasks.outcomes import Delivered, Outcome, Reauth, Rejected, Retry, Review, Superseded
 from worker.broker import redis_client
 from worker.claims import ClaimKeeper
+from worker.codec import PayloadKeyError, seal, unseal
 from worker.gate import BUSY, HOST, NONE, OK, Gate, GateConfig, Permit, gate_name
 from worker.ledger import (
     DELIVERED,
@@ -67,7 +68,7 @@ from worker.ledger import (
     now_ms,
 )
 from worker.pause import Pause, Verdict
-from worker.redaction import scrub
+from worker.redaction import scrub, scrub_personal
 from worker.requeue_log import NO_PERMIT
 from worker.runtime import ledger as runtime_ledger
 from worker.settings import DestinationSettings, NoojeeSettings, get_settings, mask_url_password
@@ -76,6 +77,10 @@ log = logging.getLogger(__name__)
 
 #: How much of a destination's answer the ledger keeps.
 ANSWER_CHARS = 300
+
+#: The personal values of the job this thread delivers (``JobModel.personal_values``): the
+#: task object is shared by the worker's threads, so they cannot live on it.
+_delivering = threading.local()
 
 #: Outcomes that end a job, by the name an attempt records them under.
 FINAL_OUTCOMES: dict[str, type[Delivered | Review | Rejected]] = {
@@ -308,7 +313,9 @@ class DeliveryTask(Task):
         record = ledger.get(job_id)
         assert record is not None
         try:
-            job = model_for(record.kind).model_validate_json(record.payload)
+            job = model_for(record.kind).model_validate_json(unseal(record.payload))
+        except PayloadKeyError as exc:  # a key was dropped too early: a person adds it back
+            return self._settle(ledger, job_id, token, Review("payload-key", str(exc)))
         except (ValidationError, JobValidationError) as exc:
             problems = (
                 exc.problems if isinstance(exc, JobValidationError)
@@ -317,7 +324,19 @@ class DeliveryTask(Task):
             reason = "payload no longer valid: " + "; ".join(f"{p}: {m}" for p, m in problems)
             return self._settle(ledger, job_id, token, Rejected("invalid-payload", reason))
 
+        _delivering.personal = job.personal_values()
+        try:
+            return self._deliver_job(ledger, record, job, claim, token)
+        finally:
+            _delivering.personal = []
+
+    def _deliver_job(
+        self, ledger: Ledger, record: JobRecord, job: JobModel, claim: Claim, token: str
+    ) -> dict[str, Any]:
+        job_id = record.id
         decided = self._in_order(ledger, record, job, claim, token)
+        if decided.absorbs:  # the merged call carries the absorbed jobs' values too
+            _delivering.personal = [*job.personal_values(), *decided.job.personal_values()]
         if decided.superseded:
             return self._settle(ledger, job_id, token, Superseded(
                 "superseded", decided.superseded, claim.delivered_by))  # fmt: skip
@@ -346,9 +365,10 @@ class DeliveryTask(Task):
         decided = plan(record, job, claim, held, self._coalesces())
         if not decided.absorbs:
             return decided
-        done = ledger.absorb(record.id, token, decided.job.model_dump_json(), decided.version,
-                             decided.newest, decided.priority, decided.retry_until_ms,
-                             decided.taken, decided.carried)  # fmt: skip
+        done = ledger.absorb(record.id, token, seal(decided.job.model_dump_json()),
+                             decided.version, decided.newest, decided.priority,
+                             decided.retry_until_ms, decided.taken,
+                             seal(decided.carried))  # fmt: skip
         if done == "lost":
             log.warning("job %s: this worker's claim ended before it could merge", record.id)
             raise Ignore()
@@ -385,11 +405,10 @@ class DeliveryTask(Task):
             outcome = answer.outcome
             # A failure that paused the destination is the destination's, not the job's.
             fault = not paused_until and isinstance(outcome, Retry) and outcome.bounded
-            secrets = self._secrets()
             ledger.record_attempt(job_id, {
                 "at": now_ms(), "event": "attempt", "outcome": type(outcome).__name__.lower(),
-                "code": outcome.code, "reason": scrub(outcome.reason, secrets),
-                "answer": scrub(answer.answer, secrets)[:ANSWER_CHARS],
+                "code": outcome.code, "reason": self._scrub(outcome.reason),
+                "answer": self._scrub(answer.answer)[:ANSWER_CHARS],
                 "latency_ms": round(latency_s * 1000), "gate_wait_ms": round(waited_s * 1000),
                 "worker": self.request.hostname or "",
             }, fault=fault)  # fmt: skip
@@ -402,7 +421,7 @@ class DeliveryTask(Task):
                           "gate_wait_ms": round(waited_s * 1000)})  # fmt: skip
             if paused_until:
                 raise Deferred(paused_until, "the destination is paused: "
-                               + scrub(outcome.reason, secrets))  # fmt: skip
+                               + self._scrub(outcome.reason))  # fmt: skip
             return outcome
 
         retrying = Retrying(
@@ -459,14 +478,14 @@ class DeliveryTask(Task):
         until if the job must wait for it, else 0."""
         try:
             if isinstance(outcome, Reauth):
-                return pause.pause_now(scrub(outcome.reason, self._secrets()))
+                return pause.pause_now(self._scrub(outcome.reason))
             if isinstance(outcome, Rejected) and outcome.pause:
-                pause.pause_now(scrub(outcome.reason, self._secrets()))
+                pause.pause_now(self._scrub(outcome.reason))
                 return 0  # this job is rejected all the same
             if isinstance(outcome, Retry) and outcome.spent:
-                return pause.pause_spent(scrub(outcome.reason, self._secrets()))
+                return pause.pause_spent(self._scrub(outcome.reason))
             if isinstance(outcome, Retry) and outcome.down:
-                return pause.failed(scrub(outcome.reason, self._secrets()))
+                return pause.failed(self._scrub(outcome.reason))
             pause.succeeded(verdict)
         except RedisError as exc:
             log.warning("%s: could not update the pause: %s", pause.name, exc)
@@ -503,6 +522,12 @@ class DeliveryTask(Task):
     def _secrets(self) -> list[str]:
         return self._connector.secrets() if self._connector is not None else []
 
+    def _scrub(self, text: str) -> str:
+        """``text`` (a destination's answer, a reason built from it) as the ledger may keep it:
+        credentials removed, and the delivered job's own personal values masked as its payload
+        masks them, whichever connector wrote it."""
+        return scrub_personal(scrub(text, self._secrets()), getattr(_delivering, "personal", ()))
+
     # -- settling -----------------------------------------------------------------------------
     def _defer(self, ledger: Ledger, job_id: str, token: str, paused: Deferred) -> dict[str, Any]:
         """The destination is paused: the job waits in the schedule until a little after the
@@ -531,7 +556,7 @@ class DeliveryTask(Task):
             outcome = Retry(outcome.code, outcome.reason, bounded=True)
         if isinstance(outcome, Retry):
             outcome = self._retry_or_give_up(ledger, job_id, token, outcome)
-        reason = scrub(outcome.reason, self._secrets())
+        reason = self._scrub(outcome.reason)
         entry: dict[str, Any] = {"code": outcome.code, "reason": reason}
         if isinstance(outcome, Superseded):
             self._move(ledger, job_id, token, SUPERSEDED, {"event": "superseded", **entry},
@@ -572,7 +597,7 @@ class DeliveryTask(Task):
         """Schedule the next attempt through Redis (ends the task with ``Ignore``), or, when the
         fault budget is spent or the retry window has closed, return the Review that ends it."""
         retry = get_settings().retry
-        reason = scrub(outcome.reason, self._secrets())
+        reason = self._scrub(outcome.reason)
         record = ledger.get(job_id)
         assert record is not None
         now = now_ms()

@@ -29,7 +29,7 @@ from tasks.delivery import (
     idempotent_transport_outcome,
     require,
 )
-from tasks.models import JobModel
+from tasks.models import CONTROL_CHARACTERS, TEXT_CONTROL_CHARACTERS, JobModel
 from tasks.outcomes import Outcome, Reauth, Retry, Rule
 from worker.app import app
 from worker.broker import redis_client
@@ -70,8 +70,6 @@ NOT_IN_A_JOB = {
 }  # fmt: skip
 
 _KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tab, LF and CR are allowed
-_KEY_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _E_MAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 _CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
@@ -192,14 +190,14 @@ class ExpandableContactUpdate(JobModel):
     @field_validator(*KEYS)
     @classmethod
     def _key_is_plain(cls, value: str) -> str:
-        if value != value.strip() or _KEY_CONTROL.search(value):
+        if value != value.strip() or CONTROL_CHARACTERS.search(value):
             raise ValueError("must not have spaces at either end nor control characters")
         return value
 
     @field_validator(*FIELDS)
     @classmethod
     def _no_control_characters(cls, value: str | None) -> str | None:
-        if value is not None and _CONTROL.search(value):
+        if value is not None and TEXT_CONTROL_CHARACTERS.search(value):
             raise ValueError("contains control characters (only tab and line breaks are allowed)")
         return value
 

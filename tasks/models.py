@@ -5,15 +5,43 @@ A job model validates every field at the door; a job that cannot succeed never r
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from worker.redaction import mask_fields
+from worker.redaction import mask_fields, personal_values
 
 _KINDS: dict[str, type[JobModel]] = {}
+
+#: The largest .NET/Java Int32: the destinations that declare an id as Int32 (Noojee's
+#: template, campaign and allocation ids; Trendsic's ids) refuse anything above it.
+INT32_MAX = 2**31 - 1
+#: Control characters (NUL included): never in an id, a key or a field name.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+#: The same, less tab, line feed and carriage return, which free text may hold.
+TEXT_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _whole_number(value: Any) -> Any:
+    """An id or a count as JSON sends it: an integer. ``true`` is not 1 and ``41.0`` is not 41
+    here (pydantic's lax mode takes both); a string of at most 10 ASCII digits is let through,
+    as a backfill's cell or an operator's ``--set`` edit is text."""
+    if isinstance(value, bool | float):
+        raise ValueError("must be a whole number (a JSON integer), not true/false or a decimal")
+    if isinstance(value, str) and not (value.isascii() and value.isdigit() and len(value) <= 10):
+        raise ValueError("must be a whole number (a JSON integer)")
+    return value
+
+
+# The bounds come before the validator: after it, pydantic writes them into the JSON Schema
+# as "gt"/"le", which no client (nor schemathesis) reads as exclusiveMinimum/maximum.
+#: A positive Int32 id (``> 0``, ``≤ 2,147,483,647``), a JSON integer.
+Int32Id = Annotated[int, Field(gt=0, le=INT32_MAX), BeforeValidator(_whole_number)]
+#: A percentage-like whole number 0-100 given as a JSON integer (Noojee's njPriority).
+Percent = Annotated[int, Field(ge=0, le=100), BeforeValidator(_whole_number)]
 
 
 class JobModel(BaseModel):
@@ -26,7 +54,10 @@ class JobModel(BaseModel):
     coalesced into one call: a kind that allows it overrides ``mergeable`` and ``merge``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # hide_input_in_errors: a ValidationError's text must not quote the job (str(exc) would
+    # show ``input_value={... 'MobilePhone': '0412345678'}``); nested models set it too.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              hide_input_in_errors=True)  # fmt: skip
 
     kind: ClassVar[str]
     destination: ClassVar[str]
@@ -45,6 +76,12 @@ class JobModel(BaseModel):
     def masked(self) -> dict[str, Any]:
         """The job as a person may see it: personal values masked."""
         return mask_fields(self.model_dump(mode="json", exclude_none=True), self.public_fields)
+
+    def personal_values(self) -> list[str]:
+        """The values ``masked`` hides, as text to scrub from what a destination answers about
+        this job (its messages may quote them)."""
+        return personal_values(self.model_dump(mode="json", exclude_none=True),
+                               self.public_fields)  # fmt: skip
 
     def entity_key(self) -> str:
         """The destination record this job writes, as ``destination:part/part`` (each part

@@ -16,7 +16,13 @@ import httpx
 from pydantic import Field, field_validator
 
 from tasks.delivery import GATEWAY_DOWN, Answer, DeliveryTask, NotConfigured, destination_gate
-from tasks.models import JobModel
+from tasks.models import (
+    CONTROL_CHARACTERS,
+    TEXT_CONTROL_CHARACTERS,
+    Int32Id,
+    JobModel,
+    Percent,
+)
 from tasks.outcomes import Outcome, Retry, Review, Rule
 from worker.app import app
 from worker.gate import Gate
@@ -29,7 +35,12 @@ _PHONE = re.compile(r"^\+?[0-9 ()\-.]+$")
 #: njCallBackDate, yyyy/MM/dd HH:mm.
 _CALLBACK = re.compile(r"([0-9]{4})/([0-9]{2})/([0-9]{2}) ([0-9]{2}):([0-9]{2})")
 _NO_CHANGE_FOLDED = NO_CHANGE.lower()
-_NOT_IN_LEAD_ID = re.compile(r"[<>&?#]")
+_NOT_IN_LEAD_ID = re.compile(r"[<>&?#\x00-\x1f\x7f]")
+#: Most lead fields in one job: a campaign template has a few dozen; this bounds what one job
+#: costs to parse, store and send.
+MAX_LEAD_FIELDS = 200
+#: Longest value of a lead field (ours: Noojee names none).
+FIELD_VALUE_MAX = 4000
 
 UPDATE_PATH = "/servicemanager/rest/CampaignAPI/updateLeadFast"
 INSERT_PATH = "/servicemanager/rest/CampaignAPI/insertLeadFast"
@@ -49,25 +60,30 @@ class _NoojeeLead(JobModel):
     #: never overtakes the insert that creates its lead.
     entity_fields: ClassVar[tuple[str, ...]] = ("external_lead_id",)
 
-    template_id: int = Field(alias="fTemplateId", gt=0)
-    campaign_id: int = Field(alias="fCampaignId", gt=0)
-    allocation_id: int = Field(alias="fAllocationId", gt=0)
+    # Int32 in the CampaignAPI (Java int): a larger id cannot name a template, campaign or
+    # allocation, and would only come back as 115-117 after a slot of the PBX was spent on it.
+    template_id: Int32Id = Field(alias="fTemplateId")
+    campaign_id: Int32Id = Field(alias="fCampaignId")
+    allocation_id: Int32Id = Field(alias="fAllocationId")
     external_lead_id: str = Field(alias="njExternalLeadId", min_length=1, max_length=128)
-    callback_date: str | None = Field(None, alias="njCallBackDate")
-    priority: int | None = Field(None, alias="njPriority", ge=0, le=100)
+    callback_date: str | None = Field(None, alias="njCallBackDate", max_length=16)
+    priority: Percent | None = Field(None, alias="njPriority")
     contact_hours: str | None = Field(None, alias="njContactHours", min_length=1, max_length=64)
     fields: dict[str, str] = Field(
         default_factory=dict,
         validate_default=True,  # no fields at all must still fail "at least one phone field"
+        max_length=MAX_LEAD_FIELDS,
         description="lead fields of the campaign template, e.g. Name, FirstPhone; phone fields "
-        "are the ones whose name ends in 'Phone'",
+        f"are the ones whose name ends in 'Phone'; at most {MAX_LEAD_FIELDS} fields, names of "
+        f"letters, digits and _ (64 at most), values of at most {FIELD_VALUE_MAX} characters",
     )
 
     @field_validator("external_lead_id")
     @classmethod
     def _lead_id_is_plain(cls, value: str) -> str:
         if value != value.strip() or _NOT_IN_LEAD_ID.search(value):
-            raise ValueError("must not contain spaces at either end or any of < > & ? #")
+            raise ValueError("must not contain spaces at either end, control characters or any "
+                             "of < > & ? #")  # fmt: skip
         return value
 
     @field_validator("callback_date")
@@ -96,12 +112,16 @@ class _NoojeeLead(JobModel):
         # A backfill validates every row: this loop is written for speed (map, not generators).
         has_phone = False
         for name, value in fields.items():
-            if not _FIELD_NAME.match(name):
-                raise ValueError(f"field name {name[:64]!r} must be letters, digits or _")
+            if not _FIELD_NAME.fullmatch(name):  # never echoed: it may be a value put as a key
+                raise ValueError("a field name must be a letter, then letters, digits or _ "
+                                 "(64 at most)")  # fmt: skip
             if name.startswith("nj"):
                 raise ValueError(f"{name}: nj* system fields have their own parameters")
-            if len(value) > 4000:
-                raise ValueError(f"{name}: longer than 4000 characters")
+            if len(value) > FIELD_VALUE_MAX:
+                raise ValueError(f"{name}: longer than {FIELD_VALUE_MAX} characters")
+            if TEXT_CONTROL_CHARACTERS.search(value):
+                raise ValueError(f"{name}: contains control characters (only tab and line "
+                                 "breaks are allowed)")  # fmt: skip
             cls._check_no_change(name, value)
             if name.endswith(PHONE_SUFFIX):
                 has_phone = has_phone or bool(value)
@@ -122,6 +142,8 @@ class _NoojeeLead(JobModel):
     @classmethod
     def _no_change_allowed(cls, value: str | None) -> str | None:
         if value is not None:
+            if CONTROL_CHARACTERS.search(value):
+                raise ValueError("contains control characters")
             cls._check_no_change("value", value)
         return value
 

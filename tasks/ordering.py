@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 
 from tasks.models import JobModel, model_for
+from worker.codec import unseal
 from worker.ledger import HELD, MERGED, SUPERSEDED, Claim, JobRecord, Taken
 
 
@@ -104,8 +105,8 @@ def _take(
             taken.append(Taken(record.id, SUPERSEDED, claim.delivered_by, stale))
             continue
         try:
-            newer = model_for(record.kind).model_validate_json(record.payload)
-        except ValueError:
+            newer = model_for(record.kind).model_validate_json(unseal(record.payload))
+        except ValueError:  # PayloadKeyError included
             break  # it runs alone and is rejected with its own reason
         if not merged_so_far.mergeable(newer):
             break
@@ -135,7 +136,7 @@ def _parts_of(head: JobRecord, job: JobModel) -> list[Part]:
         return [Part(head.vkey, head.seq, job)]
     model = type(job)
     return [Part(vkey, seq, model.model_validate_json(payload))
-            for vkey, seq, payload in json.loads(head.carried)]  # fmt: skip
+            for vkey, seq, payload in json.loads(unseal(head.carried))]  # fmt: skip
 
 
 def _fold(parts: list[Part]) -> JobModel:

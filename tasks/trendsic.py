@@ -43,7 +43,7 @@ from tasks.delivery import (
     idempotent_transport_outcome,
     require,
 )
-from tasks.models import JobModel
+from tasks.models import INT32_MAX, TEXT_CONTROL_CHARACTERS, JobModel
 from tasks.outcomes import Outcome, Reauth, Retry, Review, Rule
 from worker.app import app
 from worker.broker import redis_client
@@ -67,7 +67,8 @@ REFUSED_API_KEY = ("; the API key is static, so there is nothing to refresh: che
                    "CONTACTSYNC_TRENDSIC__API_KEY")
 
 UNSET_DATE = "0001-01-01T00:00:00.0000000"  # .NET DateTime.MinValue: ServiceStack's "unset"
-INT32_MAX = 2**31 - 1
+#: Longest text field (ours: the DTO names no length); a bound far above any real field.
+TEXT_MAX = 4_000
 # .NET's round-trip format: exactly 7 fractional digits, then nothing, Z or an offset.
 _DATE = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})\.[0-9]{7}"
                    r"(Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])?")  # fmt: skip
@@ -98,6 +99,12 @@ def _guid(value: str) -> str:
     return value
 
 
+def _plain_text(value: str) -> str:
+    if TEXT_CONTROL_CHARACTERS.search(value):
+        raise ValueError("contains control characters (only tab and line breaks are allowed)")
+    return value
+
+
 def _email(value: str) -> str:
     if len(value) > 254 or not _EMAIL.fullmatch(value):
         raise ValueError("not an e-mail address (name@example.com); send null to clear it")
@@ -107,7 +114,7 @@ def _email(value: str) -> str:
 Int = Annotated[int, Strict(), Field(ge=-INT32_MAX - 1, le=INT32_MAX)]
 Bool = Annotated[bool, Strict()]
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-Text = Annotated[str, Strict()]
+Text = Annotated[str, Strict(), Field(max_length=TEXT_MAX), AfterValidator(_plain_text)]
 Date = Annotated[str, Strict(), AfterValidator(_servicestack_date)]
 Guid = Annotated[str, Strict(), AfterValidator(_guid)]
 Email = Annotated[str, Strict(), AfterValidator(_email)]

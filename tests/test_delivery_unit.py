@@ -52,12 +52,16 @@ class Harness:
     task: DeliveryTask
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
-    def job(self, window_ms: int = 60_000, **fields: Any) -> str:
-        payload = json.dumps({
+    def job(self, window_ms: int = 60_000, kind: str = "noojee.update",
+            data: dict[str, Any] | None = None, **fields: Any) -> str:  # fmt: skip
+        payload = json.dumps(data or {
             "template_id": 41, "campaign_id": 41, "allocation_id": 38, "external_lead_id": "L1",
             "disposition": "Sale", "fields": {"FirstPhone": "0383218199"},
         })  # fmt: skip
-        self.ledger.create(new_job(payload=payload, retry_until_ms=now_ms() + window_ms))
+        destination = kind.partition(".")[0]
+        self.ledger.create(new_job(payload=payload, retry_until_ms=now_ms() + window_ms,
+                                   kind=kind, destination=destination, queue=destination,
+                                   task=f"{destination}.deliver"))  # fmt: skip
         if fields:
             self.ledger.r.hset(self.ledger.job_key("j1"), mapping=fields)
         return "j1"
@@ -94,12 +98,17 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     )
     monkeypatch.setattr(delivery, "get_settings", lambda: settings)
     monkeypatch.setattr(delivery, "runtime_ledger", lambda: ledger)
+    # The destination's pause lives in Redis too: on fakeredis here, so the tests need no
+    # server (they used to pass only after an integration test had pointed the process at one).
+    monkeypatch.setattr(delivery, "redis_client", lambda: ledger.r)
 
     task = _test_task()
     h = Harness(ledger, task)
     monkeypatch.setattr(task, "send_event", lambda kind, **f: h.events.append((kind, f)))
+    type(task)._pause = None
     yield h
     type(task)._connector = None
+    type(task)._pause = None
 
 
 def test_delivered_drops_the_payload(harness: Harness) -> None:
@@ -224,3 +233,49 @@ def test_a_redis_failure_mid_job_puts_the_message_back(
         harness.task.deliver("j1")
     assert rejected.value.requeue is True
     assert not harness.ledger.r.exists(harness.ledger.lock_key("j1"))  # no lease to wait out
+
+
+#: A job of each destination that carries a phone number and a name (Mission Capital's job
+#: holds only the application id, which is public).
+PERSONAL_JOBS = {
+    "noojee.update": {"template_id": 41, "campaign_id": 41, "allocation_id": 38,
+                      "external_lead_id": "L1", "disposition": "Sale",
+                      "fields": {"MobilePhone": "0412345678", "Name": "Jane Smith"}},
+    "trendsic.contact_connection": {"contact_id": 7, "agent_id": 3, "contact": {
+        "Phone": "0412345678", "Name": "Jane Smith"}},
+    "expandable.contact_update": {"CUSTOMER_ID": "C1", "CUST_CONTACT": "1",
+                                  "CELL_PHONE_NO": "0412345678", "FIRST_NAME": "Jane Smith"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(PERSONAL_JOBS))
+def test_a_destination_message_echoing_the_jobs_phone_and_name_is_stored_masked(
+    harness: Harness, kind: str
+) -> None:
+    from tasks.models import load_kinds
+
+    load_kinds()
+    harness.job(kind=kind, data=PERSONAL_JOBS[kind])
+    echo = "LEAD_NOT_UPDATED: lead MobilePhone=0412345678, Name=JANE SMITH (\"Jane Smith\")"
+    connector = ScriptedConnector([Review("110", f"conflict: {echo}")],
+                                  answer=f'HTTP 400 {{"code": 110, "message": "{echo}"}}')
+    record = harness.run(connector)
+
+    kept = harness.ledger.r.hgetall(harness.ledger.job_key("j1"))
+    kept.pop("payload")  # the job itself, kept for the operator (masked when shown)
+    stored = json.dumps(kept) + json.dumps(record.history) + json.dumps(harness.events)
+    assert record.state == "review"
+    assert "0412345678" not in stored and "jane smith" not in stored.lower()
+    assert "0***78" in record.last_answer and "J***th" in record.last_answer  # as the payload
+    assert "LEAD_NOT_UPDATED" in record.last_answer and "conflict" in record.last_reason
+
+
+def test_public_fields_and_short_values_are_not_scrubbed() -> None:
+    from worker.redaction import personal_values, scrub_personal
+
+    values = personal_values({"template_id": 41, "disposition": "Sale", "State": "WA",
+                              "fields": {"Name": "Zoë Ng", "Phone": "0412345678"}},
+                             public={"template_id", "disposition"})  # fmt: skip
+    assert values == ["Zoë Ng", "0412345678"]
+    text = 'Sale of Zoë Ng in WA, {"n": "Zo\\u00eb Ng"}, call 0412345678'
+    assert scrub_personal(text, values) == 'Sale of Z***Ng in WA, {"n": "Z***Ng"}, call 0***78'

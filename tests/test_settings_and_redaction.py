@@ -311,3 +311,21 @@ def test_a_flower_password_with_a_comma_is_refused_without_echoing_it() -> None:
     with pytest.raises(ValidationError, match="must not contain a comma") as refused:
         FlowerSettings(password="pa,ss")  # type: ignore[arg-type]
     assert "pa,ss" not in str(refused.value)
+
+
+def test_the_intake_must_be_allowed_to_hold_one_body_of_the_largest_size(
+    env: pytest.MonkeyPatch,
+) -> None:
+    error = settings_error(env, CONTACTSYNC_INTAKE__MAX_BODY_BYTES="2000000",
+                           CONTACTSYNC_INTAKE__MAX_BUFFERED_BYTES="1000000")  # fmt: skip
+    assert "CONTACTSYNC_INTAKE__MAX_BUFFERED_BYTES" in error
+
+
+def test_payload_keys_never_appear(env: pytest.MonkeyPatch) -> None:
+    from worker.codec import new_key
+
+    key = new_key()
+    env.setenv("CONTACTSYNC_PAYLOAD_KEYS", json.dumps({"k1": key}))
+    settings = Settings()
+    for shown in (str(settings), repr(settings), json.dumps(settings.masked())):
+        assert not shows_any_of(key, shown)

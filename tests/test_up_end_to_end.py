@@ -11,12 +11,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import redis
 
 from tests.conftest import run_cli, wait_for
+from worker.settings import mask_url_password
 
 pytestmark = pytest.mark.integration
 
@@ -159,14 +161,15 @@ def test_cli_explains_an_unreachable_redis_and_bad_settings(tmp_path: Path) -> N
     env["CONTACTSYNC_FLOWER__PORT"] = "70000"
     port = run_cli("config", cwd=tmp_path, env=env)
     assert port.returncode == 2
-    assert "CONTACTSYNC_FLOWER__PORT: Input should be less than or equal to 65535" in port.stdout
+    # On stderr, as one line: the same as `celery -A worker worker` prints for it.
+    assert "CONTACTSYNC_FLOWER__PORT: Input should be less than or equal to 65535" in port.stderr
     env["CONTACTSYNC_FLOWER__PORT"] = "0"
 
     env["CONTACTSYNC_NOOJEE__API_KEY"] = "k-very-secret"
     env["CONTACTSYNC_NOOJEE__READ_TIMEOUT_S"] = "30"
     bad = run_cli("config", cwd=tmp_path, env=env)
     assert bad.returncode == 2
-    assert "CONTACTSYNC_NOOJEE__READ_TIMEOUT_S=30.0 must be greater than" in bad.stdout
+    assert "CONTACTSYNC_NOOJEE__READ_TIMEOUT_S=30.0 must be greater than" in bad.stderr
     assert "k-very-secret" not in bad.stdout + bad.stderr
 
 
@@ -176,7 +179,7 @@ def test_second_embedded_server_on_the_same_data_is_refused(tmp_path: Path) -> N
     with EmbeddedRedis.under(tmp_path) as first:
         with pytest.raises(RuntimeError, match="already runs on"):
             EmbeddedRedis.under(tmp_path).start()
-        assert first.url.startswith("redis://127.0.0.1:")
+        assert first.url.startswith(f"redis://:{first.password}@127.0.0.1:")
 
 
 @pytest.mark.parametrize(("name", "option"), [
@@ -269,7 +272,8 @@ def test_up_starts_a_killed_worker_and_server_again(tmp_path: Path) -> None:
         output.wait_for("worker-w1 started again")
         server = json.loads((tmp_path / ".contactsync" / "redis" / "embedded.json").read_text())
         os.kill(int(server["pid"]), signal.SIGKILL)
-        output.wait_for("the embedded server is back on " + server["url"])
+        output.wait_for("the embedded server is back on " + mask_url_password(server["url"]))
+        assert urlsplit(server["url"]).password not in "".join(output.lines)  # never shown
         supervisor_log = (tmp_path / ".contactsync" / "logs" / "supervisor.log").read_text()
         assert "worker-w1 (exit code -9) died" in supervisor_log
 

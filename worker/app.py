@@ -16,12 +16,14 @@ from typing import Any
 
 from celery import Celery, signals
 from kombu.entity import Queue
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from worker import requeue_log
 from worker.broker import broker_url
 from worker.logs import configure as configure_logs
 from worker.logs import use_format
-from worker.settings import get_settings
+from worker.settings import exit_for_settings, get_settings
 
 #: Modules of ``tasks/`` that are not destinations.
 SHARED_TASK_MODULES = frozenset({"models", "outcomes", "delivery", "ordering"})
@@ -117,14 +119,24 @@ def _quiet_http_logs(**_: Any) -> None:
     requeue_log.install()
 
 
-_flower_defaults()
+def _build() -> Celery:
+    """The app, or exit with the one-line message `contactsync` prints for the same bad
+    setting: `celery -A worker ...` imports this module while loading ``-A``, where a pydantic
+    error would surface as a traceback of Celery's import machinery."""
+    try:
+        if get_settings().log_format == "json":
+            # JSON from the first line: what is logged (or warned, e.g. Celery's warning about
+            # running as root) before Celery sets up its logging would otherwise be plain text.
+            configure_logs("json", logging.WARNING)
+            logging.captureWarnings(True)
+        _flower_defaults()
+        return make_app()
+    except (ValidationError, SettingsError) as exc:
+        exit_for_settings(exc)
+
+
 _quiet_http_logs()
-if get_settings().log_format == "json":
-    # JSON from the first line: what is logged (or warned, e.g. Celery's warning about running
-    # as root) before Celery sets up its logging would otherwise be plain text.
-    configure_logs("json", logging.WARNING)
-    logging.captureWarnings(True)
-app = make_app()
+app = _build()
 
 from worker.metrics import MetricsStep  # noqa: E402
 from worker.republisher import RepublisherStep  # noqa: E402  (needs `app` defined)

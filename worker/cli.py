@@ -65,16 +65,12 @@ class _Main(click.Group):
         from redis.exceptions import ConnectionError as RedisConnectionError
 
         from worker.broker import RedisNotConfigured
+        from worker.settings import exit_for_settings
 
         try:
             return super().invoke(ctx)
-        except ValidationError as exc:
-            lines = [f"  {_variable(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                     for e in exc.errors(include_input=False, include_url=False)]  # fmt: skip
-            _fail("invalid configuration (CONTACTSYNC_* variables or .env):\n" + "\n".join(lines))
-        except SettingsError as exc:  # e.g. a nested variable set to malformed JSON
-            _fail(f"invalid configuration: {exc}; nested settings take JSON, or set each field "
-                  "with its own variable (CONTACTSYNC_NOOJEE__API_KEY=...)")  # fmt: skip
+        except (ValidationError, SettingsError) as exc:
+            exit_for_settings(exc)
         except RedisNotConfigured as exc:
             _fail(str(exc))
         except RedisConnectionError:
@@ -83,14 +79,6 @@ class _Main(click.Group):
 
             _fail(f"cannot reach Redis at {mask_url_password(redis_url())}: start the system with "
                   "`contactsync up`, or set CONTACTSYNC_REDIS_URL to a running server")  # fmt: skip
-
-
-def _variable(loc: tuple[int | str, ...]) -> str:
-    """The environment variable behind a settings field: ("noojee", "api_key") →
-    CONTACTSYNC_NOOJEE__API_KEY (a model-wide check names its variables in its message)."""
-    if not loc:
-        return "settings"
-    return "CONTACTSYNC_" + "__".join(str(part).upper() for part in loc)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -498,6 +486,7 @@ def _ledger() -> Any:
 
 def _show_job(job_id: str, reveal: bool) -> None:
     from tasks.models import load_kinds, model_for
+    from worker.codec import unseal
     from worker.reports import order_rows
 
     load_kinds()
@@ -520,7 +509,7 @@ def _show_job(job_id: str, reveal: bool) -> None:
         table.add_row(f"[bold]{label}[/bold]", escape(value))
     console.print(table)
     if record.payload:
-        job = model_for(record.kind).model_validate_json(record.payload)
+        job = model_for(record.kind).model_validate_json(unseal(record.payload))
         shown = job.model_dump(mode="json", exclude_none=True) if reveal else job.masked()
         console.print("[bold]payload[/bold]" + ("" if reveal else " (masked; --reveal shows it)"))
         console.print_json(json.dumps(shown))
@@ -633,6 +622,35 @@ def review_discard(job_id: str, reason: str, by: str) -> None:
     except (LedgerConflict, ValueError) as exc:
         _fail(str(exc))
     console.print(f"discarded {job_id}")
+
+
+@main.group()
+def payloads() -> None:
+    """Payload encryption at rest (CONTACTSYNC_PAYLOAD_KEYS; see `payloads new-key`)."""
+
+
+@payloads.command("new-key")
+def payloads_new_key() -> None:
+    """Print a fresh key: put it first in CONTACTSYNC_PAYLOAD_KEYS ('{"k2": "NEW", "k1": ...}')
+    on every process, the old keys after it."""
+    from worker.codec import new_key
+
+    click.echo(new_key())
+
+
+@payloads.command("reseal")
+def payloads_reseal() -> None:
+    """Seal every stored payload again with the first key of CONTACTSYNC_PAYLOAD_KEYS (or open
+    them all, with no key), so the keys after it can be dropped: the second half of a key
+    rotation. Safe while workers run: a job that changes meanwhile is left as they wrote it
+    (with the first key already)."""
+    from worker.codec import payload_codec
+    from worker.payload_store import reseal_all
+
+    done = reseal_all(_ledger(), payload_codec())
+    key = "the first key" if payload_codec().enabled else "no key (plaintext)"
+    console.print(f"{done.changed:,} job(s) sealed again with {key}, {done.kept:,} already "
+                  f"were, {done.skipped:,} changed meanwhile (and so are)")  # fmt: skip
 
 
 @main.group()

@@ -6,6 +6,8 @@ Flower and errors; secrets (API keys, passwords, tokens) are replaced outright.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -47,3 +49,42 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
         if secret:
             text = text.replace(secret, MASK)
     return text
+
+
+#: Personal values shorter than this are not scrubbed from free text: "12" or "VIC" would
+#: mangle every number and word they happen to match, and say little about a person.
+SCRUB_MIN_CHARS = 3
+
+
+def personal_values(fields: Mapping[str, Any], public: Iterable[str] = ()) -> list[str]:
+    """Every text value of ``fields`` (nested mappings included) except under the keys named in
+    ``public``: what ``mask_fields`` would mask, as the strings to find in free text."""
+    keep = set(public)
+    found: list[str] = []
+    for key, value in fields.items():
+        if key in keep or value is None:
+            continue
+        if isinstance(value, Mapping):
+            found += personal_values(value, keep)
+        elif isinstance(value, str) and len(value.strip()) >= SCRUB_MIN_CHARS:
+            found.append(value.strip())
+    return found
+
+
+def scrub_personal(text: str, values: Iterable[str]) -> str:
+    """``text`` with every occurrence of each personal value (case-insensitive, and as JSON
+    would escape it) replaced by its mask, as ``mask`` shows it in a payload: a destination's
+    message that quotes the lead ("0412345678 is on the DNC list") keeps its meaning
+    ("0***78 is on the DNC list") and loses the data."""
+    forms: dict[str, str] = {}
+    for value in values:
+        shown = mask(value)
+        for form in (value, json.dumps(value)[1:-1]):
+            if len(form) >= SCRUB_MIN_CHARS:
+                forms.setdefault(form.lower(), shown)
+    if not forms or not text:
+        return text
+    # Longest first, so a value that contains another is replaced whole.
+    pattern = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)),
+                         re.IGNORECASE)  # fmt: skip
+    return pattern.sub(lambda found: forms[found.group(0).lower()], text)

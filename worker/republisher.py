@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery, bootsteps
 
 from worker import liveness
+from worker.aof import AofRewriter
 from worker.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -34,15 +35,20 @@ TRANSIT_GRACE_MS = 10_000
 SWEEP_MS = 400
 #: Every this many ticks (a minute), forget rejected jobs whose records have expired.
 PRUNE_EVERY_TICKS = 120
+#: Every this many ticks (10 s), see whether the fleet's AOF rewrite is due (``worker/aof.py``).
+AOF_EVERY_TICKS = 20
 
 
 class Republisher:
     """One pass (``run_once``) makes every round; ``run`` repeats it every ``TICK_S``."""
 
-    def __init__(self, app: Celery, ledger: Ledger, queues: list[str]) -> None:
+    def __init__(
+        self, app: Celery, ledger: Ledger, queues: list[str], aof: AofRewriter | None = None
+    ) -> None:
         self.app = app
         self.ledger = ledger
         self.queues = queues
+        self.aof = aof
         options = app.conf.broker_transport_options or {}
         self.unacked_key = f"{options.get('global_keyprefix', '')}" \
                            f"{options.get('unacked_key', 'unacked')}"  # fmt: skip
@@ -88,6 +94,8 @@ class Republisher:
                 self.run_once()
                 if ticks % PRUNE_EVERY_TICKS == 0:
                     self.ledger.prune_rejected()
+                if self.aof is not None and ticks % AOF_EVERY_TICKS == 0:
+                    self.aof.check()
             except Exception:  # keep going: a Redis blip must not stop retries for good
                 log.exception("republisher pass failed; trying again in %s s", TICK_S)
             ticks += 1
@@ -119,15 +127,16 @@ class RepublisherStep(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         from worker.app import destinations
+        from worker.broker import redis_url
         from worker.runtime import ledger
+        from worker.settings import get_settings
 
         queues = destinations()
         store_templates(parent.app, ledger(), queues)
-        from worker.broker import redis_url
-        from worker.settings import get_settings
-
-        liveness.Heartbeat(redis_url(), get_settings().key_prefix).start()
-        self.republisher = Republisher(parent.app, ledger(), queues)
+        settings = get_settings()
+        liveness.Heartbeat(redis_url(), settings.key_prefix).start()
+        aof = AofRewriter(ledger().r, settings.key_prefix, settings.aof_rewrite_after_deliveries)
+        self.republisher = Republisher(parent.app, ledger(), queues, aof)
         self.thread = threading.Thread(
             target=self.republisher.run, name="contactsync-republisher", daemon=True
         )

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import tornado.httpserver
+import tornado.iostream
 import tornado.netutil
 import tornado.web
+
+log = logging.getLogger(__name__)
 
 
 async def until_stopped(stop: threading.Event | None, name: str) -> None:
@@ -39,6 +44,71 @@ async def until_stopped(stop: threading.Event | None, name: str) -> None:
     await done.wait()
 
 
+class CappedHTTPServer(tornado.httpserver.HTTPServer):
+    """tornado's HTTP server with two more limits against hostile clients.
+
+    max_connections_per_client: most connections open at once from one client address; a
+    further one is closed as soon as it is accepted (0: no cap). Behind a proxy every client
+    has the proxy's address: raise it there, or let the proxy cap them.
+    header_timeout_s: how long a client may take to send a request's headers, and how long a
+    kept-alive connection may sit idle before its next request (tornado ties both to
+    ``idle_connection_timeout``); a slow-loris connection is closed after it.
+    """
+
+    def initialize(
+        self,
+        *args: Any,
+        max_connections_per_client: int = 0,
+        header_timeout_s: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if header_timeout_s is not None:
+            kwargs["idle_connection_timeout"] = header_timeout_s
+        super().initialize(*args, **kwargs)
+        self.max_connections_per_client = max_connections_per_client
+        self.open_by_client: Counter[str] = Counter()
+        self._client_of: dict[tornado.iostream.IOStream, str] = {}
+
+    def handle_stream(self, stream: tornado.iostream.IOStream, address: Any) -> None:
+        client = str(address[0]) if isinstance(address, tuple) and address else ""
+        cap = self.max_connections_per_client
+        if cap and self.open_by_client[client] >= cap:
+            stream.close()
+            return
+        self.open_by_client[client] += 1
+        self._client_of[stream] = client
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: object) -> None:
+        super().on_close(server_conn)
+        client = self._client_of.pop(getattr(server_conn, "stream", None), None)  # type: ignore[arg-type]
+        if client is not None:
+            self.open_by_client[client] -= 1
+            if self.open_by_client[client] <= 0:
+                del self.open_by_client[client]
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the operating system (glibc's ``malloc_trim``): after a
+    burst of large request bodies the process's RSS falls back instead of keeping its peak.
+    A no-op where the C library has no such call."""
+    with contextlib.suppress(OSError, AttributeError):
+        _libc().malloc_trim(0)
+
+
+def return_large_blocks_at_once(threshold_bytes: int = 64 * 1024) -> None:
+    """Serve allocations of ``threshold_bytes`` or more (request body chunks) from their own
+    memory maps, returned to the system when freed: glibc otherwise raises its threshold after
+    freeing a large block and keeps later ones in a heap it rarely shrinks."""
+    m_mmap_threshold = -3
+    with contextlib.suppress(OSError, AttributeError):
+        _libc().mallopt(m_mmap_threshold, threshold_bytes)
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None)
+
+
 def serve_app(
     make_app: Callable[[], tornado.web.Application],
     host: str,
@@ -49,12 +119,13 @@ def serve_app(
     **server_options: Any,
 ) -> None:
     """Serve ``make_app()`` on ``host:port`` until stopped (blocking). ``port=0`` picks a free
-    port; ``ready(port)`` is called once listening; ``server_options`` go to tornado's
-    ``HTTPServer`` (``max_body_size``)."""
+    port; ``ready(port)`` is called once listening; ``server_options`` go to
+    ``CappedHTTPServer`` (tornado's ``HTTPServer`` options, ``max_connections_per_client``,
+    ``header_timeout_s``)."""
 
     async def run() -> None:
         sockets = tornado.netutil.bind_sockets(port, host)
-        server = tornado.httpserver.HTTPServer(make_app(), **server_options)
+        server = CappedHTTPServer(make_app(), **server_options)
         server.add_sockets(sockets)
         try:
             if ready is not None:

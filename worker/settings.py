@@ -6,9 +6,11 @@ a ``.env`` file in the working directory is read too. Secrets are ``SecretStr`` 
 
 from __future__ import annotations
 
+import re
+import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
@@ -17,10 +19,11 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from worker.gate_policy import PolicyConfig
 
@@ -324,6 +327,36 @@ class IntakeSettings(BaseModel):
         12.0, gt=0, le=24 * 30,
         description="an operator's console login lasts this long (its signed cookie's age)",
     )  # fmt: skip
+    max_buffered_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="request bodies held in memory at once, every "
+        "request together; a body that would pass it is refused with 503 and Retry-After, so "
+        "many large uploads at once cannot exhaust the intake's memory",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a client must send a request's headers within this long, and "
+        "a kept-alive connection idle this long is closed (slow-loris clients)",
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="a client must send a request's body within this long"
+    )
+    max_connections_per_client: int = Field(
+        64, ge=0, description="connections open at once from one client address; more are "
+        "closed on accept (0: no cap; behind a proxy, every client has the proxy's address)",
+    )
+    redis_deadline_s: float = Field(
+        1.5, gt=0, description="a request whose Redis work has not finished in this long is "
+        "answered 503 (a hung Redis never holds the intake); /healthz waits at most 0.8 s",
+    )
+
+    @model_validator(mode="after")
+    def _buffer_holds_one_body(self) -> IntakeSettings:
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"CONTACTSYNC_INTAKE__MAX_BUFFERED_BYTES={self.max_buffered_bytes} must be at "
+                f"least CONTACTSYNC_INTAKE__MAX_BODY_BYTES={self.max_body_bytes}, or a body of "
+                "the largest accepted size could never be taken"
+            )
+        return self
 
     @field_validator("tokens")
     @classmethod
@@ -405,6 +438,19 @@ class Settings(BaseSettings):
         "where known, job_id, destination, outcome, code, latency_ms), for the worker and "
         "the intake",
     )
+    payload_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='payload encryption at rest, JSON {"NAME": "BASE64 of 32 bytes", ...}: the '
+        "first key seals every payload written, each key opens; unset: payloads are plaintext "
+        "(see worker/codec.py for rotation)",
+    )
+    aof_rewrite_after_deliveries: int = Field(
+        10_000,
+        ge=0,
+        description="ask Redis to rewrite its append-only file once this many jobs were "
+        "delivered since the last rewrite (and the file grew 4 MB), so delivered personal data "
+        "leaves the disk; 0: leave it to Redis's own trigger",
+    )
     retry: RetrySettings = RetrySettings()
     gate: GateSettings = GateSettings()
     noojee: NoojeeSettings = NoojeeSettings()
@@ -425,6 +471,17 @@ class Settings(BaseSettings):
                 "(for example redis://127.0.0.1:6379/0)"
             )
         return value
+
+    @field_validator("payload_keys")
+    @classmethod
+    def _payload_keys_are_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        from worker.codec import decode_key
+
+        for name, key in keys.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name):
+                raise ValueError("key names must be 1-32 letters, digits, _ or -")
+            decode_key(key.get_secret_value())
+        return keys
 
     @field_validator("metrics_port")
     @classmethod
@@ -487,3 +544,31 @@ def mask_url_password(url: str) -> str:
 def get_settings() -> Settings:
     """The process-wide settings, read once (tests call ``get_settings.cache_clear()``)."""
     return Settings()
+
+
+def settings_variable(loc: tuple[int | str, ...]) -> str:
+    """The environment variable behind a settings field: ("noojee", "api_key") →
+    CONTACTSYNC_NOOJEE__API_KEY (a model-wide check names its variables in its message)."""
+    if not loc:
+        return "settings"
+    return "CONTACTSYNC_" + "__".join(str(part).upper() for part in loc)
+
+
+def settings_problem(exc: ValidationError | SettingsError) -> str:
+    """What is wrong with the configuration, as one line that names each variable and what to
+    set it to, never the value given (it may be a secret). The same line wherever the settings
+    are read: `contactsync`, `celery -A worker worker`, `celery -A worker flower`."""
+    if isinstance(exc, SettingsError):  # e.g. a nested variable set to malformed JSON
+        return (f"invalid configuration: {exc}; nested settings take JSON, or set each field "
+                "with its own variable (CONTACTSYNC_NOOJEE__API_KEY=...)")  # fmt: skip
+    problems = [f"{settings_variable(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors(include_input=False, include_url=False)]  # fmt: skip
+    return ("invalid configuration (CONTACTSYNC_* variables or .env): "
+            + "; ".join(problems).replace("\n", " "))
+
+
+def exit_for_settings(exc: ValidationError | SettingsError) -> NoReturn:
+    """Stop the process with ``settings_problem`` on stderr and exit status 2: a person fixes a
+    variable, a traceback would only bury its name."""
+    print(f"error: {settings_problem(exc)}", file=sys.stderr)
+    sys.exit(2)

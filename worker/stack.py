@@ -23,8 +23,14 @@ from typing import IO
 
 import httpx
 
-from worker.embedded import EmbeddedRedis, die_with_parent, free_port
-from worker.settings import Settings, get_settings
+from worker.embedded import (
+    PRIVATE_FILE,
+    EmbeddedRedis,
+    die_with_parent,
+    free_port,
+    make_private_dir,
+)
+from worker.settings import Settings, get_settings, mask_url_password
 
 SIM_API_KEY = "sandbox-key"
 
@@ -67,9 +73,11 @@ def refresh_settings() -> None:
     """Re-read settings and rebuild what was derived from them after the environment changed."""
     from worker.app import app
     from worker.broker import broker_url, redis_client
+    from worker.codec import payload_codec
     from worker.runtime import ledger
 
     get_settings.cache_clear()
+    payload_codec.cache_clear()
     redis_client.cache_clear()
     ledger.cache_clear()
     app.conf.broker_url = broker_url()
@@ -142,7 +150,8 @@ class Stack:
     def start(self) -> Stack:
         settings = get_settings()
         self.data_dir = self.data_dir.resolve()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.data_dir)  # the server's data and the logs: 0700
+        make_private_dir(self.log_dir)
         try:
             if settings.redis_url is None or self.sandboxed:
                 self.redis = EmbeddedRedis.under(self.data_dir).start()
@@ -181,8 +190,9 @@ class Stack:
                 try:
                     self.redis.restart()
                     self._started_at["redis"] = time.monotonic()
-                    events.append(f"the embedded server is back on {self.redis.url} (its "
-                                  "append-only file replayed)")  # fmt: skip
+                    events.append(f"the embedded server is back on "
+                                  f"{mask_url_password(self.redis.url)} (its append-only file "
+                                  "replayed)")  # fmt: skip
                 except RuntimeError as exc:
                     events.append(f"the embedded server did not start again: {exc}")
         for name, proc, log in list(self._children):
@@ -212,6 +222,7 @@ class Stack:
         self._commands[name] = args
         self._started_at[name] = time.monotonic()
         log = (self.log_dir / f"{name}.log").open("ab")
+        os.chmod(log.fileno(), PRIVATE_FILE)
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
