@@ -97,13 +97,24 @@ class NoPermit(Exception):
     """The gate gave no permit within its wait: the job goes back to its queue, unchanged."""
 
 
-class Deferred(Exception):
-    """The destination is paused: the job waits in Redis until ``until_ms``, nothing spent."""
+@dataclass(frozen=True)
+class Attempt:
+    """One call's answer as the job's history keeps it (``entry``), and whether it counts against
+    the fault budget. The final call's is recorded with the state it leads to, in one step."""
 
-    def __init__(self, until_ms: int, reason: str) -> None:
+    entry: dict[str, Any]
+    fault: bool
+
+
+class Deferred(Exception):
+    """The destination is paused: the job waits in Redis until ``until_ms``, nothing spent.
+    ``attempt``: the call whose answer paused it, if one did."""
+
+    def __init__(self, until_ms: int, reason: str, attempt: Attempt | None = None) -> None:
         super().__init__(reason)
         self.until_ms = until_ms
         self.reason = reason
+        self.attempt = attempt
 
 
 @dataclass(frozen=True)
@@ -304,13 +315,13 @@ class DeliveryTask(Task):
     def _run_claimed(
         self, ledger: Ledger, job_id: str, token: str, claim: Claim
     ) -> dict[str, Any]:
-        unsettled = _unsettled_answer(ledger.last_entry(job_id))
+        unsettled = _unsettled_answer(claim.last_entry())
         if unsettled is not None:
             log.warning("job %s: settling its recorded answer %s without calling again",
                         job_id, unsettled.code)  # fmt: skip
             return self._settle(ledger, job_id, token, unsettled)
 
-        record = ledger.get(job_id)
+        record = claim.record
         assert record is not None
         try:
             job = model_for(record.kind).model_validate_json(unseal(record.payload))
@@ -341,8 +352,8 @@ class DeliveryTask(Task):
             return self._settle(ledger, job_id, token, Superseded(
                 "superseded", decided.superseded, claim.delivered_by))  # fmt: skip
         try:
-            outcome = self._attempt(ledger, job_id, decided.job,
-                                    decided.priority or record.priority)  # fmt: skip
+            outcome, attempt = self._attempt(ledger, job_id, decided.job,
+                                             decided.priority or record.priority)  # fmt: skip
         except NoPermit as full:
             # The destination is at its limit: back to the queue, no retry spent, and this
             # thread is free for jobs of other queues. Normal at a full gate: the reason lets
@@ -352,7 +363,7 @@ class DeliveryTask(Task):
             raise Reject(f"{NO_PERMIT} {full}", requeue=True) from None
         except Deferred as paused:
             return self._defer(ledger, job_id, token, paused)
-        return self._settle(ledger, job_id, token, outcome)
+        return self._settle(ledger, job_id, token, outcome, attempt)
 
     def _in_order(
         self, ledger: Ledger, record: JobRecord, job: JobModel, claim: Claim, token: str
@@ -394,24 +405,31 @@ class DeliveryTask(Task):
             log.debug("could not send %s for job %s: %s", event, job_id, exc)
 
     # -- calling ------------------------------------------------------------------------------
-    def _attempt(self, ledger: Ledger, job_id: str, job: JobModel, priority: str) -> Outcome:
-        """Call the destination. Only "busy" answers (Noojee 109) are retried in-process, for
-        ``retry.fast_window_s``: the destination is up and a slot frees within moments. Faults
-        (a destination that is down) back off through Redis from the first one, so a short
-        outage does not burn through the fault budget in seconds."""
+    def _attempt(
+        self, ledger: Ledger, job_id: str, job: JobModel, priority: str
+    ) -> tuple[Outcome, Attempt]:
+        """Call the destination: the last call's outcome, and its answer to record as the job
+        settles. Only "busy" answers (Noojee 109) are retried in-process, for
+        ``retry.fast_window_s``: the destination is up and a slot frees within moments; each
+        busy answer is recorded as the next call starts. Faults (a destination that is down)
+        back off through Redis from the first one, so a short outage does not burn through the
+        fault budget in seconds."""
+        made: list[Attempt] = []
 
         def call() -> Outcome:
+            if made:  # the call before was busy, and is made again: its answer goes on record
+                ledger.record_attempt(job_id, made[-1].entry, fault=made[-1].fault)
             answer, latency_s, waited_s, paused_until = self._call_once(job, priority)
             outcome = answer.outcome
             # A failure that paused the destination is the destination's, not the job's.
             fault = not paused_until and isinstance(outcome, Retry) and outcome.bounded
-            ledger.record_attempt(job_id, {
+            made.append(Attempt({
                 "at": now_ms(), "event": "attempt", "outcome": type(outcome).__name__.lower(),
                 "code": outcome.code, "reason": self._scrub(outcome.reason),
                 "answer": self._scrub(answer.answer)[:ANSWER_CHARS],
                 "latency_ms": round(latency_s * 1000), "gate_wait_ms": round(waited_s * 1000),
                 "worker": self.request.hostname or "",
-            }, fault=fault)  # fmt: skip
+            }, fault))  # fmt: skip
             _last_call.job_id, _last_call.latency_ms = job_id, round(latency_s * 1000)
             log.debug("job %s: %s answered %s in %d ms", job_id, self.name.split(".")[0],
                       outcome.code, latency_s * 1000, extra={
@@ -421,7 +439,7 @@ class DeliveryTask(Task):
                           "gate_wait_ms": round(waited_s * 1000)})  # fmt: skip
             if paused_until:
                 raise Deferred(paused_until, "the destination is paused: "
-                               + self._scrub(outcome.reason))  # fmt: skip
+                               + self._scrub(outcome.reason), made[-1])  # fmt: skip
             return outcome
 
         retrying = Retrying(
@@ -431,7 +449,7 @@ class DeliveryTask(Task):
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
         outcome: Outcome = retrying(call)
-        return outcome
+        return outcome, made[-1]
 
     def _call_once(self, job: JobModel, priority: str) -> tuple[Answer, float, float, int]:
         """One call, behind the destination's pause and gate: (answer, call latency, gate wait
@@ -540,44 +558,54 @@ class DeliveryTask(Task):
             hours = get_settings().retry.window_s / 3600
             return self._settle(ledger, job_id, token, Review(
                 "paused", f"the destination was still paused when the {hours:g} h retry window "
-                f"closed: {paused.reason}"))  # fmt: skip
+                f"closed: {paused.reason}"), paused.attempt)  # fmt: skip
         spread = int(get_settings().pause.probe_interval_s * 1000)
         due = min(max(paused.until_ms, now) + random.randint(0, spread), record.retry_until_ms)
         self._move(ledger, job_id, token, RETRYING,
                    {"event": "paused", "code": "paused", "reason": paused.reason}, due_ms=due,
-                   fields={"next_attempt_at_ms": due})  # fmt: skip
+                   fields={"next_attempt_at_ms": due}, attempt=paused.attempt)  # fmt: skip
         self.send_event("task-retried", exception=f"paused: {paused.reason}")
         raise Ignore()
 
     def _settle(
-        self, ledger: Ledger, job_id: str, token: str, outcome: Outcome | Superseded
+        self,
+        ledger: Ledger,
+        job_id: str,
+        token: str,
+        outcome: Outcome | Superseded,
+        attempt: Attempt | None = None,
     ) -> dict[str, Any]:
+        """Move the job to where ``outcome`` leads, recording ``attempt`` (the call that
+        answered it, if one did) in the same step."""
         if isinstance(outcome, Reauth):  # only if it could not pause the destination
             outcome = Retry(outcome.code, outcome.reason, bounded=True)
         if isinstance(outcome, Retry):
-            outcome = self._retry_or_give_up(ledger, job_id, token, outcome)
+            outcome = self._retry_or_give_up(ledger, job_id, token, outcome, attempt)
         reason = self._scrub(outcome.reason)
         entry: dict[str, Any] = {"code": outcome.code, "reason": reason}
         if isinstance(outcome, Superseded):
             self._move(ledger, job_id, token, SUPERSEDED, {"event": "superseded", **entry},
-                       fields={"superseded_by": outcome.by})  # fmt: skip
+                       fields={"superseded_by": outcome.by}, attempt=attempt)  # fmt: skip
             self._settled(job_id, SUPERSEDED, outcome.code)
             self.send_event("task-superseded", reason=f"{outcome.code}: {reason}",
                             result=_shown(SUPERSEDED, outcome.code, reason, job_id))
             raise Ignore()
         if isinstance(outcome, Delivered):
             # The ledger drops the payload (personal data) and the envelope on delivery.
-            self._move(ledger, job_id, token, DELIVERED, {"event": "delivered", **entry})
+            self._move(ledger, job_id, token, DELIVERED, {"event": "delivered", **entry},
+                       attempt=attempt)  # fmt: skip
             self._settled(job_id, DELIVERED, outcome.code)
             return {"state": DELIVERED, "code": outcome.code}
         if isinstance(outcome, Review):
-            self._move(ledger, job_id, token, REVIEW, {"event": "review", **entry})
+            self._move(ledger, job_id, token, REVIEW, {"event": "review", **entry},
+                       attempt=attempt)  # fmt: skip
             self._settled(job_id, REVIEW, outcome.code)
             self.send_event("task-review", reason=f"{outcome.code}: {reason}",
                             result=_shown(REVIEW, outcome.code, reason, job_id))
             raise Ignore()
         if isinstance(outcome, Rejected):
-            self._move(ledger, job_id, token, REJECTED, {"event": "rejected", **entry})
+            self._move(ledger, job_id, token, REJECTED, {"event": "rejected", **entry},
+                       attempt=attempt)  # fmt: skip
             self._settled(job_id, REJECTED, outcome.code)
             self.send_event("task-deadletter", reason=f"{outcome.code}: {reason}",
                             result=_shown(REJECTED, outcome.code, reason, job_id))
@@ -593,7 +621,9 @@ class DeliveryTask(Task):
             fields["latency_ms"] = _last_call.latency_ms
         log.info("job %s settled: %s (%s)", job_id, state, code, extra=fields)
 
-    def _retry_or_give_up(self, ledger: Ledger, job_id: str, token: str, outcome: Retry) -> Review:
+    def _retry_or_give_up(
+        self, ledger: Ledger, job_id: str, token: str, outcome: Retry, attempt: Attempt | None
+    ) -> Review:
         """Schedule the next attempt through Redis (ends the task with ``Ignore``), or, when the
         fault budget is spent or the retry window has closed, return the Review that ends it."""
         retry = get_settings().retry
@@ -601,8 +631,9 @@ class DeliveryTask(Task):
         record = ledger.get(job_id)
         assert record is not None
         now = now_ms()
-        if outcome.bounded and record.faults >= retry.fault_attempts:
-            return Review(outcome.code, f"gave up after {record.faults} faults: {reason}")
+        faults = record.faults + (1 if attempt is not None and attempt.fault else 0)
+        if outcome.bounded and faults >= retry.fault_attempts:
+            return Review(outcome.code, f"gave up after {faults} faults: {reason}")
         if now >= record.retry_until_ms:
             hours = retry.window_s / 3600
             return Review(outcome.code, f"still failing when the {hours:g} h retry window "
@@ -612,7 +643,8 @@ class DeliveryTask(Task):
         due = min(due, record.retry_until_ms)  # one last try at the window's end
         self._move(ledger, job_id, token, RETRYING,
                    {"event": "retry", "code": outcome.code, "reason": reason}, due_ms=due,
-                   fields={"next_attempt_at_ms": due, "retries": record.retries + 1})  # fmt: skip
+                   fields={"next_attempt_at_ms": due, "retries": record.retries + 1},
+                   attempt=attempt)  # fmt: skip
         self.send_event("task-retried", exception=f"{outcome.code}: {reason}")
         raise Ignore()
 
@@ -625,6 +657,7 @@ class DeliveryTask(Task):
         entry: dict[str, Any],
         due_ms: int | None = None,
         fields: dict[str, str | int] | None = None,
+        attempt: Attempt | None = None,
     ) -> None:
         # A short Redis blip here would otherwise send the job round again after its answer.
         settling = Retrying(
@@ -636,7 +669,8 @@ class DeliveryTask(Task):
         ClaimKeeper.for_process(ledger).settling(job_id)
         try:
             settling(ledger.transition, job_id, state, entry, token=token, due_ms=due_ms,
-                     fields=fields)  # fmt: skip
+                     fields=fields, attempt=None if attempt is None else attempt.entry,
+                     fault=attempt is not None and attempt.fault)  # fmt: skip
         except LedgerConflict as exc:
             # Our claim outlived its lease and the message may already be gone: make sure the
             # job is looked at again rather than left running with nobody on it.

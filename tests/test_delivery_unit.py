@@ -227,7 +227,7 @@ def test_a_redis_failure_mid_job_puts_the_message_back(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise redis.ConnectionError("connection reset")
 
-    monkeypatch.setattr(harness.ledger, "record_attempt", broken)
+    monkeypatch.setattr(harness.ledger, "transition", broken)  # as it settles
     type(harness.task)._connector = ScriptedConnector([Delivered()])
     with pytest.raises(Reject) as rejected:
         harness.task.deliver("j1")

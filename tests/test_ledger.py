@@ -184,11 +184,32 @@ def deliver(ledger: Ledger, job_id: str, codes: tuple[str, ...] = ("0",)) -> Non
     """Attempts answered ``codes`` (each but the last retried), then delivered."""
     for n, code in enumerate(codes):
         ledger.claim(job_id, "w", 10_000)
-        ledger.record_attempt(job_id, {"event": "attempt", "code": code}, fault=False)
+        attempt = {"event": "attempt", "code": code}
         if n < len(codes) - 1:
             ledger.transition(job_id, "retrying", {"event": "retry", "code": code}, token="w",
-                              fields={"retries": n + 1})  # fmt: skip
-    ledger.transition(job_id, "delivered", {"event": "delivered", "code": "0"}, token="w")
+                              fields={"retries": n + 1}, attempt=attempt)  # fmt: skip
+    ledger.transition(job_id, "delivered", {"event": "delivered", "code": "0"}, token="w",
+                      attempt=attempt)  # fmt: skip
+
+
+def test_an_answer_recorded_before_it_settles_is_kept_as_one_recorded_with_it(
+    ledger: Ledger,
+) -> None:
+    """``record_attempt`` then ``transition`` (a busy answer retried in-process, or a ledger
+    written by an older worker) leaves the same record as one ``transition`` with the attempt."""
+    for job_id, fused in (("j1", True), ("j2", False)):
+        queue(ledger, new_job(job_id, priority="realtime"))
+        ledger.claim(job_id, "w", 10_000)
+        attempt = {"event": "attempt", "code": "0", "answer": "ok"}
+        if not fused:
+            ledger.record_attempt(job_id, attempt, fault=True)
+        ledger.transition(job_id, "retrying", {"event": "retry", "code": "0"}, token="w",
+                          attempt=attempt if fused else None, fault=fused)  # fmt: skip
+    one, two = (ledger.get(i, with_history=True) for i in ("j1", "j2"))
+    assert one is not None and two is not None
+    assert (one.attempts, one.faults, one.last_answer) == (two.attempts, two.faults,
+                                                           two.last_answer) == (1, 1, "ok")
+    assert [e["event"] for e in one.history] == [e["event"] for e in two.history]
 
 
 def test_a_delivered_job_keeps_its_outline_but_not_its_payload(ledger: Ledger) -> None:

@@ -169,7 +169,7 @@ class Gate:
         if patient and not granted and len(answer) == 5 and cfg.patience_s(*answer[2:]) > wait_s:
             # Its turn takes longer than max_wait_s, but not too long: keep its place, longer.
             wait_s = cfg.patience_s(*answer[2:])
-            granted, detail, epoch = self._acquire(token, priority, wait_s, now_ms)[:3]
+            granted, detail, epoch = self._acquire(token, priority, wait_s, now_ms, True)[:3]
         deadline = started + wait_s
         while not granted:
             remaining = deadline - time.monotonic()
@@ -195,7 +195,7 @@ class Gate:
                 granted, detail, epoch = 1, int(held), int(handed_epoch or 0)
             else:
                 granted, detail, epoch = self._acquire(
-                    token, priority, max(0.0, deadline - time.monotonic()), now_ms
+                    token, priority, max(0.0, deadline - time.monotonic()), now_ms, True
                 )[:3]
         permit = Permit(token, detail, epoch, time.monotonic() - started)
         self._keeper.hold(self, token)
@@ -279,15 +279,16 @@ class Gate:
         return read_status(self.client, self.prefix, self.name)
 
     def _acquire(
-        self, token: str, priority: str, wait_s: float, now_ms: int | None
+        self, token: str, priority: str, wait_s: float, now_ms: int | None, again: bool = False
     ) -> list[int]:
         """[1, held, epoch] (granted), or [0, ms to look again, waiters ahead, mean latency in
-        ms, limit] (waiting), or [0, 0, 0] (not waiting)."""
+        ms, limit] (waiting), or [0, 0, 0] (not waiting). ``again``: this token asked before
+        (it waits, and a release may have handed it a permit meanwhile)."""
         cfg = self.config
         answer = self._scripts["acquire"](keys=self._keys, args=[
             "" if now_ms is None else now_ms, token, PRIORITY.get(priority, 1),
             int(cfg.ttl_s * 1000), int(wait_s * 1000), int(cfg.adaptive), cfg.initial,
-            cfg.maximum, self.target, self.name,
+            cfg.maximum, self.target, self.name, int(again),
         ])  # fmt: skip
         values = [int(float(v)) for v in answer]
         return values + [0] * (3 - len(values))
@@ -388,13 +389,16 @@ def _percentile(ordered: list[float], q: float) -> float | None:
 
 
 class LeaseKeeper:
-    """Renews the leases this process holds, every third of each gate's TTL, on one thread."""
+    """Renews the leases this process holds, every third of each gate's TTL, on one thread. A
+    lease is renewed once it is a third of a TTL old (its grant gave it a whole TTL): the short
+    calls most jobs make end before that, and cost no renewal at all."""
 
     _process: LeaseKeeper | None = None
     _process_lock = threading.Lock()
 
     def __init__(self) -> None:
-        self._held: dict[Gate, set[str]] = {}
+        #: gate -> token -> when its lease was granted or last renewed (time.monotonic())
+        self._held: dict[Gate, dict[str, float]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._wakeup = threading.Event()
@@ -408,10 +412,10 @@ class LeaseKeeper:
 
     def hold(self, gate: Gate, token: str) -> None:
         with self._lock:
-            tokens = self._held.setdefault(gate, set())
+            tokens = self._held.setdefault(gate, {})
             if not tokens:
                 self._wakeup.set()  # this gate's TTL may be shorter than the current interval
-            tokens.add(token)
+            tokens[token] = time.monotonic()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="contactsync-lease-keeper", daemon=True
@@ -420,20 +424,34 @@ class LeaseKeeper:
 
     def forget(self, gate: Gate, token: str) -> None:
         with self._lock:
-            self._held.get(gate, set()).discard(token)
+            self._held.get(gate, {}).pop(token, None)
 
     def renew_once(self) -> None:
+        """Renew the leases a third of a TTL old or more."""
+        now = time.monotonic()
         with self._lock:
-            held = {gate: sorted(tokens) for gate, tokens in self._held.items() if tokens}
-        for gate, tokens in held.items():
+            due = {
+                gate: sorted(t for t, since in tokens.items()
+                             if now - since >= gate.config.ttl_s / 3)
+                for gate, tokens in self._held.items()
+            }  # fmt: skip
+        for gate, tokens in due.items():
+            if not tokens:
+                continue
             try:
                 lost = gate.renew(tokens)
             except Exception as exc:  # keep renewing the others; this thread must not die
                 log.warning("gate %s: could not renew %d lease(s): %s", gate.name, len(tokens), exc)
                 continue
-            for token in lost:
+            with self._lock:
+                held = self._held.get(gate, {})
+                for token in tokens:
+                    if token in held:
+                        held[token] = now
+                # A lease released while this renewal ran was given back, not lost.
+                lost = [token for token in lost if held.pop(token, None) is not None]
+            for _ in lost:
                 log.warning("gate %s: a lease expired before it was renewed", gate.name)
-                self.forget(gate, token)
 
     def _run(self) -> None:
         while True:

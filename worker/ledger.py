@@ -58,6 +58,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -194,7 +195,8 @@ class Claim:
     or ``missing``. Claimed: ``previous`` state, ``behind`` (jobs held behind it in its entity's
     line), and the highest version delivered for its entity (sort key) and by which job. Locked:
     ``lock_ms`` left on the other runner's lease. Terminal: ``previous`` is the state it ended
-    in."""
+    in. Claimed also carries the job's ``record`` and its newest ``recent`` history entries
+    (newest first), read in the same step."""
 
     status: str
     previous: str = ""
@@ -202,6 +204,17 @@ class Claim:
     delivered_vkey: str = ""
     delivered_by: str = ""
     lock_ms: int = 0
+    record: JobRecord | None = None
+    recent: tuple[dict[str, Any], ...] = ()
+
+    def last_entry(self) -> dict[str, Any] | None:
+        """``Ledger.last_entry`` as of the claim."""
+        return _last_entry(self.recent)
+
+
+def _last_entry(entries: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first of ``entries`` (newest first) that is not a note that a lease expired."""
+    return next((entry for entry in entries if entry.get("event") != "lease-expired"), None)
 
 
 @dataclass(frozen=True)
@@ -462,7 +475,11 @@ class Ledger:
         reply = self._claim(keys=[], args=[*self._common(), job_id, token, lease])
         status = str(reply[0])
         if status == "claimed":
-            return Claim(status, str(reply[1]), int(reply[2]), str(reply[3]), str(reply[4]))
+            raw = reply[5]
+            record = JobRecord.from_hash(job_id, dict(zip(raw[::2], raw[1::2], strict=True)))
+            recent = tuple(json.loads(entry) for entry in reply[6])
+            return Claim(status, str(reply[1]), int(reply[2]), str(reply[3]), str(reply[4]),
+                         record=record, recent=recent)  # fmt: skip
         if status == "locked":
             return Claim(status, lock_ms=max(0, int(reply[1])))
         return Claim(status, str(reply[1]))
@@ -470,11 +487,8 @@ class Ledger:
     def last_entry(self, job_id: str) -> dict[str, Any] | None:
         """The newest history entry of a job that says something about its calls (a note that
         its lease expired is skipped: the answer before it may still be unsettled)."""
-        for raw in self.r.lrange(self.history_key(job_id), 0, 1):
-            entry = cast(dict[str, Any], json.loads(raw))
-            if entry.get("event") != "lease-expired":
-                return entry
-        return None
+        return _last_entry([json.loads(raw) for raw in self.r.lrange(self.history_key(job_id),
+                                                                        0, 1)])  # fmt: skip
 
     def unlock(self, job_id: str, token: str) -> None:
         """Give up this worker's claim on a job early (it keeps its state)."""
@@ -598,6 +612,8 @@ class Ledger:
         allowed: tuple[str, ...] = (),
         due_ms: int | None = None,
         fields: dict[str, str | int] | None = None,
+        attempt: dict[str, Any] | None = None,
+        fault: bool = False,
     ) -> str:
         """Move a job to ``state``; returns its previous state.
 
@@ -610,7 +626,8 @@ class Ledger:
         and is held if jobs are pending before it (``state_now`` tells).
         """
         return self.transition_to(job_id, state, entry, token=token, allowed=allowed,
-                                  due_ms=due_ms, fields=fields)[0]  # fmt: skip
+                                  due_ms=due_ms, fields=fields, attempt=attempt,
+                                  fault=fault)[0]  # fmt: skip
 
     def transition_to(
         self,
@@ -622,20 +639,26 @@ class Ledger:
         allowed: tuple[str, ...] = (),
         due_ms: int | None = None,
         fields: dict[str, str | int] | None = None,
+        attempt: dict[str, Any] | None = None,
+        fault: bool = False,
     ) -> tuple[str, str]:
         """``transition``, returning (previous state, state now): a requeued job may be
-        ``held``."""
+        ``held``. ``attempt``: the call this settles (its history entry, as ``record_attempt``
+        takes it; ``fault`` if its answer counts against the fault budget), recorded in the
+        same step."""
         common = self._common()
         changes: dict[str, str | int] = {
             f"last_{k}": entry[k] for k in ("code", "reason") if entry.get(k)
         }
+        if attempt is not None:
+            changes["last_answer"] = attempt.get("answer", "")
         changes.update(fields or {})
         flat = [str(x) for pair in changes.items() for x in pair]
         reply = self._transition(
             keys=[],
             args=[*common, job_id, token, ",".join(allowed), state,
                   "" if due_ms is None else due_ms, json.dumps({"at": common[1], **entry}),
-                  *flat],
+                  "" if attempt is None else json.dumps(attempt), int(fault), *flat],
         )  # fmt: skip
         status, previous = str(reply[0]), str(reply[1])
         if status == "missing":

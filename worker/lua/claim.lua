@@ -4,8 +4,9 @@
 -- ARGV[1..5] as every ledger script (ledger_lib.lua)
 local id, token, lease_ms = ARGV[6], ARGV[7], tonumber(ARGV[8])
 -- Returns {'claimed', previous state, jobs held behind it, highest version delivered for its
--- entity or '', the job that delivered it or ''} | {'terminal', state} | {'held', ''} |
--- {'locked', lease ms left} | {'missing', ''}
+-- entity or '', the job that delivered it or '', the job's hash (field, value, ...), its newest
+-- two history entries} | {'terminal', state} | {'held', ''} | {'locked', lease ms left} |
+-- {'missing', ''}
 local key = job_key(id)
 local job = redis.call('HMGET', key, 'state', 'entity', 'batch', 'kind')
 local state, entity = job[1], job[2]
@@ -29,4 +30,7 @@ if entity then
   local last = redis.call('HMGET', line_key(entity) .. ':last', 'v', 'vj')
   version, by = last[1] or '', last[2] or ''
 end
-return {'claimed', state, behind, version, by}
+-- What the worker reads next, in this round trip: the record, and the history entries that say
+-- whether an answer was recorded but never settled (a worker died between the two).
+return {'claimed', state, behind, version, by, redis.call('HGETALL', key),
+        redis.call('LRANGE', history_key(id), 0, 1)}

@@ -54,6 +54,9 @@ local function promote(entity)
 end
 
 local created, queued, held = {}, 0, 0
+-- Submission numbers for the whole call at once (an idempotent repeat leaves a gap: harmless).
+local seq = redis.call('INCRBY', P .. 'seq', math.floor((#ARGV - FIRST + 1) / PER_JOB))
+seq = seq - math.floor((#ARGV - FIRST + 1) / PER_JOB)
 for a = FIRST, #ARGV, PER_JOB do
   local id, derived, kind, payload = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local retry_until, idempotency_key = ARGV[a + 4], ARGV[a + 5]
@@ -66,7 +69,7 @@ for a = FIRST, #ARGV, PER_JOB do
     local fields = {'id', id, 'state', head and 'queued' or 'held', 'kind', kind,
                     'priority', priority, 'payload', payload, 'submitted_at_ms', NOW,
                     'updated_at_ms', NOW, 'retry_until_ms', retry_until,
-                    'seq', redis.call('INCR', P .. 'seq')}
+                    'seq', seq + (a - FIRST) / PER_JOB + 1}
     local optional = {idempotency_key = idempotency_key, client = client, batch = batch,
                       entity = entity, version = version, vkey = vkey}
     for _, name in ipairs({'idempotency_key', 'client', 'batch', 'entity', 'version', 'vkey'}) do

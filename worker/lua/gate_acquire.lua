@@ -2,7 +2,8 @@
 -- ARGV[1] now (ms) or '', ARGV[2] token, ARGV[3] priority (0 realtime, 1 bulk),
 -- ARGV[4] lease ttl (ms), ARGV[5] how long to wait (ms; 0 = do not wait),
 -- ARGV[6] adaptive (1/0), ARGV[7] initial limit, ARGV[8] maximum limit, ARGV[9] target (label),
--- ARGV[10] the gate's name, added to the registry of gates KEYS[2] (for `gate status`, metrics)
+-- ARGV[10] the gate's name, added to the registry of gates KEYS[2] (for `gate status`, metrics),
+-- ARGV[11] '1' if this token asked before (it waits: a release may have handed it a permit)
 -- Returns {1, permits held after the grant, limit epoch} | {0, ms until the waiter should look
 -- again, waiters ahead of it, the calls' mean latency (ms, 0 if none yet), limit}: how long its
 -- turn should take. A waiter that pops its wake list gets "permits held:epoch" instead.
@@ -10,32 +11,39 @@ local now, token, prio = clock(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local ttl, wait = tonumber(ARGV[4]), tonumber(ARGV[5])
 local adaptive, initial, max = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 
--- The configuration travels with every acquire, so a changed setting applies fleet-wide at once.
-redis.call('HSET', STATE, 'ttl_ms', ttl, 'adaptive', adaptive, 'max', max, 'target', ARGV[9])
-redis.call('SADD', KEYS[2], ARGV[10])
-local limit = redis.call('HGET', STATE, 'limit')
+-- The configuration travels with every acquire, so a changed setting applies fleet-wide at
+-- once; it is written only when it differs from what the gate holds.
+if get('ttl_ms') ~= ARGV[4] or get('adaptive') ~= adaptive or get('max') ~= ARGV[8]
+    or get('target') ~= ARGV[9] then
+  put('ttl_ms', ARGV[4])
+  put('adaptive', adaptive)
+  put('max', ARGV[8])
+  put('target', ARGV[9])
+  redis.call('SADD', KEYS[2], ARGV[10])
+end
+local limit = num('limit', nil)
 if adaptive ~= '1' then
   limit = max
 elseif not limit then
   limit = math.min(initial, max)
 else
-  limit = math.max(1, math.min(tonumber(limit), max))
+  limit = math.max(1, math.min(limit, max))
 end
-set_limit(tonumber(limit), now)
+set_limit(limit)
 
-reap(now)
-local held = hand_off(now)
-if redis.call('ZSCORE', LEASES, token) then  -- handed to us (now or before we looked)
+local held = redis.call('ZCARD', LEASES)
+if held >= limit and reap(now) > 0 then held = redis.call('ZCARD', LEASES) end
+-- Waiters go first: a free permit goes to them (hand_off) before anyone new.
+if held < limit then held = hand_off(now, held) end
+if ARGV[11] == '1' and redis.call('ZSCORE', LEASES, token) then  -- handed to us (now or before)
   redis.call('DEL', wake_key(token))
-  return {1, held, num('epoch', 0)}
+  return finish({1, held, num('epoch', 0)})
 end
--- hand_off left no waiter behind if a permit is free, so nobody is overtaken here.
 if held < limit then
   redis.call('ZADD', LEASES, now + ttl, token)
-  redis.call('HINCRBY', STATE, 'granted', 1)
-  return {1, held + 1, num('epoch', 0)}
+  return finish({1, held + 1, num('epoch', 0)})
 end
-if wait <= 0 then return {0, 0} end
+if wait <= 0 then return finish({0, 0}) end
 local set = WAITING[prio + 1]
 if not redis.call('ZSCORE', set, token) then
   redis.call('ZADD', set, redis.call('INCR', P .. 'seq'), token)
@@ -50,4 +58,4 @@ if prio == 1 then ahead = ahead + redis.call('ZCARD', WAITING[1]) end
 local oldest = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
 local recheck = math.min(wait, math.floor(ttl / 3))
 if #oldest == 2 then recheck = math.min(recheck, tonumber(oldest[2]) - now + 1) end
-return {0, math.max(1, recheck), ahead, math.floor(num('lat_ms', 0)), limit}
+return finish({0, math.max(1, recheck), ahead, math.floor(num('lat_ms', 0)), limit})

@@ -5,16 +5,16 @@
 -- Returns {1 if applied else 0, limit}: a decision is dropped if a newer window was closed since
 -- (its closer took too long, and the fleet went on without it).
 local now, seq, new = clock(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-if redis.call('HGET', STATE, 'pending') ~= seq then return {0, limit_now()} end
+if get('pending') ~= seq then return {0, limit_now()} end
 local max = num('max', new)
 new = math.max(1, math.min(new, max))
 if new ~= limit_now() then reset_window(now) end  -- calls granted under the old limit no longer count
-set_limit(new, now)
+set_limit(new)
 redis.call('DEL', POLICY)
 if #ARGV >= 6 then redis.call('HSET', POLICY, unpack(ARGV, 5)) end
-redis.call('HDEL', STATE, 'pending', 'pending_at')
+drop('pending')
+drop('pending_at')
 redis.call('LPUSH', P .. 'history', now .. ':' .. new .. ':' .. ARGV[4])
 redis.call('LTRIM', P .. 'history', 0, 1439)
-reap(now)
 hand_off(now)
-return {1, limit_now()}
+return finish({1, limit_now()})

@@ -5,7 +5,9 @@ local now, token = clock(ARGV[1]), ARGV[2]
 reap(now)
 local held = hand_off(now)
 redis.call('DEL', wake_key(token))
-if redis.call('ZSCORE', LEASES, token) then return {1, held, num('epoch', 0)} end
+if redis.call('ZSCORE', LEASES, token) then
+  return finish({1, held or redis.call('ZCARD', LEASES), num('epoch', 0)})
+end
 for _, set in ipairs(WAITING) do redis.call('ZREM', set, token) end
 redis.call('HDEL', DEADLINE, token)
-return {0, 0, 0}
+return finish({0, 0, 0})

@@ -10,8 +10,10 @@
 --   P.."seq"        string, arrival counter
 --   P.."wake:"..tok list  a permit handed to a waiter (one element; the waiter BLPOPs it)
 --   P.."state"      hash  limit, epoch, config, calls' mean latency, the adaptive limit's window
+--                         (read and written once per script: see load_state and finish)
 --   P.."policy"     hash  the adaptive limit's controller state (worker/gate_policy.py)
---   P.."samples"    list  "ms:latency" of recent calls (for p50/p95 in `gate status`)
+--   P.."samples"    list  "ms:latency" of recent calls, newest first (for p50/p95 in `gate
+--                         status`): 500 kept, trimmed every 50th sample
 --   P.."busy"       zset  busy answers (109) by time
 --   P.."history"    list  "ms:limit:in flight" once per window (the limit chart)
 -- Every time is the server's (TIME), unless a caller passes one (simulated time in tests).
@@ -29,10 +31,54 @@ local function clock(given)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The state hash is read once per script (one HMGET, on first use) and written once, at the end
+-- (one HSET of the fields that changed, in finish()): a grant or a release touches a dozen of
+-- its fields, and a command each was most of the gate's cost.
+local STATE_FIELDS = {'limit', 'epoch', 'ttl_ms', 'adaptive', 'max', 'target', 'lat_ms',
+                      'w_start', 'w_n', 'w_log', 'w_log2', 'w_held', 'w_busy', 'pending',
+                      'pending_at', 'seq_window', 'expired', 'busy_total', 'samples_n'}
+local S, CHANGED, DROPPED, LOADED = {}, {}, {}, false
+
+local function load_state()
+  if LOADED then return end
+  local values = redis.call('HMGET', STATE, unpack(STATE_FIELDS))
+  for i, field in ipairs(STATE_FIELDS) do S[field] = values[i] or nil end
+  LOADED = true
+end
+
+local function get(field)
+  load_state()
+  return S[field]
+end
+
 local function num(field, default)
-  local v = redis.call('HGET', STATE, field)
-  if v then return tonumber(v) end
+  local v = tonumber(get(field) or '')
+  if v then return v end
   return default
+end
+
+local function put(field, value)
+  load_state()
+  if type(value) == 'number' then value = string.format('%.17g', value) end
+  S[field], CHANGED[field], DROPPED[field] = value, true, nil
+end
+
+local function drop(field)
+  load_state()
+  S[field], CHANGED[field], DROPPED[field] = nil, nil, true
+end
+
+-- Write what changed; every gate script returns through it.
+local function finish(result)
+  local flat, gone = {}, {}
+  for field in pairs(CHANGED) do
+    flat[#flat + 1] = field
+    flat[#flat + 1] = S[field]
+  end
+  for field in pairs(DROPPED) do gone[#gone + 1] = field end
+  if #flat > 0 then redis.call('HSET', STATE, unpack(flat)) end
+  if #gone > 0 then redis.call('HDEL', STATE, unpack(gone)) end
+  return result
 end
 
 local function limit_now() return num('limit', 1) end
@@ -42,8 +88,12 @@ local function wake_key(token) return P .. 'wake:' .. token end
 -- Drop leases whose holder stopped renewing them (a killed worker): its permits come back.
 local function reap(now)
   local gone = redis.call('ZREMRANGEBYSCORE', LEASES, '-inf', now)
-  if gone > 0 then redis.call('HINCRBY', STATE, 'expired', gone) end
+  if gone > 0 then put('expired', num('expired', 0) + gone) end
   return gone
+end
+
+local function anyone_waiting()
+  return redis.call('EXISTS', WAITING[1], WAITING[2]) > 0
 end
 
 -- The next waiter still waiting, realtime before bulk, first come first served.
@@ -63,9 +113,13 @@ local function pop_waiter(now)
 end
 
 -- Hand free permits to waiters: the lease is theirs before they wake (no race, no polling).
-local function hand_off(now)
+-- Returns the permits out after it; with nobody waiting, nothing is counted and ``held`` (what
+-- the caller knew, maybe nil) comes back.
+local function hand_off(now, held)
+  if not anyone_waiting() then return held end
+  reap(now)
   local limit, ttl = limit_now(), num('ttl_ms', 10000)
-  local held = redis.call('ZCARD', LEASES)
+  held = redis.call('ZCARD', LEASES)
   while held < limit do
     local token = pop_waiter(now)
     if not token then break end
@@ -78,17 +132,13 @@ local function hand_off(now)
 end
 
 -- Start a new limit; samples of calls granted under an older limit no longer count.
-local function set_limit(new, now)
-  if new ~= limit_now() then redis.call('HINCRBY', STATE, 'epoch', 1) end
-  redis.call('HSET', STATE, 'limit', new)
+local function set_limit(new)
+  if new ~= limit_now() then put('epoch', num('epoch', 0) + 1) end
+  if num('limit', nil) ~= new then put('limit', new) end
 end
 
 -- Start a new window of the adaptive limit: nothing measured yet.
 local function reset_window(now)
-  redis.call('HSET', STATE, 'w_start', now, 'w_n', 0, 'w_log', 0, 'w_log2', 0, 'w_held', 0,
-             'w_busy', 0)
-end
-
-local function waiting_count()
-  return redis.call('ZCARD', WAITING[1]) + redis.call('ZCARD', WAITING[2])
+  put('w_start', now)
+  for _, field in ipairs({'w_n', 'w_log', 'w_log2', 'w_held', 'w_busy'}) do put(field, 0) end
 end

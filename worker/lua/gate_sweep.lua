@@ -15,7 +15,7 @@ for _, token in ipairs(redis.call('ZRANGE', LEASES, 0, -1)) do
     gone = gone + 1
   end
 end
-if gone > 0 then redis.call('HINCRBY', STATE, 'expired', gone) end
+if gone > 0 then put('expired', num('expired', 0) + gone) end
 for _, set in ipairs(WAITING) do
   for _, token in ipairs(redis.call('ZRANGE', set, 0, -1)) do
     if dead[owner(token) or ''] then
@@ -26,4 +26,4 @@ for _, set in ipairs(WAITING) do
   end
 end
 if gone > 0 then hand_off(now) end
-return {gone, passed}
+return finish({gone, passed})

@@ -59,13 +59,35 @@ local function queue_of(kind) return string.match(kind, '^[^.]+') end
 local function dispatched_key(queue) return P .. 'dispatched:' .. queue end
 local function ready_key(queue, priority) return P .. 'ready:' .. queue .. ':' .. priority end
 
+-- The stored message template of a queue and priority ({list, text}, either may be false), and
+-- a broker list's length, each read once per script: a backfill's chunk queues a thousand jobs
+-- to the same list in one call.
+local TEMPLATES, LENGTHS = {}, {}
+local function template_of(queue, priority)
+  local name = queue .. ':' .. priority
+  local template = TEMPLATES[name]
+  if not template then
+    template = redis.call('HMGET', P .. 'message:' .. name, 'list', 'text')
+    TEMPLATES[name] = template
+  end
+  return template
+end
+local function list_length(list)
+  local n = LENGTHS[list]
+  if not n then
+    n = redis.call('LLEN', list)
+    LENGTHS[list] = n
+  end
+  return n
+end
+
 -- Push a job's Celery message: the template stored for its queue and priority, filled with its
 -- id (an id is hex digits: nothing in it is special to gsub), and note it as dispatched.
 -- Returns false if no template is stored (a worker stores them when it starts).
 local function push(id, queue, priority)
-  local template = redis.call('HMGET', P .. 'message:' .. queue .. ':' .. priority, 'list', 'text')
+  local template = template_of(queue, priority)
   if not (template[1] and template[2]) then return false end
-  redis.call('LPUSH', template[1], (string.gsub(template[2], '@@job@@', id)))
+  LENGTHS[template[1]] = redis.call('LPUSH', template[1], (string.gsub(template[2], '@@job@@', id)))
   redis.call('ZADD', dispatched_key(queue), NOW, id)
   return true
 end
@@ -76,8 +98,8 @@ end
 -- template the job waits on the schedule for a second.
 local function dispatch(id, kind, priority)
   local queue = queue_of(kind)
-  local list = redis.call('HGET', P .. 'message:' .. queue .. ':' .. priority, 'list')
-  if list and WINDOW > 0 and redis.call('LLEN', list) >= WINDOW then
+  local list = template_of(queue, priority)[1]
+  if list and WINDOW > 0 and list_length(list) >= WINDOW then
     redis.call('ZADD', ready_key(queue, priority), NOW, id)
   elseif not push(id, queue, priority) then
     redis.call('ZADD', SCHEDULE, NOW + 1000, id)
@@ -88,10 +110,14 @@ end
 -- messages; realtime first). A ready job that is no longer queued is dropped from the set.
 local function top_up(queue, most)
   local moved = 0
+  -- Most takes find nothing waiting: one command says so.
+  if redis.call('EXISTS', ready_key(queue, 'realtime'), ready_key(queue, 'bulk')) == 0 then
+    return 0
+  end
   for _, priority in ipairs({'realtime', 'bulk'}) do
     local ready = ready_key(queue, priority)
-    local list = redis.call('HGET', P .. 'message:' .. queue .. ':' .. priority, 'list')
-    while list and moved < most and redis.call('LLEN', list) < WINDOW do
+    local list = template_of(queue, priority)[1]
+    while list and moved < most and list_length(list) < WINDOW do
       local next = redis.call('ZRANGE', ready, 0, 0)[1]
       if not next then break end
       redis.call('ZREM', ready, next)
@@ -122,9 +148,13 @@ end
 local function leave_line(id, entity)
   if not entity or entity == '' then return end
   local line = line_key(entity)
-  local head = redis.call('LINDEX', line, 0)
-  redis.call('LREM', line, 1, id)
-  if head == id then release_head(entity) end
+  local head = redis.call('LPOP', line)  -- the job that ends is the head, nearly always
+  if head == id then
+    release_head(entity)
+  elseif head then  -- a held job discarded: the head stays, the job leaves from where it was
+    redis.call('LPUSH', line, head)
+    redis.call('LREM', line, 1, id)
+  end
 end
 
 -- Join the end of an entity's line (a new job, or a requeued one): returns true if it is the
@@ -155,17 +185,21 @@ end
 -- Cut an ended job down to what an operator asks of it later (no payload: personal data, no
 -- envelope), so a million-row backfill leaves a couple of hundred bytes a job behind. `also`
 -- names more fields to keep. Not even the success code of a delivered job: "delivered" says it
--- (and keeps the hash in a smaller size class). Returns kind, client, attempts, faults, retries,
--- submitted_at_ms and priority as they were.
+-- (and keeps the hash in a smaller size class). `known`: the job's fields as the caller read
+-- (and updated) them, every kept one among them; nil: read here.
 local KEPT = {'kind', 'client', 'attempts', 'faults', 'retries', 'submitted_at_ms'}
-local function outline(id, state, also)
+local function outline(id, state, also, known)
   local key = job_key(id)
   local names = {unpack(KEPT)}
   for _, name in ipairs(also) do names[#names + 1] = name end
-  names[#names + 1] = 'priority'
-  local values = redis.call('HMGET', key, unpack(names))
+  local values = {}
+  if known then
+    for i, name in ipairs(names) do values[i] = known[name] end
+  else
+    values = redis.call('HMGET', key, unpack(names))
+  end
   local compact = {'state', state, 'updated_at_ms', NOW}
-  for i = 1, #names - 1 do  -- priority says nothing once the job has ended
+  for i = 1, #names do
     local value = values[i]
     if value and value ~= '' and value ~= '0' then
       compact[#compact + 1] = names[i]
@@ -175,7 +209,6 @@ local function outline(id, state, also)
   redis.call('DEL', key)
   redis.call('HSET', key, unpack(compact))
   redis.call('EXPIRE', key, RETENTION_S)
-  return values
 end
 
 -- Some fields of a job hash, as a table (absent fields are nil).

@@ -14,11 +14,19 @@ local id, token, allowed, new = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 -- must be in now, comma-separated ('' = any); the new state
 local due, entry = ARGV[10], ARGV[11]
 -- schedule due (ms) or ''; the history entry (JSON)
-local FIELDS = 12  -- ARGV[12..]: field, value pairs to set on the job hash
+local attempt, fault = ARGV[12], ARGV[13] == '1'
+-- the call whose answer this settles, as its history entry (JSON), or '' (no call: an operator's
+-- action, a paused destination); '1' if that answer was a fault (it counts against the budget).
+-- Recorded here, with the state it leads to, in one step: no crash can leave an answer recorded
+-- but not acted on, or acted on but not recorded.
+local FIELDS = 14  -- ARGV[14..]: field, value pairs to set on the job hash
 -- Returns {'ok', previous state, state now} | {'lost', current} (our lock is gone) |
 -- {'conflict', current} | {'missing', ''}
 local key = job_key(id)
-local current = redis.call('HGET', key, 'state')
+local job = read(id, {'state', 'batch', 'entity', 'kind', 'priority', 'seq', 'top_seq',
+                      'top_id', 'vkey', 'vjob', 'attempts', 'faults', 'retries', 'client',
+                      'submitted_at_ms'})
+local current = job.state
 if not current then return {'missing', ''} end
 if token ~= '' and redis.call('GET', lock_key(id)) ~= token then return {'lost', current} end
 if allowed ~= '' and not string.find(',' .. allowed .. ',', ',' .. current .. ',', 1, true) then
@@ -26,13 +34,24 @@ if allowed ~= '' and not string.find(',' .. allowed .. ',', ',' .. current .. ',
 end
 
 local fields = {'state', new, 'updated_at_ms', NOW}
-for i = FIELDS, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', key, unpack(fields))
-local job = read(id, {'batch', 'entity', 'kind', 'priority', 'seq', 'top_seq', 'top_id',
-                      'vkey', 'vjob'})
+if attempt ~= '' then
+  job.attempts = tostring((tonumber(job.attempts) or 0) + 1)
+  fields[#fields + 1], fields[#fields + 2] = 'attempts', job.attempts
+  if fault then
+    job.faults = tostring((tonumber(job.faults) or 0) + 1)
+    fields[#fields + 1], fields[#fields + 2] = 'faults', job.faults
+  end
+end
+-- A delivered job is cut down to its outline below: the fields given here would go with it.
+if new ~= 'delivered' then
+  for i = FIELDS, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', key, unpack(fields))
+  if attempt ~= '' then redis.call('HDEL', key, 'calling_since_ms') end
+end
 recount(current, new, job.batch)
-redis.call('ZREM', P .. 'review', id)
-redis.call('ZREM', P .. 'rejected', id)
+-- Only a job in review or rejected is listed there (this script is the one that lists it).
+if current == 'review' then redis.call('ZREM', P .. 'review', id) end
+if current == 'rejected' then redis.call('ZREM', P .. 'rejected', id) end
 redis.call('ZREM', SCHEDULE, id)
 if current == 'queued' then  -- no longer waits for its message (an operator's discard, say)
   local queue = queue_of(job.kind)
@@ -42,7 +61,21 @@ end
 if new == 'review' then redis.call('ZADD', P .. 'review', NOW, id) end
 if new == 'rejected' then redis.call('ZADD', P .. 'rejected', NOW, id) end
 if due ~= '' then redis.call('ZADD', SCHEDULE, due, id) end
-note(id, entry)
+-- A bulk job's history goes when it says no more than the outline will (one attempt, then
+-- delivered). A job with retries, reviews or requeues keeps its story, and so does a realtime
+-- one: a service's job is the one someone asks about (how long it waited for a permit, how
+-- long the call took), and there are few of them beside a backfill's.
+local function zero(v) return not v or v == '' or v == '0' end
+-- (Its history holds nothing else: the answer is recorded here, or was just before.)
+local plain = new == 'delivered' and job.priority == 'bulk' and job.attempts == '1'
+  and zero(job.faults) and zero(job.retries)
+  and redis.call('LLEN', history_key(id)) <= (attempt == '' and 1 or 0)
+if plain then
+  if attempt == '' then redis.call('DEL', history_key(id)) end
+else
+  if attempt ~= '' then note(id, attempt) end
+  note(id, entry)
+end
 if token ~= '' then
   redis.call('DEL', lock_key(id))
   redis.call('ZREM', RUNNING, id)
@@ -63,18 +96,8 @@ end
 
 if new == 'delivered' then
   remember_delivery(id, job)
-  -- A bulk job's history goes too when it says no more than the outline (one attempt, then
-  -- delivered). A job with retries, reviews or requeues keeps its story, and so does a
-  -- realtime one: a service's job is the one someone asks about (how long it waited for a
-  -- permit, how long the call took), and there are few of them beside a backfill's.
-  local was = outline(id, new, {})
-  local function zero(v) return not v or v == '' or v == '0' end
-  if was[7] == 'bulk' and was[3] == '1' and zero(was[4]) and zero(was[5])
-      and redis.call('LLEN', history_key(id)) <= 2 then
-    redis.call('DEL', history_key(id))
-  else
-    redis.call('EXPIRE', history_key(id), RETENTION_S)
-  end
+  outline(id, new, {}, job)
+  if not plain then redis.call('EXPIRE', history_key(id), RETENTION_S) end
 elseif new == 'merged' or new == 'superseded' then
   outline(id, new, {'entity', 'version', 'last_code', 'last_reason', 'merged_into',
                     'superseded_by'})
