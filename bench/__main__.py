@@ -1,12 +1,16 @@
 """`make bench`: the ways in (enqueue rates, Redis memory per job, the intake, a million-row
-dry-run backfill), the gate's scenarios A-J and L (plain Celery and the gate side by side),
-order per record (coalescing, the hand-off), chaos (workers and the Redis server SIGKILLed), and
-the fairness of the other destinations beside a Noojee backfill.
+dry-run backfill), the framework's own cost per job against plain Celery and Dramatiq, the
+gate's scenarios A-J and L (plain Celery and the gate side by side), order per record
+(coalescing, the hand-off), chaos (workers and the Redis server SIGKILLed), and the fairness of
+the other destinations beside a Noojee backfill.
 
 ``python -m bench`` runs them all; ``python -m bench enqueue`` the ways in alone; ``python -m
-bench C D`` some gate scenarios (``python -m bench A L``: L's target compares with A's figure);
-``python -m bench order`` / ``chaos`` / ``fairness`` that benchmark. Results are printed and
-written under ``bench/results/``.
+bench cost`` the cost per job of contactsync (gate on and off), plain Celery and Dramatiq
+(``python -m bench cost contactsync [celery ...] [JOBS]``: those systems, with JOBS jobs instead
+of 10,000; the targets then compare with plain Celery's figures of the last full run);
+``python -m bench C D`` some gate scenarios (``python -m bench A L``: L's target compares with
+A's figure); ``python -m bench order`` / ``chaos`` / ``fairness`` that benchmark. Results are
+printed and written under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import chaos, durability, enqueue, fairness, gate, order
+from bench import chaos, cost, durability, enqueue, fairness, gate, order
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -206,9 +210,12 @@ def _run(
 
 def main(argv: list[str]) -> int:
     """``python -m bench``: everything; ``python -m bench A C``: those gate scenarios;
-    ``python -m bench enqueue`` / ``fairness``: that benchmark alone."""
-    wanted = [a.upper() for a in argv]
-    named = {"FAIRNESS", "ENQUEUE", "ORDER", "CHAOS", "DURABILITY"}
+    ``python -m bench enqueue`` / ``fairness``: that benchmark alone; ``python -m bench cost
+    [SYSTEM ...] [JOBS]``: the cost per job (all four systems, or those named)."""
+    wanted = [a.upper() for a in argv if not a.isdigit()]
+    named = {"FAIRNESS", "ENQUEUE", "ORDER", "CHAOS", "DURABILITY", "COST"}
+    systems = [a.lower() for a in wanted if a.lower() in cost.LABELS]
+    wanted = [a for a in wanted if a.lower() not in cost.LABELS] + (["COST"] if systems else [])
     unknown = [a for a in wanted if a not in {*SHOWN, *named}]
     if unknown:
         print(__doc__)
@@ -218,6 +225,8 @@ def main(argv: list[str]) -> int:
     order_wanted = not wanted or "ORDER" in wanted
     chaos_wanted = not wanted or "CHAOS" in wanted
     durability_wanted = not wanted or "DURABILITY" in wanted
+    cost_wanted = not wanted or "COST" in wanted
+    cost_jobs = next((int(a) for a in argv if a.isdigit()), cost.JOBS)
     keys = [k for k in wanted if k not in named] or (None if not wanted else [])
     machine = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
     met = True
@@ -226,6 +235,15 @@ def main(argv: list[str]) -> int:
               f"{enqueue.DRY_ROWS:,}-row dry-run backfill", flush=True)  # fmt: skip
         ways_in = _run("enqueue.json", "ways in", machine, enqueue.run, enqueue_table)
         met = met and ways_in["met"]
+    if cost_wanted:
+        print(f"\ncost benchmark: {cost_jobs:,} jobs each, {gate.WORKERS} worker processes x "
+              f"{gate.THREADS} threads, a simulator that answers at once", flush=True)  # fmt: skip
+        whole = not systems and cost_jobs == cost.JOBS
+        entry = _run("cost.json" if whole else f"cost-{'-'.join(systems or ['all'])}.json",
+                     "framework cost per job", machine, lambda: cost.run(systems or None,
+                                                                         cost_jobs),
+                     cost.table)  # fmt: skip
+        met = met and entry["met"]
     if keys != []:
         print(f"gate benchmark: {gate.WORKERS} workers x {gate.THREADS} threads, simulator "
               f"{gate.SERVICE_S * 1000:.0f} ms ± 20 ms (unless the scenario changes it), 109 after "
