@@ -10,9 +10,11 @@ is up and 64 warm-up jobs were delivered. The phases and how each figure is meas
 
 1. **enqueue** (a second private server, no worker running): ``JOBS`` jobs queued the system's
    way (contactsync: ``submit_many``, bulk and realtime; Celery: a loop of ``apply_async``, and
-   one with a single producer for all; Dramatiq: a loop of ``actor.send``). Rate = jobs / the
-   submit's wall time (the job models and arguments are built beforehand). Bytes per queued job
-   = ``used_memory`` after, less before (``MEMORY PURGE`` before each reading), over the jobs.
+   3,000 more through a single producer, a rate only; Dramatiq: a loop of ``actor.send``). Rate
+   = jobs / the submit's wall time (the job models and arguments are built beforehand). Bytes
+   per queued job = ``used_memory`` after, less before (``MEMORY PURGE`` before each reading),
+   over the jobs; contactsync's include its ledger, and beyond ``BROKER_WINDOW`` (1,000 a list)
+   its jobs wait without a message copy, as they would in production.
 2. **delivery**: ``JOBS`` jobs of distinct leads (nothing merges) queued as in 1 (contactsync:
    bulk), while the workers run, until the simulator has answered them all. Throughput = jobs /
    (the last call's end at the simulator, from its arrival log, less the first submit). Worker
@@ -29,13 +31,23 @@ is up and 64 warm-up jobs were delivered. The phases and how each figure is meas
 3. **client / Lua split**: ``SAMPLE_JOBS`` more jobs as in 2 with ``MONITOR`` attached, which
    marks each command a script ran ``lua``: commands per job from clients and from inside Lua.
    MONITOR slows the server, so only this phase's counts are taken from it.
-4. **low load**: ``LOW_LOAD_JOBS`` jobs submitted one at a time, ``LOW_LOAD_RATE_PER_S`` a second
+4. **idle** (before 2): ``IDLE_S`` seconds with nothing to do: worker and Redis CPU and Redis
+   commands per second, what the polling and background rounds add to every figure of 2.
+5. **low load**: ``LOW_LOAD_JOBS`` jobs submitted one at a time, ``LOW_LOAD_RATE_PER_S`` a second
    (contactsync: ``submit``, realtime): submit → the end of its call at the simulator
    (``GET /_arrivals``), p50 and p99, the same clock for all three; contactsync's ledger times
    (``submitted_at_ms`` → the delivered outline's ``updated_at_ms``) are reported beside them.
 
 ``measure_contactsync(env)`` runs one contactsync configuration alone (``python -m bench cost
 contactsync``, a couple of minutes); ``run()`` runs them all and checks issue 16's targets.
+
+What to keep in mind reading the figures: the benchmark's own process is the producer, on the
+same 2 cores as the workers, the server and the simulator, so a slow producer (a loop of
+``apply_async``) both bounds and slows the delivery while it submits (``throughput once the
+submit had ended`` shows the workers alone); Celery's workers, plain and contactsync's, log at
+INFO (Celery's lines per task), httpx quieted in all three; contactsync runs as configured by
+default (task events on, the adaptive gate: its limit at the end is reported); the embedded
+server writes its append-only file (everysec) for all of them.
 """
 
 from __future__ import annotations
@@ -65,6 +77,8 @@ WARM_JOBS = 64
 SAMPLE_JOBS = 1_000
 LOW_LOAD_JOBS = 200
 LOW_LOAD_RATE_PER_S = 20
+#: How long the idle fleet is watched: what it costs with nothing to do, per second.
+IDLE_S = 5.0
 SLOTS = 64
 #: After ``bench.gate``'s own simulator options, which these override: no service time (a
 #: latency below 100 ms opts out of the PBX's floor), no jitter, no queue.
@@ -205,31 +219,34 @@ def contactsync_fleet(env: dict[str, str]) -> Iterator[Fleet]:
     from worker.runtime import ledger
     from worker.settings import get_settings
 
-    with fresh_stack("cost", SLOTS, env, SIMULATOR_ARGS) as run:
-        stack = run.stack
-        data_dir = stack.data_dir
-        assert stack.redis is not None
-        simulator = next(p for name, p, _ in stack._children if name == "simulator-noojee")
+    def latencies_ms(ids: list[str]) -> list[float]:
+        return [float(r.updated_at_ms - r.submitted_at_ms) for r in ledger().get_many(ids)
+                if r is not None and r.state == "delivered"]  # fmt: skip
 
-        def latencies_ms(ids: list[str]) -> list[float]:
-            return [float(r.updated_at_ms - r.submitted_at_ms) for r in ledger().get_many(ids)
-                    if r is not None and r.state == "delivered"]  # fmt: skip
+    def describe() -> dict[str, Any]:
+        client, prefix = redis_client(), get_settings().key_prefix
+        limits = {name: client.hget(f"{prefix}gate:{name}:state", "limit")
+                  for name in gate_names(client, prefix)}  # fmt: skip
+        return {"gate_limit_at_end": limits or "no gate"}
 
-        def describe() -> dict[str, Any]:
-            client, prefix = redis_client(), get_settings().key_prefix
-            limits = {name: client.hget(f"{prefix}gate:{name}:state", "limit")
-                      for name in gate_names(client, prefix)}  # fmt: skip
-            return {"gate_limit_at_end": limits or "no gate"}
-
-        yield Fleet(
-            redis_url=stack.redis.url, redis_port=stack.redis.port,
-            simulator_url=run.sim, simulator_pid=simulator.pid,
-            worker_pids=[proc.pid for _, proc in run.workers()],
-            sender=contactsync_sender(),
-            delivered=lambda: ledger().counts()["delivered"],
-            ledger_latencies_ms=latencies_ms, describe=describe,
-        )  # fmt: skip
-    shutil.rmtree(data_dir, ignore_errors=True)  # fresh_stack leaves it (AOF and logs)
+    data_dirs: list[Path] = []
+    try:
+        with fresh_stack("cost", SLOTS, env, SIMULATOR_ARGS) as run:
+            stack = run.stack
+            data_dirs.append(stack.data_dir)
+            assert stack.redis is not None
+            simulator = next(p for name, p, _ in stack._children if name == "simulator-noojee")
+            yield Fleet(
+                redis_url=stack.redis.url, redis_port=stack.redis.port,
+                simulator_url=run.sim, simulator_pid=simulator.pid,
+                worker_pids=[proc.pid for _, proc in run.workers()],
+                sender=contactsync_sender(),
+                delivered=lambda: ledger().counts()["delivered"],
+                ledger_latencies_ms=latencies_ms, describe=describe,
+            )  # fmt: skip
+    finally:  # once the stack has stopped: fresh_stack keeps its data dir (AOF and logs)
+        for data_dir in data_dirs:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -242,10 +259,13 @@ def plain_fleet(
     """The same server and simulator as contactsync's fleet (a ``Stack`` without contactsync
     workers, Flower or intake), then ``workers`` (one command line each) started beside them
     with ``BENCH_*`` pointing them at both. ``ready(redis_url)`` says when they all run."""
-    from bench.plain_call import API_KEY_VARIABLE, URL_VARIABLE
+    from bench.plain_call import API_KEY_VARIABLE, UPDATE_PATH, URL_VARIABLE
     from bench.plain_celery import REDIS_URL_VARIABLE
+    from tasks import noojee
     from worker.stack import SIM_API_KEY, Stack, refresh_settings
 
+    if UPDATE_PATH != noojee.UPDATE_PATH:
+        raise RuntimeError("bench/plain_call.py calls another path than contactsync's updates")
     for variable in [n for n in os.environ if n.startswith("CONTACTSYNC_")]:
         del os.environ[variable]
     data_dir = Path(tempfile.mkdtemp(prefix=f"contactsync-bench-cost-{name}-"))
@@ -428,7 +448,6 @@ class Monitor:
     END = "cost-monitor-end"
 
     def __init__(self, port: int) -> None:
-        self.port = port
         self.counts: Counter[tuple[str, str]] = Counter()
         self._ended = threading.Event()
         self._sock = socket.create_connection(("127.0.0.1", port))
@@ -459,24 +478,36 @@ class Monitor:
     def stop(self, client: redis.Redis) -> Counter[tuple[str, str]]:
         """Every command up to now, read: a marker goes through the server after them."""
         client.echo(self.END)
-        self._ended.wait(60)
+        ended = self._ended.wait(60)
         self._sock.close()
+        if not ended:
+            raise RuntimeError("MONITOR's reader did not reach the end marker within 60 s")
         return self.counts
 
 
 # -- the phases --------------------------------------------------------------------------------
-def enqueue_phase(ways: dict[str, Callable[[str], Sender]], jobs: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Way:
+    """One way a system queues jobs, on a Redis URL; ``most_jobs`` caps the jobs it queues in
+    the enqueue phase (a rate needs fewer than the memory figure of a full queue)."""
+
+    sender: Callable[[str], Sender]
+    most_jobs: int | None = None
+
+
+def enqueue_phase(ways: dict[str, Way], jobs: int) -> dict[str, Any]:
     """On a private server, no worker: each way queues ``jobs`` jobs (distinct leads, after one
-    warm-up job); its rate, bytes, Redis commands and CPU per queued job."""
+    warm-up job; fewer if it says so); its rate, bytes, Redis commands and CPU per queued job."""
     from bench.enqueue import server
 
     results: dict[str, Any] = {}
     with server() as embedded:
         client = redis.Redis.from_url(embedded.url)
-        for n, (way, make) in enumerate(ways.items()):
-            sender = make(embedded.url)
+        for n, (name, way) in enumerate(ways.items()):
+            sender = way.sender(embedded.url)
+            count = min(jobs, way.most_jobs or jobs)
             sender.many([sender.prepare(lead_update(f"E{n}w", 0))])
-            items = [sender.prepare(lead_update(f"E{n}", i)) for i in range(jobs)]
+            items = [sender.prepare(lead_update(f"E{n}", i)) for i in range(count)]
             client.config_resetstat()
             memory_before = used_memory(client)
             before = Snapshot.take(client, None, [])
@@ -484,11 +515,11 @@ def enqueue_phase(ways: dict[str, Callable[[str], Sender]], jobs: int) -> dict[s
             sender.many(items)
             elapsed_s = time.perf_counter() - started
             after = Snapshot.take(client, None, [])
-            figures = per_job(before, after, jobs)
-            results[way] = {
-                "jobs": jobs,
-                "jobs_per_s": round(jobs / elapsed_s),
-                "bytes_per_queued_job": round((used_memory(client) - memory_before) / jobs),
+            figures = per_job(before, after, count)
+            results[name] = {
+                "jobs": count,
+                "jobs_per_s": round(count / elapsed_s),
+                "bytes_per_queued_job": round((used_memory(client) - memory_before) / count),
                 "redis_commands_per_job": figures["redis_commands_per_job"],
                 "redis_cpu_ms_per_job": figures["redis_cpu_ms_per_job"],
                 "redis_commands_by_command": figures["redis_commands_by_command"],
@@ -505,11 +536,14 @@ def delivery_phase(fleet: Fleet, client: redis.Redis, jobs: int) -> dict[str, An
     settled = fleet.delivered() if fleet.delivered else 0
     fleet.reset_simulator()
     client.config_resetstat()
+    rewrites = int(client.info("persistence")["aof_rewrites"])
     before = Snapshot.take(client, fleet, workers)
     sender.many(items)
     submitted = Snapshot.take(client, fleet, workers)
     wait_delivered(fleet, jobs, settled)
     after = Snapshot.take(client, fleet, workers)
+    # A rewrite's fork runs in a child, whose CPU INFO cpu does not count: say if one ran.
+    rewrites = int(client.info("persistence")["aof_rewrites"]) - rewrites
     stats = fleet.stats()
     arrivals = fleet.arrivals()
     ends = sorted(entry["end"] for entries in arrivals.values() for entry in entries)
@@ -537,6 +571,28 @@ def delivery_phase(fleet: Fleet, client: redis.Redis, jobs: int) -> dict[str, An
         "leads_called_more_than_once": sum(1 for e in arrivals.values() if len(e) > 1),
         "worker_processes": len(workers),
         "worker_processes_at_end": len(descendants(fleet.worker_pids)),
+        "aof_rewrites": rewrites,
+    }  # fmt: skip
+
+
+def idle_phase(fleet: Fleet, client: redis.Redis, seconds: float) -> dict[str, Any]:
+    """The fleet with nothing to do for ``seconds``: worker and Redis CPU and Redis commands per
+    second (the polling and the background rounds every delivery figure also carries)."""
+    workers = descendants(fleet.worker_pids)
+    client.config_resetstat()
+    before = Snapshot.take(client, fleet, workers)
+    time.sleep(seconds)  # the measurement itself: nothing is submitted meanwhile
+    after = Snapshot.take(client, fleet, workers)
+    figures = per_job(before, after, 1)
+    elapsed_s = after.at_s - before.at_s
+    return {
+        "seconds": round(elapsed_s, 2),
+        "worker_cpu_ms_per_s": round(figures["worker_cpu_ms_per_job"] / elapsed_s, 2),
+        "redis_cpu_ms_per_s": round(figures["redis_cpu_ms_per_job"] / elapsed_s, 2),
+        "redis_commands_per_s": round(figures["redis_commands_per_job"] / elapsed_s, 1),
+        "redis_commands_by_command_per_s": {
+            name: round(n / elapsed_s, 2)
+            for name, n in figures["redis_commands_by_command"].items()},
     }  # fmt: skip
 
 
@@ -610,10 +666,12 @@ def low_load_phase(fleet: Fleet, jobs: int, rate_per_s: float) -> dict[str, Any]
 def measure(
     key: str,
     fleet: Callable[[], contextlib.AbstractContextManager[Fleet]],
-    enqueue_ways: dict[str, Callable[[str], Sender]],
+    enqueue_ways: dict[str, Way],
     jobs: int = JOBS,
 ) -> dict[str, Any]:
     """Every phase for one system; each phase's figures under its name."""
+    for variable in [n for n in os.environ if n.startswith("CONTACTSYNC_")]:
+        del os.environ[variable]  # the previous system's settings (its gate switched off)
     print(f"  {LABELS.get(key, key)}: enqueue …", flush=True)
     result: dict[str, Any] = {"label": LABELS.get(key, key), "enqueue": enqueue_phase(
         enqueue_ways, jobs)}  # fmt: skip
@@ -625,6 +683,7 @@ def measure(
         running.reset_simulator()
         running.sender.many(warm)
         wait_delivered(running, WARM_JOBS, settled)
+        result["idle"] = idle_phase(running, client, IDLE_S)
         print(f"  {result['label']}: delivery of {jobs:,} jobs …", flush=True)
         result["delivery"] = delivery_phase(running, client, jobs)
         print(f"  {result['label']}: MONITOR sample, low load …", flush=True)
@@ -640,20 +699,21 @@ def measure_contactsync(env: dict[str, str] | None = None, jobs: int = JOBS,
     base settings: e.g. ``measure_contactsync({"CONTACTSYNC_NOOJEE__GATE": "false"})``."""
     chosen = dict(env or {})
     return measure(key, lambda: contactsync_fleet(chosen), {
-        "submit_many, bulk": lambda _url: contactsync_sender("bulk"),
-        "submit_many, realtime": lambda _url: contactsync_sender("realtime"),
+        "submit_many, bulk": Way(lambda _url: contactsync_sender("bulk")),
+        "submit_many, realtime": Way(lambda _url: contactsync_sender("realtime")),
     }, jobs)  # fmt: skip
 
 
 def measure_celery(jobs: int = JOBS) -> dict[str, Any]:
     return measure("celery", celery_fleet, {
-        "apply_async": celery_sender,
-        "apply_async, one producer": lambda url: celery_sender(url, one_producer=True),
+        "apply_async": Way(celery_sender),
+        "apply_async, one producer": Way(lambda url: celery_sender(url, one_producer=True),
+                                         most_jobs=3_000),
     }, jobs)  # fmt: skip
 
 
 def measure_dramatiq(jobs: int = JOBS) -> dict[str, Any]:
-    return measure("dramatiq", dramatiq_fleet, {"actor.send": dramatiq_sender}, jobs)
+    return measure("dramatiq", dramatiq_fleet, {"actor.send": Way(dramatiq_sender)}, jobs)
 
 
 SYSTEMS: dict[str, Callable[[int], dict[str, Any]]] = {
@@ -776,6 +836,10 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("simulator calls / jobs", lambda e: f"{e['delivery']['calls_at_simulator']:,} / "
                                          f"{e['delivery']['jobs']:,}"),
     ("simulator CPU per job (ms)", lambda e: e["delivery"]["simulator_cpu_ms_per_job"]),
+    ("idle: Redis commands per s", lambda e: e["idle"]["redis_commands_per_s"]),
+    ("idle: worker / Redis CPU (ms per s)",
+     lambda e: f"{_show(e['idle']['worker_cpu_ms_per_s'])} / "
+               f"{_show(e['idle']['redis_cpu_ms_per_s'])}"),
 ]  # fmt: skip
 
 
