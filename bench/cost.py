@@ -59,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -68,7 +69,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,7 @@ class Fleet:
     delivered: Callable[[], int] | None = None
     ledger_latencies_ms: Callable[[list[str]], list[float]] | None = None
     describe: Callable[[], dict[str, Any]] = dict
+    worker_logs: list[Path] = field(default_factory=list)
 
     def stats(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.simulator_url}/_stats", timeout=30).json())
@@ -253,6 +255,7 @@ def contactsync_fleet(env: dict[str, str]) -> Iterator[Fleet]:
                 sender=contactsync_sender(),
                 delivered=lambda: ledger().counts()["delivered"],
                 ledger_latencies_ms=latencies_ms, describe=describe,
+                worker_logs=[stack.log_dir / f"{name}.log" for name, _ in run.workers()],
             )  # fmt: skip
     finally:  # once the stack has stopped: fresh_stack keeps its data dir (AOF and logs)
         for data_dir in data_dirs:
@@ -293,12 +296,14 @@ def plain_fleet(
                            API_KEY_VARIABLE: SIM_API_KEY})  # fmt: skip
         # Stack starts and stops children with their logs; it has no public way to start a
         # process that is not one of contactsync's.
-        procs = [stack._spawn(f"{name}-{n}", args) for n, args in enumerate(workers, start=1)]
+        names = [f"{name}-{n}" for n in range(1, len(workers) + 1)]
+        procs = [stack._spawn(child, args) for child, args in zip(names, workers, strict=True)]
         simulator = next(p for child, p, _ in stack._children if child == "simulator-noojee")
         yield Fleet(redis_url=url, redis_port=stack.redis.port,
                     simulator_url=stack.simulator_url, simulator_pid=simulator.pid,
                     worker_pids=[p.pid for p in procs], sender=sender(url),
-                    ready=lambda: ready(url))  # fmt: skip
+                    ready=lambda: ready(url),
+                    worker_logs=[stack.log_dir / f"{child}.log" for child in names])  # fmt: skip
     finally:
         stack.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -424,6 +429,17 @@ def per_job(before: Snapshot, after: Snapshot, jobs: int) -> dict[str, Any]:
                                       for name, n in commands.most_common()},
         "harness_commands_left_out": harness,
     }  # fmt: skip
+
+
+def log_warnings(paths: list[Path]) -> dict[str, Any]:
+    """Warning, error and traceback lines the workers logged over the whole run, and the most
+    frequent kinds (ids and numbers masked): a fleet that complains is doing extra work."""
+    lines = [line for path in paths if path.exists()
+             for line in path.read_text(errors="replace").splitlines()
+             if "WARNING" in line or "ERROR" in line or "Traceback" in line]  # fmt: skip
+    kinds = Counter(re.sub(r"[0-9a-f]{8,}|[0-9]+", "#", line.rsplit("] ", 1)[-1])[:120]
+                    for line in lines)  # fmt: skip
+    return {"warning_lines": len(lines), "most_frequent": dict(kinds.most_common(3))}
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout_s: float = PHASE_TIMEOUT_S,
@@ -743,7 +759,7 @@ def measure(
         result["drain"] = drain_phase(running, client, min(jobs, DRAIN_JOBS))
         result["split"] = split_phase(running, client, SAMPLE_JOBS)
         result["low_load"] = low_load_phase(running, LOW_LOAD_JOBS, LOW_LOAD_RATE_PER_S)
-        result["fleet"] = running.describe()
+        result["fleet"] = {**running.describe(), "worker_log": log_warnings(running.worker_logs)}
     return result
 
 
@@ -910,6 +926,8 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
                                          f"{e['delivery']['jobs']:,}"),
     ("simulator CPU per job (ms)", lambda e: e["delivery"]["simulator_cpu_ms_per_job"]),
     ("AOF rewrites during the delivery", lambda e: e["delivery"]["aof_rewrites"]),
+    ("warning lines in the worker logs",
+     lambda e: e["fleet"].get("worker_log", {}).get("warning_lines")),
     ("gate's limit at the end", lambda e: " ".join(
         str(v) for v in e["fleet"].get("gate_limit_at_end", {}).values())
         if isinstance(e["fleet"].get("gate_limit_at_end"), dict) else ""),
@@ -939,6 +957,12 @@ def table(results: dict[str, Any]) -> str:
     lua = all(e["enqueue"].get("lua_counted_in_commandstats") for e in systems.values())
     lines.append("   INFO commandstats counts the commands run inside Lua (checked): "
                  + ("yes" if lua else "NO: the Lua figures are missing"))
+    for entry in systems.values():
+        logged = entry["fleet"].get("worker_log", {})
+        if logged.get("warning_lines"):
+            lines.append(f"   {entry['label']}'s workers logged {logged['warning_lines']} "
+                         "warning lines, most often: " + "; ".join(
+                             f"{text} ({n})" for text, n in logged["most_frequent"].items()))
     names: list[str] = []
     for entry in systems.values():
         ranked = list(entry["delivery"]["redis_commands_by_command"])[:TOP_COMMANDS]
