@@ -37,8 +37,8 @@ def make_app(redis_url: str) -> Celery:
     )
 
     @app.task(name=TASK_NAME, shared=False)
-    def update_lead(params: dict[str, Any], body: dict[str, Any]) -> int:
-        return plain_call.update_lead(params, body)
+    def update_lead(params: dict[str, Any], body: dict[str, Any]) -> None:
+        plain_call.update_lead(params, body)  # nothing returned, as the Dramatiq actor
 
     return app
 

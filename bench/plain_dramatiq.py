@@ -26,8 +26,10 @@ for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
-def _update_lead(params: dict[str, Any], body: dict[str, Any]) -> int:
-    return plain_call.update_lead(params, body)
+def _update_lead(params: dict[str, Any], body: dict[str, Any]) -> None:
+    # Returns nothing: Dramatiq logs a warning for every value an actor returns without the
+    # Results middleware, work a plain actor would not do.
+    plain_call.update_lead(params, body)
 
 
 def make_actor(redis_url: str) -> dramatiq.Actor[Any, Any]:
