@@ -1,13 +1,18 @@
 """`make bench`: the ways in (enqueue rates, Redis memory per job, the intake, a million-row
-dry-run backfill), the gate's scenarios A-J and L (plain Celery and the gate side by side),
-order per record (coalescing, the hand-off), chaos (workers and the Redis server SIGKILLed), and
-the fairness of the other destinations beside a Noojee backfill, the operator's console with
-100,000 jobs in review, and what payload encryption at rest costs.
+dry-run backfill), the framework's own cost per job against plain Celery and Dramatiq, the
+gate's scenarios A-J and L (plain Celery and the gate side by side), order per record
+(coalescing, the hand-off), chaos (workers and the Redis server SIGKILLed), the fairness of the
+other destinations beside a Noojee backfill, the operator's console with 100,000 jobs in review,
+and what payload encryption at rest costs.
 
 ``python -m bench`` runs them all; ``python -m bench enqueue`` the ways in alone; ``python -m
-bench C D`` some gate scenarios (``python -m bench A L``: L's target compares with A's figure);
-``python -m bench order`` / ``chaos`` / ``durability`` / ``fairness`` / ``console`` / ``codec``
-that benchmark. Results are
+bench cost`` the cost per job of contactsync (gate on and off), plain Celery and Dramatiq
+(``python -m bench cost contactsync [celery ...] [JOBS]``: those systems, with JOBS jobs instead
+of 10,000; the targets then compare with plain Celery's figures of the last full run);
+``python -m bench C D`` some gate scenarios (``python -m bench A L``: L's target compares with
+A's figure); ``python -m bench order`` / ``chaos`` / ``durability`` / ``fairness`` /
+``console`` / ``codec`` / ``commands`` (a delivered job's Redis commands, by script) that
+benchmark. Results are
 printed and written under ``bench/results/``.
 """
 
@@ -21,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import chaos, codec, console, durability, enqueue, fairness, gate, order
+from bench import chaos, codec, commands, console, cost, durability, enqueue, fairness, gate, order
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -208,9 +213,13 @@ def _run(
 
 def main(argv: list[str]) -> int:
     """``python -m bench``: everything; ``python -m bench A C``: those gate scenarios;
-    ``python -m bench enqueue`` / ``fairness``: that benchmark alone."""
-    wanted = [a.upper() for a in argv]
-    named = {"FAIRNESS", "ENQUEUE", "ORDER", "CHAOS", "DURABILITY", "CONSOLE", "CODEC"}
+    ``python -m bench enqueue`` / ``fairness``: that benchmark alone; ``python -m bench cost
+    [SYSTEM ...] [JOBS]``: the cost per job (all four systems, or those named)."""
+    wanted = [a.upper() for a in argv if not a.isdigit()]
+    named = {"FAIRNESS", "ENQUEUE", "ORDER", "CHAOS", "DURABILITY", "CONSOLE", "CODEC", "COST",
+             "COMMANDS"}
+    systems = [a.lower() for a in wanted if a.lower() in cost.LABELS]
+    wanted = [a for a in wanted if a.lower() not in cost.LABELS] + (["COST"] if systems else [])
     unknown = [a for a in wanted if a not in {*SHOWN, *named}]
     if unknown:
         print(__doc__)
@@ -222,6 +231,9 @@ def main(argv: list[str]) -> int:
     durability_wanted = not wanted or "DURABILITY" in wanted
     console_wanted = not wanted or "CONSOLE" in wanted
     codec_wanted = not wanted or "CODEC" in wanted
+    cost_wanted = not wanted or "COST" in wanted
+    commands_wanted = not wanted or "COMMANDS" in wanted
+    cost_jobs = next((int(a) for a in argv if a.isdigit()), cost.JOBS)
     keys = [k for k in wanted if k not in named] or (None if not wanted else [])
     machine = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
     met = True
@@ -235,6 +247,19 @@ def main(argv: list[str]) -> int:
               flush=True)  # fmt: skip
         entry = _run("codec.json", "payload encryption", machine, codec.run, codec.table)
         met = met and entry["met"]
+    if cost_wanted:
+        print(f"\ncost benchmark: {cost_jobs:,} jobs each, {gate.WORKERS} worker processes x "
+              f"{gate.THREADS} threads, a simulator that answers at once", flush=True)  # fmt: skip
+        whole = not systems and cost_jobs == cost.JOBS
+        entry = _run("cost.json" if whole else f"cost-{'-'.join(systems or ['all'])}.json",
+                     "framework cost per job", machine, lambda: cost.run(systems or None,
+                                                                         cost_jobs),
+                     cost.table)  # fmt: skip
+        met = met and entry["met"]
+    if commands_wanted:
+        print(f"\ncommands benchmark: where a delivered job's Redis commands go, by script, "
+              f"{commands.JOBS} jobs with MONITOR attached", flush=True)  # fmt: skip
+        entry = _run("commands.json", "commands per job", machine, commands.run, commands.table)
     if keys != []:
         print(f"gate benchmark: {gate.WORKERS} workers x {gate.THREADS} threads, simulator "
               f"{gate.SERVICE_S * 1000:.0f} ms ± 20 ms (unless the scenario changes it), 109 after "

@@ -5,16 +5,14 @@ at once, with ``MONITOR`` attached. Each command a Lua script runs is charged to
 own); each client command to its own name. Prints commands per delivered job, by script and by
 command inside each script.
 
-``python -m bench commands`` (a minute); ``python -m bench commands --gate off``. MONITOR slows
-the server: the counts are exact, the times are not measured here (``python -m bench cost``).
+``python -m bench commands`` (a minute). MONITOR slows the server: the counts are exact, the
+times are not measured here (``python -m bench cost``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
 import threading
-import time
 from collections import Counter, defaultdict
 from importlib import resources
 from typing import Any
@@ -27,7 +25,7 @@ JOBS = 500
 #: The simulator answers at once and never queues: the framework's own cost shows.
 INSTANT = ["--slots", "64", "--latency", "0", "--jitter", "0"]
 GATE_ON = {"CONTACTSYNC_NOOJEE__ADAPTIVE": "true", "CONTACTSYNC_NOOJEE__MAX_CONCURRENCY": "32"}
-LIBS = {"gate_": "gate_lib", "ledger": None}
+
 
 
 def script_names() -> dict[str, str]:
@@ -125,13 +123,3 @@ def table(result: dict[str, Any]) -> str:
         detail = ", ".join(f"{n} {c}" for n, c in list(result["by_command"][caller].items())[:12])
         lines.append(f"{head}: {detail}")
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> int:
-    gate = not ("--gate" in argv and argv[argv.index("--gate") + 1] == "off")
-    print(table(run(gate)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
