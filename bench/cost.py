@@ -72,6 +72,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import redis
@@ -473,10 +474,16 @@ class Monitor:
 
     END = "cost-monitor-end"
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, url: str) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
         self._ended = threading.Event()
-        self._sock = socket.create_connection(("127.0.0.1", port))
+        parts = urlsplit(url)
+        self._sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379))
+        if parts.password:  # the embedded server has a password of its own
+            secret = unquote(parts.password).encode()
+            self._sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
+            if not self._sock.recv(5).startswith(b"+OK"):
+                raise RuntimeError("AUTH was refused")
         self._sock.sendall(b"MONITOR\r\n")
         if not self._sock.recv(5).startswith(b"+OK"):
             raise RuntimeError("MONITOR was refused")
@@ -675,7 +682,7 @@ def split_phase(fleet: Fleet, client: redis.Redis, jobs: int) -> dict[str, Any]:
     fleet.reset_simulator()
     client.config_resetstat()
     before = commandstats(client)
-    monitor = Monitor(fleet.redis_port)
+    monitor = Monitor(fleet.redis_url)
     sender.many(items)
     wait_delivered(fleet, jobs, settled)
     after = commandstats(client)

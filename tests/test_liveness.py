@@ -95,3 +95,12 @@ def test_a_killed_worker_gives_back_its_permits_and_jobs_within_a_sweep_not_a_le
         for process in (beating, silent):
             process.kill()
             process.wait()
+
+
+def test_a_heartbeat_outlasts_its_own_beat() -> None:
+    """A heartbeat's read blocks for a whole beat (BLPOP BEAT_S): a client that gives up on a
+    read sooner (redis-py 8's default is 5 s, BEAT_S is 5) drops the connection at each beat's
+    end, and for that moment the fleet takes a live worker for dead and runs its jobs twice."""
+    client = liveness.Heartbeat("redis://127.0.0.1:1/0", "cs:").connect()
+    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    assert timeout is None or timeout > liveness.BEAT_S + 1

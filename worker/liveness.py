@@ -66,12 +66,19 @@ class Heartbeat:
             self._started.add(os.getpid())
         threading.Thread(target=self._run, name="contactsync-heartbeat", daemon=True).start()
 
+    def connect(self) -> redis.Redis:
+        """The heartbeat's own client. Its reads may block a whole beat: redis-py (8 and later)
+        gives up on a read after 5 s by default, which would drop the connection at the end of
+        each beat and have the fleet take this process for dead for a moment."""
+        return redis.Redis.from_url(self.url, client_name=f"{NAME_PREFIX}{owner()}",
+                                    socket_connect_timeout=5,
+                                    socket_timeout=BEAT_S + 10)  # fmt: skip
+
     def _run(self) -> None:
         me = owner()
         while True:
             try:
-                conn = redis.Redis.from_url(self.url, client_name=f"{NAME_PREFIX}{me}",
-                                            socket_connect_timeout=5)  # fmt: skip
+                conn = self.connect()
                 while True:
                     # When it first registered (NX): a registration is judged once settled, and
                     # a process wrongly forgotten (cut off from Redis a while) registers again.
@@ -79,7 +86,8 @@ class Heartbeat:
                     # Blocks on a key nobody writes: the connection stays open and named.
                     conn.blpop([f"{self.prefix}live:{me}:never"], timeout=BEAT_S)
             except redis.RedisError as exc:
-                log.debug("heartbeat connection lost (%s); connecting again", exc)
+                log.warning("heartbeat connection lost (%s); connecting again: until it is back, "
+                            "the fleet may take this worker for dead", type(exc).__name__)
                 time.sleep(0.2)  # Redis is away: try again shortly, not in a tight loop
 
 
