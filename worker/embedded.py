@@ -128,17 +128,20 @@ class EmbeddedRedis:
     data_dir: where the AOF, log and ``embedded.json`` (the URL, for other local processes) live;
     ``EmbeddedRedis.under(settings.data_dir)`` is where `contactsync up` puts them.
     port: TCP port on 127.0.0.1; 0 picks a free one.
+    appendfsync: ``everysec`` (a power failure may lose the last second of writes) or ``always``
+    (nothing acknowledged is lost; ``python -m bench durability`` measures what it costs).
     """
 
     data_dir: Path
     port: int = 0
+    appendfsync: str = "everysec"
     password: str = ""
     _process: subprocess.Popen[bytes] | None = None
     _lock: IO[str] | None = None
 
     @classmethod
-    def under(cls, data_dir: Path, port: int = 0) -> EmbeddedRedis:
-        return cls(data_dir / SUBDIR, port)
+    def under(cls, data_dir: Path, port: int = 0, appendfsync: str = "everysec") -> EmbeddedRedis:
+        return cls(data_dir / SUBDIR, port, appendfsync)
 
     @property
     def url(self) -> str:
@@ -208,7 +211,7 @@ class EmbeddedRedis:
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--logfile", "valkey.log",
             "--protected-mode", "yes",

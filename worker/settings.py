@@ -444,6 +444,14 @@ class Settings(BaseSettings):
         "first key seals every payload written, each key opens; unset: payloads are plaintext "
         "(see worker/codec.py for rotation)",
     )
+    embedded_appendfsync: Literal["everysec", "always"] = Field(
+        "everysec",
+        description="how the embedded server (`contactsync up`/`demo`) flushes its append-only "
+        "file: everysec (a power failure may lose the last second of submitted jobs and settled "
+        "answers; a crash of the server alone loses nothing) or always (fsync before each "
+        "answer: nothing acknowledged is lost, at half to two thirds of the write rate, see "
+        "`python -m bench durability`). Your own Redis: set its appendfsync there",
+    )
     aof_rewrite_after_deliveries: int = Field(
         10_000,
         ge=0,

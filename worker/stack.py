@@ -154,7 +154,9 @@ class Stack:
         make_private_dir(self.log_dir)
         try:
             if settings.redis_url is None or self.sandboxed:
-                self.redis = EmbeddedRedis.under(self.data_dir).start()
+                self.redis = EmbeddedRedis.under(
+                    self.data_dir, appendfsync=get_settings().embedded_appendfsync
+                ).start()
                 self._started_at["redis"] = time.monotonic()
                 self.env["CONTACTSYNC_REDIS_URL"] = self.redis.url
             self._start_simulators([
