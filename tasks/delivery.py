@@ -355,12 +355,13 @@ class DeliveryTask(Task):
             outcome, attempt = self._attempt(ledger, job_id, decided.job,
                                              decided.priority or record.priority)  # fmt: skip
         except NoPermit as full:
-            # The destination is at its limit: back to the queue, no retry spent, and this
-            # thread is free for jobs of other queues. Normal at a full gate: the reason lets
-            # worker/requeue_log.py log a summary instead of a warning and traceback each.
+            # The destination is at its limit: back to the queue (unclaim queues a new message),
+            # no retry spent, and this thread is free for jobs of other queues. Normal at a full
+            # gate: the reason lets worker/requeue_log.py log a summary instead of a warning and
+            # traceback each.
             ClaimKeeper.for_process(ledger).settling(job_id)
             ledger.unclaim(job_id, token)
-            raise Reject(f"{NO_PERMIT} {full}", requeue=True) from None
+            raise Reject(f"{NO_PERMIT} {full}", requeue=False) from None
         except Deferred as paused:
             return self._defer(ledger, job_id, token, paused)
         return self._settle(ledger, job_id, token, outcome, attempt)

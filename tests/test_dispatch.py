@@ -30,15 +30,15 @@ def test_a_filled_template_is_the_message_send_task_queues(redis_server: str, cl
         celery_made = json.loads(client.rpop(key))
         template = Messages(app).template("noojee.deliver", queue, priority)
         assert template.key == key
-        ours_made = json.loads(template.fill(job_id))
+        ours_made = json.loads(template.fill(job_id, 1764612345678))
 
         # The body: Celery's base64 of the JSON, ours the JSON itself (no body encoding).
         assert base64.b64decode(celery_made.pop("body")).decode() == ours_made.pop("body")
         assert celery_made["properties"].pop("body_encoding") == "base64"
         assert "body_encoding" not in ours_made["properties"]
-        # kombu's delivery tag: a uuid4 of its own in Celery's, the job id in ours.
+        # kombu's delivery tag: a uuid4 of its own in Celery's, the job id and when in ours.
         celery_made["properties"].pop("delivery_tag")
-        assert ours_made["properties"].pop("delivery_tag") == job_id
+        assert ours_made["properties"].pop("delivery_tag") == f"{job_id}.1764612345678"
         assert ours_made == celery_made
 
 

@@ -32,7 +32,8 @@ from worker.ledger import (
 BULK_LIST, REALTIME_LIST = "noojee:9", "noojee"
 #: Messages shaped as kombu's are where reconcile.lua looks: the task id in the headers.
 TEMPLATES = {
-    "bulk": Template(BULK_LIST, '{"job": "@@job@@", "headers": {"id": "@@job@@"}, "p": 9}'),
+    "bulk": Template(BULK_LIST, '{"job": "@@job@@", "headers": {"id": "@@job@@"}, "p": 9, '
+                                '"properties": {"delivery_tag": "@@job@@.@@pushed@@"}}'),
     "realtime": Template(REALTIME_LIST, '{"job": "@@job@@", "headers": {"id": "@@job@@"}}'),
 }
 
@@ -295,18 +296,39 @@ def test_a_message_a_worker_took_long_ago_without_claiming_its_job_is_pushed_aga
     assert ledger.reconcile("noojee", 0, "unacked", 2_000) == (0, ["a"])  # not that long
 
 
-def test_a_job_handed_back_at_the_gate_stays_accounted_for(ledger: Ledger) -> None:
+def test_a_job_handed_back_at_the_gate_gets_a_new_message_in_the_same_step(
+    ledger: Ledger,
+) -> None:
     submit(ledger, "a")
+    ledger.r.delete(BULK_LIST)  # a worker took its message...
+    ledger.claim("a", "w")
+    assert ledger.unclaim("a", "w")  # ...and got no permit
+    assert state(ledger, "a") == QUEUED
+    assert messages(ledger) == ["a"]  # not left to kombu's requeue
+    assert ledger.reconcile("noojee", 0, "unacked", HELD_MS) == (0, [])
+    assert not ledger.unclaim("a", "w")  # a claim that ended: nothing more is pushed
+    assert messages(ledger) == ["a"]
+
+
+def test_two_messages_of_one_job_never_share_a_delivery_tag(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kombu acks a rejected message in a second round trip after putting it back: a tag
+    shared with the job's next message would let that ack erase the next message's record."""
+    import worker.ledger
+
+    submit(ledger, "a")
+    [first] = ledger.r.lrange(BULK_LIST, 0, -1)
     ledger.r.delete(BULK_LIST)
     ledger.claim("a", "w")
-    assert ledger.unclaim("a", "w")
-    assert state(ledger, "a") == QUEUED
-    # Its message is on its way back from kombu's unacked hash: not pushed twice...
-    took("a", ledger, "unacked")
+    later = now_ms() + 1
+    monkeypatch.setattr(worker.ledger, "now_ms", lambda: later)
+    ledger.unclaim("a", "w")
+    [second] = ledger.r.lrange(BULK_LIST, 0, -1)
+    tags = [json.loads(m)["properties"]["delivery_tag"] for m in (first, second)]
+    assert tags[0] != tags[1] and all(t.startswith("a.") for t in tags)
+    took(tags[1], ledger, "unacked")  # the new one, with a worker: found by its job id
     assert ledger.reconcile("noojee", 0, "unacked", HELD_MS) == (0, [])
-    # ...unless it never got there.
-    ledger.r.delete("unacked", "unacked_index")
-    assert ledger.reconcile("noojee", 0, "unacked", HELD_MS) == (0, ["a"])
 
 
 # -- the model test -------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ Every message is pushed by one of the ledger's scripts, in the same atomic step 
 job's state (no window in which a job is queued without a message, and one round trip for a
 thousand new jobs), from a ``Template`` of what ``send_task`` would put on kombu's Redis list,
 stored in Redis for the scripts (``message:{queue}:{priority}``). Its delivery tag is the job id
-too, which lets ``reconcile.lua`` find the messages of a queue in kombu's unacked hash.
+and when it was pushed (``{id}.{ms}``): ``reconcile.lua`` finds a queue's jobs in kombu's unacked
+hash by it, and no two messages of one job share a tag (see ``Messages``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from worker.app import PRIORITY
 
 #: Where a template has the job id (the id is 32 hex digits: nothing in it needs escaping).
 JOB_ID = "@@job@@"
+#: Where a template's delivery tag has when the message was pushed (ms).
+PUSHED = "@@pushed@@"
 
 
 def queue_key(app: Celery, queue: str, priority: str) -> str:
@@ -43,9 +46,10 @@ class Template:
     key: str
     text: str
 
-    def fill(self, job_id: str) -> str:
-        """The message of ``job_id`` (what create.lua pushes)."""
-        return self.text.replace(JOB_ID, job_id)
+    def fill(self, job_id: str, pushed_ms: int = 0) -> str:
+        """The message of ``job_id`` pushed at ``pushed_ms`` (what ledger_lib.lua's push
+        makes)."""
+        return self.text.replace(JOB_ID, job_id).replace(PUSHED, str(pushed_ms))
 
 
 class Messages:
@@ -54,9 +58,11 @@ class Messages:
 
     Two things differ from ``send_task``'s messages, both read the same by kombu: the body is
     the JSON text itself rather than its base64 (no body encoding: Lua in Redis has no
-    base64), and kombu's delivery tag is the job id. Two messages of one job (a duplicate that
-    its claim will drop) share a tag, so kombu's unacked hash keeps one of them: the ledger's
-    own claim leases and reconcile.lua, not kombu's redelivery, keep such a job going."""
+    base64), and kombu's delivery tag is the job id and when the message was pushed. Tags must
+    differ between two messages of one job: kombu acks a rejected message in a second round
+    trip after putting it back, and with a shared tag that ack could erase the unacked record
+    of the job's next message, which another worker has just taken (and the next reject of it
+    would then put nothing back)."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
@@ -77,7 +83,7 @@ class Messages:
                 "properties": {
                     **made.properties, "delivery_mode": 2,
                     "delivery_info": {"exchange": "", "routing_key": queue},
-                    "priority": PRIORITY[priority], "delivery_tag": JOB_ID,
+                    "priority": PRIORITY[priority], "delivery_tag": f"{JOB_ID}.{PUSHED}",
                 },
             }  # fmt: skip
             found = Template(queue_key(self.app, queue, priority), json.dumps(message))

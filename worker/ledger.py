@@ -495,8 +495,8 @@ class Ledger:
         self._unlock(keys=[self.lock_key(job_id)], args=[token])
 
     def unclaim(self, job_id: str, token: str) -> bool:
-        """Hand a claimed job back untouched (queued again: its worker puts the message back);
-        False if this worker's claim had already ended."""
+        """Hand a claimed job back untouched: queued again, with a new message (its worker drops
+        the one it ran); False if this worker's claim had already ended (nothing changed)."""
         return bool(self._unclaim(keys=[], args=[*self._common(), job_id, token]))
 
     def record_attempt(self, job_id: str, entry: dict[str, Any], fault: bool) -> None:

@@ -17,7 +17,7 @@
 --                                  number), at (ms); v, vj: the highest version delivered, and by
 --                                  which job
 --   P..'message:'..Q..':'..PRI hash  list (kombu's Redis list) and text (the Celery message with
---                                  @@job@@ for the id) of queue Q at priority PRI
+--                                  @@job@@ for the id, @@pushed@@ in its delivery tag for when) of queue Q at priority PRI
 --   P..'dispatched:'..Q      zset  queued jobs of queue Q whose message is on the broker (its
 --                                  list, or kombu's unacked hash once a worker has it), by when
 --                                  it was pushed: what reconcile.lua checks
@@ -82,12 +82,14 @@ local function list_length(list)
 end
 
 -- Push a job's Celery message: the template stored for its queue and priority, filled with its
--- id (an id is hex digits: nothing in it is special to gsub), and note it as dispatched.
+-- id (an id is hex digits: nothing in it is special to gsub) and, in its delivery tag, when
+-- (worker/dispatch.py), and note it as dispatched.
 -- Returns false if no template is stored (a worker stores them when it starts).
 local function push(id, queue, priority)
   local template = template_of(queue, priority)
   if not (template[1] and template[2]) then return false end
-  LENGTHS[template[1]] = redis.call('LPUSH', template[1], (string.gsub(template[2], '@@job@@', id)))
+  local message = string.gsub(template[2], '@@(%l+)@@', {job = id, pushed = tostring(NOW)})
+  LENGTHS[template[1]] = redis.call('LPUSH', template[1], message)
   redis.call('ZADD', dispatched_key(queue), NOW, id)
   return true
 end

@@ -26,10 +26,11 @@ for _, priority in ipairs({'realtime', 'bulk'}) do
     end
   end
 end
--- Our messages' delivery tags are their job ids (worker/dispatch.py).
+-- Our messages' delivery tags are their job ids and when they were pushed: '{id}.{ms}'
+-- (worker/dispatch.py).
 local taken_before = (NOW - held) / 1000
 local with_workers = redis.call('ZRANGE', unacked .. '_index', taken_before, '+inf', 'BYSCORE')
-for _, tag in ipairs(with_workers) do present[tag] = true end
+for _, tag in ipairs(with_workers) do present[string.match(tag, '^[^.]+')] = true end
 local result = {fed}
 local dispatched = dispatched_key(queue)
 for _, id in ipairs(redis.call('ZRANGE', dispatched, '-inf', NOW - grace, 'BYSCORE')) do
