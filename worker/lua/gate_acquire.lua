@@ -8,18 +8,21 @@
 -- again, waiters ahead of it, the calls' mean latency (ms, 0 if none yet), limit}: how long its
 -- turn should take. A waiter that pops its wake list gets "permits held:epoch" instead.
 local now, token, prio = clock(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local ttl, wait = tonumber(ARGV[4]), tonumber(ARGV[5])
-local adaptive, initial, max = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local ttl_text, wait = ARGV[4], tonumber(ARGV[5])
+local adaptive, initial, max_text = ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local target, gate_name, gates = ARGV[9], ARGV[10], KEYS[2]
+local asked_before = ARGV[11] == '1'
+local ttl, max = tonumber(ttl_text), tonumber(max_text)
 
 -- The configuration travels with every acquire, so a changed setting applies fleet-wide at
 -- once; it is written only when it differs from what the gate holds.
-if get('ttl_ms') ~= ARGV[4] or get('adaptive') ~= adaptive or get('max') ~= ARGV[8]
-    or get('target') ~= ARGV[9] then
-  put('ttl_ms', ARGV[4])
+if get('ttl_ms') ~= ttl_text or get('adaptive') ~= adaptive or get('max') ~= max_text
+    or get('target') ~= target then
+  put('ttl_ms', ttl_text)
   put('adaptive', adaptive)
-  put('max', ARGV[8])
-  put('target', ARGV[9])
-  redis.call('SADD', KEYS[2], ARGV[10])
+  put('max', max_text)
+  put('target', target)
+  redis.call('SADD', gates, gate_name)
 end
 local limit = num('limit', nil)
 if adaptive ~= '1' then
@@ -35,7 +38,7 @@ local held = redis.call('ZCARD', LEASES)
 if held >= limit and reap(now) > 0 then held = redis.call('ZCARD', LEASES) end
 -- Waiters go first: a free permit goes to them (hand_off) before anyone new.
 if held < limit then held = hand_off(now, held) end
-if ARGV[11] == '1' and redis.call('ZSCORE', LEASES, token) then  -- handed to us (now or before)
+if asked_before and redis.call('ZSCORE', LEASES, token) then  -- handed to us (now or before)
   redis.call('DEL', wake_key(token))
   return finish({1, held, num('epoch', 0)})
 end

@@ -5,6 +5,7 @@
 -- Returns {1 if applied else 0, limit}: a decision is dropped if a newer window was closed since
 -- (its closer took too long, and the fleet went on without it).
 local now, seq, new = clock(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local mean_held = ARGV[4]
 if get('pending') ~= seq then return {0, limit_now()} end
 local max = num('max', new)
 new = math.max(1, math.min(new, max))
@@ -14,7 +15,7 @@ redis.call('DEL', POLICY)
 if #ARGV >= 6 then redis.call('HSET', POLICY, unpack(ARGV, 5)) end
 drop('pending')
 drop('pending_at')
-redis.call('LPUSH', P .. 'history', now .. ':' .. new .. ':' .. ARGV[4])
+redis.call('LPUSH', P .. 'history', now .. ':' .. new .. ':' .. mean_held)
 redis.call('LTRIM', P .. 'history', 0, 1439)
 hand_off(now)
 return finish({1, limit_now()})

@@ -3,9 +3,10 @@
 local now, ttl = clock(ARGV[1]), tonumber(ARGV[2])
 local lost = {}
 for i = 3, #ARGV do
-  if redis.call('ZADD', LEASES, 'XX', 'CH', now + ttl, ARGV[i]) == 0
-     and not redis.call('ZSCORE', LEASES, ARGV[i]) then
-    lost[#lost + 1] = ARGV[i]
+  local token = ARGV[i]
+  if redis.call('ZADD', LEASES, 'XX', 'CH', now + ttl, token) == 0
+     and not redis.call('ZSCORE', LEASES, token) then
+    lost[#lost + 1] = token
   end
 end
 return lost

@@ -4,19 +4,20 @@
 -- ARGV[4] reason, ARGV[5] how long the failure count lasts without a new failure (ms)
 -- Returns {paused, until_ms, newly}: paused 1 if the destination is paused after this failure
 -- (newly 1 if this failure paused it).
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local failures = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-local paused = redis.call('EXISTS', KEYS[1]) == 1
-if not paused and failures < tonumber(ARGV[3]) then
+local pause, counter = KEYS[1], KEYS[2]
+local now, interval, threshold = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local reason, count_ttl = ARGV[4], ARGV[5]
+local failures = redis.call('INCR', counter)
+redis.call('PEXPIRE', counter, count_ttl)
+local paused = redis.call('EXISTS', pause) == 1
+if not paused and failures < threshold then
   return {0, 0, 0}
 end
 local until_ms = now + interval
-redis.call('HSET', KEYS[1], 'until_ms', until_ms, 'interval_ms', interval, 'reason', ARGV[4],
+redis.call('HSET', pause, 'until_ms', until_ms, 'interval_ms', interval, 'reason', reason,
            'failures', failures)
 if not paused then
-  redis.call('HSET', KEYS[1], 'since_ms', now, 'probes', 0)
+  redis.call('HSET', pause, 'since_ms', now, 'probes', 0)
   return {1, until_ms, 1}
 end
 return {1, until_ms, 0}
