@@ -38,6 +38,7 @@ test-tools:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/xenon --max-absolute C worker tasks producers
 
 typecheck: $(STAMP)
 	$(BIN)/mypy worker tasks producers

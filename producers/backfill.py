@@ -452,6 +452,23 @@ class _Run:
     # -- the header -----------------------------------------------------------------------------
     def _plan_columns(self) -> None:
         """Every column's field, checked before any row is read."""
+        names = self._header()
+        self.width = len(names)
+        given = {path: f"--set {'.'.join(path)}" for path, _ in self.constants}
+        for index, name in enumerate(names):
+            planned = self._plan_column(index, name)
+            if planned is None:
+                continue
+            path = planned[1]
+            if path in given:
+                raise BackfillError(f"column {name!r} and {given[path]} both give "
+                                    f"{'.'.join(path)}: keep one")  # fmt: skip
+            given[path] = f"column {name!r}"
+            self.columns.append(planned)
+        self._check_required({path[0] for path in given})
+
+    def _header(self) -> list[str]:
+        """The header's column names, checked against the mapping and the version column."""
         with self._open() as text:
             try:
                 header = next(csv.reader(text), None)
@@ -462,38 +479,36 @@ class _Run:
             raise BackfillError(f"{self.spec.path.name} has no header: a CSV backfill starts with "
                                 "a row of column names")  # fmt: skip
         names = [name.strip() for name in header]
-        self.width = len(names)
         missing = [k for k in self.mapping if k not in names]
         if missing:
             raise BackfillError(f"the mapping names column(s) {', '.join(missing)} that the "
                                 f"header does not have; it has {', '.join(names)}")  # fmt: skip
-        given = {path: f"--set {'.'.join(path)}" for path, _ in self.constants}
         column = self.spec.version_column
         if column and column not in names:
             raise BackfillError(f"--version-column {column}: the header has no such column; it "
                                 f"has {', '.join(names)}")  # fmt: skip
-        for index, name in enumerate(names):
-            if name == column:
-                self.columns.append((index, (VERSION,), None))
-                continue
-            if name in self.mapping:
-                target = self.mapping[name]
-                if target is None:
-                    continue
-            elif not name:
-                self.note(f"column {index + 1} has no name in the header: ignored")
-                continue
-            else:
-                target = self._target(name, f"column {name!r}")
-            path, convert = target
-            if path in given:
-                raise BackfillError(f"column {name!r} and {given[path]} both give "
-                                    f"{'.'.join(path)}: keep one")  # fmt: skip
-            given[path] = f"column {name!r}"
-            self.columns.append((index, path, convert))
-        tops = {path[0] for path in given}
+        return names
+
+    def _plan_column(self, index: int, name: str) -> tuple[int, FieldPath, Convert] | None:
+        """The field column ``index`` gives, or None for a column that is ignored."""
+        if name == self.spec.version_column:
+            return index, (VERSION,), None
+        if name in self.mapping:
+            target = self.mapping[name]
+            if target is None:
+                return None
+        elif not name:
+            self.note(f"column {index + 1} has no name in the header: ignored")
+            return None
+        else:
+            target = self._target(name, f"column {name!r}")
+        path, convert = target
+        return index, path, convert
+
+    def _check_required(self, given: set[str]) -> None:
+        """Every field a job needs has a column or a constant."""
         absent = [f"{n} ({f.alias})" if f.alias else n
-                  for n, f in self.model.model_fields.items() if f.is_required() and n not in tops]
+                  for n, f in self.model.model_fields.items() if f.is_required() and n not in given]
         if absent:
             raise BackfillError(f"no column gives {', '.join(absent)}, which every {self.kind} "
                                 "job needs: add a column, map one with --mapping, or give a "
