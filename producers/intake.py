@@ -364,6 +364,7 @@ class Handler(tornado.web.RequestHandler):
         has been read, as any answer: closing a connection with data still unread in it
         resets it, and a client may then lose the answer or, keeping the connection alive,
         its next request."""
+        self.request.connection.set_max_body_size(SERVER_MAX_BODY_BYTES)  # type: ignore[union-attr]
         try:
             self._check_head()
         except Problem as problem:
@@ -715,7 +716,7 @@ def make_app(settings: IntakeSettings | None = None) -> tornado.web.Application:
         [
             (r"/", tornado.web.RedirectHandler, {"url": "/console/"}),
             (r"/redoc", tornado.web.RedirectHandler, {"url": "/docs"}),
-            *console.routes(service.tokens, settings),
+            *console.routes(service),
             (r"/v1/jobs", JobsHandler, common),
             (r"/v1/jobs/([^/]+)", JobHandler, common),
             (r"/v1/review", ReviewListHandler, common),
@@ -730,9 +731,13 @@ def make_app(settings: IntakeSettings | None = None) -> tornado.web.Application:
     )
 
 
-#: What the server itself caps (the handlers cap each body as it streams, so this is only a
-#: backstop): a larger declared chunk would otherwise be refused by tornado with an empty 400.
+#: What a handler that streams its body lets through the server (it caps the body itself as it
+#: streams, with a 413 that says why; tornado's own refusal is an empty 400).
 SERVER_MAX_BODY_BYTES = 1 << 40
+#: What the server takes for a handler that does not stream its body (a console page, /docs,
+#: a static file, a redirect): read whole before the handler runs, so it must be small. A
+#: larger one is refused before it is read (Content-Length) or once past it (chunked).
+UNSTREAMED_BODY_BYTES = 64 * 1024
 #: Longest request head (request line and headers).
 MAX_HEADER_BYTES = 16 * 1024
 
@@ -753,7 +758,7 @@ def serve(
     warm_up()
     return_large_blocks_at_once()
     serve_app(lambda: make_app(settings), settings.host, settings.port, ready, stop, "intake",
-              max_body_size=SERVER_MAX_BODY_BYTES, max_header_size=MAX_HEADER_BYTES,
+              max_body_size=UNSTREAMED_BODY_BYTES, max_header_size=MAX_HEADER_BYTES,
               body_timeout=settings.body_timeout_s, header_timeout_s=settings.header_timeout_s,
               max_connections_per_client=settings.max_connections_per_client,
               max_buffer_size=1 << 20)  # fmt: skip

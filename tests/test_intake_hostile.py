@@ -199,6 +199,25 @@ def test_40_slow_unauthenticated_8_mib_uploads_are_refused_before_their_body(
     print(f"RSS baseline {baseline:.0f} MB, peak {peak.peak_mb:.0f} MB, after {after:.0f} MB")
 
 
+def test_pages_and_console_forms_never_buffer_a_large_body(intake: Intake) -> None:
+    """The console's pages, /docs, the redirects and the static files do not stream their
+    bodies: the server takes at most 64 KiB for them. The console's forms stream theirs against
+    their own 64 KiB cap."""
+    baseline = warm(intake)
+    paths = ["/console/", "/console/review", "/docs", "/", "/redoc", "/console/static/x.css",
+             "/console/login", "/console/bulk"]  # fmt: skip
+    with PeakRss(intake) as peak:
+        answers = in_threads(40, lambda n: upload(intake, paths[n % len(paths)], {}, 8 * MIB,
+                                                  0.01))  # fmt: skip
+
+    by_path = {paths[n % len(paths)]: a[:12] for n, a in enumerate(answers)}
+    assert all(a.startswith((b"HTTP/1.1 400", b"HTTP/1.1 413")) for a in answers), by_path
+    assert by_path["/console/login"] == by_path["/console/bulk"] == b"HTTP/1.1 413"
+    assert peak.peak_mb < RSS_CEILING_MB, (peak.peak_mb, baseline)
+    after = settles_near(intake, baseline)
+    print(f"RSS baseline {baseline:.0f} MB, peak {peak.peak_mb:.0f} MB, after {after:.0f} MB")
+
+
 def test_240_aborted_authenticated_uploads_leave_nothing_behind(intake: Intake) -> None:
     baseline = warm(intake)
     with PeakRss(intake) as peak:
@@ -291,6 +310,45 @@ def test_with_redis_stopped_submits_answer_503_within_2_s_and_healthz_within_1_s
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert client.post("/v1/jobs", json=job("S-after")).status_code == 202
+
+
+def test_with_redis_stopped_the_console_answers_503_and_the_intake_keeps_serving(
+    intake: Intake,
+) -> None:
+    """The console shares the intake's event loop: its Redis calls run on the intake's Redis
+    threads with a deadline, never on the loop."""
+    pid = intake.redis._process.pid
+    limits = httpx.Limits(max_connections=20, max_keepalive_connections=20)
+    with httpx.Client(base_url=intake.url, timeout=10, limits=limits) as console:
+        login = console.post("/console/login", data={"token": OPS_TOKEN, "next": "/console/"})
+        assert login.status_code == 303 and console.get("/console/").status_code == 200
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            timings: list[tuple[int, float]] = []
+            pages = ["/console/", "/console/review", "/console/search?q=" + "a" * 32]
+
+            def browse(n: int) -> bytes:
+                started = time.monotonic()
+                answer = console.get(pages[n % len(pages)])
+                timings.append((answer.status_code, time.monotonic() - started))
+                return b""
+
+            in_threads(12, browse)  # more than the intake's Redis threads: they all hang
+            started = time.monotonic()
+            health = httpx.get(f"{intake.url}/healthz", timeout=10)
+            health_s = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        print(f"Redis stopped: console pages 503 after at most "
+              f"{max(t for _, t in timings):.2f} s, /healthz after {health_s:.2f} s")
+        assert {status for status, _ in timings} == {503}, timings
+        assert max(seconds for _, seconds in timings) < 2.0, timings
+        assert health.status_code == 503 and health_s < 1.0, health_s
+
+        deadline = time.monotonic() + 40  # the hung threads finish once Redis answers
+        while console.get("/console/").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
 
 
 # -- odd input -------------------------------------------------------------------------------

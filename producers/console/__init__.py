@@ -20,9 +20,10 @@ STATIC = HERE / "static"
 LIST_NAMES = "|".join(queries.LISTS)
 
 
-def routes(tokens: Any, settings: Any) -> list[tuple[Any, ...]]:
-    """The console's URL rules for the intake's application."""
-    common = {"tokens": tokens, "settings": settings}
+def routes(service: Any) -> list[tuple[Any, ...]]:
+    """The console's URL rules for the intake's application (``service``: the intake's tokens,
+    settings, body budget and Redis threads, shared with its API)."""
+    common = {"service": service}
     job = r"/console/jobs/([0-9a-f]{32})"
     return [
         (r"/console/?", handlers.OverviewHandler, common),

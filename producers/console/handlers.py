@@ -4,22 +4,32 @@ Every page and action needs an operator's session (``producers/console/session.p
 without one is sent to the login page, anything else is refused with 403. Every POST carries
 the session's CSRF token. Pages are ``Cache-Control: no-store`` and keep personal data masked
 unless the operator reveals a job's payload, which its history records.
+
+The console shares the intake's event loop, so it keeps the intake's rules: a request is
+decided on before its body is read, the body streams in against a small cap and the intake's
+body budget, and Redis is only called on the intake's Redis threads, with a deadline (a hung
+Redis answers 503 and holds a thread, never the loop that serves ``/v1/jobs`` and
+``/healthz``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
+import tornado.httputil
 import tornado.web
 from redis.exceptions import RedisError
 
 from producers.console import queries
 from producers.console.session import COOKIE, Session
+from producers.intake import SERVER_MAX_BODY_BYTES
 from producers.review import NewerDelivered, apply_changes, discard, requeue
 from tasks.models import JobModel, JobValidationError, load_kinds, model_for
 from worker.app import destinations
@@ -31,7 +41,13 @@ from worker.settings import IntakeSettings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 PAGE = 50
+#: The largest form the console takes (a bulk form's ticked ids are ~40 bytes each).
+FORM_BYTES = 64 * 1024
+#: How long a bulk action may take before the page says 503 (it may still finish).
+BULK_DEADLINE_S = 60.0
+_LENGTH = re.compile(r"[0-9]{1,19}")
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 #: Fields of a bulk form that carry its filter.
 FILTER_FIELDS = ("destination", "code", "q", "sort", "order")
@@ -56,15 +72,19 @@ SECURITY_HEADERS = {
 
 
 class ConsoleHandler(tornado.web.RequestHandler):
-    """Session, CSRF, security headers and error pages of every console page."""
+    """Session, security headers, Redis off the event loop and error pages of every console
+    page. A page takes no body: the server refuses one past ``UNSTREAMED_BODY_BYTES`` (64 KiB)
+    before it is read whole (``producers/intake.py``)."""
 
     public = False
+    service: Any
     tokens: Any
     settings_: IntakeSettings
 
-    def initialize(self, tokens: Any, settings: IntakeSettings) -> None:
-        self.tokens = tokens
-        self.settings_ = settings
+    def initialize(self, service: Any) -> None:
+        self.service = service
+        self.tokens = service.tokens
+        self.settings_ = service.settings
 
     def set_default_headers(self) -> None:
         for name, value in SECURITY_HEADERS.items():
@@ -92,11 +112,20 @@ class ConsoleHandler(tornado.web.RequestHandler):
                 self.redirect("/console/login?" + urlencode({"next": self.request.uri or ""}))
                 return
             raise tornado.web.HTTPError(403, "log in first")
-        if self.request.method == "POST" and not self.session.csrf_ok(
-            self.get_body_argument("_csrf", "")
-        ):
-            raise tornado.web.HTTPError(403, "the form's CSRF token is missing or stale: reload "
-                                             "the page and send it again")  # fmt: skip
+
+    # -- Redis ---------------------------------------------------------------------------------
+    async def redis(self, work: Callable[[], T], deadline_s: float | None = None) -> T:
+        """``work()`` (which talks to Redis) on one of the intake's Redis threads; 503 if it has
+        not finished within the deadline. One still running then may yet complete."""
+        deadline_s = self.settings_.redis_deadline_s if deadline_s is None else deadline_s
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self.service.redis_threads, work), deadline_s)
+        except TimeoutError:
+            log.warning("console: Redis did not answer within %.1f s", deadline_s)
+            raise tornado.web.HTTPError(503, f"the job store (Redis) did not answer within "
+                                             f"{deadline_s:g} s; try again") from None
 
     def get_template_namespace(self) -> dict[str, Any]:
         namespace = super().get_template_namespace()
@@ -142,6 +171,99 @@ class ConsoleHandler(tornado.web.RequestHandler):
         return default
 
 
+@tornado.web.stream_request_body
+class FormHandler(ConsoleHandler):
+    """A page that takes a form: decided on before its body is read (its session, a declared
+    length), the body streamed in against ``FORM_BYTES`` and the intake's body budget, then
+    parsed, its CSRF token checked, and ``act`` called."""
+
+    #: The form's POST, once its body is read and its CSRF token checked.
+    act: Callable[..., Awaitable[None]]
+
+    def initialize(self, service: Any) -> None:
+        super().initialize(service)
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.held = 0
+        self.deferred: tornado.web.HTTPError | None = None
+
+    def prepare(self) -> None:
+        # The server's own cap is for pages; a form refuses its body itself, with a 413 that
+        # says why (the server's is an empty 400).
+        self.request.connection.set_max_body_size(SERVER_MAX_BODY_BYTES)  # type: ignore[union-attr]
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and not _LENGTH.fullmatch(declared.strip()):
+            raise tornado.web.HTTPError(400, "Content-Length must be a number of bytes")
+        if declared is not None and int(declared) > FORM_BYTES:
+            raise tornado.web.HTTPError(413, f"a console form is at most {FORM_BYTES} bytes")
+        try:
+            super().prepare()
+        except tornado.web.HTTPError as refused:
+            # A small form is read (and dropped) before its refusal is answered: closing a
+            # connection with data unread in it resets it, and the client may lose the answer.
+            if declared is None or "chunked" in self.request.headers.get("Transfer-Encoding", ""):
+                raise
+            self.deferred = refused
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return  # refused already; tornado closes the connection after the answer
+        self.size += len(chunk)
+        if self.deferred is not None:  # refused already: read (at most FORM_BYTES), answer after
+            return
+        if self.size > FORM_BYTES:
+            self._refuse(413, f"a console form is at most {FORM_BYTES} bytes")
+        elif not self.service.budget.take(len(chunk)):
+            self.set_header("Retry-After", "1")
+            self._refuse(503, "the intake holds as many request bodies as it may right now; "
+                              "send again in a moment")  # fmt: skip
+        else:
+            self.held += len(chunk)
+            self.chunks.append(chunk)
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._give_back()
+        self.send_error(status, exc_info=(tornado.web.HTTPError, tornado.web.HTTPError(
+            status, message), None))  # fmt: skip
+
+    def _give_back(self) -> None:
+        self.chunks = []
+        if self.held:
+            held, self.held = self.held, 0
+            self.service.budget.give(held)
+
+    def on_finish(self) -> None:
+        self._give_back()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._give_back()
+
+    async def post(self, *args: str) -> None:
+        """Read the form (tornado does not, for a streamed body), check its CSRF token, act."""
+        if self._finished:  # refused while its body arrived
+            return
+        if self.deferred is not None:
+            raise self.deferred
+        self.request.body = b"".join(self.chunks)
+        self._give_back()
+        try:
+            tornado.httputil.parse_body_arguments(
+                self.request.headers.get("Content-Type", ""), self.request.body,
+                self.request.body_arguments, self.request.files, self.request.headers)
+        except tornado.httputil.HTTPInputError:
+            raise tornado.web.HTTPError(400, "the form could not be read") from None
+        for name, values in self.request.body_arguments.items():
+            self.request.arguments.setdefault(name, []).extend(values)
+        if not self.public and not self.session.csrf_ok(self.get_body_argument("_csrf", "")):
+            raise tornado.web.HTTPError(403, "the form's CSRF token is missing or stale: reload "
+                                             "the page and send it again")  # fmt: skip
+        act = getattr(self, "act", None)
+        if act is None:  # a page with no form
+            raise tornado.web.HTTPError(405)
+        await act(*args)
+
+
 def ago(ms: int, now: int | None = None) -> str:
     """How long ago (or, for a time ahead, in how long) ``ms`` was, briefly: 42 s, 3 min, 2 h,
     5 d."""
@@ -156,7 +278,7 @@ def ago(ms: int, now: int | None = None) -> str:
 
 
 # -- login ------------------------------------------------------------------------------------
-class LoginHandler(ConsoleHandler):
+class LoginHandler(FormHandler):
     """``/console/login``: an operator token (CONTACTSYNC_INTAKE__TOKENS of a client named in
     CONTACTSYNC_INTAKE__OPERATORS) is exchanged for a signed session cookie."""
 
@@ -166,7 +288,7 @@ class LoginHandler(ConsoleHandler):
         self.page("login.html", error="", next=self.local(self.get_query_argument("next", ""),
                                                           "/console/"))
 
-    def post(self) -> None:
+    async def act(self) -> None:
         token = self.get_body_argument("token", "").strip()
         target = self.local(self.get_body_argument("next", ""), "/console/")
         client = self.tokens.client(f"Bearer {token}") if token else None
@@ -184,8 +306,8 @@ class LoginHandler(ConsoleHandler):
         self.redirect(target, status=303)
 
 
-class LogoutHandler(ConsoleHandler):
-    def post(self) -> None:
+class LogoutHandler(FormHandler):
+    async def act(self) -> None:
         self.clear_cookie(COOKIE, path="/console")
         self.redirect("/console/login", status=303)
 
@@ -194,8 +316,8 @@ class LogoutHandler(ConsoleHandler):
 class OverviewHandler(ConsoleHandler):
     """``/console/``: counts by state and destination, every gate, paused destinations."""
 
-    def get(self) -> None:
-        seen = queries.overview(ledger(), destinations())
+    async def get(self) -> None:
+        seen = await self.redis(lambda: queries.overview(ledger(), destinations()))
         self.page("overview.html", o=seen, chart=chart_svg)
 
 
@@ -233,11 +355,12 @@ class ListHandler(ConsoleHandler):
     """``/console/{review,rejected,retrying,running,queued,merged,superseded}``: a page of 50,
     filtered by destination, code and text, sorted by age or attempts."""
 
-    def get(self, name: str) -> None:
+    async def get(self, name: str) -> None:
         wanted = _filter(self)
         raw = self.get_query_argument("offset", "0") or "0"
         offset = int(raw) if raw.isdigit() and int(raw) < 10**9 else 0
-        found = queries.job_page(ledger(), name, wanted, offset, PAGE, destinations())
+        found = await self.redis(lambda: queries.job_page(ledger(), name, wanted, offset, PAGE,
+                                                          destinations()))  # fmt: skip
         self.page("list.html", name=name, found=found, wanted=wanted, now=now_ms(),
                   resolvable=name in queries.RESOLVABLE, done=DONE.get(
                       self.get_query_argument("done", "") or "", ""))  # fmt: skip
@@ -246,9 +369,10 @@ class ListHandler(ConsoleHandler):
 class SearchHandler(ConsoleHandler):
     """``/console/search?q=``: a job id, an idempotency key or a record (entity key)."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         text = (self.get_query_argument("q", "") or "").strip()
-        found = queries.search(ledger(), text, destinations(), sorted(self.tokens.names))
+        names = sorted(self.tokens.names)
+        found = await self.redis(lambda: queries.search(ledger(), text, destinations(), names))
         if len(found.jobs) == 1 and not found.records and found.jobs[0][0] == "job id":
             self.redirect(f"/console/jobs/{found.jobs[0][1].id}")
             return
@@ -293,21 +417,20 @@ class JobHandler(ConsoleHandler):
     """``/console/jobs/{id}``: state, answers, history, the masked payload; the actions its
     state allows."""
 
-    def get(self, job_id: str) -> None:
-        self.show(job_id, done=DONE.get(self.get_query_argument("done", "") or "", ""))
+    async def get(self, job_id: str) -> None:
+        await self.show(job_id, done=DONE.get(self.get_query_argument("done", "") or "", ""))
 
-    def show(
+    async def show(
         self, job_id: str, status: int = 200, reveal: bool = False, errors: dict[str, str] |
         None = None, problem: str = "", typed: dict[str, str] | None = None,
         refused_newer: str = "", done: str = "",
     ) -> None:  # fmt: skip
         load_kinds()
-        book = ledger()
-        record = book.get(job_id, with_history=True)
-        if record is None:
+        found = await self.redis(lambda: _with_facts(job_id))
+        if found is None:
             raise tornado.web.HTTPError(404, f"no job {job_id} (unknown id, or its record "
                                              "expired after the retention period)")  # fmt: skip
-        facts = book.order_facts(record)
+        record, facts = found
         payload = None
         if record.payload:
             job: JobModel = model_for(record.kind).model_validate_json(record.payload)
@@ -323,48 +446,65 @@ class JobHandler(ConsoleHandler):
             mask_sign=MASK, typed=typed or {})  # fmt: skip
 
 
-class JobActionHandler(JobHandler):
+def _with_facts(job_id: str) -> tuple[JobRecord, dict[str, Any]] | None:
+    """A job's record with its history, and its order facts (on a Redis thread)."""
+    book = ledger()
+    record = book.get(job_id, with_history=True)
+    return None if record is None else (record, book.order_facts(record))
+
+
+def _exists(job_id: str) -> JobRecord:
+    record = ledger().get(job_id)
+    if record is None:
+        raise tornado.web.HTTPError(404, f"no job {job_id}")
+    return record
+
+
+def _reveal(job_id: str, by: str) -> None:
+    _exists(job_id)
+    ledger().note(job_id, {"event": "revealed", "by": by})
+
+
+def _retry_now(job_id: str, by: str) -> bool:
+    record = _exists(job_id)
+    moved = record.state == RETRYING and ledger().retry_now(job_id)
+    if moved:
+        ledger().note(job_id, {"event": "retry-now", "by": by})
+    return moved
+
+
+class JobActionHandler(FormHandler, JobHandler):
     """``POST /console/jobs/{id}/{reveal,requeue,discard,retry-now}``."""
 
-    def post(self, job_id: str, action: str) -> None:
+    async def act(self, job_id: str, action: str) -> None:
         by = self.session.client
         if action == "reveal":
-            self._exists(job_id)
-            ledger().note(job_id, {"event": "revealed", "by": by})
+            await self.redis(lambda: _reveal(job_id, by))
             log.info("console: %s revealed job %s", by, job_id, extra={"job_id": job_id,
                                                                          "by": by})
-            self.show(job_id, reveal=True)
+            await self.show(job_id, reveal=True)
         elif action == "requeue":
-            self._requeue(job_id, by)
+            await self._requeue(job_id, by)
         elif action == "discard":
             reason = self.get_body_argument("reason", "").strip()
             if not reason or len(reason) > 1000:
-                self.show(job_id, status=422, errors={"reason": "required: why the job is "
-                                                      "discarded (1-1000 characters)"})
+                await self.show(job_id, status=422, errors={"reason": "required: why the job "
+                                                            "is discarded (1-1000 characters)"})
                 return
             try:
-                discard(job_id, reason, by)
+                await self.redis(lambda: discard(job_id, reason, by))
             except LedgerConflict as exc:
-                self.show(job_id, status=409, problem=str(exc))
+                await self.show(job_id, status=409, problem=str(exc))
                 return
             self.redirect(f"/console/jobs/{job_id}?done=discarded", status=303)
         else:  # retry-now
-            record = self._exists(job_id)
-            moved = record.state == RETRYING and ledger().retry_now(job_id)
-            if moved:
-                ledger().note(job_id, {"event": "retry-now", "by": by})
+            moved = await self.redis(lambda: _retry_now(job_id, by))
             done = "retry-now" if moved else "not-retrying"
             back = self.local(self.get_body_argument("next", ""), f"/console/jobs/{job_id}")
             self.redirect(f"{back}{'&' if '?' in back else '?'}done={done}", status=303)
 
-    def _exists(self, job_id: str) -> JobRecord:
-        record = ledger().get(job_id)
-        if record is None:
-            raise tornado.web.HTTPError(404, f"no job {job_id}")
-        return record
-
-    def _requeue(self, job_id: str, by: str) -> None:
-        record = self._exists(job_id)
+    async def _requeue(self, job_id: str, by: str) -> None:
+        record = await self.redis(lambda: _exists(job_id))
         typed = {name[2:]: value for name, values in self.request.body_arguments.items()
                  if name.startswith("f:") for value in [values[-1].decode("utf-8", "replace")]}
         current = {item["name"]: item["current"] for item in form_fields(record)}
@@ -380,17 +520,17 @@ class JobActionHandler(JobHandler):
 
                 validate_job(record.kind, apply_changes(record.kind, json.loads(record.payload),
                                                         dict(changes)))  # fmt: skip
-            state = requeue(job_id, changes, by=by, force=force)
+            state = await self.redis(lambda: requeue(job_id, changes, by=by, force=force))
         except JobValidationError as exc:
-            self.show(job_id, status=422, errors=_errors_by_input(record, exc.problems),
-                      problem="The edited job is invalid; nothing changed.",
-                      typed=typed)  # fmt: skip
+            await self.show(job_id, status=422, errors=_errors_by_input(record, exc.problems),
+                            problem="The edited job is invalid; nothing changed.",
+                            typed=typed)  # fmt: skip
             return
         except NewerDelivered as exc:
-            self.show(job_id, status=409, refused_newer=str(exc), typed=typed)
+            await self.show(job_id, status=409, refused_newer=str(exc), typed=typed)
             return
         except LedgerConflict as exc:
-            self.show(job_id, status=409, problem=str(exc))
+            await self.show(job_id, status=409, problem=str(exc))
             return
         self.redirect(f"/console/jobs/{job_id}?done={'held' if state == 'held' else 'requeued'}",
                       status=303)  # fmt: skip
@@ -416,12 +556,12 @@ def _errors_by_input(record: JobRecord, problems: list[tuple[str, str]]) -> dict
 
 
 # -- bulk -------------------------------------------------------------------------------------
-class BulkHandler(ConsoleHandler):
+class BulkHandler(FormHandler):
     """``POST /console/bulk``: requeue or discard the selected jobs of a list, or every job the
     list's filter matches. The first POST shows a confirmation stating the count; the second
     (``confirm=1``, with that count) acts, unless the selection changed meanwhile."""
 
-    def post(self) -> None:
+    async def act(self) -> None:
         name = self.get_body_argument("list", "")
         action = self.get_body_argument("action", "")
         if name not in queries.RESOLVABLE or action not in ("requeue", "discard") or (
@@ -432,7 +572,8 @@ class BulkHandler(ConsoleHandler):
         wanted = _filter(self, body=True)
         scope = self.get_body_argument("scope", "selected")
         if scope == "matching":
-            ids = queries.matching_ids(ledger(), name, wanted, destinations())
+            ids = await self.redis(lambda: queries.matching_ids(ledger(), name, wanted,
+                                                                destinations()))  # fmt: skip
         else:
             ids = [i for i in self.get_body_arguments("ids") if _JOB_ID.match(i)]
         reason = self.get_body_argument("reason", "").strip()[:1000]
@@ -454,22 +595,32 @@ class BulkHandler(ConsoleHandler):
                       "to discard.", **form)  # fmt: skip
             return
         by = self.session.client
-        outcome: dict[str, int] = {}
-        refused: list[tuple[str, str]] = []
-        for job_id in ids:
-            try:
-                if action == "requeue":
-                    state = requeue(job_id, {}, by=by, force=force)
-                else:
-                    discard(job_id, reason, by)
-                    state = "rejected"
-                outcome[state] = outcome.get(state, 0) + 1
-            except (JobValidationError, LedgerConflict) as exc:
-                refused.append((job_id, str(exc).splitlines()[0][:300]))
+        outcome, refused = await self.redis(
+            lambda: _bulk(ids, action, by, force, reason), BULK_DEADLINE_S)
         log.info("console: %s bulk %s of %d %s jobs: %s, %d refused", by, action, len(ids), name,
                  outcome, len(refused), extra={"by": by})  # fmt: skip
         self.page("bulk_done.html", action=action, name=name, count=len(ids), outcome=outcome,
                   refused=refused, wanted=wanted)  # fmt: skip
+
+
+def _bulk(
+    ids: list[str], action: str, by: str, force: bool, reason: str
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Requeue or discard each job (on a Redis thread): how many ended in each state, and the
+    ones refused with why."""
+    outcome: dict[str, int] = {}
+    refused: list[tuple[str, str]] = []
+    for job_id in ids:
+        try:
+            if action == "requeue":
+                state = requeue(job_id, {}, by=by, force=force)
+            else:
+                discard(job_id, reason, by)
+                state = "rejected"
+            outcome[state] = outcome.get(state, 0) + 1
+        except (JobValidationError, LedgerConflict) as exc:
+            refused.append((job_id, str(exc).splitlines()[0][:300]))
+    return outcome, refused
 
 
 # -- the API's documentation -----------------------------------------------------------------
