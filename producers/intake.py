@@ -303,6 +303,48 @@ class BodyBudget:
             release_freed_memory()
 
 
+class HeldBody:
+    """A request body as it streams in: its chunks, holding their share of the intake's
+    ``BodyBudget`` until the request ends (``give_back``)."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.chunks: list[bytes] = []
+        self.held = 0
+
+    def take(self, chunk: bytes) -> bool:
+        """Hold ``chunk``; False (nothing held) if the budget has no room for it."""
+        if not self.budget.take(len(chunk)):
+            return False
+        self.held += len(chunk)
+        self.chunks.append(chunk)
+        return True
+
+    def read(self) -> bytes:
+        """The body so far (its share of the budget stays taken until ``give_back``)."""
+        data = b"".join(self.chunks)
+        self.chunks = []
+        return data
+
+    def give_back(self) -> None:
+        self.chunks = []
+        if self.held:
+            held, self.held = self.held, 0
+            self.budget.give(held)
+
+
+#: What a client is told when every request's bodies together fill the budget.
+BUDGET_FULL = "the intake holds as many request bodies as it may right now; send again in a moment"
+
+
+async def on_redis_threads(service: Service, work: Callable[[], T], deadline_s: float) -> T:
+    """``work()`` (which talks to Redis) on one of the intake's Redis threads, so a hung Redis
+    holds a thread, never the event loop; ``TimeoutError`` past ``deadline_s`` (a call still
+    queued then is dropped; one already running may still complete)."""
+    loop = asyncio.get_running_loop()
+    return await asyncio.wait_for(loop.run_in_executor(service.redis_threads, work), deadline_s)
+
+
 @dataclass(frozen=True)
 class Service:
     """What every handler shares: the tokens, the limits, the body budget and the threads that
@@ -347,9 +389,8 @@ class Handler(tornado.web.RequestHandler):
 
     def initialize(self, service: Service) -> None:
         self.service = service
-        self.chunks: list[bytes] = []
+        self.held = HeldBody(service.budget)
         self.size = 0
-        self.held = 0
         self.refused = False
         self.deferred: Problem | None = None
 
@@ -423,38 +464,26 @@ class Handler(tornado.web.RequestHandler):
         if self.size > self.body_limit():
             self._refuse(Problem(413, self._too_large()))
             return
-        if not self.service.budget.take(len(chunk)):
+        if not self.held.take(chunk):
             self.set_header("Retry-After", "1")
-            self._refuse(Problem(503, "the intake holds as many request bodies as it may right "
-                                      "now; send again in a moment"))  # fmt: skip
-            return
-        self.held += len(chunk)
-        self.chunks.append(chunk)
+            self._refuse(Problem(503, BUDGET_FULL))
 
     def _refuse(self, problem: Problem) -> None:
         """Answer now, while the body is still arriving: tornado then closes the connection
         instead of reading the rest."""
         self.refused = True
-        self._give_back()
+        self.held.give_back()
         self.reply(problem.status, problem.body())
 
     def body(self) -> bytes:
-        data = b"".join(self.chunks)
-        self.chunks = []
-        return data
-
-    def _give_back(self) -> None:
-        self.chunks = []
-        if self.held:
-            held, self.held = self.held, 0
-            self.service.budget.give(held)
+        return self.held.read()
 
     def on_finish(self) -> None:
-        self._give_back()
+        self.held.give_back()
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
-        self._give_back()
+        self.held.give_back()
 
     def _too_large(self) -> str:
         return (f"the body is larger than {self.body_limit()} bytes (CONTACTSYNC_INTAKE__"
@@ -467,10 +496,8 @@ class Handler(tornado.web.RequestHandler):
         dropped; one already running may still complete, which an Idempotency-Key makes
         harmless to send again."""
         deadline_s = self.service.settings.redis_deadline_s if deadline_s is None else deadline_s
-        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self.service.redis_threads, work), deadline_s)
+            return await on_redis_threads(self.service, work, deadline_s)
         except TimeoutError:
             log.warning("Redis did not answer within %.1f s", deadline_s)
             raise Problem(503, f"the job store (Redis) did not answer within {deadline_s:g} s; "

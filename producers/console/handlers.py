@@ -14,7 +14,6 @@ Redis answers 503 and holds a thread, never the loop that serves ``/v1/jobs`` an
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -29,7 +28,7 @@ from redis.exceptions import RedisError
 
 from producers.console import queries
 from producers.console.session import COOKIE, Session
-from producers.intake import SERVER_MAX_BODY_BYTES
+from producers.intake import BUDGET_FULL, SERVER_MAX_BODY_BYTES, HeldBody, on_redis_threads
 from producers.review import NewerDelivered, apply_changes, discard, requeue
 from tasks.models import JobModel, JobValidationError, load_kinds, model_for
 from worker.app import destinations
@@ -118,10 +117,8 @@ class ConsoleHandler(tornado.web.RequestHandler):
         """``work()`` (which talks to Redis) on one of the intake's Redis threads; 503 if it has
         not finished within the deadline. One still running then may yet complete."""
         deadline_s = self.settings_.redis_deadline_s if deadline_s is None else deadline_s
-        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self.service.redis_threads, work), deadline_s)
+            return await on_redis_threads(self.service, work, deadline_s)
         except TimeoutError:
             log.warning("console: Redis did not answer within %.1f s", deadline_s)
             raise tornado.web.HTTPError(503, f"the job store (Redis) did not answer within "
@@ -182,9 +179,8 @@ class FormHandler(ConsoleHandler):
 
     def initialize(self, service: Any) -> None:
         super().initialize(service)
-        self.chunks: list[bytes] = []
+        self.held = HeldBody(service.budget)
         self.size = 0
-        self.held = 0
         self.deferred: tornado.web.HTTPError | None = None
 
     def prepare(self) -> None:
@@ -213,31 +209,21 @@ class FormHandler(ConsoleHandler):
             return
         if self.size > FORM_BYTES:
             self._refuse(413, f"a console form is at most {FORM_BYTES} bytes")
-        elif not self.service.budget.take(len(chunk)):
+        elif not self.held.take(chunk):
             self.set_header("Retry-After", "1")
-            self._refuse(503, "the intake holds as many request bodies as it may right now; "
-                              "send again in a moment")  # fmt: skip
-        else:
-            self.held += len(chunk)
-            self.chunks.append(chunk)
+            self._refuse(503, BUDGET_FULL)
 
     def _refuse(self, status: int, message: str) -> None:
-        self._give_back()
+        self.held.give_back()
         self.send_error(status, exc_info=(tornado.web.HTTPError, tornado.web.HTTPError(
             status, message), None))  # fmt: skip
 
-    def _give_back(self) -> None:
-        self.chunks = []
-        if self.held:
-            held, self.held = self.held, 0
-            self.service.budget.give(held)
-
     def on_finish(self) -> None:
-        self._give_back()
+        self.held.give_back()
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
-        self._give_back()
+        self.held.give_back()
 
     async def post(self, *args: str) -> None:
         """Read the form (tornado does not, for a streamed body), check its CSRF token, act."""
@@ -245,8 +231,8 @@ class FormHandler(ConsoleHandler):
             return
         if self.deferred is not None:
             raise self.deferred
-        self.request.body = b"".join(self.chunks)
-        self._give_back()
+        self.request.body = self.held.read()
+        self.held.give_back()
         try:
             tornado.httputil.parse_body_arguments(
                 self.request.headers.get("Content-Type", ""), self.request.body,
