@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, ClassVar
 
 import httpx
+from celery import shared_task
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from redis import Redis
 
@@ -31,13 +32,24 @@ from tasks.delivery import (
 )
 from tasks.models import CONTROL_CHARACTERS, TEXT_CONTROL_CHARACTERS, JobModel
 from tasks.outcomes import Outcome, Reauth, Retry, Rule
-from worker.app import app
 from worker.broker import redis_client
 from worker.credentials import LoginFailed, SharedToken, Token
+from worker.destinations import Destination
 from worker.gate import Gate
 from worker.settings import ExpandableSettings, get_settings
 
 NAME = "Expandable"
+DESTINATION = Destination(
+    name="expandable",
+    settings=ExpandableSettings,
+    job_kinds=("expandable.contact_update",),
+    calls_per_job=3,  # a login, the call, the call again with a renewed token
+    simulator="sandbox.expandable",
+    simulator_summary="The Expandable ERP simulator: auth-token-get, customer-contact-update.",
+    sandbox_env={"DATA_SOURCE": "SANDBOX", "USERNAME": "sandbox", "PASSWORD": "sandbox-password"},
+    sandbox_args=("--latency", "0.05"),
+    token_login=True,
+)
 LOGIN_PATH = "/api/auth-token-get"
 UPDATE_PATH = "/api/customer-contact-update"
 NOTES_MAX = 32_765  # documented: "Notes can be up to 32,765 characters long."
@@ -457,7 +469,8 @@ class ExpandableDelivery(DeliveryTask):
     connector_factory: ClassVar[Callable[[], ExpandableClient]] = staticmethod(_client)
 
 
-@app.task(base=ExpandableDelivery, bind=True, name="expandable.deliver", queue="expandable")
+@shared_task(base=ExpandableDelivery, bind=True, name="expandable.deliver",
+             queue="expandable")  # fmt: skip
 def deliver(self: ExpandableDelivery, job_id: str) -> dict[str, Any]:
     """Deliver one Expandable customer-contact update from the ledger."""
     return self.deliver(job_id)

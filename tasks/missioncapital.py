@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import httpx
 import redis
+from celery import shared_task
 from pydantic import Field, field_validator
 
 from tasks.delivery import (
@@ -34,13 +35,28 @@ from tasks.delivery import (
 )
 from tasks.models import JobModel
 from tasks.outcomes import Outcome, Reauth, Retry, Review, Rule
-from worker.app import app
 from worker.broker import redis_client
 from worker.credentials import LoginFailed, SharedToken, Token
+from worker.destinations import Destination
 from worker.gate import Gate, gate_name
 from worker.settings import MissionCapitalSettings, get_settings
 
-DESTINATION = "missioncapital"
+DESTINATION_NAME = "missioncapital"
+DESTINATION = Destination(
+    name=DESTINATION_NAME,
+    settings=MissionCapitalSettings,
+    job_kinds=("missioncapital.contact_user",),
+    calls_per_job=3,  # a login, the call, the call again with a renewed token
+    simulator="sandbox.missioncapital",
+    simulator_summary="The Mission Capital (Salesforce Apex REST) simulator: OAuth password "
+    "grant, contactUser, API usage limits.",
+    url_setting="login_url",
+    sandbox_env={"CLIENT_ID": "sandbox-client", "CLIENT_SECRET": "sandbox-secret",
+                 "USERNAME": "sandbox@example.com", "PASSWORD": "sandbox-password",
+                 "PARTNER_ID": "P-SANDBOX", "PARTNER_NAME": "contactsync-sandbox"},
+    sandbox_args=("--latency", "0.05", "--jitter", "0.01"),
+    token_login=True,
+)  # fmt: skip
 NAME = "Mission Capital"
 LOGIN_NAME = "Salesforce login"
 OAUTH_PATH = "/services/oauth2/token"
@@ -71,7 +87,7 @@ class MissionCapitalContactUser(JobModel):
     "Do Not Contact". Safe to repeat."""
 
     kind: ClassVar[str] = "missioncapital.contact_user"
-    destination: ClassVar[str] = DESTINATION
+    destination: ClassVar[str] = DESTINATION_NAME
     public_fields: ClassVar[frozenset[str]] = frozenset({"application_id"})
 
     application_id: str = Field(
@@ -271,7 +287,7 @@ class MissionCapitalClient:
         prefix: str | None = None,
         max_connections: int = 64,
     ) -> None:
-        require(DESTINATION, settings)
+        require(DESTINATION_NAME, settings)
         self._settings = settings
         self._login_url = str(settings.login_url).rstrip("/")
         self._password = settings.password.get_secret_value() + (
@@ -285,7 +301,7 @@ class MissionCapitalClient:
         self._partner = {"PartnerId": settings.partner_id, "PartnerName": settings.partner_name}
         self._tokens: deque[str] = deque(maxlen=4)  # the latest token values seen, to scrub
         self._tokens_lock = threading.Lock()
-        self.gate: Gate | None = destination_gate(DESTINATION, self._login_url, settings)
+        self.gate: Gate | None = destination_gate(DESTINATION_NAME, self._login_url, settings)
         self._http = httpx.Client(
             timeout=http_timeout(settings),
             headers={"Accept": "application/json"},
@@ -294,8 +310,9 @@ class MissionCapitalClient:
         # One token per org user and connected app, for the whole fleet.
         who = f"{self._login_url} {settings.username} {settings.client_id}"
         self.shared_token = SharedToken(
-            token_cache if token_cache is not None else redis_client(), gate_name(DESTINATION, who),
-            self._login, prefix=get_settings().key_prefix if prefix is None else prefix,
+            token_cache if token_cache is not None else redis_client(),
+            gate_name(DESTINATION_NAME, who), self._login,
+            prefix=get_settings().key_prefix if prefix is None else prefix,
         )  # fmt: skip
 
     def prepare(self, job: JobModel) -> Callable[[], Answer]:
@@ -386,7 +403,7 @@ class MissionCapitalClient:
     def _record_usage(response: httpx.Response) -> None:
         found = _API_USAGE.search(response.headers.get(LIMIT_HEADER, ""))
         if found:
-            record_api_usage(DESTINATION, int(found[1]), int(found[2]))
+            record_api_usage(DESTINATION_NAME, int(found[1]), int(found[2]))
 
 
 def _client() -> MissionCapitalClient:
@@ -401,7 +418,7 @@ class MissionCapitalDelivery(DeliveryTask):
     connector_factory: ClassVar[Callable[[], MissionCapitalClient]] = staticmethod(_client)
 
 
-@app.task(base=MissionCapitalDelivery, bind=True, name="missioncapital.deliver",
+@shared_task(base=MissionCapitalDelivery, bind=True, name="missioncapital.deliver",
           queue="missioncapital")  # fmt: skip
 def deliver(self: MissionCapitalDelivery, job_id: str) -> dict[str, Any]:
     """Deliver one Mission Capital job (contactUser) from the ledger."""

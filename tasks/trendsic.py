@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar
 
 import httpx
 import redis
+from celery import shared_task
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -45,14 +46,26 @@ from tasks.delivery import (
 )
 from tasks.models import INT32_MAX, TEXT_CONTROL_CHARACTERS, JobModel
 from tasks.outcomes import Outcome, Reauth, Retry, Review, Rule
-from worker.app import app
 from worker.broker import redis_client
 from worker.credentials import LoginFailed, SharedToken, Token
+from worker.destinations import Destination
 from worker.gate import Gate
 from worker.redaction import scrub
 from worker.settings import TrendsicSettings, get_settings
 
 NAME = "Trendsic"
+DESTINATION = Destination(
+    name="trendsic",
+    settings=TrendsicSettings,
+    job_kinds=("trendsic.contact_connection",),
+    calls_per_job=3,  # a login, the read before the write, the write
+    simulator="sandbox.trendsic",
+    simulator_summary="The Trendsic Platform Service (ServiceStack) simulator: credentials, "
+    "refresh and API-key auth, ContactConnections.",
+    sandbox_env={"USERNAME": "sandbox-user", "PASSWORD": "sandbox-pass"},
+    sandbox_args=("--latency", "0.05"),
+    token_login=True,
+)
 CONTACT_PATH = "/v1/ContactConnections/{}"
 LOGIN_PATH = "/auth/credentials"
 REFRESH_PATH = "/access-token"
@@ -607,7 +620,7 @@ class TrendsicDelivery(DeliveryTask):
     connector_factory: ClassVar[Callable[[], TrendsicClient]] = staticmethod(_client)
 
 
-@app.task(base=TrendsicDelivery, bind=True, name="trendsic.deliver", queue="trendsic")
+@shared_task(base=TrendsicDelivery, bind=True, name="trendsic.deliver", queue="trendsic")
 def deliver(self: TrendsicDelivery, job_id: str) -> dict[str, Any]:
     """Deliver one Trendsic contact-connection job from the ledger (read, merge, write)."""
     return self.deliver(job_id)
