@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -21,6 +19,7 @@ import redis
 from celery import shared_task
 from pydantic import Field, field_validator
 
+from tasks.auth import TokenAuth
 from tasks.delivery import (
     GATEWAY_DOWN,
     Answer,
@@ -299,8 +298,6 @@ class MissionCapitalClient:
                         settings.client_secret.get_secret_value()) if s
         ]  # fmt: skip
         self._partner = {"PartnerId": settings.partner_id, "PartnerName": settings.partner_name}
-        self._tokens: deque[str] = deque(maxlen=4)  # the latest token values seen, to scrub
-        self._tokens_lock = threading.Lock()
         self.gate: Gate | None = destination_gate(DESTINATION_NAME, self._login_url, settings)
         self._http = httpx.Client(
             timeout=http_timeout(settings),
@@ -314,6 +311,12 @@ class MissionCapitalClient:
             gate_name(DESTINATION_NAME, who), self._login,
             prefix=get_settings().key_prefix if prefix is None else prefix,
         )  # fmt: skip
+        # A refused token (a Reauth answer) is renewed for the fleet once and the call sent once
+        # more (safe: contactUser is idempotent).
+        self._auth: TokenAuth[Answer] = TokenAuth(
+            self.shared_token, lambda answer: isinstance(answer.outcome, Reauth),
+            lambda exc: Answer(Reauth("login-failed", str(exc)), "login refused"),
+        )  # fmt: skip
 
     def prepare(self, job: JobModel) -> Callable[[], Answer]:
         assert isinstance(job, MissionCapitalContactUser)
@@ -326,8 +329,7 @@ class MissionCapitalClient:
         return self.prepare(job)()
 
     def secrets(self) -> list[str]:
-        with self._tokens_lock:
-            return [*self._configured_secrets, *self._tokens]
+        return [*self._configured_secrets, *self._auth.secrets()]
 
     def close(self) -> None:
         self._http.close()
@@ -336,20 +338,12 @@ class MissionCapitalClient:
         """Call with the fleet's token; a refused token is renewed once for the fleet and the
         call sent once more (safe: contactUser is idempotent)."""
         try:
-            token = self.shared_token.get()
-            answer = self._call(token, headers)
-            if isinstance(answer.outcome, Reauth):
-                answer = self._call(self.shared_token.refresh(token), headers)
-        except LoginFailed as exc:
-            return Answer(Reauth("login-failed", str(exc)), "login refused")
-        except LoginUnanswered as exc:
-            return exc.answer
-        except httpx.TransportError as exc:
+            return self._auth.run(lambda session: session.send(
+                lambda token: self._call(token, headers)))
+        except httpx.TransportError as exc:  # the login's: the call's own is its answer
             return Answer(idempotent_transport_outcome(exc, LOGIN_NAME), type(exc).__name__)
-        return answer
 
     def _call(self, token: Token, headers: dict[str, str]) -> Answer:
-        self._seen(token.value)
         instance = token.data.get("instance_url", "").rstrip("/")
         try:
             response = self._http.post(
@@ -390,14 +384,9 @@ class MissionCapitalClient:
                 and instance.startswith(("https://", "http://"))):  # fmt: skip
             raise LoginFailed(f"{LOGIN_NAME} answered HTTP 200 without an access_token and an "
                               f"instance_url: check {ENV}LOGIN_URL")  # fmt: skip
-        self._seen(value)
         refresh_at_ms = int(time.time() * 1000 + 0.9 * settings.token_lifetime_s * 1000)
-        return Token(value, {"instance_url": instance}, refresh_at_ms=refresh_at_ms)
-
-    def _seen(self, token: str) -> None:
-        with self._tokens_lock:
-            if token not in self._tokens:
-                self._tokens.append(token)
+        return self._auth.remember(Token(value, {"instance_url": instance},
+                                         refresh_at_ms=refresh_at_ms))  # fmt: skip
 
     @staticmethod
     def _record_usage(response: httpx.Response) -> None:
