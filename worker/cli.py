@@ -10,15 +10,13 @@ import getpass
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
-from worker.destinations import registry
 
 # Shared with the operator's console; re-exported for the tests of `gate status`.
 from worker.reports import CHART_COLUMNS, limit_columns  # noqa: F401
@@ -197,7 +195,27 @@ def intake(host: str | None, port: int | None, port_file: str | None) -> None:
         _fail(str(exc))
 
 
-@main.group()
+class _Registered(click.Group):
+    """A group with a command per registered destination or job kind, added the first time its
+    commands are listed or looked up: `contactsync --help` need not import every destination."""
+
+    populate: Callable[[], None] | None = None
+
+    def _load(self) -> None:
+        populate, self.populate = self.populate, None
+        if populate is not None:
+            populate()
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load()
+        return super().get_command(ctx, cmd_name)
+
+
+@main.group(cls=_Registered)
 def sandbox() -> None:
     """Destination simulators, for trying contactsync without the real systems."""
 
@@ -217,10 +235,21 @@ def _simulator_command(name: str, module: str, summary: str) -> None:
         sys.exit(simulator.main(list(ctx.args)))
 
 
-# `contactsync sandbox NAME [OPTIONS]`: the simulator of each registered destination.
-for _declared in registry():
-    if _declared.simulator is not None:
-        _simulator_command(_declared.name, _declared.simulator, _declared.simulator_summary)
+def _simulator_commands() -> None:
+    """`contactsync sandbox NAME [OPTIONS]`: the simulator of each registered destination."""
+    from worker.destinations import registry
+
+    for declared in registry():
+        if declared.simulator is not None:
+            _simulator_command(declared.name, declared.simulator, declared.simulator_summary)
+
+
+def _fill_later(group: click.Group, populate: Callable[[], None]) -> None:
+    assert isinstance(group, _Registered)
+    group.populate = populate
+
+
+_fill_later(sandbox, _simulator_commands)
 
 
 # -- submitting ---------------------------------------------------------------------------------
@@ -258,7 +287,7 @@ def _noojee_options(func: Any) -> Any:
     return func
 
 
-@main.group()
+@main.group(cls=_Registered)
 def submit() -> None:
     """Submit one job, validated before anything is queued."""
 
@@ -337,6 +366,7 @@ def _kind_command(kind: str, summary: str) -> None:
 
 def _kind_commands() -> None:
     from tasks.models import model_for
+    from worker.destinations import registry
 
     named = {"noojee.update", "noojee.insert"}  # the commands above, with an option per field
     for declared in registry():
@@ -347,14 +377,15 @@ def _kind_commands() -> None:
                 _kind_command(kind, sentence.replace("``", "`"))
 
 
-_kind_commands()
+_fill_later(submit, _kind_commands)
 
 
 # -- backfills ----------------------------------------------------------------------------------
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--destination", "-d", required=True, metavar="NAME|KIND",
-              help=f"{', '.join(d.name for d in registry())}, or a job kind (noojee.insert).")
+              help="A destination (noojee, missioncapital, ...: every registered one) or a job "
+                   "kind (noojee.insert).")
 @click.option("--kind", "action", metavar="ACTION",
               help="The destination's action when it has several (noojee: update or insert).")
 @click.option("--format", "file_format", type=click.Choice(["csv", "jsonl"]),
