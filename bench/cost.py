@@ -276,7 +276,8 @@ def plain_fleet(
     from bench.plain_call import API_KEY_VARIABLE, UPDATE_PATH, URL_VARIABLE
     from bench.plain_celery import REDIS_URL_VARIABLE
     from tasks import noojee
-    from worker.stack import SIM_API_KEY, Stack, refresh_settings
+    from tasks.noojee import SANDBOX_API_KEY as SIM_API_KEY
+    from worker.stack import Stack, refresh_settings
 
     if UPDATE_PATH != noojee.UPDATE_PATH:
         raise RuntimeError("bench/plain_call.py calls another path than contactsync's updates")

@@ -237,7 +237,7 @@ def record_api_usage(destination: str, used: int, allowed: int) -> None:
 
 
 class DeliveryTask(Task):
-    """Base of every destination task. Subclasses (via ``@app.task(base=...)``) set
+    """Base of every destination task. Subclasses (via ``@shared_task(base=...)``) set
     ``connector_factory``; the task body calls ``self.deliver(job_id)``."""
 
     abstract = True

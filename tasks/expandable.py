@@ -9,15 +9,15 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-import threading
-from collections import deque
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar
 
 import httpx
+from celery import shared_task
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from redis import Redis
 
+from tasks.auth import AuthSession, TokenAuth
 from tasks.delivery import (
     GATEWAY_DOWN,
     Answer,
@@ -31,13 +31,24 @@ from tasks.delivery import (
 )
 from tasks.models import CONTROL_CHARACTERS, TEXT_CONTROL_CHARACTERS, JobModel
 from tasks.outcomes import Outcome, Reauth, Retry, Rule
-from worker.app import app
 from worker.broker import redis_client
 from worker.credentials import LoginFailed, SharedToken, Token
+from worker.destinations import Destination
 from worker.gate import Gate
 from worker.settings import ExpandableSettings, get_settings
 
 NAME = "Expandable"
+DESTINATION = Destination(
+    name="expandable",
+    settings=ExpandableSettings,
+    job_kinds=("expandable.contact_update",),
+    calls_per_job=3,  # a login, the call, the call again with a renewed token
+    simulator="sandbox.expandable",
+    simulator_summary="The Expandable ERP simulator: auth-token-get, customer-contact-update.",
+    sandbox_env={"DATA_SOURCE": "SANDBOX", "USERNAME": "sandbox", "PASSWORD": "sandbox-password"},
+    sandbox_args=("--latency", "0.05"),
+    token_login=True,
+)
 LOGIN_PATH = "/api/auth-token-get"
 UPDATE_PATH = "/api/customer-contact-update"
 NOTES_MAX = 32_765  # documented: "Notes can be up to 32,765 characters long."
@@ -367,8 +378,10 @@ class ExpandableClient:
             self._login,
             prefix=prefix if prefix is not None else get_settings().key_prefix,
         )
-        self._tokens_seen: deque[str] = deque(maxlen=4)
-        self._tokens_lock = threading.Lock()
+        # Any 401 (missing, malformed, expired or forgotten token) renews it once per job.
+        self._auth: TokenAuth[httpx.Response] = TokenAuth(
+            self.shared_token, lambda response: response.status_code == 401, _login_refused
+        )
 
     def prepare(self, job: JobModel) -> Callable[[], Answer]:
         assert isinstance(job, ExpandableContactUpdate)
@@ -380,41 +393,24 @@ class ExpandableClient:
         return self.prepare(job)()
 
     def secrets(self) -> list[str]:
-        with self._tokens_lock:
-            return [self._credentials["PASSWORD"], *self._tokens_seen]
+        return [self._credentials["PASSWORD"], *self._auth.secrets()]
 
     def _exchange(self, body: dict[str, str]) -> Answer:
-        refreshed = False
         try:
-            token = self._use(self.shared_token.get())
-            response = self._update(body, token)
-            if response.status_code == 401:  # missing, malformed, expired or forgotten token
-                token = self._use(self.shared_token.refresh(token))
-                refreshed = True
-                response = self._update(body, token)
-        except LoginFailed as exc:
-            reason = str(exc)
-            if "CONTACTSYNC_EXPANDABLE__" not in reason:
-                reason = f"{reason}; check {CREDENTIAL_SETTINGS}"
-            return Answer(Reauth("login-failed", reason), "auth-token-get: no token")
-        except LoginUnanswered as exc:
-            return exc.answer
+            return self._auth.run(lambda session: self._updated(session, body))
         except httpx.TransportError as exc:
             return Answer(idempotent_transport_outcome(exc, NAME), type(exc).__name__)
+
+    def _updated(self, session: AuthSession[httpx.Response], body: dict[str, str]) -> Answer:
+        response = session.send(lambda token: self._update(body, token))
         status = response.status_code
         # After a renewal the latency covers a login and two calls: not a sample of the load.
-        measured = status in MEASURED and not refreshed
+        measured = status in MEASURED and not session.refreshed
         return Answer(classify_answer(status, _json(response)), describe_answer(response),
                       measured=measured)
 
     def _update(self, body: dict[str, str], token: Token) -> httpx.Response:
         return self._http.post(UPDATE_PATH, json={**body, "AUTH_TOKEN": token.value})
-
-    def _use(self, token: Token) -> Token:
-        with self._tokens_lock:
-            if token.value not in self._tokens_seen:
-                self._tokens_seen.append(token.value)
-        return token
 
     def _login(self, stale: Token | None) -> Token:
         """``auth-token-get`` for the fleet (called by ``SharedToken`` under its lock)."""
@@ -447,6 +443,13 @@ class ExpandableClient:
                           f"EXPANDABLE__BASE_URL and {CREDENTIAL_SETTINGS}")  # fmt: skip
 
 
+def _login_refused(exc: LoginFailed) -> Answer:
+    reason = str(exc)
+    if "CONTACTSYNC_EXPANDABLE__" not in reason:
+        reason = f"{reason}; check {CREDENTIAL_SETTINGS}"
+    return Answer(Reauth("login-failed", reason), "auth-token-get: no token")
+
+
 def _client() -> ExpandableClient:
     settings = get_settings()
     return ExpandableClient(settings.expandable, max_connections=settings.worker_concurrency * 2)
@@ -457,7 +460,8 @@ class ExpandableDelivery(DeliveryTask):
     connector_factory: ClassVar[Callable[[], ExpandableClient]] = staticmethod(_client)
 
 
-@app.task(base=ExpandableDelivery, bind=True, name="expandable.deliver", queue="expandable")
+@shared_task(base=ExpandableDelivery, bind=True, name="expandable.deliver",
+             queue="expandable")  # fmt: skip
 def deliver(self: ExpandableDelivery, job_id: str) -> dict[str, Any]:
     """Deliver one Expandable customer-contact update from the ledger."""
     return self.deliver(job_id)

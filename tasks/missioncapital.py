@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httpx
 import redis
+from celery import shared_task
 from pydantic import Field, field_validator
 
+from tasks.auth import TokenAuth
 from tasks.delivery import (
     GATEWAY_DOWN,
     Answer,
@@ -34,13 +34,28 @@ from tasks.delivery import (
 )
 from tasks.models import JobModel
 from tasks.outcomes import Outcome, Reauth, Retry, Review, Rule
-from worker.app import app
 from worker.broker import redis_client
 from worker.credentials import LoginFailed, SharedToken, Token
+from worker.destinations import Destination
 from worker.gate import Gate, gate_name
 from worker.settings import MissionCapitalSettings, get_settings
 
-DESTINATION = "missioncapital"
+DESTINATION_NAME = "missioncapital"
+DESTINATION = Destination(
+    name=DESTINATION_NAME,
+    settings=MissionCapitalSettings,
+    job_kinds=("missioncapital.contact_user",),
+    calls_per_job=3,  # a login, the call, the call again with a renewed token
+    simulator="sandbox.missioncapital",
+    simulator_summary="The Mission Capital (Salesforce Apex REST) simulator: OAuth password "
+    "grant, contactUser, API usage limits.",
+    url_setting="login_url",
+    sandbox_env={"CLIENT_ID": "sandbox-client", "CLIENT_SECRET": "sandbox-secret",
+                 "USERNAME": "sandbox@example.com", "PASSWORD": "sandbox-password",
+                 "PARTNER_ID": "P-SANDBOX", "PARTNER_NAME": "contactsync-sandbox"},
+    sandbox_args=("--latency", "0.05", "--jitter", "0.01"),
+    token_login=True,
+)  # fmt: skip
 NAME = "Mission Capital"
 LOGIN_NAME = "Salesforce login"
 OAUTH_PATH = "/services/oauth2/token"
@@ -71,7 +86,7 @@ class MissionCapitalContactUser(JobModel):
     "Do Not Contact". Safe to repeat."""
 
     kind: ClassVar[str] = "missioncapital.contact_user"
-    destination: ClassVar[str] = DESTINATION
+    destination: ClassVar[str] = DESTINATION_NAME
     public_fields: ClassVar[frozenset[str]] = frozenset({"application_id"})
 
     application_id: str = Field(
@@ -271,7 +286,7 @@ class MissionCapitalClient:
         prefix: str | None = None,
         max_connections: int = 64,
     ) -> None:
-        require(DESTINATION, settings)
+        require(DESTINATION_NAME, settings)
         self._settings = settings
         self._login_url = str(settings.login_url).rstrip("/")
         self._password = settings.password.get_secret_value() + (
@@ -283,9 +298,7 @@ class MissionCapitalClient:
                         settings.client_secret.get_secret_value()) if s
         ]  # fmt: skip
         self._partner = {"PartnerId": settings.partner_id, "PartnerName": settings.partner_name}
-        self._tokens: deque[str] = deque(maxlen=4)  # the latest token values seen, to scrub
-        self._tokens_lock = threading.Lock()
-        self.gate: Gate | None = destination_gate(DESTINATION, self._login_url, settings)
+        self.gate: Gate | None = destination_gate(DESTINATION_NAME, self._login_url, settings)
         self._http = httpx.Client(
             timeout=http_timeout(settings),
             headers={"Accept": "application/json"},
@@ -294,8 +307,15 @@ class MissionCapitalClient:
         # One token per org user and connected app, for the whole fleet.
         who = f"{self._login_url} {settings.username} {settings.client_id}"
         self.shared_token = SharedToken(
-            token_cache if token_cache is not None else redis_client(), gate_name(DESTINATION, who),
-            self._login, prefix=get_settings().key_prefix if prefix is None else prefix,
+            token_cache if token_cache is not None else redis_client(),
+            gate_name(DESTINATION_NAME, who), self._login,
+            prefix=get_settings().key_prefix if prefix is None else prefix,
+        )  # fmt: skip
+        # A refused token (a Reauth answer) is renewed for the fleet once and the call sent once
+        # more (safe: contactUser is idempotent).
+        self._auth: TokenAuth[Answer] = TokenAuth(
+            self.shared_token, lambda answer: isinstance(answer.outcome, Reauth),
+            lambda exc: Answer(Reauth("login-failed", str(exc)), "login refused"),
         )  # fmt: skip
 
     def prepare(self, job: JobModel) -> Callable[[], Answer]:
@@ -309,8 +329,7 @@ class MissionCapitalClient:
         return self.prepare(job)()
 
     def secrets(self) -> list[str]:
-        with self._tokens_lock:
-            return [*self._configured_secrets, *self._tokens]
+        return [*self._configured_secrets, *self._auth.secrets()]
 
     def close(self) -> None:
         self._http.close()
@@ -319,20 +338,12 @@ class MissionCapitalClient:
         """Call with the fleet's token; a refused token is renewed once for the fleet and the
         call sent once more (safe: contactUser is idempotent)."""
         try:
-            token = self.shared_token.get()
-            answer = self._call(token, headers)
-            if isinstance(answer.outcome, Reauth):
-                answer = self._call(self.shared_token.refresh(token), headers)
-        except LoginFailed as exc:
-            return Answer(Reauth("login-failed", str(exc)), "login refused")
-        except LoginUnanswered as exc:
-            return exc.answer
-        except httpx.TransportError as exc:
+            return self._auth.run(lambda session: session.send(
+                lambda token: self._call(token, headers)))
+        except httpx.TransportError as exc:  # the login's: the call's own is its answer
             return Answer(idempotent_transport_outcome(exc, LOGIN_NAME), type(exc).__name__)
-        return answer
 
     def _call(self, token: Token, headers: dict[str, str]) -> Answer:
-        self._seen(token.value)
         instance = token.data.get("instance_url", "").rstrip("/")
         try:
             response = self._http.post(
@@ -373,20 +384,15 @@ class MissionCapitalClient:
                 and instance.startswith(("https://", "http://"))):  # fmt: skip
             raise LoginFailed(f"{LOGIN_NAME} answered HTTP 200 without an access_token and an "
                               f"instance_url: check {ENV}LOGIN_URL")  # fmt: skip
-        self._seen(value)
         refresh_at_ms = int(time.time() * 1000 + 0.9 * settings.token_lifetime_s * 1000)
-        return Token(value, {"instance_url": instance}, refresh_at_ms=refresh_at_ms)
-
-    def _seen(self, token: str) -> None:
-        with self._tokens_lock:
-            if token not in self._tokens:
-                self._tokens.append(token)
+        return self._auth.remember(Token(value, {"instance_url": instance},
+                                         refresh_at_ms=refresh_at_ms))  # fmt: skip
 
     @staticmethod
     def _record_usage(response: httpx.Response) -> None:
         found = _API_USAGE.search(response.headers.get(LIMIT_HEADER, ""))
         if found:
-            record_api_usage(DESTINATION, int(found[1]), int(found[2]))
+            record_api_usage(DESTINATION_NAME, int(found[1]), int(found[2]))
 
 
 def _client() -> MissionCapitalClient:
@@ -401,7 +407,7 @@ class MissionCapitalDelivery(DeliveryTask):
     connector_factory: ClassVar[Callable[[], MissionCapitalClient]] = staticmethod(_client)
 
 
-@app.task(base=MissionCapitalDelivery, bind=True, name="missioncapital.deliver",
+@shared_task(base=MissionCapitalDelivery, bind=True, name="missioncapital.deliver",
           queue="missioncapital")  # fmt: skip
 def deliver(self: MissionCapitalDelivery, job_id: str) -> dict[str, Any]:
     """Deliver one Mission Capital job (contactUser) from the ledger."""

@@ -123,13 +123,10 @@ class JobValidationError(ValueError):
 
 
 def load_kinds() -> None:
-    """Import every destination module of ``tasks/`` (each registers its kinds on import)."""
-    import importlib
+    """Import every registered destination's module (each registers its kinds on import)."""
+    from worker.destinations import registry
 
-    from worker.app import destinations
-
-    for name in destinations():
-        importlib.import_module(f"tasks.{name}")
+    registry()
 
 
 def kinds() -> dict[str, type[JobModel]]:

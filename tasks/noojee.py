@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 import httpx
+from celery import shared_task
 from pydantic import Field, field_validator
 
 from tasks.delivery import GATEWAY_DOWN, Answer, DeliveryTask, NotConfigured, destination_gate
@@ -24,7 +25,7 @@ from tasks.models import (
     Percent,
 )
 from tasks.outcomes import Outcome, Retry, Review, Rule
-from worker.app import app
+from worker.destinations import Destination
 from worker.gate import Gate
 from worker.settings import NoojeeSettings, Settings, get_settings
 
@@ -44,6 +45,19 @@ FIELD_VALUE_MAX = 4000
 
 UPDATE_PATH = "/servicemanager/rest/CampaignAPI/updateLeadFast"
 INSERT_PATH = "/servicemanager/rest/CampaignAPI/insertLeadFast"
+#: The simulator's apiKey under `contactsync up` (its own default, not a secret).
+SANDBOX_API_KEY = "sandbox-key"
+
+DESTINATION = Destination(
+    name="noojee",
+    settings=NoojeeSettings,
+    job_kinds=("noojee.update", "noojee.insert"),
+    calls_per_job=1,  # one call, which may wait its full read timeout (the PBX's queue)
+    simulator="sandbox.noojee",
+    simulator_summary="The Noojee CampaignAPI simulator, e.g. `--slots 4 --port 8081`.",
+    sandbox_env={"API_KEY": SANDBOX_API_KEY},
+    sandbox_args=("--api-key", SANDBOX_API_KEY),
+)
 
 
 # -- jobs --------------------------------------------------------------------------------------
@@ -402,7 +416,7 @@ class NoojeeDelivery(DeliveryTask):
     connector_factory: ClassVar[Callable[[], NoojeeClient]] = staticmethod(_client)
 
 
-@app.task(base=NoojeeDelivery, bind=True, name="noojee.deliver", queue="noojee")
+@shared_task(base=NoojeeDelivery, bind=True, name="noojee.deliver", queue="noojee")
 def deliver(self: NoojeeDelivery, job_id: str) -> dict[str, Any]:
     """Deliver one Noojee job (update or insert) from the ledger."""
     return self.deliver(job_id)

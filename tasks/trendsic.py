@@ -11,14 +11,13 @@ import difflib
 import hashlib
 import json
 import re
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, ClassVar
 
 import httpx
 import redis
+from celery import shared_task
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -32,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.auth import AuthSession, TokenAuth
 from tasks.delivery import (
     GATEWAY_DOWN,
     Answer,
@@ -45,14 +45,26 @@ from tasks.delivery import (
 )
 from tasks.models import INT32_MAX, TEXT_CONTROL_CHARACTERS, JobModel
 from tasks.outcomes import Outcome, Reauth, Retry, Review, Rule
-from worker.app import app
 from worker.broker import redis_client
 from worker.credentials import LoginFailed, SharedToken, Token
+from worker.destinations import Destination
 from worker.gate import Gate
 from worker.redaction import scrub
 from worker.settings import TrendsicSettings, get_settings
 
 NAME = "Trendsic"
+DESTINATION = Destination(
+    name="trendsic",
+    settings=TrendsicSettings,
+    job_kinds=("trendsic.contact_connection",),
+    calls_per_job=3,  # a login, the read before the write, the write
+    simulator="sandbox.trendsic",
+    simulator_summary="The Trendsic Platform Service (ServiceStack) simulator: credentials, "
+    "refresh and API-key auth, ContactConnections.",
+    sandbox_env={"USERNAME": "sandbox-user", "PASSWORD": "sandbox-pass"},
+    sandbox_args=("--latency", "0.05"),
+    token_login=True,
+)
 CONTACT_PATH = "/v1/ContactConnections/{}"
 LOGIN_PATH = "/auth/credentials"
 REFRESH_PATH = "/access-token"
@@ -399,14 +411,6 @@ def _strings(*records: dict[str, Any]) -> list[str]:
 
 
 # -- the client --------------------------------------------------------------------------------
-@dataclass
-class _Credential:
-    """The token one job's calls carry; refreshed at most once per job."""
-
-    token: Token
-    refreshed: bool = False
-
-
 class TrendsicClient:
     """One pooled, thread-safe HTTP client per worker process for one Trendsic host, and the
     fleet's token for it (``worker/credentials.py``)."""
@@ -430,15 +434,20 @@ class TrendsicClient:
         self._http = httpx.Client(base_url=base_url, timeout=http_timeout(settings),
                                   headers={"Accept": "application/json"},
                                   transport=self._transport)  # fmt: skip
-        self._seen: deque[str] = deque(maxlen=16)  # token values this client carried
-        self._shared: SharedToken | None = None
+        shared: SharedToken | None = None
         if not self._api_key:
             user = hashlib.sha256(self._username.encode()).hexdigest()[:8]
-            self._shared = SharedToken(
+            shared = SharedToken(
                 token_cache if token_cache is not None else redis_client(),
                 f"{self.gate.name}:{user}", self._login,
                 prefix=prefix if prefix is not None else get_settings().key_prefix,
             )  # fmt: skip
+        # A 401 renews a login's token for the fleet, once per job (its read and its write
+        # together), and the call is sent once more; an API key is static: its 401 stands.
+        self._auth: TokenAuth[httpx.Response] = TokenAuth(
+            shared, lambda response: response.status_code == 401, _login_refused,
+            static=Token(self._api_key) if shared is None else None,
+        )  # fmt: skip
 
     # -- the connector ------------------------------------------------------------------------
     def prepare(self, job: JobModel) -> Callable[[], Answer]:
@@ -452,59 +461,54 @@ class TrendsicClient:
         return self.prepare(job)()
 
     def secrets(self) -> list[str]:
-        return [s for s in (self._api_key, self._password, *self._seen) if s]
+        return [s for s in (self._api_key, self._password, *self._auth.secrets()) if s]
 
     # -- one update: read, merge, write -------------------------------------------------------
     def _update(self, job: TrendsicContactConnection, path: str, changes: dict[str, Any]) -> Answer:
+        return self._auth.run(lambda session: self._read_merge_write(session, job, path, changes))
+
+    def _read_merge_write(
+        self, session: AuthSession[httpx.Response], job: TrendsicContactConnection, path: str,
+        changes: dict[str, Any],
+    ) -> Answer:  # fmt: skip
         values = _strings(changes)
-        try:
-            credential = _Credential(self._token())
-            read = self._call(credential, "GET", path)
-            if isinstance(read, Answer):
-                return read
-            if not read.is_success:
-                return self._answer(read, READ, values)
-            record = _contact_of(read)
-            if record is None:
-                return Answer(Review("unexpected-read", f"{NAME} answered the read with HTTP 200 "
-                                     "but not one Contact; a person decides"),
-                              describe_answer(read, values))  # fmt: skip
-            merged = {**record, **changes, "ContactId": job.contact_id}
-            body = {"Contact": [merged], "ContactId": job.contact_id, "AgentId": job.agent_id}
-            sent = self._call(credential, "POST", path, body)
-            if isinstance(sent, Answer):
-                return sent
-            return self._answer(sent, UPDATE, _strings(changes, record))
-        except LoginFailed as exc:
-            return Answer(Reauth("login-failed", f"{NAME} login failed: {exc}; "
-                                 f"{CHECK_CREDENTIALS}"))  # fmt: skip
-        except LoginUnanswered as exc:
-            return exc.answer
+        # The read and the write share the job's token, renewed at most once between them.
+        read = self._call(session, "GET", path)
+        if isinstance(read, Answer):
+            return read
+        if not read.is_success:
+            return self._answer(read, READ, values)
+        record = _contact_of(read)
+        if record is None:
+            return Answer(Review("unexpected-read", f"{NAME} answered the read with HTTP 200 "
+                                 "but not one Contact; a person decides"),
+                          describe_answer(read, values))  # fmt: skip
+        merged = {**record, **changes, "ContactId": job.contact_id}
+        body = {"Contact": [merged], "ContactId": job.contact_id, "AgentId": job.agent_id}
+        sent = self._call(session, "POST", path, body)
+        if isinstance(sent, Answer):
+            return sent
+        return self._answer(sent, UPDATE, _strings(changes, record))
 
     def _answer(self, response: httpx.Response, stage: str, values: list[str]) -> Answer:
-        refused = REFUSED_API_KEY if self._shared is None else REFUSED_LOGIN_TOKEN
+        refused = REFUSED_API_KEY if self._auth.shared is None else REFUSED_LOGIN_TOKEN
         outcome = classify_answer(response, stage, values, refused)
         measured = rule_for(response.status_code).measured
         return Answer(outcome, describe_answer(response, values), measured=measured)
 
     def _call(
-        self, credential: _Credential, method: str, path: str, body: Any = None
+        self, session: AuthSession[httpx.Response], method: str, path: str, body: Any = None
     ) -> httpx.Response | Answer:
-        """One call with the job's token; a refused token is refreshed for the fleet once per
-        job and the call sent once more. A transport error is the Answer."""
+        """One call with the job's token (``tasks/auth.py``: a refused token is renewed for the
+        fleet once per job and the call sent once more). A transport error is the Answer."""
 
-        def exchange() -> httpx.Response:
-            headers = {"Authorization": f"Bearer {credential.token.value}"}
+        def exchange(token: Token) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token.value}"}
             return self._exchange(self._http.build_request(method, path, json=body,
                                                            headers=headers))  # fmt: skip
 
         try:
-            response = exchange()
-            if response.status_code != 401 or credential.refreshed or self._shared is None:
-                return response
-            credential.token = self._remember(self._shared.refresh(credential.token))
-            credential.refreshed = True
-            return exchange()
+            return session.send(exchange)
         except httpx.TransportError as exc:
             return Answer(idempotent_transport_outcome(exc, NAME), type(exc).__name__)
 
@@ -518,15 +522,6 @@ class TrendsicClient:
         return response
 
     # -- auth ---------------------------------------------------------------------------------
-    def _token(self) -> Token:
-        if self._shared is None:
-            return Token(self._api_key)
-        return self._remember(self._shared.get())
-
-    def _remember(self, token: Token) -> Token:
-        self._seen.extend(v for v in (token.value, token.data.get("refresh_token", "")) if v)
-        return token
-
     def _login(self, stale: Token | None) -> Token:
         """SharedToken's login: the refresh token if the stale token has one and it is still
         good, else the credentials."""
@@ -576,6 +571,10 @@ class TrendsicClient:
         return response
 
 
+def _login_refused(exc: LoginFailed) -> Answer:
+    return Answer(Reauth("login-failed", f"{NAME} login failed: {exc}; {CHECK_CREDENTIALS}"))
+
+
 def _json_field(response: httpx.Response, name: str) -> str | None:
     try:
         data = response.json()
@@ -607,7 +606,7 @@ class TrendsicDelivery(DeliveryTask):
     connector_factory: ClassVar[Callable[[], TrendsicClient]] = staticmethod(_client)
 
 
-@app.task(base=TrendsicDelivery, bind=True, name="trendsic.deliver", queue="trendsic")
+@shared_task(base=TrendsicDelivery, bind=True, name="trendsic.deliver", queue="trendsic")
 def deliver(self: TrendsicDelivery, job_id: str) -> dict[str, Any]:
     """Deliver one Trendsic contact-connection job from the ledger (read, merge, write)."""
     return self.deliver(job_id)

@@ -19,6 +19,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from worker.destinations import registry
+from worker.settings import DestinationSettings
+
 # Seconds instead of minutes, but every ratio the settings validate still holds.
 TEST_ENV = {
     "CONTACTSYNC_NOOJEE__PBX_QUEUE_TIMEOUT_S": "2",
@@ -32,7 +35,9 @@ TEST_ENV = {
     "CONTACTSYNC_VISIBILITY_TIMEOUT_S": "14",
     "CONTACTSYNC_JOB_LEASE_TTL_S": "3",
     "CONTACTSYNC_GATE__LEASE_TTL_S": "3",
-    **{f"CONTACTSYNC_{name}__{knob}": value for name in ("MISSIONCAPITAL", "TRENDSIC", "EXPANDABLE")
+    # Every destination with the shared settings (all but Noojee, whose PBX queue sets its own).
+    **{f"CONTACTSYNC_{d.name.upper()}__{knob}": value for d in registry()
+       if issubclass(d.settings, DestinationSettings)
        for knob, value in (("CONNECT_TIMEOUT_S", "0.5"), ("READ_TIMEOUT_S", "1.5"))},
     "CONTACTSYNC_PAUSE__PROBE_INTERVAL_S": "1",
     "CONTACTSYNC_PAUSE__CONFIG_PROBE_INTERVAL_S": "3",

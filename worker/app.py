@@ -1,16 +1,15 @@
 """The Celery app: broker, queues, serialization, acknowledgement and events.
 
 ``celery -A worker worker`` and ``celery -A worker flower`` use it as any Celery user expects.
-One queue per destination, named after its module in ``tasks/``; realtime jobs use kombu's
-priority 0 and bulk jobs priority 9 inside that queue, so realtime is always fetched first.
+One queue per registered destination (``worker/destinations.py``), named after it; realtime
+jobs use kombu's priority 0 and bulk jobs priority 9 inside that queue, so realtime is always
+fetched first.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import pkgutil
 import sys
 from typing import Any
 
@@ -21,26 +20,19 @@ from pydantic_settings import SettingsError
 
 from worker import requeue_log
 from worker.broker import broker_url
+from worker.destinations import names, registry
 from worker.logs import configure as configure_logs
 from worker.logs import use_format
 from worker.settings import exit_for_settings, get_settings
-
-#: Modules of ``tasks/`` that are not destinations.
-SHARED_TASK_MODULES = frozenset({"models", "outcomes", "delivery", "ordering"})
 
 #: kombu priority of each job priority; the Redis transport serves lower numbers first.
 PRIORITY = {"realtime": 0, "bulk": 9}
 
 
 def destinations() -> list[str]:
-    """Destination names: one module each in ``tasks/`` (found without importing them)."""
-    spec = importlib.util.find_spec("tasks")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    names = pkgutil.iter_modules(spec.submodule_search_locations)
-    return sorted(
-        m.name for m in names if not m.name.startswith("_") and m.name not in SHARED_TASK_MODULES
-    )
+    """Destination names, sorted: every module that declares a ``Destination`` (a helper module
+    in ``tasks/`` declares none, so it gets no queue)."""
+    return names()
 
 
 def _flower_defaults() -> None:
@@ -55,8 +47,8 @@ def _flower_defaults() -> None:
 
 def make_app() -> Celery:
     settings = get_settings()
-    names = destinations()
-    celery = Celery("contactsync", include=[f"tasks.{name}" for name in names])
+    queues = destinations()
+    celery = Celery("contactsync", include=[d.module for d in registry()])
     celery.conf.update(
         broker_url=broker_url(),
         broker_connection_retry_on_startup=True,
@@ -82,8 +74,8 @@ def make_app() -> Celery:
         task_store_errors_even_if_ignored=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
-        task_queues=[Queue(name) for name in names],
-        task_default_queue=names[0] if names else "celery",
+        task_queues=[Queue(name) for name in queues],
+        task_default_queue=queues[0] if queues else "celery",
         task_create_missing_queues=False,
         # Delivery is I/O: threads keep many calls in flight for little memory.
         worker_pool="threads",

@@ -10,7 +10,7 @@ import getpass
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -195,23 +195,32 @@ def intake(host: str | None, port: int | None, port_file: str | None) -> None:
         _fail(str(exc))
 
 
-@main.group()
+class _Registered(click.Group):
+    """A group with a command per registered destination or job kind, added the first time its
+    commands are listed or looked up: `contactsync --help` need not import every destination."""
+
+    populate: Callable[[], None] | None = None
+
+    def _load(self) -> None:
+        populate, self.populate = self.populate, None
+        if populate is not None:
+            populate()
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load()
+        return super().get_command(ctx, cmd_name)
+
+
+@main.group(cls=_Registered)
 def sandbox() -> None:
     """Destination simulators, for trying contactsync without the real systems."""
 
 
-#: The simulators in ``sandbox/``: `contactsync sandbox NAME [OPTIONS]` runs one.
-SIMULATORS = {
-    "noojee": "The Noojee CampaignAPI simulator, e.g. `--slots 4 --port 8081`.",
-    "missioncapital": "The Mission Capital (Salesforce Apex REST) simulator: OAuth password "
-    "grant, contactUser, API usage limits.",
-    "trendsic": "The Trendsic Platform Service (ServiceStack) simulator: credentials, "
-    "refresh and API-key auth, ContactConnections.",
-    "expandable": "The Expandable ERP simulator: auth-token-get, customer-contact-update.",
-}
-
-
-def _simulator_command(name: str, summary: str) -> None:
+def _simulator_command(name: str, module: str, summary: str) -> None:
     @sandbox.command(
         name,
         help=f"{summary} (`--help` lists its options)",
@@ -222,12 +231,25 @@ def _simulator_command(name: str, summary: str) -> None:
     def run(ctx: click.Context) -> None:
         import importlib
 
-        simulator = importlib.import_module(f"sandbox.{name}")
+        simulator = importlib.import_module(module)
         sys.exit(simulator.main(list(ctx.args)))
 
 
-for _name, _summary in SIMULATORS.items():
-    _simulator_command(_name, _summary)
+def _simulator_commands() -> None:
+    """`contactsync sandbox NAME [OPTIONS]`: the simulator of each registered destination."""
+    from worker.destinations import registry
+
+    for declared in registry():
+        if declared.simulator is not None:
+            _simulator_command(declared.name, declared.simulator, declared.simulator_summary)
+
+
+def _fill_later(group: click.Group, populate: Callable[[], None]) -> None:
+    assert isinstance(group, _Registered)
+    group.populate = populate
+
+
+_fill_later(sandbox, _simulator_commands)
 
 
 # -- submitting ---------------------------------------------------------------------------------
@@ -265,16 +287,12 @@ def _noojee_options(func: Any) -> Any:
     return func
 
 
-@main.group()
+@main.group(cls=_Registered)
 def submit() -> None:
     """Submit one job, validated before anything is queued."""
 
 
 def _submit(kind: str, opts: dict[str, Any]) -> None:
-    import tasks.noojee  # noqa: F401  (registers the Noojee job kinds)
-    from producers import submit as submit_job
-    from tasks.models import JobValidationError, validate_job
-
     data: dict[str, Any] = {
         "template_id": opts["template_id"], "campaign_id": opts["campaign_id"],
         "allocation_id": opts["allocation_id"], "external_lead_id": opts["lead_id"],
@@ -282,7 +300,13 @@ def _submit(kind: str, opts: dict[str, Any]) -> None:
         "priority": opts["lead_priority"], "contact_hours": opts["contact_hours"],
         "fields": _pairs(opts["fields"], "--field"),
     }  # fmt: skip
-    data = {k: v for k, v in data.items() if v is not None}
+    _queue(kind, {k: v for k, v in data.items() if v is not None}, opts)
+
+
+def _queue(kind: str, data: dict[str, Any], opts: dict[str, Any]) -> None:
+    from producers import submit as submit_job
+    from tasks.models import JobValidationError, validate_job
+
     try:
         job = validate_job(kind, data)
     except JobValidationError as exc:
@@ -312,11 +336,56 @@ def submit_noojee_insert(**opts: Any) -> None:
     _submit("noojee.insert", opts)
 
 
+def _kind_command(kind: str, summary: str) -> None:
+    """`contactsync submit KIND-NAME --job JSON`: a job of any registered kind, its fields as
+    the intake takes them (``POST /v1/jobs``)."""
+
+    @submit.command(kind.replace(".", "-").replace("_", "-"),
+                    help=f"{summary} (`{kind}`; the fields as the intake takes them).")
+    @click.option("--job", "job_json", required=True, metavar="JSON",
+                  help="The job's fields, a JSON object; @FILE reads it from FILE.")
+    @click.option("--bulk", is_flag=True, help="Submit as bulk (default realtime).")
+    @click.option("--idempotency-key", help="Same key twice: delivered once.")
+    @click.option("--version", "version", metavar="V",
+                  help="Your version of this data (integer, or RFC 3339 timestamp with its "
+                       "offset): older than one delivered for the record → not sent.")
+    def run(job_json: str, **opts: Any) -> None:
+        from pathlib import Path
+
+        text = Path(job_json[1:]).read_text() if job_json.startswith("@") else job_json
+        try:
+            data = json.loads(text)
+        except ValueError as exc:  # the message names a position, never the text
+            _fail(f"--job is not JSON ({exc.__class__.__name__} at character "
+                  f"{getattr(exc, 'pos', '?')}); nothing was queued.")
+            return
+        if not isinstance(data, dict):
+            _fail("--job must be a JSON object of the job's fields; nothing was queued.")
+        _queue(kind, data, opts)  # fmt: skip
+
+
+def _kind_commands() -> None:
+    from tasks.models import model_for
+    from worker.destinations import registry
+
+    named = {"noojee.update", "noojee.insert"}  # the commands above, with an option per field
+    for declared in registry():
+        for kind in declared.job_kinds:
+            if kind not in named:
+                paragraph = (model_for(kind).__doc__ or kind).strip().split("\n\n")[0]
+                sentence = " ".join(paragraph.split()).split(". ")[0].rstrip(".")
+                _kind_command(kind, sentence.replace("``", "`"))
+
+
+_fill_later(submit, _kind_commands)
+
+
 # -- backfills ----------------------------------------------------------------------------------
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--destination", "-d", required=True, metavar="NAME|KIND",
-              help="noojee, missioncapital, trendsic, expandable, or a job kind (noojee.insert).")
+              help="A destination (noojee, missioncapital, ...: every registered one) or a job "
+                   "kind (noojee.insert).")
 @click.option("--kind", "action", metavar="ACTION",
               help="The destination's action when it has several (noojee: update or insert).")
 @click.option("--format", "file_format", type=click.Choice(["csv", "jsonl"]),

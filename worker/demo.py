@@ -22,6 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from worker.destinations import destination as registry_destination
+from worker.destinations import registry
 from worker.embedded import running_url
 from worker.ledger import TERMINAL
 from worker.settings import get_settings
@@ -243,9 +245,10 @@ def _settle(
         progress.update(settling, completed=done, detail=detail)
         others_done = sum(state in TERMINAL for state in answers[len(noojee_ids):])
         if not expired and others_done >= others // 3:
-            for name in ("missioncapital", "trendsic", "expandable"):
-                if name in stack.simulator_urls:
-                    httpx.post(f"{stack.simulator_urls[name]}/_expire_tokens").raise_for_status()
+            for declared in registry():
+                if declared.token_login and declared.name in stack.simulator_urls:
+                    url = stack.simulator_urls[declared.name]
+                    httpx.post(f"{url}/_expire_tokens").raise_for_status()
             expired = True
         if done == len(ids) or time.monotonic() - started > 110:
             return
@@ -328,7 +331,7 @@ def _table(
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     details: list[tuple[str, str, int, str]] = []
     unsettled = 0
-    for destination in ("noojee", "missioncapital", "trendsic", "expandable"):
+    for destination in (d.name for d in registry()):
         mine = [r for r in records if r.destination == destination]
         if not mine:
             continue
@@ -348,7 +351,7 @@ def _table(
 def _logins(stack: Stack, destination: str) -> int | None:
     """Logins the destination's simulator saw, token refreshes included (None: no login)."""
     url = stack.simulator_urls.get(destination)
-    if destination == "noojee" or not url:
+    if not (url and registry_destination(destination).token_login):
         return None
     stats = httpx.get(f"{url}/_stats").json()
     return int(stats.get("logins", 0)) + int(stats.get("refreshes", 0))

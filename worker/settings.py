@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -496,14 +497,36 @@ class Settings(BaseSettings):
     def _zero_turns_metrics_off(cls, value: int | None) -> int | None:
         return value or None
 
+    def destination_settings(self, name: str) -> Any:
+        """The settings of one registered destination (``CONTACTSYNC_<NAME>__*``): the typed
+        field of a built-in one (``settings.noojee``), the field ``settings_model()`` added for
+        any other, or, on a bare ``Settings()``, that destination's defaults."""
+        from worker.destinations import destination
+
+        value = getattr(self, name, None)
+        return value if value is not None else destination(name).settings()
+
+    def longest_calls(self) -> tuple[float, str]:
+        """The longest calls one job may make, each waiting its full timeouts, over every
+        registered destination (``worker/destinations.py``): (seconds, whose and how many)."""
+        from worker.destinations import registry
+
+        longest = (0.0, "no destination")
+        for declared in registry():
+            config = self.destination_settings(declared.name)
+            seconds = declared.longest_calls_s(config)
+            if seconds > longest[0]:
+                calls = declared.calls_per_job
+                longest = (seconds, f"{declared.name}: {calls} call{'s' * (calls > 1)} of "
+                                    f"{config.connect_timeout_s:g} s connect + "
+                                    f"{config.read_timeout_s:g} s read")  # fmt: skip
+        return longest
+
     def _longest_calls_s(self) -> float:
         # One Noojee call that waits its full read timeout; the other destinations may make
-        # three calls for one job (a login, Trendsic's read before its write, and the write).
-        return max(
-            self.noojee.connect_timeout_s + self.noojee.read_timeout_s,
-            *(3 * (d.connect_timeout_s + d.read_timeout_s)
-              for d in (self.missioncapital, self.trendsic, self.expandable)),
-        )  # fmt: skip
+        # three calls for one job (a login, Trendsic's read before its write, and the write):
+        # each destination declares its calls_per_job.
+        return self.longest_calls()[0]
 
     def gate_patience_s(self) -> float:
         """The longest a job waits at a gate for a turn that is near (``worker/gate.py``): what
@@ -518,12 +541,13 @@ class Settings(BaseSettings):
         # longer than that would run twice. The longest task is the fast-retry window plus one
         # wait at the gate and the longest call (a waiter near its turn may wait longer, up to
         # what this leaves room for: gate_patience_s).
-        calls_s = self._longest_calls_s()
+        calls_s, whose = self.longest_calls()
         longest_s = self.retry.fast_window_s + self.gate.max_wait_s + calls_s
         if self.visibility_timeout_s < 2 * longest_s:
             raise ValueError(
                 f"CONTACTSYNC_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} is too short: a "
-                f"task can run {longest_s:.0f} s, so set it to at least {2 * longest_s:.0f}"
+                f"task can run {longest_s:.0f} s (the longest calls: {whose}), so set it to at "
+                f"least {2 * longest_s:.0f}"
             )
         return self
 
@@ -548,10 +572,26 @@ def mask_url_password(url: str) -> str:
     return urlunsplit(parts)
 
 
+def settings_model() -> type[Settings]:
+    """``Settings`` with a field for every registered destination that has no typed field of its
+    own (``worker/destinations.py``), so its ``CONTACTSYNC_<NAME>__*`` variables are read and
+    checked like the built-in ones'."""
+    from worker.destinations import registry
+
+    extra: dict[str, Any] = {
+        d.name: (d.settings, Field(default_factory=d.settings))
+        for d in registry() if d.name not in Settings.model_fields
+    }  # fmt: skip
+    if not extra:
+        return Settings
+    model: type[Settings] = create_model("Settings", __base__=Settings, **extra)
+    return model
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once (tests call ``get_settings.cache_clear()``)."""
-    return Settings()
+    return settings_model()()
 
 
 def settings_variable(loc: tuple[int | str, ...]) -> str:

@@ -23,6 +23,7 @@ from typing import IO
 
 import httpx
 
+from worker.destinations import Destination, destination, registry
 from worker.embedded import (
     PRIVATE_FILE,
     EmbeddedRedis,
@@ -30,43 +31,12 @@ from worker.embedded import (
     free_port,
     make_private_dir,
 )
-from worker.settings import Settings, get_settings, mask_url_password
-
-SIM_API_KEY = "sandbox-key"
+from worker.settings import get_settings, mask_url_password
 
 
-@dataclass(frozen=True)
-class Simulated:
-    """How to run one destination's simulator and point the workers at it: ``url_setting`` is
-    the variable suffix that takes its URL, ``env`` the sandbox credentials it accepts (the
-    simulators' own defaults, not secrets), ``configured`` whether a real endpoint is set."""
-
-    url_setting: str
-    env: dict[str, str]
-    args: tuple[str, ...]
-    configured: Callable[[Settings], bool]
-
-
-#: Every destination's simulator, in the order they are started.
-SIMULATORS: dict[str, Simulated] = {
-    "noojee": Simulated("BASE_URL", {"API_KEY": SIM_API_KEY}, ("--api-key", SIM_API_KEY),
-                        lambda s: s.noojee.base_url is not None),
-    "missioncapital": Simulated(
-        "LOGIN_URL",
-        {"CLIENT_ID": "sandbox-client", "CLIENT_SECRET": "sandbox-secret",
-         "USERNAME": "sandbox@example.com", "PASSWORD": "sandbox-password",
-         "PARTNER_ID": "P-SANDBOX", "PARTNER_NAME": "contactsync-sandbox"},
-        ("--latency", "0.05", "--jitter", "0.01"),
-        lambda s: s.missioncapital.login_url is not None,
-    ),
-    "trendsic": Simulated("BASE_URL", {"USERNAME": "sandbox-user", "PASSWORD": "sandbox-pass"},
-                          ("--latency", "0.05"), lambda s: s.trendsic.base_url is not None),
-    "expandable": Simulated(
-        "BASE_URL", {"DATA_SOURCE": "SANDBOX", "USERNAME": "sandbox",
-                     "PASSWORD": "sandbox-password"},
-        ("--latency", "0.05"), lambda s: s.expandable.base_url is not None,
-    ),
-}  # fmt: skip
+def simulated() -> list[Destination]:
+    """Every registered destination that has a simulator, in the order they are started."""
+    return [d for d in registry() if d.simulator is not None]
 
 
 def refresh_settings() -> None:
@@ -160,8 +130,8 @@ class Stack:
                 self._started_at["redis"] = time.monotonic()
                 self.env["CONTACTSYNC_REDIS_URL"] = self.redis.url
             self._start_simulators([
-                name for name, sim in SIMULATORS.items()
-                if self.sandboxed or not sim.configured(settings)
+                d.name for d in simulated()
+                if self.sandboxed or not d.configured(settings.destination_settings(d.name))
             ])  # fmt: skip
             self._apply_env()
             for n in range(1, self.workers + 1):
@@ -237,18 +207,19 @@ class Stack:
         """Start them all, then wait for each to listen (they start in parallel)."""
         port_files = {}
         for name in names:
-            sim = SIMULATORS[name]
+            sim = destination(name)
             port_file = port_files[name] = self.data_dir / f"simulator-{name}.port"
             port_file.unlink(missing_ok=True)
             extra = self.simulator_args if name == "noojee" else []
             self._spawn(f"simulator-{name}", [
-                sys.executable, "-m", f"sandbox.{name}", "--port", "0", "--port-file",
-                str(port_file), *sim.args, *extra, *self.simulator_options.get(name, []),
+                sys.executable, "-m", str(sim.simulator), "--port", "0", "--port-file",
+                str(port_file), *sim.sandbox_args, *extra, *self.simulator_options.get(name, []),
             ])  # fmt: skip
         for name, port_file in port_files.items():
             wait_until(functools.partial(self._started, port_file), 20, f"the {name} simulator")
             url = self.simulator_urls[name] = f"http://127.0.0.1:{port_file.read_text().strip()}"
-            variables = {SIMULATORS[name].url_setting: url, **SIMULATORS[name].env}
+            sim = destination(name)
+            variables = {sim.url_setting.upper(): url, **sim.sandbox_env}
             for suffix, value in variables.items():
                 self.env[f"CONTACTSYNC_{name.upper()}__{suffix}"] = value
 
