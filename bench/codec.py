@@ -32,7 +32,7 @@ TARGET = 0.90
 
 def _use_key(key: str | None) -> None:
     """Point this process's codec at ``key`` (None: encryption off)."""
-    from worker.stack import refresh_settings
+    from worker.cli.stack import refresh_settings
 
     if key is None:
         os.environ.pop("CONTACTSYNC_PAYLOAD_KEYS", None)

@@ -277,7 +277,7 @@ def plain_fleet(
     from bench.plain_celery import REDIS_URL_VARIABLE
     from tasks import noojee
     from tasks.noojee import SANDBOX_API_KEY as SIM_API_KEY
-    from worker.stack import Stack, refresh_settings
+    from worker.cli.stack import Stack, refresh_settings
 
     if UPDATE_PATH != noojee.UPDATE_PATH:
         raise RuntimeError("bench/plain_call.py calls another path than contactsync's updates")

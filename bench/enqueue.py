@@ -87,8 +87,8 @@ finally:
 @contextlib.contextmanager
 def server() -> Iterator[Any]:
     """A private embedded Valkey, and this process's settings pointed at it."""
+    from worker.cli.stack import refresh_settings
     from worker.embedded import EmbeddedRedis
-    from worker.stack import refresh_settings
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis.under(Path(tmp)) as redis:
         os.environ["CONTACTSYNC_REDIS_URL"] = redis.url

@@ -140,7 +140,7 @@ def noojee_saturated() -> dict[str, int]:
 
 @contextlib.contextmanager
 def fresh_stack() -> Iterator[Any]:
-    from worker.stack import Stack, refresh_settings
+    from worker.cli.stack import Stack, refresh_settings
 
     for name in [n for n in os.environ if n.startswith("CONTACTSYNC_")]:
         del os.environ[name]

@@ -245,7 +245,7 @@ def _integrate(
 def fresh_stack(
     mode: str, slots: int, gate_env: dict[str, str], simulator_args: list[str] | None = None
 ) -> Iterator[Run]:
-    from worker.stack import Stack, refresh_settings
+    from worker.cli.stack import Stack, refresh_settings
 
     for name in [n for n in os.environ if n.startswith("CONTACTSYNC_")]:
         del os.environ[name]

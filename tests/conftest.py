@@ -59,7 +59,7 @@ def _clean_environment() -> None:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from worker.stack import Stack
+    from worker.cli.stack import Stack
 
     _clean_environment()
     data_dir = tmp_path_factory.mktemp("contactsync")

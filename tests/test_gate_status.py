@@ -27,10 +27,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.conftest import run_cli
-from worker.cli import BLOCKS, limit_columns, sparkline
+from worker.cli.gates import BLOCKS, sparkline
 from worker.gate import BUSY, OK, Gate, GateConfig, LeaseKeeper, Permit, gate_name
 from worker.ledger import Ledger
 from worker.metrics import FleetCollector, MetricsStep, make_registry, serve
+from worker.reports import limit_columns
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -22,12 +22,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from worker.cli.stack import Stack
 from worker.destinations import destination as registry_destination
 from worker.destinations import registry
 from worker.embedded import running_url
 from worker.ledger import TERMINAL
 from worker.settings import get_settings
-from worker.stack import Stack
 
 FIRST = ["Jane", "Omar", "Mei", "Tom", "Priya", "Luca", "Ava", "Kofi", "Sara", "Ivan"]
 LAST = ["Smith", "Nguyen", "Okafor", "Rossi", "Khan", "Brown", "Silva", "Cohen", "Ito", "Berg"]
