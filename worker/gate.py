@@ -165,39 +165,42 @@ class Gate:
         token = f"{HOST}/{os.getpid()}/{uuid.uuid4().hex[:16]}"
         started = time.monotonic()
         answer = self._acquire(token, priority, wait_s, now_ms)
-        granted, detail, epoch = answer[:3]
+        # Granted: the permits held after the grant; not granted: how long to wait (ms) before
+        # looking again. Each answer of the scripts says which by its first field.
+        granted, held_or_wait_ms, epoch = answer[:3]
         if patient and not granted and len(answer) == 5 and cfg.patience_s(*answer[2:]) > wait_s:
             # Its turn takes longer than max_wait_s, but not too long: keep its place, longer.
             wait_s = cfg.patience_s(*answer[2:])
-            granted, detail, epoch = self._acquire(token, priority, wait_s, now_ms, True)[:3]
+            answer = self._acquire(token, priority, wait_s, now_ms, True)
+            granted, held_or_wait_ms, epoch = answer[:3]
         deadline = started + wait_s
         while not granted:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                granted, detail, epoch = self._run("cancel", token, now_ms=now_ms)
+                granted, held_or_wait_ms, epoch = self._run("cancel", token, now_ms=now_ms)
                 if not granted:
                     return None
                 break
             # Block until a release hands us the permit, or until we should look again (our
             # wait ends, or the oldest lease would have expired: its holder may be dead).
-            timeout = max(0.001, min(remaining, detail / 1000))
+            timeout = max(0.001, min(remaining, held_or_wait_ms / 1000))
             keys = [self._key(f"wake:{token}")]
             if priority != "realtime":
                 keys.append(self.make_way_key)
             woken = self.client.blpop(keys, timeout=timeout)
             if woken is not None and woken[0] == self.make_way_key:
-                granted, detail, epoch = self._run("cancel", token, now_ms=now_ms)
+                granted, held_or_wait_ms, epoch = self._run("cancel", token, now_ms=now_ms)
                 if not granted:  # (a permit handed over at that very moment is kept)
                     return None
                 break
             if woken is not None:
                 held, _, handed_epoch = str(woken[1]).partition(":")
-                granted, detail, epoch = 1, int(held), int(handed_epoch or 0)
+                granted, held_or_wait_ms, epoch = 1, int(held), int(handed_epoch or 0)
             else:
-                granted, detail, epoch = self._acquire(
+                granted, held_or_wait_ms, epoch = self._acquire(
                     token, priority, max(0.0, deadline - time.monotonic()), now_ms, True
                 )[:3]
-        permit = Permit(token, detail, epoch, time.monotonic() - started)
+        permit = Permit(token, held_or_wait_ms, epoch, time.monotonic() - started)
         self._keeper.hold(self, token)
         return permit
 
