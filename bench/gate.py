@@ -462,13 +462,17 @@ def scenario_l(run: Run) -> dict[str, Any]:
     run.at(60)
     result = run.measures(60)
     lines = run.worker_log_lines(logs)
-    per_message = [line for line in lines if " received" in line or "] succeeded in " in line]
+    # Celery's INFO line for every message taken and every task that succeeds, and ours for
+    # every job that ends (its outcome and latency): one each per message at any limit.
+    per_message = [line for line in lines
+                   if " received" in line or "] succeeded in " in line or " settled: " in line]
     received = sum(1 for line in per_message if " received" in line)
     result.update({
         "requeues": max(0, received - result["delivered"] - 32),  # (32: taken, not yet done)
         "log_lines": len(lines) - len(per_message),
         "log_lines_per_message": len(per_message),
         "warnings": sum(1 for line in lines if "WARNING" in line or "Traceback" in line),
+        "warning_lines": [line[:300] for line in lines if "WARNING" in line][:5],
     })  # fmt: skip
     return result
 
