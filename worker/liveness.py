@@ -25,6 +25,7 @@ from typing import cast
 
 import redis
 
+from worker.broker import connect as connect_redis
 from worker.gate import HOST, Gate, GateConfig, gate_names
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,8 @@ class Heartbeat:
         """The heartbeat's own client. Its reads may block a whole beat: redis-py (8 and later)
         gives up on a read after 5 s by default, which would drop the connection at the end of
         each beat and have the fleet take this process for dead for a moment."""
-        return redis.Redis.from_url(self.url, client_name=f"{NAME_PREFIX}{owner()}",
-                                    socket_connect_timeout=5,
-                                    socket_timeout=BEAT_S + 10)  # fmt: skip
+        return connect_redis(self.url, client_name=f"{NAME_PREFIX}{owner()}",
+                             socket_connect_timeout=5, socket_timeout=BEAT_S + 10)  # fmt: skip
 
     def _run(self) -> None:
         me = owner()

@@ -26,6 +26,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from worker.gate_policy import PolicyConfig
+from worker.sentinel import is_sentinel_url
+from worker.sentinel import parse as parse_sentinel_url
 
 
 class RetrySettings(BaseModel):
@@ -473,9 +475,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+        if value is not None and is_sentinel_url(value):
+            parse_sentinel_url(value)  # its ValueError says what to fix, never repeats the URL
+        elif value is not None and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError(
-                "CONTACTSYNC_REDIS_URL must start with redis://, rediss:// or unix:// "
+                "CONTACTSYNC_REDIS_URL must start with redis://, rediss://, unix:// or sentinel:// "
                 "(for example redis://127.0.0.1:6379/0)"
             )
         return value
@@ -537,13 +541,14 @@ class Settings(BaseSettings):
 
 def mask_url_password(url: str) -> str:
     """``redis://:secret@host:6379/0`` → ``redis://:***@host:6379/0``; a ``password=`` query
-    parameter (which redis-py also accepts) is masked too."""
+    parameter (which redis-py also accepts) and a ``sentinel_password=`` are masked too."""
     parts = urlsplit(url)
     if parts.password is not None:
         netloc = parts.netloc.rsplit("@", 1)[1]
         parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
     if parts.query:
-        query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)]
+        query = [(k, "***" if k in {"password", "sentinel_password"} else v)
+                 for k, v in parse_qsl(parts.query)]  # fmt: skip
         parts = parts._replace(query=urlencode(query, safe="*"))
     return urlunsplit(parts)
 
