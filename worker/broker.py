@@ -8,10 +8,16 @@ would never be delivered.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from worker.embedded import running_url
@@ -22,6 +28,8 @@ from worker.settings import get_settings
 #: What the Celery app points at when nothing is configured, so that importing it never fails;
 #: the ledger (and so every producer and worker) refuses to run without a real answer.
 UNCONFIGURED_BROKER = "redis://127.0.0.1:6379/0"
+
+T = TypeVar("T")
 
 
 class RedisNotConfigured(RuntimeError):
@@ -48,6 +56,55 @@ def broker_url() -> str:
         return UNCONFIGURED_BROKER
 
 
+class UntilFailedOver(Retry):
+    """redis-py's retry for clients of a Sentinel service: a command that met a connection
+    error (the primary died, the sentinels name no primary yet, or it became a replica) is sent
+    again, after a short backoff, until ``budget_s`` has passed since its first failure; each try
+    reconnects and so asks the sentinels where the primary is now. Timeouts are not retried.
+
+    redis-py nests retries (connecting retries, and so does the command around it): only the
+    outermost call on a thread retries here, so the budget holds once, not once per level."""
+
+    _inside = threading.local()
+
+    def __init__(self, budget_s: float) -> None:
+        super().__init__(ExponentialWithJitterBackoff(base=0.05, cap=0.5), -1, (ConnectionError,))
+        self.budget_s = budget_s
+
+    def call_with_retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        if getattr(self._inside, "active", False):
+            return do()  # the outer call retries
+        self._inside.active = True
+        try:
+            return self._retry(do, fail, is_retryable, with_failure_count)
+        finally:
+            self._inside.active = False
+
+    def _retry(self, do: Callable[[], T], fail: Callable[..., Any],
+               is_retryable: Callable[[Exception], bool] | None, with_count: bool) -> T:
+        self._backoff.reset()
+        failures, give_up = 0, 0.0
+        while True:
+            try:
+                return do()
+            except ConnectionError as error:
+                if is_retryable is not None and not is_retryable(error):
+                    raise
+                failures += 1
+                fail(error, failures) if with_count else fail(error)
+                now = time.monotonic()
+                give_up = give_up or now + self.budget_s
+                if now >= give_up:
+                    raise
+                time.sleep(min(self._backoff.compute(failures), give_up - now))
+
+
 @lru_cache(maxsize=8)
 def _sentinels(url: str) -> Sentinel:
     """One set of connections to the sentinels per URL per process, shared by its clients."""
@@ -60,14 +117,16 @@ def connect(url: str, **options: Any) -> redis.Redis:
     ``client_name``, ``decode_responses``...).
 
     ``sentinel://``: a client of the service's current primary (``master_for``). Each new
-    connection asks the sentinels where the primary is; a connection error, or a primary
-    that has become a replica (READONLY), drops the connection, so the next command, or redis-py's
-    retry of this one, goes to whichever server the sentinels name by then. Anything else:
-    ``redis.Redis.from_url``, as always."""
+    connection asks the sentinels where the primary is; a connection error, or a primary that
+    has become a replica (READONLY), drops the connection, and the command is sent again
+    (``UntilFailedOver``, for up to ``CONTACTSYNC_REDIS_FAILOVER_WAIT_S``) to whichever server
+    the sentinels name by then. Anything else: ``redis.Redis.from_url``, as always (no retry)."""
     if is_sentinel_url(url):
         where = parse_sentinel_url(url)
+        retry = UntilFailedOver(get_settings().redis_failover_wait_s)
         client: redis.Redis = _sentinels(url).master_for(
-            where.service, redis_class=redis.Redis, **where.master_kwargs(), **options
+            where.service, redis_class=redis.Redis, retry=retry, **where.master_kwargs(),
+            **options,
         )
         return client
     return redis.Redis.from_url(url, **options)

@@ -403,6 +403,13 @@ class Settings(BaseSettings):
         repr=False,  # may hold a password; `masked()` shows it safely
         description="broker and state; unset means the embedded server started by `contactsync up`",
     )
+    redis_failover_wait_s: float = Field(
+        15.0, ge=0, description="sentinel:// only: how long a command that lost its primary "
+        "waits for the sentinels to name a new one before it fails")
+    redis_wait_replicas: int = Field(
+        0, ge=0, description="replicas that must have a new job before submit returns (WAIT)")
+    redis_wait_timeout_ms: int = Field(
+        1000, ge=1, description="how long submit waits for them; fewer: the submit fails")
     data_dir: Path = Field(Path(".contactsync"), description="embedded server data and AOF")
     key_prefix: str = Field("cs:", min_length=1, description="prefix of every ledger key")
     retention_days: float = Field(14.0, gt=0, description="how long finished jobs stay listed")
