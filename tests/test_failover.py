@@ -78,6 +78,11 @@ PRODUCER = textwrap.dedent("""
 """)
 
 
+def _stop(process: subprocess.Popen[Any]) -> None:
+    process.kill()
+    process.wait(10)
+
+
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
@@ -189,8 +194,11 @@ class Lines:
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
         assert process.stdout is not None
         stdout = process.stdout
-        threading.Thread(target=lambda: [self._queue.put(json.loads(line)) for line in stdout],
-                         daemon=True).start()  # fmt: skip
+        threading.Thread(target=self._read, args=(stdout,), daemon=True).start()
+
+    def _read(self, stdout: Any) -> None:
+        for line in stdout:
+            self._queue.put(json.loads(line))
 
     def drain(self) -> list[dict[str, Any]]:
         while not self._queue.empty():
@@ -228,7 +236,25 @@ class Deliveries:
         return max((b - a for a, b in itertools.pairwise(points)), default=0.0)
 
 
-def _run_failover(tmp_path: Path, wait_replicas: int) -> dict[str, Any]:
+def _replicas_fall_behind(ha: Cluster, out: Lines) -> None:
+    """Cut every replica off the primary (a wrong masterauth, its link killed), and let the
+    producer go on for a while: what it submits now is on the primary alone."""
+    for port in ha.replicas:
+        replica = redis.Redis(port=port, password=ha.password, decode_responses=True)
+        replica.config_set("masterauth", "not-the-password")
+        replica.client_kill_filter(_type="master")
+        wait_for(lambda r=replica: r.info("replication")["master_link_status"] == "down", 10,
+                 "the replica cut off")  # fmt: skip
+    counted = len(out.drain())
+    wait_for(lambda: len(out.drain()) >= counted + 10, 30, "10 more submits or refusals")
+
+
+def _replicas_catch_up(ha: Cluster) -> None:
+    for port in ha.replicas:  # so that they can follow whichever primary the sentinels name
+        redis.Redis(port=port, password=ha.password).config_set("masterauth", ha.password)
+
+
+def _run_failover(tmp_path: Path, wait_replicas: int, behind: bool) -> dict[str, Any]:
     with ExitStack() as stack:
         # WAIT 1 needs a replica after the failover too: two replicas, one becomes the primary.
         ha = stack.enter_context(cluster(tmp_path / "ha", 1 + wait_replicas))
@@ -240,18 +266,20 @@ def _run_failover(tmp_path: Path, wait_replicas: int) -> dict[str, Any]:
                     "CONTACTSYNC_NOOJEE__BASE_URL": str(sim.base_url),
                     "CONTACTSYNC_NOOJEE__API_KEY": "sandbox-key",
                     "CONTACTSYNC_REDIS_WAIT_REPLICAS": str(wait_replicas),
+                    # (A replica cut off longer than 10 x down-after is never promoted.)
+                    "CONTACTSYNC_REDIS_WAIT_TIMEOUT_MS": "200",
                     "PYTHONUNBUFFERED": "1"})  # fmt: skip
         log = tmp_path / "worker.log"
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "noojee",
              "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-n", "ha@%h"],
             env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
-        stack.callback(lambda: (worker.kill(), worker.wait(10)))
+        stack.callback(_stop, worker)
         producer = subprocess.Popen([sys.executable, "-c", PRODUCER], env=env, text=True,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
-        stack.callback(lambda: (producer.kill(), producer.wait(10)))
+        stack.callback(_stop, producer)
         assert producer.stdin is not None
-        out = Lines(producer)  # type: ignore[arg-type]
+        out = Lines(producer)
         wait_for(lambda: "ready." in log.read_text(), 60, "the worker")
         deliveries = Deliveries(sim)
         stack.callback(deliveries.stop.set)
@@ -263,9 +291,12 @@ def _run_failover(tmp_path: Path, wait_replicas: int) -> dict[str, Any]:
         producer.stdin.write(f"a {BEFORE} 5 0.02\n")
         producer.stdin.flush()
         wait_for(lambda: len(delivered()) >= KILL_AFTER, 60, f"{KILL_AFTER} deliveries")
-        old = ha.primary
+        if behind:
+            _replicas_fall_behind(ha, out)
         killed_at = time.monotonic()
-        ha.processes[old].send_signal(signal.SIGKILL)
+        ha.processes[ha.primary].send_signal(signal.SIGKILL)
+        if behind:
+            _replicas_catch_up(ha)
         wait_for(lambda: ha.primary_now() in ha.replicas, 30, "the sentinels to promote a replica")
         promoted_s = time.monotonic() - killed_at
         wait_for(lambda: out.has("done", "a"), 60, "the producer to finish its first jobs")
@@ -311,10 +342,21 @@ def _run_failover(tmp_path: Path, wait_replicas: int) -> dict[str, Any]:
 
 @pytest.mark.integration
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("wait_replicas", [0, 1], ids=["async-replication", "wait-1-replica"])
-def test_failover_the_worker_and_a_producer_carry_on(tmp_path: Path, wait_replicas: int) -> None:
-    figures = _run_failover(tmp_path, wait_replicas)
-    print(f"failover, CONTACTSYNC_REDIS_WAIT_REPLICAS={wait_replicas}: {figures}")
+@pytest.mark.parametrize(
+    ("wait_replicas", "behind"),
+    [(0, False), (0, True), (1, True)],
+    ids=["async", "async-replicas-behind", "wait-replicas-behind"],
+)
+def test_failover_the_worker_and_a_producer_carry_on(
+    tmp_path: Path, wait_replicas: int, behind: bool
+) -> None:
+    """``behind``: the replicas are cut off for a while before the primary dies (replication
+    lag, made long enough to count what it costs)."""
+    figures = _run_failover(tmp_path, wait_replicas, behind)
+    print(f"failover, CONTACTSYNC_REDIS_WAIT_REPLICAS={wait_replicas}, replicas behind: "
+          f"{behind}: {figures}")
     assert figures["accepted"] == BEFORE
-    if wait_replicas:  # a job the producer was told is queued is on the replica too
+    if wait_replicas:  # a job the producer was told is queued is on a replica too
         assert figures["lost"] == 0
+    elif behind:  # what it submitted while the replicas were behind is gone with the primary
+        assert figures["lost"] > 0

@@ -57,8 +57,9 @@ def _flower_defaults() -> None:
 
 def broker_settings() -> dict[str, Any]:
     """``broker_url`` and ``broker_transport_options`` from the settings. A ``sentinel://`` URL
-    becomes kombu's Sentinel transport: one ``sentinel://`` per sentinel joined by ``;``, the
-    service as ``master_name``, the sentinels' own options as ``sentinel_kwargs``."""
+    becomes kombu's Sentinel transport (``worker.sentinel_transport``): one ``sentinel://`` per
+    sentinel joined by ``;``, the service as ``master_name``, the sentinels' own options as
+    ``sentinel_kwargs``."""
     url = broker_url()
     options: dict[str, Any] = {
         "visibility_timeout": get_settings().visibility_timeout_s,
@@ -67,11 +68,13 @@ def broker_settings() -> dict[str, Any]:
         # Check for the messages of dead workers every 10 s, not every 100 s.
         "unacked_restore_throttle": 1,
     }
+    transport = None
     if is_sentinel_url(url):
         where = parse_sentinel_url(url)
         url = where.kombu_url()
         options.update(where.kombu_transport_options())
-    return {"broker_url": url, "broker_transport_options": options}
+        transport = "worker.sentinel_transport:Transport"
+    return {"broker_url": url, "broker_transport_options": options, "broker_transport": transport}
 
 
 def make_app() -> Celery:

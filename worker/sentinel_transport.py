@@ -1,0 +1,29 @@
+"""kombu's Sentinel transport, with the broker's connections riding through a failover as the
+other clients do (``worker.broker.UntilFailedOver``).
+
+kombu's own retries a lost broker connection after 0, 2, 4, 6... s: a Celery worker would fetch
+nothing for up to 6 s after the sentinels named the new primary. Here a connection that cannot
+reach a primary keeps asking the sentinels (for up to ``CONTACTSYNC_REDIS_FAILOVER_WAIT_S``), so
+the worker resumes as soon as the new primary is named. ``worker.app`` selects it for a
+``sentinel://`` URL (``broker_transport``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.transport.redis import SentinelChannel, SentinelTransport
+
+from worker.broker import UntilFailedOver
+from worker.settings import get_settings
+
+
+class Channel(SentinelChannel):
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous)
+        params["retry"] = UntilFailedOver(get_settings().redis_failover_wait_s)
+        return params
+
+
+class Transport(SentinelTransport):
+    Channel = Channel
