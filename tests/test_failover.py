@@ -290,7 +290,11 @@ def _run_failover(tmp_path: Path, wait_replicas: int, behind: bool) -> dict[str,
         # Submitting BEFORE jobs, 5 at a time, for a few seconds; the kill lands in the middle.
         producer.stdin.write(f"a {BEFORE} 5 0.02\n")
         producer.stdin.flush()
-        wait_for(lambda: len(delivered()) >= KILL_AFTER, 60, f"{KILL_AFTER} deliveries")
+        def ready_to_kill() -> bool:
+            assert ha.processes[ha.primary].poll() is None, "the primary died before the kill"
+            return len(delivered()) >= KILL_AFTER
+
+        wait_for(ready_to_kill, 60, f"{KILL_AFTER} deliveries")
         if behind:
             _replicas_fall_behind(ha, out)
         killed_at = time.monotonic()
