@@ -6,8 +6,8 @@ The form (one URL, as ``CONTACTSYNC_REDIS_URL``)::
 
 ``HOST:PORT`` are the sentinels; ``SERVICE`` is the name they monitor (``sentinel monitor
 SERVICE ...``); ``PASSWORD`` (and ``USER``) are the data servers', ``sentinel_password`` the
-sentinels' own when they have one (``requirepass`` in sentinel.conf). Percent-encode a ``@``,
-``/``, ``:`` or ``?`` inside a password.
+sentinels' own when they have one (``requirepass`` in sentinel.conf). Percent-encode ``/``,
+``?`` and ``%`` inside a password.
 
 A parse error never repeats the URL: it may hold a password.
 """
