@@ -106,3 +106,30 @@ def test_the_celery_app_and_the_clients_use_sentinel(
     kwargs = pool.connection_kwargs
     assert (kwargs["db"], kwargs["socket_timeout"], kwargs["client_name"]) == (4, 7, "x")
     assert PASSWORD not in repr(client)
+
+
+def test_a_command_waits_for_a_primary_once_for_the_whole_budget(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """No sentinel answers: the command is retried (reconnecting, asking the sentinels again)
+    until CONTACTSYNC_REDIS_FAILOVER_WAIT_S is spent, then fails as an outage does; redis-py's
+    nested retries (connecting, inside the command) do not multiply it, and a sentinel that is
+    down is not retried on its own."""
+    import time
+
+    import redis
+
+    from worker.broker import connect
+    from worker.settings import get_settings
+
+    env.setenv("CONTACTSYNC_REDIS_FAILOVER_WAIT_S", "0.6")
+    get_settings.cache_clear()
+    try:
+        client = connect("sentinel://127.0.0.1:1,127.0.0.1:2/cs", socket_connect_timeout=0.2)
+    finally:
+        get_settings.cache_clear()
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        client.ping()
+    took = time.monotonic() - started
+    assert 0.6 <= took < 1.5, took

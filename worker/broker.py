@@ -15,13 +15,13 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from worker.embedded import running_url
-from worker.sentinel import is_sentinel_url
+from worker.sentinel import SentinelURL, is_sentinel_url
 from worker.sentinel import parse as parse_sentinel_url
 from worker.settings import get_settings
 
@@ -109,7 +109,13 @@ class UntilFailedOver(Retry):
 def _sentinels(url: str) -> Sentinel:
     """One set of connections to the sentinels per URL per process, shared by its clients."""
     where = parse_sentinel_url(url)
-    return Sentinel(list(where.sentinels), sentinel_kwargs=where.sentinel_kwargs())
+    return Sentinel(list(where.sentinels), sentinel_kwargs=sentinel_kwargs(where))
+
+
+def sentinel_kwargs(where: SentinelURL) -> dict[str, Any]:
+    """Options of the connections to the sentinels: no retry of their own (redis-py's default
+    would spend seconds on a sentinel that is down before asking the next one)."""
+    return {**where.sentinel_kwargs(), "retry": Retry(NoBackoff(), 0)}
 
 
 def connect(url: str, **options: Any) -> redis.Redis:

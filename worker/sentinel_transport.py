@@ -13,12 +13,25 @@ from __future__ import annotations
 from typing import Any
 
 from kombu.transport.redis import SentinelChannel, SentinelTransport
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from worker.broker import UntilFailedOver
 from worker.settings import get_settings
 
 
 class Channel(SentinelChannel):
+    _given_sentinel_kwargs: dict[str, Any] | None = None
+
+    @property
+    def sentinel_kwargs(self) -> dict[str, Any]:
+        """The transport option, without redis-py's retries on a sentinel that is down."""
+        return {**(self._given_sentinel_kwargs or {}), "retry": Retry(NoBackoff(), 0)}
+
+    @sentinel_kwargs.setter
+    def sentinel_kwargs(self, value: dict[str, Any] | None) -> None:
+        self._given_sentinel_kwargs = value
+
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         params: dict[str, Any] = super()._connparams(asynchronous)
         params["retry"] = UntilFailedOver(get_settings().redis_failover_wait_s)
