@@ -45,6 +45,8 @@ from worker.ledger import TERMINAL, job_id_for
 SERVICE = "cs-ha"
 #: Jobs submitted while the primary is killed, and after the failover.
 BEFORE, AFTER = 600, 100
+#: Rows of the backfill that runs through the failover (the case without replicas behind).
+BACKFILL_ROWS = 500
 #: Jobs delivered before the primary is killed.
 KILL_AFTER = 150
 PRODUCER = textwrap.dedent("""
@@ -254,6 +256,20 @@ def _replicas_catch_up(ha: Cluster) -> None:
         redis.Redis(port=port, password=ha.password).config_set("masterauth", ha.password)
 
 
+def _start_backfill(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`contactsync backfill` of BACKFILL_ROWS leads, pausing while 100 jobs are queued: it is
+    still submitting when the primary dies."""
+    leads = tmp_path / "leads.csv"
+    leads.write_text("external_lead_id,FirstPhone\n"
+                     + "".join(f"c-{n},0383000000\n" for n in range(BACKFILL_ROWS)))
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "backfill", str(leads), "-d", "noojee", "--kind",
+         "update", "--set", "template_id=41", "--set", "campaign_id=41", "--set",
+         "allocation_id=38", "--set", "disposition=Callback", "--max-queue-depth", "100"],
+        env=env, cwd=tmp_path, stdout=(tmp_path / "backfill.log").open("wb"),
+        stderr=subprocess.STDOUT)  # fmt: skip
+
+
 def _run_failover(tmp_path: Path, wait_replicas: int, behind: bool) -> dict[str, Any]:
     with ExitStack() as stack:
         # WAIT 1 needs a replica after the failover too: two replicas, one becomes the primary.
@@ -290,6 +306,7 @@ def _run_failover(tmp_path: Path, wait_replicas: int, behind: bool) -> dict[str,
         # Submitting BEFORE jobs, 5 at a time, for a few seconds; the kill lands in the middle.
         producer.stdin.write(f"a {BEFORE} 5 0.02\n")
         producer.stdin.flush()
+        backfill = None if behind else _start_backfill(tmp_path, env)
         def ready_to_kill() -> bool:
             assert ha.processes[ha.primary].poll() is None, "the primary died before the kill"
             return len(delivered()) >= KILL_AFTER
@@ -327,12 +344,18 @@ def _run_failover(tmp_path: Path, wait_replicas: int, behind: bool) -> dict[str,
                     not in (None, *TERMINAL)]  # fmt: skip
 
         wait_for(lambda: not unsettled(), 45, "every job the new primary knows to end")
+        rows = [f"c-{n}" for n in range(BACKFILL_ROWS)] if backfill is not None else []
+        if backfill is not None:  # it went on by itself: every row queued, then delivered
+            assert backfill.wait(60) == 0, "the backfill did not finish on its own"
+            wait_for(lambda: all(lead in delivered() for lead in rows), 30,
+                     "every row of the backfill to be delivered")  # fmt: skip
         deliveries.stop.set()
         calls = delivered()
         lost = [lead for lead in accepted if lead not in calls]
         assert worker.poll() is None and producer.poll() is None, "a process did not carry on"
         return {
             "accepted": len(accepted),
+            "backfill_rows_delivered": sum(lead in calls for lead in rows),
             "lost": len(lost),
             "lost_absent_from_ledger": sum(
                 state.exists(f"cs:job:{job_id_for('noojee', lead)}") == 0 for lead in lost),
@@ -364,3 +387,50 @@ def test_failover_the_worker_and_a_producer_carry_on(
         assert figures["lost"] == 0
     elif behind:  # what it submitted while the replicas were behind is gone with the primary
         assert figures["lost"] > 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_command_in_flight_when_the_primary_dies_is_answered_by_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocked reads (BLPOP, as the heartbeat's) on the primary when it gets SIGKILL: each is
+    sent again, on a connection that asks the sentinels where the primary is now, and answered
+    by the promoted replica; none fails, none waits out the whole failover budget."""
+    from worker.broker import connect
+    from worker.settings import get_settings
+
+    monkeypatch.setenv("CONTACTSYNC_REDIS_FAILOVER_WAIT_S", "20")
+    get_settings.cache_clear()
+    with cluster(tmp_path / "ha", 1) as ha:
+        try:
+            client = connect(ha.url, decode_responses=True, socket_timeout=30)
+        finally:
+            get_settings.cache_clear()
+        client.ping()
+        took: list[float] = []
+        errors: list[str] = []
+
+        def blocked_read(n: int) -> None:
+            started = time.monotonic()
+            try:
+                client.blpop([f"never-{n}"], timeout=1)
+            except redis.RedisError as exc:
+                errors.append(type(exc).__name__)
+            took.append(time.monotonic() - started)
+
+        readers = [threading.Thread(target=blocked_read, args=(n,)) for n in range(3)]
+        for reader in readers:
+            reader.start()
+        wait_for(lambda: redis.Redis(port=ha.primary, password=ha.password)
+                 .info("clients")["blocked_clients"] == 3, 5, "the reads blocked")  # fmt: skip
+        killed = time.monotonic()
+        ha.processes[ha.primary].send_signal(signal.SIGKILL)
+        for reader in readers:
+            reader.join(30)
+        promoted_s = time.monotonic() - killed
+        assert ha.primary_now() in ha.replicas
+        assert errors == []
+        assert max(took) < 12, took  # the failover (about 2.5 s) and a BLPOP, not the budget
+        assert client.set("after", "1") and client.get("after") == "1"
+        print(f"blocked reads answered {max(took):.2f} s after the kill ({promoted_s:.2f} s)")

@@ -18,7 +18,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from worker.embedded import running_url
 from worker.sentinel import SentinelURL, is_sentinel_url
@@ -105,6 +105,24 @@ class UntilFailedOver(Retry):
                 time.sleep(min(self._backoff.compute(failures), give_up - now))
 
 
+class FollowingConnection(SentinelManagedConnection):
+    """A connection to the primary that asks the sentinels again whenever it reconnects.
+
+    redis-py's own asks them in ``connect()`` only: a command retried on the same connection
+    after it broke reconnects through ``connect_check_health`` to the address it had, the dead
+    primary's, until the retries run out."""
+
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self._sock:
+            return
+        if retry_socket_connect:  # a reconnect (send_packed_command...): where is it now?
+            self.connect()
+        else:  # connect_to(), from connect(): the address the sentinels just gave
+            super().connect_check_health(check_health, retry_socket_connect)
+
+
 @lru_cache(maxsize=8)
 def _sentinels(url: str) -> Sentinel:
     """One set of connections to the sentinels per URL per process, shared by its clients."""
@@ -131,8 +149,8 @@ def connect(url: str, **options: Any) -> redis.Redis:
         where = parse_sentinel_url(url)
         retry = UntilFailedOver(get_settings().redis_failover_wait_s)
         client: redis.Redis = _sentinels(url).master_for(
-            where.service, redis_class=redis.Redis, retry=retry, **where.master_kwargs(),
-            **options,
+            where.service, redis_class=redis.Redis, connection_class=FollowingConnection,
+            retry=retry, **where.master_kwargs(), **options,
         )
         return client
     return redis.Redis.from_url(url, **options)

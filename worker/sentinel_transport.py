@@ -16,7 +16,7 @@ from kombu.transport.redis import SentinelChannel, SentinelTransport
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.broker import UntilFailedOver
+from worker.broker import FollowingConnection, UntilFailedOver
 from worker.settings import get_settings
 
 
@@ -35,6 +35,12 @@ class Channel(SentinelChannel):
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         params: dict[str, Any] = super()._connparams(asynchronous)
         params["retry"] = UntilFailedOver(get_settings().redis_failover_wait_s)
+        if not asynchronous:
+            # Commands (publish, ack, restore) retried on a broken connection ask the sentinels
+            # where the primary is. Not the connection the worker's event loop reads messages
+            # from: kombu polls its socket, so it must fail and be rebuilt by kombu, not be
+            # reconnected under the poller's feet.
+            params["connection_class"] = FollowingConnection
         return params
 
 
