@@ -2,7 +2,8 @@
 
 A primary, a replica (two with ``WAIT``) and three sentinels (the embedded ``valkey-server``,
 the sentinels with ``--sentinel``) on loopback, with a password; a Celery worker and a producer
-process, both on ``CONTACTSYNC_REDIS_URL=sentinel://...``. The producer keeps submitting (with
+process (and, in the first case, ``contactsync backfill``), all on
+``CONTACTSYNC_REDIS_URL=sentinel://...``. The producer keeps submitting (with
 idempotency keys, sending a batch again when Redis refuses it, as a service would); the primary
 gets SIGKILL once jobs are being delivered; the sentinels promote a replica. Neither process is
 restarted: jobs submitted after the failover must be delivered, and every job the new primary
