@@ -67,8 +67,8 @@ def test_a_killed_worker_gives_back_its_permits_and_jobs_within_a_sweep_not_a_le
     gate = Gate(client, gate_name, GateConfig(maximum=2), prefix=prefix)
     try:
         # (A server that just started is given time for everyone to connect again.)
-        wait_for(lambda: client.info("server")["uptime_in_seconds"] >= liveness.SERVER_UP_S,
-                 10, "the server to have been up a while")  # fmt: skip
+        wait_for(lambda: liveness.primary_settled(client, prefix), 12,
+                 "the server to have been up, and the primary, a while")  # fmt: skip
         wait_for(lambda: len(client.zrange(liveness.registry_key(prefix), 0, -1)) == 1
                  and liveness.dead_processes(client, prefix) == [], 10, "the registration")
         assert liveness.sweep(client, prefix, lambda dead: ledger.reap(dead=dead)) == []

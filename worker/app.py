@@ -23,6 +23,8 @@ from worker.broker import broker_url
 from worker.destinations import names, registry
 from worker.logs import configure as configure_logs
 from worker.logs import use_format
+from worker.sentinel import is_sentinel_url
+from worker.sentinel import parse as parse_sentinel_url
 from worker.settings import exit_for_settings, get_settings
 
 #: kombu priority of each job priority; the Redis transport serves lower numbers first.
@@ -45,20 +47,35 @@ def _flower_defaults() -> None:
     os.environ.setdefault("FLOWER_PORT", str(flower.port))
 
 
+def broker_settings() -> dict[str, Any]:
+    """``broker_url`` and ``broker_transport_options`` from the settings. A ``sentinel://`` URL
+    becomes kombu's Sentinel transport (``worker.sentinel_transport``): one ``sentinel://`` per
+    sentinel joined by ``;``, the service as ``master_name``, the sentinels' own options as
+    ``sentinel_kwargs``."""
+    url = broker_url()
+    options: dict[str, Any] = {
+        "visibility_timeout": get_settings().visibility_timeout_s,
+        "priority_steps": sorted(PRIORITY.values()),
+        "sep": ":",
+        # Check for the messages of dead workers every 10 s, not every 100 s.
+        "unacked_restore_throttle": 1,
+    }
+    transport = None
+    if is_sentinel_url(url):
+        where = parse_sentinel_url(url)
+        url = where.kombu_url()
+        options.update(where.kombu_transport_options())
+        transport = "worker.sentinel_transport:Transport"
+    return {"broker_url": url, "broker_transport_options": options, "broker_transport": transport}
+
+
 def make_app() -> Celery:
     settings = get_settings()
     queues = destinations()
     celery = Celery("contactsync", include=[d.module for d in registry()])
     celery.conf.update(
-        broker_url=broker_url(),
+        **broker_settings(),
         broker_connection_retry_on_startup=True,
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout_s,
-            "priority_steps": sorted(PRIORITY.values()),
-            "sep": ":",
-            # Check for the messages of dead workers every 10 s, not every 100 s.
-            "unacked_restore_throttle": 1,
-        },
         task_serializer="json",
         result_serializer="json",
         event_serializer="json",

@@ -96,6 +96,12 @@ def job_id_for(destination: str, idempotency_key: str) -> str:
     return hashlib.blake2b(f"{destination}\0{idempotency_key}".encode(), digest_size=16).hexdigest()
 
 
+class NotReplicated(redis.RedisError):
+    """``WAIT`` timed out: the primary has the jobs, too few replicas do yet. A failover now
+    could lose them, so the submit fails (an intake answers 503) and is sent again: with an
+    idempotency key that names the same jobs, without one it makes new ones."""
+
+
 class NewJob(NamedTuple):
     """What a producer hands the ledger: a validated job, ready to record and publish. With an
     ``idempotency_key``, ``id`` must be ``job_id_for(destination, idempotency_key)``. (A named
@@ -264,8 +270,12 @@ class Ledger:
         history_len: int = 50,
         lease_ms: int = 10_000,
         window: int = 1000,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self.r = client
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self.prefix = prefix
         self.retention_s = retention_s
         self.history_len = history_len
@@ -355,7 +365,14 @@ class Ledger:
                              job.version, job.vkey]  # fmt: skip
                 self._create(keys=[], args=args, client=pipe)
                 order += chunk
-        flags = [flag for reply in pipe.execute() for flag in reply]
+        if self.wait_replicas:  # on the connection that wrote them: WAIT counts its writes
+            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+        replies = pipe.execute()
+        if self.wait_replicas and replies.pop() < self.wait_replicas:
+            raise NotReplicated(f"the jobs are written, but fewer than {self.wait_replicas} "
+                                f"replica(s) had them within {self.wait_timeout_ms} ms "
+                                "(CONTACTSYNC_REDIS_WAIT_REPLICAS)")  # fmt: skip
+        flags = [flag for reply in replies for flag in reply]
         created = [False] * len(jobs)
         for n, flag in zip(order, flags, strict=True):
             created[n] = flag == 1

@@ -10,8 +10,9 @@ at once. A process that never registered (a script, a test, an older version) is
 leases, as before.
 
 A live worker that lost Redis for a while is no different from a dead one here, as it is for
-the leases: it could not renew them either. Right after the server itself restarts, nobody has
-reconnected yet, so the sweep waits until the server has been up a few seconds.
+the leases: it could not renew them either. Right after the server itself restarts, or a
+replica is promoted in a failover, nobody has reconnected yet, so the sweep waits until the
+server has been up, and the primary, a few seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import cast
 
 import redis
 
+from worker.broker import connect as connect_redis
 from worker.gate import HOST, Gate, GateConfig, gate_names
 
 log = logging.getLogger(__name__)
@@ -70,9 +72,8 @@ class Heartbeat:
         """The heartbeat's own client. Its reads may block a whole beat: redis-py (8 and later)
         gives up on a read after 5 s by default, which would drop the connection at the end of
         each beat and have the fleet take this process for dead for a moment."""
-        return redis.Redis.from_url(self.url, client_name=f"{NAME_PREFIX}{owner()}",
-                                    socket_connect_timeout=5,
-                                    socket_timeout=BEAT_S + 10)  # fmt: skip
+        return connect_redis(self.url, client_name=f"{NAME_PREFIX}{owner()}",
+                             socket_connect_timeout=5, socket_timeout=BEAT_S + 10)  # fmt: skip
 
     def _run(self) -> None:
         me = owner()
@@ -91,11 +92,28 @@ class Heartbeat:
                 time.sleep(0.2)  # Redis is away: try again shortly, not in a tight loop
 
 
+def primary_settled(client: redis.Redis, prefix: str) -> bool:
+    """Whether this server has been up, and the primary the fleet uses, for ``SERVER_UP_S``.
+    Right after it started, or after the sentinels promoted it (a replica up for hours, but no
+    heartbeat has reconnected to it yet), a missing connection says nothing. A promotion gives
+    the server a new replication id: the first sweep to see it notes it, with the time."""
+    if int(cast(dict[str, int], client.info("server"))["uptime_in_seconds"]) < SERVER_UP_S:
+        return False
+    replid = str(cast(dict[str, str], client.info("replication")).get("master_replid", ""))
+    key, now = f"{prefix}live:primary", int(time.time() * 1000)
+    seen = client.get(key)
+    noted, _, since = (seen.decode() if isinstance(seen, bytes) else str(seen or "")).partition(" ")
+    if noted != replid or not since.isdigit():
+        client.set(key, f"{replid} {now}")
+        return False
+    return now - int(since) >= SERVER_UP_S * 1000
+
+
 def dead_processes(client: redis.Redis, prefix: str) -> list[str]:
     """Registered processes without their heartbeat connection ("host/pid"), or [] while the
     server has not been up long enough to tell (or will not list its clients)."""
     try:
-        if int(cast(dict[str, int], client.info("server"))["uptime_in_seconds"]) < SERVER_UP_S:
+        if not primary_settled(client, prefix):
             return []
         clients = client.client_list()
     except redis.ResponseError as exc:  # CLIENT LIST refused (ACLs): the leases will do

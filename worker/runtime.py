@@ -18,4 +18,6 @@ def ledger() -> Ledger:
         retention_s=int(settings.retention_days * 86_400),
         lease_ms=int(settings.job_lease_ttl_s * 1000),
         window=settings.broker_window,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )

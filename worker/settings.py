@@ -27,6 +27,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from worker.gate_policy import PolicyConfig
+from worker.sentinel import is_sentinel_url
+from worker.sentinel import parse as parse_sentinel_url
 
 
 class RetrySettings(BaseModel):
@@ -402,6 +404,13 @@ class Settings(BaseSettings):
         repr=False,  # may hold a password; `masked()` shows it safely
         description="broker and state; unset means the embedded server started by `contactsync up`",
     )
+    redis_failover_wait_s: float = Field(
+        15.0, ge=0, description="sentinel:// only: how long a command that lost its primary "
+        "waits for the sentinels to name a new one before it fails")
+    redis_wait_replicas: int = Field(
+        0, ge=0, description="replicas that must have a new job before submit returns (WAIT)")
+    redis_wait_timeout_ms: int = Field(
+        1000, ge=1, description="how long submit waits for them; fewer: the submit fails")
     data_dir: Path = Field(Path(".contactsync"), description="embedded server data and AOF")
     key_prefix: str = Field("cs:", min_length=1, description="prefix of every ledger key")
     retention_days: float = Field(14.0, gt=0, description="how long finished jobs stay listed")
@@ -474,9 +483,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+        if value is not None and is_sentinel_url(value):
+            parse_sentinel_url(value)  # its ValueError says what to fix, never repeats the URL
+        elif value is not None and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError(
-                "CONTACTSYNC_REDIS_URL must start with redis://, rediss:// or unix:// "
+                "CONTACTSYNC_REDIS_URL must start with redis://, rediss://, unix:// or sentinel:// "
                 "(for example redis://127.0.0.1:6379/0)"
             )
         return value
@@ -561,13 +572,14 @@ class Settings(BaseSettings):
 
 def mask_url_password(url: str) -> str:
     """``redis://:secret@host:6379/0`` → ``redis://:***@host:6379/0``; a ``password=`` query
-    parameter (which redis-py also accepts) is masked too."""
+    parameter (which redis-py also accepts) and a ``sentinel_password=`` are masked too."""
     parts = urlsplit(url)
     if parts.password is not None:
         netloc = parts.netloc.rsplit("@", 1)[1]
         parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
     if parts.query:
-        query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)]
+        query = [(k, "***" if k in {"password", "sentinel_password"} else v)
+                 for k, v in parse_qsl(parts.query)]  # fmt: skip
         parts = parts._replace(query=urlencode(query, safe="*"))
     return urlunsplit(parts)
 

@@ -41,8 +41,8 @@ def simulated() -> list[Destination]:
 
 def refresh_settings() -> None:
     """Re-read settings and rebuild what was derived from them after the environment changed."""
-    from worker.app import app
-    from worker.broker import broker_url, redis_client
+    from worker.app import app, broker_settings
+    from worker.broker import redis_client
     from worker.codec import payload_codec
     from worker.runtime import ledger
 
@@ -50,7 +50,7 @@ def refresh_settings() -> None:
     payload_codec.cache_clear()
     redis_client.cache_clear()
     ledger.cache_clear()
-    app.conf.broker_url = broker_url()
+    app.conf.update(broker_settings())
     # Drop the broker connections and producers made for the previous URL (what Celery itself
     # does after a fork), so a second stack in the same process (benchmarks) publishes to its own.
     if app._pool is not None:
