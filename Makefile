@@ -38,6 +38,7 @@ test-tools:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/xenon --max-absolute C worker tasks producers
 
 typecheck: $(STAMP)

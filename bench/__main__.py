@@ -32,6 +32,7 @@ RESULTS = Path(__file__).parent / "results"
 
 #: The figures shown for each scenario: (key in the results, label).
 CPU = ("worker_cpu_ms_per_job", "worker CPU per delivered job (ms)")
+# fmt: off
 SHOWN: dict[str, list[tuple[str, str]]] = {
     "A": [("utilisation", "utilisation"),
           ("utilisation_from_first_submit", "utilisation from the first submit"),
@@ -78,7 +79,8 @@ SHOWN: dict[str, list[tuple[str, str]]] = {
           ("log_lines", "log lines besides per-message ones"),
           ("log_lines_per_message", "Celery's per-message INFO lines"),
           ("warnings", "warning and traceback lines"), ("utilisation", "utilisation")],
-}  # fmt: skip
+}
+# fmt: on
 
 
 def show(value: Any) -> str:
@@ -96,8 +98,11 @@ def table(results: dict[str, Any]) -> str:
     for key, entry in results.items():
         verdict = "MET" if entry["met"] else "NOT MET"
         lines += ["", f"{key}. {entry['title']}", f"   target: {entry['target']} → {verdict}"]
-        lines += [f"   {mode} did not finish: {entry[mode]['error']}"
-                  for mode in ("celery", "gate") if "error" in entry[mode]]  # fmt: skip
+        lines += [
+            f"   {mode} did not finish: {entry[mode]['error']}"
+            for mode in ("celery", "gate")
+            if "error" in entry[mode]
+        ]
         for field, label in SHOWN[key]:
             celery, gated = show(entry["celery"].get(field)), show(entry["gate"].get(field))
             if len(celery) > 16 or len(gated) > 16:
@@ -109,10 +114,14 @@ def table(results: dict[str, Any]) -> str:
 
 def fairness_table(entry: dict[str, Any]) -> str:
     verdict = "MET" if entry["met"] else "NOT MET"
-    lines = ["", f"Fairness. {entry['title']}", f"   setup: {entry['setup']}",
-             f"   target: {entry['target']} → {verdict}",
-             f"   {'destination':24}{'alone /s':>10}{'with /s':>10}{'ratio':>8}"
-             f"{'p50 alone':>11}{'p50 with':>10}{'p99 alone':>11}{'p99 with':>10}"]  # fmt: skip
+    lines = [
+        "",
+        f"Fairness. {entry['title']}",
+        f"   setup: {entry['setup']}",
+        f"   target: {entry['target']} → {verdict}",
+        f"   {'destination':24}{'alone /s':>10}{'with /s':>10}{'ratio':>8}"
+        f"{'p50 alone':>11}{'p50 with':>10}{'p99 alone':>11}{'p99 with':>10}",
+    ]
     for priority, ratios in entry["rate_ratio"].items():
         for name, ratio in ratios.items():
             alone, with_ = entry["alone"][priority][name], entry["with_backfill"][priority][name]
@@ -122,9 +131,11 @@ def fairness_table(entry: dict[str, Any]) -> str:
                 f"{show(alone['latency_p50_s']):>11}{show(with_['latency_p50_s']):>10}"
                 f"{show(alone['latency_p99_s']):>11}{show(with_['latency_p99_s']):>10}"
             )
-    lines.append(f"   Noojee meanwhile: {entry['noojee_calls_per_s_during_stream']} calls/s; gate "
-                 f"at the stream's start {show(entry['noojee_gate_at_start_of_stream'])}, at its "
-                 f"end {show(entry['noojee_gate_at_end_of_stream'])}")  # fmt: skip
+    lines.append(
+        f"   Noojee meanwhile: {entry['noojee_calls_per_s_during_stream']} calls/s; gate "
+        f"at the stream's start {show(entry['noojee_gate_at_start_of_stream'])}, at its "
+        f"end {show(entry['noojee_gate_at_end_of_stream'])}"
+    )
     return "\n".join(lines)
 
 
@@ -141,8 +152,9 @@ def enqueue_table(results: dict[str, Any]) -> str:
     for key, target in ENQUEUE_TARGETS.items():
         entry = results[key]
         lines += ["", f"{key}: target {target} → {'MET' if entry['met'] else 'NOT MET'}"]
-        lines += [f"   {name:40}{show(value):>16}" for name, value in entry.items()
-                  if name != "met"]  # fmt: skip
+        lines += [
+            f"   {name:40}{show(value):>16}" for name, value in entry.items() if name != "met"
+        ]
     return "\n".join(lines)
 
 
@@ -151,19 +163,31 @@ def order_table(results: dict[str, Any]) -> str:
     for key, target in ORDER_TARGETS.items():
         entry = results[key]
         lines += ["", f"{key}: {target} → {'MET' if entry['met'] else 'NOT MET'}"]
-        lines += [f"   {name:40}{show(value):>16}" for name, value in entry.items()
-                  if name != "met"]  # fmt: skip
+        lines += [
+            f"   {name:40}{show(value):>16}" for name, value in entry.items() if name != "met"
+        ]
     return "\n".join(lines)
 
 
 def chaos_table(results: dict[str, Any]) -> str:
-    columns = ["worker_kills", "redis_kills", "delivered_at_simulator", "duplicates",
-               "duplicates_explained_by_a_kill", "lost", "stuck_after_bound", "seconds",
-               "jobs_per_s"]  # fmt: skip
+    columns = [
+        "worker_kills",
+        "redis_kills",
+        "delivered_at_simulator",
+        "duplicates",
+        "duplicates_explained_by_a_kill",
+        "lost",
+        "stuck_after_bound",
+        "seconds",
+        "jobs_per_s",
+    ]
     verdict = "MET" if results["met"] else "NOT MET"
-    lines = ["", f"chaos: 0 lost and 0 stuck in {chaos.RUNS} runs; throughput with kills >= "
-             f"{chaos.TARGET_THROUGHPUT:.0%} of without → {verdict}", "   " + "  ".join(
-                 f"{c.replace('_', ' ')}" for c in ["run", *columns])]  # fmt: skip
+    lines = [
+        "",
+        f"chaos: 0 lost and 0 stuck in {chaos.RUNS} runs; throughput with kills >= "
+        f"{chaos.TARGET_THROUGHPUT:.0%} of without → {verdict}",
+        "   " + "  ".join(f"{c.replace('_', ' ')}" for c in ["run", *columns]),
+    ]
     rows = [("without kills", results["without_kills"])]
     rows += [(f"run {n}", r) for n, r in enumerate(results["with_kills"], start=1)]
     for label, r in rows:
@@ -174,11 +198,11 @@ def chaos_table(results: dict[str, Any]) -> str:
 
 ORDER_TARGETS = {
     "coalescing": f"{order.LEADS} leads x {order.UPDATES} updates as one backfill into a 4-slot "
-                  f"PBX: at most {order.MAX_CALLS_PER_LEAD} calls per lead, every lead newest",
+    f"PBX: at most {order.MAX_CALLS_PER_LEAD} calls per lead, every lead newest",
     "hand_off": "settle of one job to the call of the next job of its lead (coalescing off); "
-                "figures only",
+    "figures only",
     "unique": "scenario A (unique leads): utilisation and worker CPU per job, to compare with "
-              "the run before order per record",
+    "the run before order per record",
 }
 
 
@@ -201,11 +225,16 @@ def _run(
     with when and where it ran, print them with ``render``; returns the results."""
     started = time.time()
     results = work()
-    path = _write(name, {
-        "benchmark": benchmark, "machine": machine,
-        "ran_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-        "duration_s": round(time.time() - started), **({nest: results} if nest else results),
-    })  # fmt: skip
+    path = _write(
+        name,
+        {
+            "benchmark": benchmark,
+            "machine": machine,
+            "ran_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+            "duration_s": round(time.time() - started),
+            **({nest: results} if nest else results),
+        },
+    )
     print(render(results))
     print(f"\nwritten to {path}")
     return results
@@ -216,8 +245,17 @@ def main(argv: list[str]) -> int:
     ``python -m bench enqueue`` / ``fairness``: that benchmark alone; ``python -m bench cost
     [SYSTEM ...] [JOBS]``: the cost per job (all four systems, or those named)."""
     wanted = [a.upper() for a in argv if not a.isdigit()]
-    named = {"FAIRNESS", "ENQUEUE", "ORDER", "CHAOS", "DURABILITY", "CONSOLE", "CODEC", "COST",
-             "COMMANDS"}
+    named = {
+        "FAIRNESS",
+        "ENQUEUE",
+        "ORDER",
+        "CHAOS",
+        "DURABILITY",
+        "CONSOLE",
+        "CODEC",
+        "COST",
+        "COMMANDS",
+    }
     systems = [a.lower() for a in wanted if a.lower() in cost.LABELS]
     wanted = [a for a in wanted if a.lower() not in cost.LABELS] + (["COST"] if systems else [])
     unknown = [a for a in wanted if a not in {*SHOWN, *named}]
@@ -238,60 +276,97 @@ def main(argv: list[str]) -> int:
     machine = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
     met = True
     if enqueue_wanted:
-        print("ways-in benchmark: enqueue rates, Redis memory per job, the intake, a "
-              f"{enqueue.DRY_ROWS:,}-row dry-run backfill", flush=True)  # fmt: skip
+        print(
+            "ways-in benchmark: enqueue rates, Redis memory per job, the intake, a "
+            f"{enqueue.DRY_ROWS:,}-row dry-run backfill",
+            flush=True,
+        )
         ways_in = _run("enqueue.json", "ways in", machine, enqueue.run, enqueue_table)
         met = met and ways_in["met"]
     if codec_wanted:
-        print(f"\ncodec benchmark: payload encryption off and on, {codec.RUNS} runs each",
-              flush=True)  # fmt: skip
+        print(
+            f"\ncodec benchmark: payload encryption off and on, {codec.RUNS} runs each", flush=True
+        )
         entry = _run("codec.json", "payload encryption", machine, codec.run, codec.table)
         met = met and entry["met"]
     if cost_wanted:
-        print(f"\ncost benchmark: {cost_jobs:,} jobs each, {gate.WORKERS} worker processes x "
-              f"{gate.THREADS} threads, a simulator that answers at once", flush=True)  # fmt: skip
+        print(
+            f"\ncost benchmark: {cost_jobs:,} jobs each, {gate.WORKERS} worker processes x "
+            f"{gate.THREADS} threads, a simulator that answers at once",
+            flush=True,
+        )
         whole = not systems and cost_jobs == cost.JOBS
-        entry = _run("cost.json" if whole else f"cost-{'-'.join(systems or ['all'])}.json",
-                     "framework cost per job", machine, lambda: cost.run(systems or None,
-                                                                         cost_jobs),
-                     cost.table)  # fmt: skip
+        entry = _run(
+            "cost.json" if whole else f"cost-{'-'.join(systems or ['all'])}.json",
+            "framework cost per job",
+            machine,
+            lambda: cost.run(systems or None, cost_jobs),
+            cost.table,
+        )
         met = met and entry["met"]
     if commands_wanted:
-        print(f"\ncommands benchmark: where a delivered job's Redis commands go, by script, "
-              f"{commands.JOBS} jobs with MONITOR attached", flush=True)  # fmt: skip
+        print(
+            f"\ncommands benchmark: where a delivered job's Redis commands go, by script, "
+            f"{commands.JOBS} jobs with MONITOR attached",
+            flush=True,
+        )
         entry = _run("commands.json", "commands per job", machine, commands.run, commands.table)
     if keys != []:
-        print(f"gate benchmark: {gate.WORKERS} workers x {gate.THREADS} threads, simulator "
-              f"{gate.SERVICE_S * 1000:.0f} ms ± 20 ms (unless the scenario changes it), 109 after "
-              "2 s queued", flush=True)  # fmt: skip
-        results = _run("gate.json" if keys is None else f"gate-{''.join(keys)}.json",
-                       "noojee gate vs plain celery", machine, lambda: gate.run(keys), table,
-                       nest="scenarios")  # fmt: skip
+        print(
+            f"gate benchmark: {gate.WORKERS} workers x {gate.THREADS} threads, simulator "
+            f"{gate.SERVICE_S * 1000:.0f} ms ± 20 ms (unless the scenario changes it), 109 after "
+            "2 s queued",
+            flush=True,
+        )
+        results = _run(
+            "gate.json" if keys is None else f"gate-{''.join(keys)}.json",
+            "noojee gate vs plain celery",
+            machine,
+            lambda: gate.run(keys),
+            table,
+            nest="scenarios",
+        )
         met = met and all(entry["met"] for entry in results.values())
     if order_wanted:
-        print("\norder benchmark: coalescing a backfill's updates of the same leads, and the "
-              "hand-off between two jobs of one lead", flush=True)  # fmt: skip
+        print(
+            "\norder benchmark: coalescing a backfill's updates of the same leads, and the "
+            "hand-off between two jobs of one lead",
+            flush=True,
+        )
         entry = _run("order.json", "order per record", machine, order.run, order_table)
         met = met and entry["met"]
     if durability_wanted:
-        print("\ndurability benchmark: the embedded server's appendfsync always against everysec",
-              flush=True)  # fmt: skip
-        entry = _run("durability.json", "durability", machine, durability.run,
-                     lambda r: "\n".join(f"   {k:30}{show(v):>40}" for k, v in r.items()))
+        print(
+            "\ndurability benchmark: the embedded server's appendfsync always against everysec",
+            flush=True,
+        )
+        entry = _run(
+            "durability.json",
+            "durability",
+            machine,
+            durability.run,
+            lambda r: "\n".join(f"   {k:30}{show(v):>40}" for k, v in r.items()),
+        )
         met = met and entry["met"]
     if chaos_wanted:
-        print(f"\nchaos benchmark: {chaos.JOBS:,} jobs while workers and the Redis server are "
-              f"SIGKILLed, {chaos.RUNS} runs and one without kills", flush=True)  # fmt: skip
+        print(
+            f"\nchaos benchmark: {chaos.JOBS:,} jobs while workers and the Redis server are "
+            f"SIGKILLed, {chaos.RUNS} runs and one without kills",
+            flush=True,
+        )
         entry = _run("chaos.json", "chaos", machine, chaos.run, chaos_table)
         met = met and entry["met"]
     if console_wanted:
-        print(f"\nconsole benchmark: the review list with {console.JOBS:,} jobs in review",
-              flush=True)  # fmt: skip
+        print(
+            f"\nconsole benchmark: the review list with {console.JOBS:,} jobs in review", flush=True
+        )
         entry = _run("console.json", "console", machine, console.run, console.table)
         met = met and entry["met"]
     if fairness_wanted:
-        print("\nfairness benchmark: the other destinations, alone and beside a Noojee backfill",
-              flush=True)  # fmt: skip
+        print(
+            "\nfairness benchmark: the other destinations, alone and beside a Noojee backfill",
+            flush=True,
+        )
         entry = _run("fairness.json", "fairness", machine, fairness.run, fairness_table)
         met = met and entry["met"]
     return 0 if met else 1

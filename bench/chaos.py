@@ -43,10 +43,19 @@ def one_run(chaos: bool, seed: int) -> dict[str, Any]:
         stack, book = run.stack, ledger()
         leads = [f"X{seed}-{n}" for n in range(JOBS)]
         started = time.monotonic()
-        ids = submit_many([NoojeeLeadUpdate(
-            template_id=41, campaign_id=41, allocation_id=38, external_lead_id=lead,
-            disposition="Callback", fields={"FirstPhone": "0383218199", "Name": "Chaos"})
-            for lead in leads])  # fmt: skip
+        ids = submit_many(
+            [
+                NoojeeLeadUpdate(
+                    template_id=41,
+                    campaign_id=41,
+                    allocation_id=38,
+                    external_lead_id=lead,
+                    disposition="Callback",
+                    fields={"FirstPhone": "0383218199", "Name": "Chaos"},
+                )
+                for lead in leads
+            ]
+        )
         kills, crashed_at, calm_since = 0, None, None
         next_kill = time.monotonic() + rng.uniform(2, 4)
         deadline = None
@@ -78,10 +87,14 @@ def one_run(chaos: bool, seed: int) -> dict[str, Any]:
         calls = stats["calls_by_lead"]
         stored = sum(1 for lead in leads if calls.get(lead, 0) >= 1)
         not_ended = [r for r in records if r is None or not r.terminal]
-        lost = [lead for lead, r in zip(leads, records, strict=True)
-                if not calls.get(lead) and (r is None or not r.terminal)]  # fmt: skip
-        duplicates = [(lead, r) for lead, r in zip(leads, records, strict=True)
-                      if calls.get(lead, 0) > 1]  # fmt: skip
+        lost = [
+            lead
+            for lead, r in zip(leads, records, strict=True)
+            if not calls.get(lead) and (r is None or not r.terminal)
+        ]
+        duplicates = [
+            (lead, r) for lead, r in zip(leads, records, strict=True) if calls.get(lead, 0) > 1
+        ]
         explained = sum(1 for _, r in duplicates if r is not None and _explained(book, r.id))
         return {
             "chaos": chaos,
@@ -121,7 +134,14 @@ def run() -> dict[str, Any]:
     baseline = one_run(chaos=False, seed=0)
     runs = [one_run(chaos=True, seed=n) for n in range(1, RUNS + 1)]
     ratio = round(min(r["jobs_per_s"] for r in runs) / baseline["jobs_per_s"], 3)
-    met = all(r["lost"] == 0 and r["stuck_after_bound"] == 0 for r in runs) \
-        and ratio >= TARGET_THROUGHPUT  # fmt: skip
-    return {"without_kills": baseline, "with_kills": runs,
-            "worst_throughput_ratio": ratio, "met": met, "env": {**BASE_ENV, **CHAOS_ENV}}
+    met = (
+        all(r["lost"] == 0 and r["stuck_after_bound"] == 0 for r in runs)
+        and ratio >= TARGET_THROUGHPUT
+    )
+    return {
+        "without_kills": baseline,
+        "with_kills": runs,
+        "worst_throughput_ratio": ratio,
+        "met": met,
+        "env": {**BASE_ENV, **CHAOS_ENV},
+    }

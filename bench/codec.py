@@ -54,10 +54,15 @@ def _deliver_all(ids: list[str]) -> None:
         record = book.get(job_id)
         assert record is not None
         model_for(record.kind).model_validate_json(unseal(record.payload))
-        book.record_attempt(job_id, {"event": "attempt", "code": "0", "latency_ms": 120},
-                            fault=False)  # fmt: skip
-        book.transition(job_id, DELIVERED, {"event": "delivered", "code": "0",
-                                            "reason": "delivered"}, token="bench")  # fmt: skip
+        book.record_attempt(
+            job_id, {"event": "attempt", "code": "0", "latency_ms": 120}, fault=False
+        )
+        book.transition(
+            job_id,
+            DELIVERED,
+            {"event": "delivered", "code": "0", "reason": "delivered"},
+            token="bench",
+        )
 
 
 def _codec_us(key: str) -> dict[str, float]:
@@ -72,8 +77,12 @@ def _codec_us(key: str) -> dict[str, float]:
     for item in sealed:
         codec.unseal(item)
     open_us = (time.perf_counter() - started) / CODEC_ROUNDS * 1e6
-    return {"payload_bytes": len(text), "sealed_bytes": len(sealed[0]),
-            "seal_us": round(seal_us, 1), "open_us": round(open_us, 1)}  # fmt: skip
+    return {
+        "payload_bytes": len(text),
+        "sealed_bytes": len(sealed[0]),
+        "seal_us": round(seal_us, 1),
+        "open_us": round(open_us, 1),
+    }
 
 
 def run() -> dict[str, Any]:
@@ -84,7 +93,9 @@ def run() -> dict[str, Any]:
     key = new_key()
     jobs = [sample(n) for n in range(SUBMIT_JOBS)]
     rates: dict[str, dict[str, list[float]]] = {
-        "submit": {"off": [], "on": []}, "delivery": {"off": [], "on": []}}
+        "submit": {"off": [], "on": []},
+        "delivery": {"off": [], "on": []},
+    }
     with server():
         for _ in range(RUNS):
             for mode in ("off", "on"):
@@ -107,24 +118,31 @@ def run() -> dict[str, Any]:
     for name, by_mode in rates.items():
         off, on = max(by_mode["off"]), max(by_mode["on"])
         results[name] = {
-            "jobs_per_s_off": round(off), "jobs_per_s_on": round(on),
+            "jobs_per_s_off": round(off),
+            "jobs_per_s_on": round(on),
             "on_over_off": round(on / off, 3),
             "runs_off": [round(r) for r in by_mode["off"]],
             "runs_on": [round(r) for r in by_mode["on"]],
-        }  # fmt: skip
+        }
     results["codec"] = _codec_us(key)
     results["met"] = all(results[n]["on_over_off"] >= TARGET for n in ("submit", "delivery"))
     return results
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = [f"payload encryption: with it on, submit and delivery keep ≥ {TARGET:.0%} of their "
-             f"rate → {'MET' if results['met'] else 'NOT MET'}"]  # fmt: skip
+    lines = [
+        f"payload encryption: with it on, submit and delivery keep ≥ {TARGET:.0%} of their "
+        f"rate → {'MET' if results['met'] else 'NOT MET'}"
+    ]
     for name in ("submit", "delivery"):
         r = results[name]
-        lines.append(f"   {name:10} off {r['jobs_per_s_off']:>7,} jobs/s   on "
-                     f"{r['jobs_per_s_on']:>7,} jobs/s   on/off {r['on_over_off']:.3f}")
+        lines.append(
+            f"   {name:10} off {r['jobs_per_s_off']:>7,} jobs/s   on "
+            f"{r['jobs_per_s_on']:>7,} jobs/s   on/off {r['on_over_off']:.3f}"
+        )
     c = results["codec"]
-    lines.append(f"   one payload of {c['payload_bytes']} bytes ({c['sealed_bytes']} sealed): "
-                 f"seal {c['seal_us']} µs, open {c['open_us']} µs")
+    lines.append(
+        f"   one payload of {c['payload_bytes']} bytes ({c['sealed_bytes']} sealed): "
+        f"seal {c['seal_us']} µs, open {c['open_us']} µs"
+    )
     return "\n".join(lines)

@@ -27,7 +27,6 @@ INSTANT = ["--slots", "64", "--latency", "0", "--jitter", "0"]
 GATE_ON = {"CONTACTSYNC_NOOJEE__ADAPTIVE": "true", "CONTACTSYNC_NOOJEE__MAX_CONCURRENCY": "32"}
 
 
-
 def script_names() -> dict[str, str]:
     """SHA1 -> script name, for every way ``worker/scripts.py`` may load ``worker/lua/*.lua``."""
     from worker import scripts
@@ -101,9 +100,14 @@ def run(gate: bool = True, jobs: int = JOBS) -> dict[str, Any]:
     }
     totals = {caller: round(sum(c.values()) / jobs, 2) for caller, c in recorder.counts.items()}
     calls = {caller: round(n / jobs, 2) for caller, n in recorder.calls.items()}
-    return {"jobs": jobs, "gate": gate, "total_per_job": round(sum(totals.values())
-            + sum(calls.values()), 1), "script_calls_per_job": calls,
-            "commands_inside_per_job": totals, "by_command": per_job}  # fmt: skip
+    return {
+        "jobs": jobs,
+        "gate": gate,
+        "total_per_job": round(sum(totals.values()) + sum(calls.values()), 1),
+        "script_calls_per_job": calls,
+        "commands_inside_per_job": totals,
+        "by_command": per_job,
+    }
 
 
 def _url() -> str:
@@ -113,8 +117,10 @@ def _url() -> str:
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"{result['jobs']} jobs, gate {'on' if result['gate'] else 'off'}: "
-             f"{result['total_per_job']} Redis commands per delivered job"]  # fmt: skip
+    lines = [
+        f"{result['jobs']} jobs, gate {'on' if result['gate'] else 'off'}: "
+        f"{result['total_per_job']} Redis commands per delivered job"
+    ]
     for caller, inside in sorted(result["commands_inside_per_job"].items(), key=lambda x: -x[1]):
         called = result["script_calls_per_job"].get(caller)
         head = f"  {caller:<22} {inside:6.2f} inside"

@@ -28,15 +28,24 @@ TARGET_MS = 200.0
 TOKEN = "bench-token-0123456789"
 DESTINATIONS = ("noojee", "missioncapital", "trendsic", "expandable")
 REASONS = {
-    "noojee": ("110", "LEAD_NOT_UPDATED_DUE_TO_CONFLICT: a user edited the lead at the same "
-                      "moment; check the lead in Noojee, then requeue or discard"),
-    "missioncapital": ("not-found", "Application not found: wrong id, or a staging id sent to "
-                                    "production"),
+    "noojee": (
+        "110",
+        "LEAD_NOT_UPDATED_DUE_TO_CONFLICT: a user edited the lead at the same "
+        "moment; check the lead in Noojee, then requeue or discard",
+    ),
+    "missioncapital": (
+        "not-found",
+        "Application not found: wrong id, or a staging id sent to production",
+    ),
     "trendsic": ("403", "the API user needs the Worker, Agent or Administrator role"),
     "expandable": ("500", "gave up after 8 faults: MESSAGE_CODE 500"),
-}  # fmt: skip
-KINDS = {"noojee": "noojee.update", "missioncapital": "missioncapital.contact_user",
-         "trendsic": "trendsic.contact_connection", "expandable": "expandable.contact_update"}
+}
+KINDS = {
+    "noojee": "noojee.update",
+    "missioncapital": "missioncapital.contact_user",
+    "trendsic": "trendsic.contact_connection",
+    "expandable": "expandable.contact_update",
+}
 
 
 def fill(url: str, jobs: int = JOBS, prefix: str = "cs:") -> float:
@@ -46,9 +55,16 @@ def fill(url: str, jobs: int = JOBS, prefix: str = "cs:") -> float:
     client = redis.Redis.from_url(url)
     started = time.monotonic()
     now = int(time.time() * 1000)
-    payload = json.dumps({"template_id": 41, "campaign_id": 41, "allocation_id": 38,
-                          "external_lead_id": "L-0", "disposition": "Sale",
-                          "fields": {"FirstPhone": "0383218199", "Name": "Jane Smith"}})
+    payload = json.dumps(
+        {
+            "template_id": 41,
+            "campaign_id": 41,
+            "allocation_id": 38,
+            "external_lead_id": "L-0",
+            "disposition": "Sale",
+            "fields": {"FirstPhone": "0383218199", "Name": "Jane Smith"},
+        }
+    )
     chunk = 5000
     for start in range(0, jobs, chunk):
         pipe = client.pipeline(transaction=False)
@@ -58,13 +74,27 @@ def fill(url: str, jobs: int = JOBS, prefix: str = "cs:") -> float:
             code, reason = REASONS[destination]
             job_id = f"{n:032x}"
             at = now - (jobs - n) * 1000
-            pipe.hset(f"{prefix}job:{job_id}", mapping={
-                "kind": KINDS[destination], "state": "review", "priority": "bulk",
-                "payload": payload, "client": "backfill", "entity": f"{destination}:R-{n}",
-                "seq": n, "attempts": 1 + n % 7, "faults": 0, "retries": 0,
-                "submitted_at_ms": at - 5000, "updated_at_ms": at, "retry_until_ms": at,
-                "last_code": code, "last_reason": reason, "last_answer": "",
-            })  # fmt: skip
+            pipe.hset(
+                f"{prefix}job:{job_id}",
+                mapping={
+                    "kind": KINDS[destination],
+                    "state": "review",
+                    "priority": "bulk",
+                    "payload": payload,
+                    "client": "backfill",
+                    "entity": f"{destination}:R-{n}",
+                    "seq": n,
+                    "attempts": 1 + n % 7,
+                    "faults": 0,
+                    "retries": 0,
+                    "submitted_at_ms": at - 5000,
+                    "updated_at_ms": at,
+                    "retry_until_ms": at,
+                    "last_code": code,
+                    "last_reason": reason,
+                    "last_answer": "",
+                },
+            )
             scores[job_id] = at
         pipe.zadd(f"{prefix}review", scores)
         pipe.execute()
@@ -107,8 +137,11 @@ def _measure(fill_s: float) -> dict[str, Any]:
 
     ports: queue.Queue[int] = queue.Queue()
     stop = threading.Event()
-    thread = threading.Thread(target=serve_app, args=(timed_app, "127.0.0.1", 0, ports.put,
-                                                      stop, "bench-console"), daemon=True)
+    thread = threading.Thread(
+        target=serve_app,
+        args=(timed_app, "127.0.0.1", 0, ports.put, stop, "bench-console"),
+        daemon=True,
+    )
     thread.start()
     port = ports.get(timeout=30)
     results: dict[str, Any] = {"jobs_in_review": JOBS, "fill_s": round(fill_s, 1)}
@@ -125,8 +158,10 @@ def _measure(fill_s: float) -> dict[str, Any]:
                 assert client.get(f"/console/review?offset={offset}").status_code == 200
             results["review_page_of_50"] = _summary(timings.pop("/console/review"))
             for _ in range(5):
-                assert client.get("/console/review?destination=noojee&sort=attempts"
-                                  ).status_code == 200  # fmt: skip
+                assert (
+                    client.get("/console/review?destination=noojee&sort=attempts").status_code
+                    == 200
+                )
             results["review_filtered_and_sorted"] = _summary(timings.pop("/console/review"))
             for _ in range(5):
                 assert client.get("/console/").status_code == 200
@@ -135,8 +170,9 @@ def _measure(fill_s: float) -> dict[str, Any]:
             results["overview_later"] = _summary(overview[1:])
             for n in range(20):
                 assert client.get(f"/console/jobs/{n * 4 * 997:032x}").status_code == 200  # noojee
-            results["job_page"] = _summary([t for path, ts in timings.items()
-                                            if path.startswith("/console/jobs/") for t in ts])
+            results["job_page"] = _summary(
+                [t for path, ts in timings.items() if path.startswith("/console/jobs/") for t in ts]
+            )
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -151,17 +187,26 @@ def _summary(values: list[float]) -> dict[str, float]:
     def at(q: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
-    return {"requests": len(ordered), "p50_ms": at(0.5), "p99_ms": at(0.99),
-            "max_ms": round(ordered[-1], 1)}  # fmt: skip
+    return {
+        "requests": len(ordered),
+        "p50_ms": at(0.5),
+        "p99_ms": at(0.99),
+        "max_ms": round(ordered[-1], 1),
+    }
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = ["", f"console: {results['target']} → {'MET' if results['met'] else 'NOT MET'}",
-             f"   {'jobs in review':40}{results['jobs_in_review']:>16,}",
-             f"   {'filling them took (s)':40}{results['fill_s']:>16}"]  # fmt: skip
+    lines = [
+        "",
+        f"console: {results['target']} → {'MET' if results['met'] else 'NOT MET'}",
+        f"   {'jobs in review':40}{results['jobs_in_review']:>16,}",
+        f"   {'filling them took (s)':40}{results['fill_s']:>16}",
+    ]
     for key in ("review_page_of_50", "review_filtered_and_sorted", "overview_later", "job_page"):
         entry = results[key]
-        lines.append(f"   {key.replace('_', ' '):40}{'p50 ' + str(entry['p50_ms']) + ' ms':>16}"
-                     f"{'p99 ' + str(entry['p99_ms']) + ' ms':>16}  ({entry['requests']})")
+        lines.append(
+            f"   {key.replace('_', ' '):40}{'p50 ' + str(entry['p50_ms']) + ' ms':>16}"
+            f"{'p99 ' + str(entry['p99_ms']) + ' ms':>16}  ({entry['requests']})"
+        )
     lines.append(f"   {'overview, first request (ms)':40}{results['overview_first_ms']:>16}")
     return "\n".join(lines)

@@ -102,8 +102,9 @@ PHASE_TIMEOUT_S = 300
 TOP_COMMANDS = 15
 #: The benchmark's own commands, left out of the figures (its snapshots, and its MONITOR
 #: sample's end marker).
-HARNESS_COMMANDS = frozenset({"info", "config|resetstat", "config", "memory|purge", "memory",
-                              "echo"})  # fmt: skip
+HARNESS_COMMANDS = frozenset(
+    {"info", "config|resetstat", "config", "memory|purge", "memory", "echo"}
+)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 RESULTS = Path(__file__).parent / "results"
 
@@ -122,9 +123,13 @@ def lead_update(tag: str, n: int) -> Any:
     from tasks.noojee import NoojeeLeadUpdate
 
     return NoojeeLeadUpdate(
-        template_id=41, campaign_id=41, allocation_id=38, external_lead_id=f"{tag}-{n}",
-        disposition="Callback", fields={"FirstPhone": f"0383{n:06d}", "Name": "Bench"},
-    )  # fmt: skip
+        template_id=41,
+        campaign_id=41,
+        allocation_id=38,
+        external_lead_id=f"{tag}-{n}",
+        disposition="Callback",
+        fields={"FirstPhone": f"0383{n:06d}", "Name": "Bench"},
+    )
 
 
 def call_args(job: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -233,13 +238,18 @@ def contactsync_fleet(env: dict[str, str]) -> Iterator[Fleet]:
     from worker.settings import get_settings
 
     def latencies_ms(ids: list[str]) -> list[float]:
-        return [float(r.updated_at_ms - r.submitted_at_ms) for r in ledger().get_many(ids)
-                if r is not None and r.state == "delivered"]  # fmt: skip
+        return [
+            float(r.updated_at_ms - r.submitted_at_ms)
+            for r in ledger().get_many(ids)
+            if r is not None and r.state == "delivered"
+        ]
 
     def describe() -> dict[str, Any]:
         client, prefix = redis_client(), get_settings().key_prefix
-        limits = {name: client.hget(f"{prefix}gate:{name}:state", "limit")
-                  for name in gate_names(client, prefix)}  # fmt: skip
+        limits = {
+            name: client.hget(f"{prefix}gate:{name}:state", "limit")
+            for name in gate_names(client, prefix)
+        }
         return {"gate_limit_at_end": limits or "no gate"}
 
     data_dirs: list[Path] = []
@@ -250,14 +260,17 @@ def contactsync_fleet(env: dict[str, str]) -> Iterator[Fleet]:
             assert stack.redis is not None
             simulator = next(p for name, p, _ in stack._children if name == "simulator-noojee")
             yield Fleet(
-                redis_url=stack.redis.url, redis_port=stack.redis.port,
-                simulator_url=run.sim, simulator_pid=simulator.pid,
+                redis_url=stack.redis.url,
+                redis_port=stack.redis.port,
+                simulator_url=run.sim,
+                simulator_pid=simulator.pid,
                 worker_pids=[proc.pid for _, proc in run.workers()],
                 sender=contactsync_sender(),
                 delivered=lambda: ledger().counts()["delivered"],
-                ledger_latencies_ms=latencies_ms, describe=describe,
+                ledger_latencies_ms=latencies_ms,
+                describe=describe,
                 worker_logs=[stack.log_dir / f"{name}.log" for name, _ in run.workers()],
-            )  # fmt: skip
+            )
     finally:  # once the stack has stopped: fresh_stack keeps its data dir (AOF and logs)
         for data_dir in data_dirs:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -287,25 +300,42 @@ def plain_fleet(
     os.environ.update({"CONTACTSYNC_DATA_DIR": str(data_dir), "CONTACTSYNC_METRICS_PORT": "0"})
     refresh_settings()
     # The simulator options fresh_stack gives contactsync's, in the same order.
-    simulator_args = ["--latency", "0.1", "--jitter", "0.02", "--queue-timeout", "2",
-                      *SIMULATOR_ARGS]  # fmt: skip
+    simulator_args = [
+        "--latency",
+        "0.1",
+        "--jitter",
+        "0.02",
+        "--queue-timeout",
+        "2",
+        *SIMULATOR_ARGS,
+    ]
     stack = Stack(data_dir, workers=0, flower=False, intake=False, simulator_args=simulator_args)
     stack.start()
     try:
         assert stack.redis is not None
         url = stack.redis.url
-        os.environ.update({REDIS_URL_VARIABLE: url, URL_VARIABLE: stack.simulator_url,
-                           API_KEY_VARIABLE: SIM_API_KEY})  # fmt: skip
+        os.environ.update(
+            {
+                REDIS_URL_VARIABLE: url,
+                URL_VARIABLE: stack.simulator_url,
+                API_KEY_VARIABLE: SIM_API_KEY,
+            }
+        )
         # Stack starts and stops children with their logs; it has no public way to start a
         # process that is not one of contactsync's.
         names = [f"{name}-{n}" for n in range(1, len(workers) + 1)]
         procs = [stack._spawn(child, args) for child, args in zip(names, workers, strict=True)]
         simulator = next(p for child, p, _ in stack._children if child == "simulator-noojee")
-        yield Fleet(redis_url=url, redis_port=stack.redis.port,
-                    simulator_url=stack.simulator_url, simulator_pid=simulator.pid,
-                    worker_pids=[p.pid for p in procs], sender=sender(url),
-                    ready=lambda: ready(url),
-                    worker_logs=[stack.log_dir / f"{child}.log" for child in names])  # fmt: skip
+        yield Fleet(
+            redis_url=url,
+            redis_port=stack.redis.port,
+            simulator_url=stack.simulator_url,
+            simulator_pid=simulator.pid,
+            worker_pids=[p.pid for p in procs],
+            sender=sender(url),
+            ready=lambda: ready(url),
+            worker_logs=[stack.log_dir / f"{child}.log" for child in names],
+        )
     finally:
         stack.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -324,12 +354,34 @@ def celery_fleet() -> contextlib.AbstractContextManager[Fleet]:
         app = pinging.setdefault(url, make_app(url))
         return len(app.control.ping(timeout=0.5) or []) >= WORKERS
 
-    return plain_fleet("celery", [
-        [sys.executable, "-m", "celery", "-A", "bench.plain_celery", "worker", "-Q", QUEUE,
-         "--pool", "threads", "-c", str(THREADS), "-n", f"plain{n}@%h", "--loglevel", "INFO",
-         "--without-gossip", "--without-mingle"]
-        for n in range(1, WORKERS + 1)
-    ], celery_sender, ready)  # fmt: skip
+    return plain_fleet(
+        "celery",
+        [
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.plain_celery",
+                "worker",
+                "-Q",
+                QUEUE,
+                "--pool",
+                "threads",
+                "-c",
+                str(THREADS),
+                "-n",
+                f"plain{n}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ]
+            for n in range(1, WORKERS + 1)
+        ],
+        celery_sender,
+        ready,
+    )
 
 
 def dramatiq_fleet() -> contextlib.AbstractContextManager[Fleet]:
@@ -340,10 +392,25 @@ def dramatiq_fleet() -> contextlib.AbstractContextManager[Fleet]:
         # Every worker process's broker heartbeats from its first fetch on (dispatch.lua).
         return int(redis.Redis.from_url(url).zcard("dramatiq:__heartbeats__")) >= WORKERS
 
-    return plain_fleet("dramatiq", [
-        [sys.executable, "-m", "dramatiq", "bench.plain_dramatiq", "-p", str(WORKERS),
-         "-t", str(THREADS), "-Q", QUEUE],
-    ], dramatiq_sender, ready)  # fmt: skip
+    return plain_fleet(
+        "dramatiq",
+        [
+            [
+                sys.executable,
+                "-m",
+                "dramatiq",
+                "bench.plain_dramatiq",
+                "-p",
+                str(WORKERS),
+                "-t",
+                str(THREADS),
+                "-Q",
+                QUEUE,
+            ],
+        ],
+        dramatiq_sender,
+        ready,
+    )
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -409,9 +476,13 @@ class Snapshot:
 
     @classmethod
     def take(cls, client: redis.Redis, fleet: Fleet | None, workers: list[int]) -> Snapshot:
-        return cls(time.time(), cpu_s(workers),
-                   cpu_s([fleet.simulator_pid]) if fleet else 0.0, redis_cpu_s(client),
-                   commandstats(client))  # fmt: skip
+        return cls(
+            time.time(),
+            cpu_s(workers),
+            cpu_s([fleet.simulator_pid]) if fleet else 0.0,
+            redis_cpu_s(client),
+            commandstats(client),
+        )
 
 
 def per_job(before: Snapshot, after: Snapshot, jobs: int) -> dict[str, Any]:
@@ -421,31 +492,41 @@ def per_job(before: Snapshot, after: Snapshot, jobs: int) -> dict[str, Any]:
     harness = {name: n for name, n in delta.items() if name in HARNESS_COMMANDS}
     commands = Counter({name: n for name, n in delta.items() if name not in HARNESS_COMMANDS})
     return {
-        "worker_cpu_ms_per_job": round(1000 * (after.worker_cpu_s - before.worker_cpu_s) / jobs,
-                                       3),
+        "worker_cpu_ms_per_job": round(1000 * (after.worker_cpu_s - before.worker_cpu_s) / jobs, 3),
         "redis_cpu_ms_per_job": round(1000 * (after.redis_cpu_s - before.redis_cpu_s) / jobs, 3),
         "simulator_cpu_ms_per_job": round(
-            1000 * (after.simulator_cpu_s - before.simulator_cpu_s) / jobs, 3),
+            1000 * (after.simulator_cpu_s - before.simulator_cpu_s) / jobs, 3
+        ),
         "redis_commands_per_job": round(sum(commands.values()) / jobs, 2),
-        "redis_commands_by_command": {name: round(n / jobs, 3)
-                                      for name, n in commands.most_common()},
+        "redis_commands_by_command": {
+            name: round(n / jobs, 3) for name, n in commands.most_common()
+        },
         "harness_commands_left_out": harness,
-    }  # fmt: skip
+    }
 
 
 def log_warnings(paths: list[Path]) -> dict[str, Any]:
     """Warning, error and traceback lines the workers logged over the whole run, and the most
     frequent kinds (ids and numbers masked): a fleet that complains is doing extra work."""
-    lines = [line for path in paths if path.exists()
-             for line in path.read_text(errors="replace").splitlines()
-             if "WARNING" in line or "ERROR" in line or "Traceback" in line]  # fmt: skip
-    kinds = Counter(re.sub(r"[0-9a-f]{8,}|[0-9]+", "#", line.rsplit("] ", 1)[-1])[:120]
-                    for line in lines)  # fmt: skip
+    lines = [
+        line
+        for path in paths
+        if path.exists()
+        for line in path.read_text(errors="replace").splitlines()
+        if "WARNING" in line or "ERROR" in line or "Traceback" in line
+    ]
+    kinds = Counter(
+        re.sub(r"[0-9a-f]{8,}|[0-9]+", "#", line.rsplit("] ", 1)[-1])[:120] for line in lines
+    )
     return {"warning_lines": len(lines), "most_frequent": dict(kinds.most_common(3))}
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = PHASE_TIMEOUT_S,
-             interval_s: float = POLL_S) -> None:  # fmt: skip
+def wait_for(
+    check: Callable[[], bool],
+    what: str,
+    timeout_s: float = PHASE_TIMEOUT_S,
+    interval_s: float = POLL_S,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
@@ -459,8 +540,11 @@ def wait_delivered(fleet: Fleet, jobs: int, settled_before: int | None) -> None:
     wait_for(lambda: fleet.stats()["calls"] >= jobs, f"{jobs} calls at the simulator")
     if fleet.delivered is not None and settled_before is not None:
         count = fleet.delivered
-        wait_for(lambda: count() - settled_before >= jobs, f"{jobs} delivered in the ledger",
-                 interval_s=0.01)  # fmt: skip
+        wait_for(
+            lambda: count() - settled_before >= jobs,
+            f"{jobs} delivered in the ledger",
+            interval_s=0.01,
+        )
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
@@ -560,7 +644,8 @@ def enqueue_phase(ways: dict[str, Way], jobs: int) -> dict[str, Any]:
                 "jobs_per_s": round(count / elapsed_s),
                 "bytes_per_queued_job": round((used_memory(client) - memory_before) / count),
                 f"bytes_per_queued_job_first_{WINDOW}": round(
-                    (memory_first - memory_before) / first),
+                    (memory_first - memory_before) / first
+                ),
                 "redis_commands_per_job": figures["redis_commands_per_job"],
                 "redis_cpu_ms_per_job": figures["redis_cpu_ms_per_job"],
                 "redis_commands_by_command": figures["redis_commands_by_command"],
@@ -599,13 +684,17 @@ def delivery_phase(fleet: Fleet, client: redis.Redis, jobs: int) -> dict[str, An
         "seconds": round(elapsed_s, 2),
         "throughput_jobs_per_s": round(jobs / elapsed_s, 1),
         "throughput_after_submit_jobs_per_s": round(
-            len(after_submit) / (ends[-1] - submitted.at_s), 1) if after_submit else None,
+            len(after_submit) / (ends[-1] - submitted.at_s), 1
+        )
+        if after_submit
+        else None,
         "delivered_while_submitting": len(ends) - len(after_submit),
         **figures,
         "submit_seconds": round(submitted.at_s - before.at_s, 2),
         "submit_jobs_per_s": round(jobs / (submitted.at_s - before.at_s)),
         "during_submit": {
-            key: value for key, value in per_job(before, submitted, jobs).items()
+            key: value
+            for key, value in per_job(before, submitted, jobs).items()
             if key in ("redis_commands_per_job", "redis_cpu_ms_per_job", "worker_cpu_ms_per_job")
         },
         "calls_at_simulator": stats["calls"],
@@ -614,7 +703,7 @@ def delivery_phase(fleet: Fleet, client: redis.Redis, jobs: int) -> dict[str, An
         "worker_processes": len(workers),
         "worker_processes_at_end": len(descendants(fleet.worker_pids)),
         "aof_rewrites": rewrites,
-    }  # fmt: skip
+    }
 
 
 def drain_phase(fleet: Fleet, client: redis.Redis, jobs: int) -> dict[str, Any]:
@@ -647,10 +736,12 @@ def drain_phase(fleet: Fleet, client: redis.Redis, jobs: int) -> dict[str, Any]:
         "workers_stopped_s": round(stopped_s, 2),
         "seconds": round(max(ends) - before.at_s, 2),
         "throughput_jobs_per_s": round(jobs / (max(ends) - before.at_s), 1),
-        **{key: figures[key] for key in ("worker_cpu_ms_per_job", "redis_cpu_ms_per_job",
-                                         "redis_commands_per_job")},
+        **{
+            key: figures[key]
+            for key in ("worker_cpu_ms_per_job", "redis_cpu_ms_per_job", "redis_commands_per_job")
+        },
         "calls_at_simulator": stats["calls"],
-    }  # fmt: skip
+    }
 
 
 def idle_phase(fleet: Fleet, client: redis.Redis, seconds: float) -> dict[str, Any]:
@@ -670,8 +761,9 @@ def idle_phase(fleet: Fleet, client: redis.Redis, seconds: float) -> dict[str, A
         "redis_commands_per_s": round(figures["redis_commands_per_job"] / elapsed_s, 1),
         "redis_commands_by_command_per_s": {
             name: round(n / elapsed_s, 2)
-            for name, n in figures["redis_commands_by_command"].items()},
-    }  # fmt: skip
+            for name, n in figures["redis_commands_by_command"].items()
+        },
+    }
 
 
 def split_phase(fleet: Fleet, client: redis.Redis, jobs: int) -> dict[str, Any]:
@@ -689,8 +781,10 @@ def split_phase(fleet: Fleet, client: redis.Redis, jobs: int) -> dict[str, Any]:
     after = commandstats(client)
     counts = monitor.stop(client)
     counted = {(o, n): c for (o, n), c in counts.items() if n not in HARNESS_COMMANDS}
-    by_origin = {origin: sum(c for (o, _), c in counted.items() if o == origin)
-                 for origin in ("client", "lua")}  # fmt: skip
+    by_origin = {
+        origin: sum(c for (o, _), c in counted.items() if o == origin)
+        for origin in ("client", "lua")
+    }
 
     def top(origin: str) -> dict[str, float]:
         ranked = Counter({n: c for (o, n), c in counted.items() if o == origin})
@@ -728,16 +822,25 @@ def low_load_phase(fleet: Fleet, jobs: int, rate_per_s: float) -> dict[str, Any]
     arrivals = fleet.arrivals()
     latencies = sorted(1000 * (arrivals[lead][0]["end"] - submitted_at[lead]) for lead in leads)
     result: dict[str, Any] = {
-        "jobs": jobs, "rate_per_s": rate_per_s,
-        "p50_ms": _quantile(latencies, 0.50), "p99_ms": _quantile(latencies, 0.99),
+        "jobs": jobs,
+        "rate_per_s": rate_per_s,
+        "p50_ms": _quantile(latencies, 0.50),
+        "p99_ms": _quantile(latencies, 0.99),
         "max_ms": round(latencies[-1], 1),
-    }  # fmt: skip
+    }
     if fleet.ledger_latencies_ms is not None:
-        wait_for(lambda: len(fleet.ledger_latencies_ms(ids)) == len(ids),  # type: ignore[misc]
-                 "the low-load jobs delivered in the ledger", interval_s=0.05)  # fmt: skip
+        wait_for(
+            lambda: len(fleet.ledger_latencies_ms(ids)) == len(ids),  # type: ignore[misc]
+            "the low-load jobs delivered in the ledger",
+            interval_s=0.05,
+        )
         in_ledger = sorted(fleet.ledger_latencies_ms(ids))
-        result.update({"ledger_p50_ms": _quantile(in_ledger, 0.50),
-                       "ledger_p99_ms": _quantile(in_ledger, 0.99)})  # fmt: skip
+        result.update(
+            {
+                "ledger_p50_ms": _quantile(in_ledger, 0.50),
+                "ledger_p99_ms": _quantile(in_ledger, 0.99),
+            }
+        )
     return result
 
 
@@ -751,8 +854,10 @@ def measure(
     for variable in [n for n in os.environ if n.startswith("CONTACTSYNC_")]:
         del os.environ[variable]  # the previous system's settings (its gate switched off)
     print(f"  {LABELS.get(key, key)}: enqueue …", flush=True)
-    result: dict[str, Any] = {"label": LABELS.get(key, key), "enqueue": enqueue_phase(
-        enqueue_ways, jobs)}  # fmt: skip
+    result: dict[str, Any] = {
+        "label": LABELS.get(key, key),
+        "enqueue": enqueue_phase(enqueue_ways, jobs),
+    }
     with fleet() as running:
         wait_for(running.ready, "every worker process up", timeout_s=120)
         client = redis.Redis.from_url(running.redis_url)
@@ -772,23 +877,35 @@ def measure(
     return result
 
 
-def measure_contactsync(env: dict[str, str] | None = None, jobs: int = JOBS,
-                        key: str = "contactsync") -> dict[str, Any]:  # fmt: skip
+def measure_contactsync(
+    env: dict[str, str] | None = None, jobs: int = JOBS, key: str = "contactsync"
+) -> dict[str, Any]:
     """contactsync on its own fleet, ``env`` (``CONTACTSYNC_*`` variables) over the benchmark's
     base settings: e.g. ``measure_contactsync({"CONTACTSYNC_NOOJEE__GATE": "false"})``."""
     chosen = dict(env or {})
-    return measure(key, lambda: contactsync_fleet(chosen), {
-        "submit_many, bulk": Way(lambda _url: contactsync_sender("bulk")),
-        "submit_many, realtime": Way(lambda _url: contactsync_sender("realtime")),
-    }, jobs)  # fmt: skip
+    return measure(
+        key,
+        lambda: contactsync_fleet(chosen),
+        {
+            "submit_many, bulk": Way(lambda _url: contactsync_sender("bulk")),
+            "submit_many, realtime": Way(lambda _url: contactsync_sender("realtime")),
+        },
+        jobs,
+    )
 
 
 def measure_celery(jobs: int = JOBS) -> dict[str, Any]:
-    return measure("celery", celery_fleet, {
-        "apply_async": Way(celery_sender),
-        "apply_async, one producer": Way(lambda url: celery_sender(url, one_producer=True),
-                                         most_jobs=3_000),
-    }, jobs)  # fmt: skip
+    return measure(
+        "celery",
+        celery_fleet,
+        {
+            "apply_async": Way(celery_sender),
+            "apply_async, one producer": Way(
+                lambda url: celery_sender(url, one_producer=True), most_jobs=3_000
+            ),
+        },
+        jobs,
+    )
 
 
 def measure_dramatiq(jobs: int = JOBS) -> dict[str, Any]:
@@ -797,8 +914,7 @@ def measure_dramatiq(jobs: int = JOBS) -> dict[str, Any]:
 
 SYSTEMS: dict[str, Callable[[int], dict[str, Any]]] = {
     "contactsync": lambda jobs: measure_contactsync(jobs=jobs),
-    "contactsync-gate-off": lambda jobs: measure_contactsync(NO_GATE, jobs,
-                                                             "contactsync-gate-off"),
+    "contactsync-gate-off": lambda jobs: measure_contactsync(NO_GATE, jobs, "contactsync-gate-off"),
     "celery": measure_celery,
     "dramatiq": measure_dramatiq,
 }
@@ -828,18 +944,33 @@ def _figures(entry: dict[str, Any]) -> dict[str, float | None]:
 #: Issue 16's targets for contactsync: (key, text, check of contactsync's figures against plain
 #: Celery's; None: the figure needs plain Celery's and there is none).
 TARGETS: list[tuple[str, str, Callable[[dict[str, Any], dict[str, Any] | None], bool | None]]] = [
-    ("commands", "≤ 20 Redis commands per delivered job, Lua included",
-     lambda c, _: c["commands"] <= 20),
+    (
+        "commands",
+        "≤ 20 Redis commands per delivered job, Lua included",
+        lambda c, _: c["commands"] <= 20,
+    ),
     ("redis_cpu_ms", "Redis CPU ≤ 0.3 ms per job", lambda c, _: c["redis_cpu_ms"] <= 0.3),
-    ("worker_cpu_ms", "worker CPU ≤ 1.2 x plain Celery's",
-     lambda c, p: None if p is None else c["worker_cpu_ms"] <= 1.2 * p["worker_cpu_ms"]),
-    ("throughput", "throughput ≥ plain Celery's",
-     lambda c, p: None if p is None else c["throughput"] >= p["throughput"]),
-    ("p99_ms", "low-load p99 ≤ plain Celery's + 5 ms",
-     lambda c, p: None if p is None else c["p99_ms"] <= p["p99_ms"] + 5),
-    ("bytes", "bytes per queued job ≤ 1,400 (the larger of bulk and realtime)",
-     lambda c, _: c["bytes"] <= 1400),
-]  # fmt: skip
+    (
+        "worker_cpu_ms",
+        "worker CPU ≤ 1.2 x plain Celery's",
+        lambda c, p: None if p is None else c["worker_cpu_ms"] <= 1.2 * p["worker_cpu_ms"],
+    ),
+    (
+        "throughput",
+        "throughput ≥ plain Celery's",
+        lambda c, p: None if p is None else c["throughput"] >= p["throughput"],
+    ),
+    (
+        "p99_ms",
+        "low-load p99 ≤ plain Celery's + 5 ms",
+        lambda c, p: None if p is None else c["p99_ms"] <= p["p99_ms"] + 5,
+    ),
+    (
+        "bytes",
+        "bytes per queued job ≤ 1,400 (the larger of bulk and realtime)",
+        lambda c, _: c["bytes"] <= 1400,
+    ),
+]
 
 
 def evaluate(systems: dict[str, Any], celery: dict[str, Any] | None) -> dict[str, Any]:
@@ -852,20 +983,22 @@ def evaluate(systems: dict[str, Any], celery: dict[str, Any] | None) -> dict[str
             continue
         figures = _figures(systems[key])
         verdicts[key] = {
-            name: {"target": text, "figure": figures[name],
-                   "plain_celery": None if reference is None else reference[name],
-                   "met": check(figures, reference)}
+            name: {
+                "target": text,
+                "figure": figures[name],
+                "plain_celery": None if reference is None else reference[name],
+                "met": check(figures, reference),
+            }
             for name, text, check in TARGETS
-        }  # fmt: skip
+        }
         # Not a target: the same two comparisons without a producer on the CPU beside the
         # workers (a loop of apply_async costs the machine more than submit_many does).
         # And the bytes of the first queued jobs, which carry their messages (the target's
         # figure averages 10,000 jobs, most beyond BROKER_WINDOW).
         verdicts[key]["not_targets"] = {
             name: [figures[name], reference[name] if reference else None]
-            for name in ("throughput_full_queue", "worker_cpu_ms_full_queue",
-                         "bytes_first_window")
-        }  # fmt: skip
+            for name in ("throughput_full_queue", "worker_cpu_ms_full_queue", "bytes_first_window")
+        }
     return verdicts
 
 
@@ -888,11 +1021,16 @@ def run(keys: list[str] | None = None, jobs: int = JOBS) -> dict[str, Any]:
     verdicts = evaluate(systems, celery)
     gate_on = verdicts.get("contactsync", {})
     return {
-        "jobs": jobs, "workers": WORKERS, "threads": THREADS, "simulator": SIMULATOR_ARGS,
-        "systems": systems, "plain_celery_figures_from": source, "targets": verdicts,
-        "met": bool(gate_on) and all(v["met"] is True for name, v in gate_on.items()
-                                     if name != "not_targets"),
-    }  # fmt: skip
+        "jobs": jobs,
+        "workers": WORKERS,
+        "threads": THREADS,
+        "simulator": SIMULATOR_ARGS,
+        "systems": systems,
+        "plain_celery_figures_from": source,
+        "targets": verdicts,
+        "met": bool(gate_on)
+        and all(v["met"] is True for name, v in gate_on.items() if name != "not_targets"),
+    }
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -908,100 +1046,167 @@ def _show(value: Any) -> str:
 
 ROWS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("throughput (jobs/s)", lambda e: e["delivery"]["throughput_jobs_per_s"]),
-    ("  jobs delivered while the producer submitted",
-     lambda e: e["delivery"]["delivered_while_submitting"]),
+    (
+        "  jobs delivered while the producer submitted",
+        lambda e: e["delivery"]["delivered_while_submitting"],
+    ),
     ("  from a full queue, workers alone (jobs/s)", lambda e: e["drain"]["throughput_jobs_per_s"]),
     ("worker CPU per job (ms)", lambda e: e["delivery"]["worker_cpu_ms_per_job"]),
     ("  from a full queue", lambda e: e["drain"]["worker_cpu_ms_per_job"]),
     ("Redis server CPU per job (ms)", lambda e: e["delivery"]["redis_cpu_ms_per_job"]),
     ("Redis commands per job (Lua included)", lambda e: e["delivery"]["redis_commands_per_job"]),
-    ("  sample: from clients + inside Lua", lambda e: f"{e['split']['client_commands_per_job']}"
-                                                      f" + {e['split']['lua_commands_per_job']}"),
-    ("low load, submit → call end p50 / p99 (ms)",
-     lambda e: f"{_show(e['low_load']['p50_ms'])} / {_show(e['low_load']['p99_ms'])}"),
-    ("  ledger, submitted → delivered p50 / p99", lambda e: (
-        f"{_show(e['low_load']['ledger_p50_ms'])} / {_show(e['low_load']['ledger_p99_ms'])}"
-        if "ledger_p50_ms" in e["low_load"] else "")),
-    ("enqueue, no worker (jobs/s)", lambda e: " / ".join(
-        _show(w["jobs_per_s"]) for w in e["enqueue"].values() if isinstance(w, dict))),
-    ("bytes per queued job", lambda e: " / ".join(
-        _show(w["bytes_per_queued_job"]) for w in e["enqueue"].values() if isinstance(w, dict))),
-    (f"  the first {WINDOW:,} of a queue", lambda e: " / ".join(
-        _show(w[f"bytes_per_queued_job_first_{WINDOW}"]) for w in e["enqueue"].values()
-        if isinstance(w, dict))),
-    ("Redis commands per queued job", lambda e: " / ".join(
-        _show(w["redis_commands_per_job"]) for w in e["enqueue"].values()
-        if isinstance(w, dict))),
+    (
+        "  sample: from clients + inside Lua",
+        lambda e: f"{e['split']['client_commands_per_job']} + {e['split']['lua_commands_per_job']}",
+    ),
+    (
+        "low load, submit → call end p50 / p99 (ms)",
+        lambda e: f"{_show(e['low_load']['p50_ms'])} / {_show(e['low_load']['p99_ms'])}",
+    ),
+    (
+        "  ledger, submitted → delivered p50 / p99",
+        lambda e: (
+            f"{_show(e['low_load']['ledger_p50_ms'])} / {_show(e['low_load']['ledger_p99_ms'])}"
+            if "ledger_p50_ms" in e["low_load"]
+            else ""
+        ),
+    ),
+    (
+        "enqueue, no worker (jobs/s)",
+        lambda e: " / ".join(
+            _show(w["jobs_per_s"]) for w in e["enqueue"].values() if isinstance(w, dict)
+        ),
+    ),
+    (
+        "bytes per queued job",
+        lambda e: " / ".join(
+            _show(w["bytes_per_queued_job"]) for w in e["enqueue"].values() if isinstance(w, dict)
+        ),
+    ),
+    (
+        f"  the first {WINDOW:,} of a queue",
+        lambda e: " / ".join(
+            _show(w[f"bytes_per_queued_job_first_{WINDOW}"])
+            for w in e["enqueue"].values()
+            if isinstance(w, dict)
+        ),
+    ),
+    (
+        "Redis commands per queued job",
+        lambda e: " / ".join(
+            _show(w["redis_commands_per_job"]) for w in e["enqueue"].values() if isinstance(w, dict)
+        ),
+    ),
     ("submit while delivering (jobs/s)", lambda e: e["delivery"]["submit_jobs_per_s"]),
-    ("simulator calls / jobs", lambda e: f"{e['delivery']['calls_at_simulator']:,} / "
-                                         f"{e['delivery']['jobs']:,}"),
+    (
+        "simulator calls / jobs",
+        lambda e: f"{e['delivery']['calls_at_simulator']:,} / {e['delivery']['jobs']:,}",
+    ),
     ("simulator CPU per job (ms)", lambda e: e["delivery"]["simulator_cpu_ms_per_job"]),
     ("AOF rewrites during the delivery", lambda e: e["delivery"]["aof_rewrites"]),
-    ("warning lines in the worker logs",
-     lambda e: e["fleet"].get("worker_log", {}).get("warning_lines")),
-    ("gate's limit at the end", lambda e: " ".join(
-        str(v) for v in e["fleet"].get("gate_limit_at_end", {}).values())
-        if isinstance(e["fleet"].get("gate_limit_at_end"), dict) else ""),
+    (
+        "warning lines in the worker logs",
+        lambda e: e["fleet"].get("worker_log", {}).get("warning_lines"),
+    ),
+    (
+        "gate's limit at the end",
+        lambda e: (
+            " ".join(str(v) for v in e["fleet"].get("gate_limit_at_end", {}).values())
+            if isinstance(e["fleet"].get("gate_limit_at_end"), dict)
+            else ""
+        ),
+    ),
     ("idle: Redis commands per s", lambda e: e["idle"]["redis_commands_per_s"]),
-    ("idle: worker / Redis CPU (ms per s)",
-     lambda e: f"{_show(e['idle']['worker_cpu_ms_per_s'])} / "
-               f"{_show(e['idle']['redis_cpu_ms_per_s'])}"),
-]  # fmt: skip
+    (
+        "idle: worker / Redis CPU (ms per s)",
+        lambda e: (
+            f"{_show(e['idle']['worker_cpu_ms_per_s'])} / {_show(e['idle']['redis_cpu_ms_per_s'])}"
+        ),
+    ),
+]
 
 
 def table(results: dict[str, Any]) -> str:
     """The systems side by side, the commands per job by command, the targets."""
     systems = results["systems"]
     width = 22
-    lines = ["", f"{'per delivered job':44}" + "".join(f"{systems[k]['label']:>{width}}"
-                                                       for k in systems)]  # fmt: skip
+    lines = [
+        "",
+        f"{'per delivered job':44}" + "".join(f"{systems[k]['label']:>{width}}" for k in systems),
+    ]
     for label, figure in ROWS:
-        lines.append(f"{label:44}" + "".join(f"{_show(figure(e)):>{width}}"
-                                             for e in systems.values()))  # fmt: skip
+        lines.append(
+            f"{label:44}" + "".join(f"{_show(figure(e)):>{width}}" for e in systems.values())
+        )
     for entry in systems.values():
         ways = [w for w in entry["enqueue"] if isinstance(entry["enqueue"][w], dict)]
         lines.append(f"   enqueue ways of {entry['label']}: {', '.join(ways)}")
-    odd = [e["label"] for e in systems.values()
-           if e["delivery"]["calls_at_simulator"] != e["delivery"]["jobs"]]
-    lines.append("   one HTTP call per job at the simulator: " + (
-        f"NOT for {', '.join(odd)}" if odd else "yes, for every system"))
+    odd = [
+        e["label"]
+        for e in systems.values()
+        if e["delivery"]["calls_at_simulator"] != e["delivery"]["jobs"]
+    ]
+    lines.append(
+        "   one HTTP call per job at the simulator: "
+        + (f"NOT for {', '.join(odd)}" if odd else "yes, for every system")
+    )
     lua = all(e["enqueue"].get("lua_counted_in_commandstats") for e in systems.values())
-    lines.append("   INFO commandstats counts the commands run inside Lua (checked): "
-                 + ("yes" if lua else "NO: the Lua figures are missing"))
+    lines.append(
+        "   INFO commandstats counts the commands run inside Lua (checked): "
+        + ("yes" if lua else "NO: the Lua figures are missing")
+    )
     for entry in systems.values():
         logged = entry["fleet"].get("worker_log", {})
         if logged.get("warning_lines"):
-            lines.append(f"   {entry['label']}'s workers logged {logged['warning_lines']} "
-                         "warning lines, most often: " + "; ".join(
-                             f"{text} ({n})" for text, n in logged["most_frequent"].items()))
+            lines.append(
+                f"   {entry['label']}'s workers logged {logged['warning_lines']} "
+                "warning lines, most often: "
+                + "; ".join(f"{text} ({n})" for text, n in logged["most_frequent"].items())
+            )
     names: list[str] = []
     for entry in systems.values():
         ranked = list(entry["delivery"]["redis_commands_by_command"])[:TOP_COMMANDS]
         names += [n for n in ranked if n not in names]
-    lines += ["", "Redis commands per delivered job, by command (each system's top "
-              f"{TOP_COMMANDS}; commandstats, Lua included)"]  # fmt: skip
+    lines += [
+        "",
+        "Redis commands per delivered job, by command (each system's top "
+        f"{TOP_COMMANDS}; commandstats, Lua included)",
+    ]
     for name in names:
-        lines.append(f"   {name:41}" + "".join(
-            f"{_show(e['delivery']['redis_commands_by_command'].get(name, 0)):>{width}}"
-            for e in systems.values()))  # fmt: skip
+        lines.append(
+            f"   {name:41}"
+            + "".join(
+                f"{_show(e['delivery']['redis_commands_by_command'].get(name, 0)):>{width}}"
+                for e in systems.values()
+            )
+        )
     for entry in systems.values():
         split = entry["split"]
-        lines += [f"   {entry['label']}, from clients (sample): " + ", ".join(
-            f"{n} {v}" for n, v in split["client_by_command"].items())]  # fmt: skip
+        lines += [
+            f"   {entry['label']}, from clients (sample): "
+            + ", ".join(f"{n} {v}" for n, v in split["client_by_command"].items())
+        ]
     for key, verdicts in results["targets"].items():
-        lines += ["", f"targets for {LABELS[key]} (plain Celery's figures from "
-                      f"{results['plain_celery_figures_from']}):"]  # fmt: skip
+        lines += [
+            "",
+            f"targets for {LABELS[key]} (plain Celery's figures from "
+            f"{results['plain_celery_figures_from']}):",
+        ]
         for name, verdict in verdicts.items():
             if name == "not_targets":
                 rate, cpu = verdict["throughput_full_queue"], verdict["worker_cpu_ms_full_queue"]
                 first = verdict["bytes_first_window"]
-                lines += [f"   not targets: from a full queue {_show(rate[0])} jobs/s (Celery "
-                          f"{_show(rate[1])}), worker CPU {_show(cpu[0])} ms (Celery "
-                          f"{_show(cpu[1])}); the first {WINDOW:,} queued jobs "
-                          f"{_show(first[0])} bytes each (Celery {_show(first[1])})"]  # fmt: skip
+                lines += [
+                    f"   not targets: from a full queue {_show(rate[0])} jobs/s (Celery "
+                    f"{_show(rate[1])}), worker CPU {_show(cpu[0])} ms (Celery "
+                    f"{_show(cpu[1])}); the first {WINDOW:,} queued jobs "
+                    f"{_show(first[0])} bytes each (Celery {_show(first[1])})"
+                ]
                 continue
             met = {True: "MET", False: "NOT MET", None: "not evaluated (no plain Celery)"}
-            lines.append(f"   {verdict['target']:62} {_show(verdict['figure']):>9}"
-                         f"  (Celery {_show(verdict['plain_celery'])})"
-                         f"  → {met[verdict['met']]}")  # fmt: skip
+            lines.append(
+                f"   {verdict['target']:62} {_show(verdict['figure']):>9}"
+                f"  (Celery {_show(verdict['plain_celery'])})"
+                f"  → {met[verdict['met']]}"
+            )
     return "\n".join(lines)

@@ -32,14 +32,23 @@ def measure(appendfsync: str) -> dict[str, Any]:
         client.config_set("appendfsync", appendfsync)
         ledger = Ledger(client, prefix="d:")
         template = Template("noojee", '{"headers": {"id": "@@job@@"}}')
-        jobs = [NewJob(id=uuid.uuid4().hex, kind="noojee.update", destination="noojee",
-                       task="noojee.deliver", queue="noojee", priority="bulk",
-                       payload='{"fields": {"FirstPhone": "0383218199"}}',
-                       retry_until_ms=now_ms() + 86_400_000, entity=f"noojee:L{n}")
-                for n in range(JOBS)]  # fmt: skip
+        jobs = [
+            NewJob(
+                id=uuid.uuid4().hex,
+                kind="noojee.update",
+                destination="noojee",
+                task="noojee.deliver",
+                queue="noojee",
+                priority="bulk",
+                payload='{"fields": {"FirstPhone": "0383218199"}}',
+                retry_until_ms=now_ms() + 86_400_000,
+                entity=f"noojee:L{n}",
+            )
+            for n in range(JOBS)
+        ]
         started = time.perf_counter()
         for start in range(0, JOBS, 1000):
-            chunk = jobs[start:start + 1000]
+            chunk = jobs[start : start + 1000]
             ledger.create_many(chunk, [template] * len(chunk))
         created_s = time.perf_counter() - started
 

@@ -51,21 +51,38 @@ def sample(n: int) -> Any:
     from tasks.noojee import NoojeeLeadUpdate
 
     return NoojeeLeadUpdate(
-        template_id=41, campaign_id=41, allocation_id=38, external_lead_id=f"B-{n:08d}",
-        disposition="Callback", callback_date="2026/12/01 09:30", priority=10,
-        fields={"FirstPhone": "03 9123 4567", "Name": "Jane Smith",
-                "Email": "jane.smith@example.com"},
-    )  # fmt: skip
+        template_id=41,
+        campaign_id=41,
+        allocation_id=38,
+        external_lead_id=f"B-{n:08d}",
+        disposition="Callback",
+        callback_date="2026/12/01 09:30",
+        priority=10,
+        fields={
+            "FirstPhone": "03 9123 4567",
+            "Name": "Jane Smith",
+            "Email": "jane.smith@example.com",
+        },
+    )
 
 
 def write_csv(path: Path, rows: int, start: int = 0) -> None:
     with path.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["external_lead_id", "disposition", "callback_date", "FirstPhone", "Name",
-                      "Email"])  # fmt: skip
+        out.writerow(
+            ["external_lead_id", "disposition", "callback_date", "FirstPhone", "Name", "Email"]
+        )
         for n in range(start, start + rows):
-            out.writerow([f"C-{n:08d}", "Callback", "2026/12/01 09:30", "03 9123 4567",
-                          "Jane Smith", "jane.smith@example.com"])  # fmt: skip
+            out.writerow(
+                [
+                    f"C-{n:08d}",
+                    "Callback",
+                    "2026/12/01 09:30",
+                    "03 9123 4567",
+                    "Jane Smith",
+                    "jane.smith@example.com",
+                ]
+            )
 
 
 BACKFILL_SETS = ("template_id=41", "campaign_id=41", "allocation_id=38")
@@ -113,8 +130,12 @@ def enqueue_rates(tmp: Path) -> dict[str, Any]:
     jobs = [sample(n) for n in range(JOBS)]
     csv_path = tmp / "enqueue.csv"
     write_csv(csv_path, JOBS)
-    spec = Backfill(path=csv_path, kind="noojee.update", max_queue_depth=0,
-                    constants=dict(s.split("=") for s in BACKFILL_SETS))  # fmt: skip
+    spec = Backfill(
+        path=csv_path,
+        kind="noojee.update",
+        max_queue_depth=0,
+        constants=dict(s.split("=") for s in BACKFILL_SETS),
+    )
     submit_many(jobs[:1000])  # warm: scripts loaded, connections open
 
     def timed(work: Any, count: int) -> float:
@@ -139,7 +160,9 @@ def enqueue_rates(tmp: Path) -> dict[str, Any]:
     client.execute_command("FLUSHALL", "SYNC")
     submit_rate, backfill_rate, loop_rate = max(submit_runs), max(backfill_runs), max(loop_runs)
     return {
-        "jobs": JOBS, "loop_messages": LOOP, "runs": RUNS,
+        "jobs": JOBS,
+        "loop_messages": LOOP,
+        "runs": RUNS,
         "submit_many_jobs_per_s": round(submit_rate),
         "backfill_rows_per_s": round(backfill_rate),
         "apply_async_loop_per_s": round(loop_rate),
@@ -150,7 +173,7 @@ def enqueue_rates(tmp: Path) -> dict[str, Any]:
         "apply_async_loop_runs": [round(r) for r in loop_runs],
         "met": min(submit_rate, backfill_rate) >= 20_000
         and min(submit_rate, backfill_rate) >= 10 * loop_rate,
-    }  # fmt: skip
+    }
 
 
 def _deliver(book: Any, ids: list[str]) -> None:
@@ -160,10 +183,15 @@ def _deliver(book: Any, ids: list[str]) -> None:
 
     for job_id in ids:
         book.claim(job_id, "bench", 60_000)
-        book.record_attempt(job_id, {"event": "attempt", "code": "0", "latency_ms": 120},
-                            fault=False)  # fmt: skip
-        book.transition(job_id, DELIVERED, {"event": "delivered", "code": "0",
-                                            "reason": "delivered"}, token="bench")  # fmt: skip
+        book.record_attempt(
+            job_id, {"event": "attempt", "code": "0", "latency_ms": 120}, fault=False
+        )
+        book.transition(
+            job_id,
+            DELIVERED,
+            {"event": "delivered", "code": "0", "reason": "delivered"},
+            token="bench",
+        )
     book.r.delete("noojee:9")
 
 
@@ -197,8 +225,14 @@ def memory_per_job() -> dict[str, Any]:
     for start in range(0, MEMORY_JOBS, 1000):
         if start == MEMORY_FIRST:
             at_first = settled()
-        _deliver(book, submit_many(jobs[start:start + 1000], client="backfill",
-                                   idempotency_keys=keys[start:start + 1000]))  # fmt: skip
+        _deliver(
+            book,
+            submit_many(
+                jobs[start : start + 1000],
+                client="backfill",
+                idempotency_keys=keys[start : start + 1000],
+            ),
+        )
     delivered = (settled() - at_first) / rest
     client.execute_command("FLUSHALL", "SYNC")
     return {
@@ -207,18 +241,31 @@ def memory_per_job() -> dict[str, Any]:
         "of_which_celery_message_bytes": len(message),
         "bytes_per_delivered_job": round(delivered),
         "met": delivered <= 256,
-    }  # fmt: skip
+    }
 
 
 def intake_rates(redis_url: str) -> dict[str, Any]:
-    env = {**os.environ, "CONTACTSYNC_REDIS_URL": redis_url,
-           "CONTACTSYNC_INTAKE__TOKENS": json.dumps({"bench": TOKEN})}  # fmt: skip
+    env = {
+        **os.environ,
+        "CONTACTSYNC_REDIS_URL": redis_url,
+        "CONTACTSYNC_INTAKE__TOKENS": json.dumps({"bench": TOKEN}),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "intake", "--port", "0", "--port-file",
-             str(port_file)], env=env, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "worker.cli",
+                "intake",
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 30
             while not port_file.exists():
@@ -227,17 +274,31 @@ def intake_rates(redis_url: str) -> dict[str, Any]:
                 time.sleep(0.05)
             url = f"http://127.0.0.1:{port_file.read_text().strip()}"
             out = subprocess.run(
-                [sys.executable, "-m", "bench.intake_client", url, TOKEN, str(INTAKE_BATCHES),
-                 str(INTAKE_BATCH), str(INTAKE_SINGLES), str(INTAKE_CONNECTIONS)],
-                capture_output=True, text=True, check=True, env=env,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.intake_client",
+                    url,
+                    TOKEN,
+                    str(INTAKE_BATCHES),
+                    str(INTAKE_BATCH),
+                    str(INTAKE_SINGLES),
+                    str(INTAKE_CONNECTIONS),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            )
             figures: dict[str, Any] = json.loads(out.stdout)
         finally:
             proc.terminate()
             proc.wait(10)
-    figures["met"] = (figures["batch_jobs_per_s"] >= 5_000
-                      and figures["single_requests_per_s"] >= 500
-                      and figures["single_p99_ms"] <= 25)  # fmt: skip
+    figures["met"] = (
+        figures["batch_jobs_per_s"] >= 5_000
+        and figures["single_requests_per_s"] >= 500
+        and figures["single_p99_ms"] <= 25
+    )
     return figures
 
 
@@ -245,28 +306,47 @@ def dry_run_backfill(tmp: Path) -> dict[str, Any]:
     path = tmp / "million.csv"
     write_csv(path, DRY_ROWS)
     sets = [arg for s in BACKFILL_SETS for arg in ("--set", s)]
-    args = ["contactsync", "backfill", str(path), "--destination", "noojee", "--kind", "update",
-            *sets, "--dry-run"]  # fmt: skip
+    args = [
+        "contactsync",
+        "backfill",
+        str(path),
+        "--destination",
+        "noojee",
+        "--kind",
+        "update",
+        *sets,
+        "--dry-run",
+    ]
     started = time.perf_counter()
     # The command as a person runs it, in a process that reports its own peak memory.
-    out = subprocess.run([sys.executable, "-c", PEAK_RSS, *args], capture_output=True, text=True,
-                         env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     elapsed = time.perf_counter() - started
     if out.returncode != 0 or "peak_rss_kb=" not in out.stderr:
         raise RuntimeError(f"the dry run failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
     peak_mb = int(out.stderr.rsplit("peak_rss_kb=", 1)[1].split()[0]) / 1024
     return {
-        "rows": DRY_ROWS, "file_mb": round(path.stat().st_size / 1e6, 1),
-        "seconds_with_start_up": round(elapsed, 1), "rows_per_s": round(DRY_ROWS / elapsed),
-        "peak_rss_mb": round(peak_mb), "met": peak_mb <= 200,
+        "rows": DRY_ROWS,
+        "file_mb": round(path.stat().st_size / 1e6, 1),
+        "seconds_with_start_up": round(elapsed, 1),
+        "rows_per_s": round(DRY_ROWS / elapsed),
+        "peak_rss_mb": round(peak_mb),
+        "met": peak_mb <= 200,
     }
 
 
 def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp_dir, server() as redis:
         tmp = Path(tmp_dir)
-        results = {"enqueue": enqueue_rates(tmp), "memory": memory_per_job(),
-                   "intake": intake_rates(redis.url)}  # fmt: skip
+        results = {
+            "enqueue": enqueue_rates(tmp),
+            "memory": memory_per_job(),
+            "intake": intake_rates(redis.url),
+        }
         results["backfill_dry_run"] = dry_run_backfill(tmp)
     results["met"] = all(entry["met"] for entry in results.values() if isinstance(entry, dict))
     return results

@@ -56,11 +56,15 @@ def other_job(destination: str, n: int) -> Any:
     if destination == "missioncapital":
         return validate_job("missioncapital.contact_user", {"application_id": lead_id(n)})
     if destination == "trendsic":
-        return validate_job("trendsic.contact_connection", {
-            "contact_id": 1001 + n % 10, "agent_id": 7, "contact": {"Title": f"T{n}"}})  # fmt: skip
+        return validate_job(
+            "trendsic.contact_connection",
+            {"contact_id": 1001 + n % 10, "agent_id": 7, "contact": {"Title": f"T{n}"}},
+        )
     customer, contact = EXPANDABLE_CONTACTS[n % len(EXPANDABLE_CONTACTS)]
-    return validate_job("expandable.contact_update", {
-        "CUSTOMER_ID": customer, "CUST_CONTACT": contact, "NOTES": f"bench {n}"})  # fmt: skip
+    return validate_job(
+        "expandable.contact_update",
+        {"CUSTOMER_ID": customer, "CUST_CONTACT": contact, "NOTES": f"bench {n}"},
+    )
 
 
 def stream(tag: int, priority: str) -> dict[str, list[str]]:
@@ -108,13 +112,15 @@ def settle(ids: dict[str, list[str]], timeout_s: float = 180) -> dict[str, Any]:
         figures[destination] = {
             "submitted": len(group),
             "delivered": len(done),
-            "not_delivered": {s: sum(1 for r in records if r and r.state == s)
-                              for s in ("review", "rejected", "retrying", "queued", "running")
-                              if any(r and r.state == s for r in records)},
+            "not_delivered": {
+                s: sum(1 for r in records if r and r.state == s)
+                for s in ("review", "rejected", "retrying", "queued", "running")
+                if any(r and r.state == s for r in records)
+            },
             "rate_per_s": round(len(done) / max(0.001, (last - first) / 1000), 2),
             "latency_p50_s": _pct(latencies, 0.50),
             "latency_p99_s": _pct(latencies, 0.99),
-        }  # fmt: skip
+        }
     return figures
 
 
@@ -145,14 +151,32 @@ def fresh_stack() -> Iterator[Any]:
     for name in [n for n in os.environ if n.startswith("CONTACTSYNC_")]:
         del os.environ[name]
     data_dir = Path(tempfile.mkdtemp(prefix="contactsync-bench-fairness-"))
-    os.environ.update({**BASE_ENV, "CONTACTSYNC_DATA_DIR": str(data_dir),
-                       "CONTACTSYNC_NOOJEE__ADAPTIVE": "false",
-                       "CONTACTSYNC_NOOJEE__MAX_CONCURRENCY": "4"})  # fmt: skip
+    os.environ.update(
+        {
+            **BASE_ENV,
+            "CONTACTSYNC_DATA_DIR": str(data_dir),
+            "CONTACTSYNC_NOOJEE__ADAPTIVE": "false",
+            "CONTACTSYNC_NOOJEE__MAX_CONCURRENCY": "4",
+        }
+    )
     refresh_settings()
-    stack = Stack(data_dir, workers=WORKERS, flower=False, intake=False,
-                  simulator_args=["--slots", "4", "--latency", "0.1", "--jitter", "0.02",
-                                  "--queue-timeout", "2"],
-                  simulator_options=SIMULATOR_OPTIONS)  # fmt: skip
+    stack = Stack(
+        data_dir,
+        workers=WORKERS,
+        flower=False,
+        intake=False,
+        simulator_args=[
+            "--slots",
+            "4",
+            "--latency",
+            "0.1",
+            "--jitter",
+            "0.02",
+            "--queue-timeout",
+            "2",
+        ],
+        simulator_options=SIMULATOR_OPTIONS,
+    )
     stack.start()
     try:
         yield stack
@@ -171,16 +195,26 @@ def run() -> dict[str, Any]:
     with fresh_stack() as stack:
         for n, priority in enumerate(PRIORITIES):
             alone[priority] = settle(stream(n, priority))
-            print(f"  alone, {priority}: " + ", ".join(
-                f"{d} {f['rate_per_s']}/s" for d, f in alone[priority].items()), flush=True)
+            print(
+                f"  alone, {priority}: "
+                + ", ".join(f"{d} {f['rate_per_s']}/s" for d, f in alone[priority].items()),
+                flush=True,
+            )
         for start in range(0, BACKFILL, 5_000):
-            submit_many([
-                NoojeeLeadUpdate(
-                    template_id=41, campaign_id=41, allocation_id=38,
-                    external_lead_id=f"BF-{n}", disposition="Callback",
-                    fields={"FirstPhone": f"0383{n:06d}", "Name": "Backfill"})
-                for n in range(start, start + 5_000)
-            ], priority="bulk")  # fmt: skip
+            submit_many(
+                [
+                    NoojeeLeadUpdate(
+                        template_id=41,
+                        campaign_id=41,
+                        allocation_id=38,
+                        external_lead_id=f"BF-{n}",
+                        disposition="Callback",
+                        fields={"FirstPhone": f"0383{n:06d}", "Name": "Backfill"},
+                    )
+                    for n in range(start, start + 5_000)
+                ],
+                priority="bulk",
+            )
         deadline = time.monotonic() + 60
         while not (gate := noojee_saturated())["waiting"]:
             if time.monotonic() > deadline:
@@ -199,15 +233,18 @@ def run() -> dict[str, Any]:
         for priority in PRIORITIES:
             with_backfill[priority] = settle(ids[priority])
     ratios = {
-        priority: {d: round(with_backfill[priority][d]["rate_per_s"]
-                            / alone[priority][d]["rate_per_s"], 3)
-                   if alone[priority][d]["rate_per_s"] else None for d in OTHERS}
+        priority: {
+            d: round(with_backfill[priority][d]["rate_per_s"] / alone[priority][d]["rate_per_s"], 3)
+            if alone[priority][d]["rate_per_s"]
+            else None
+            for d in OTHERS
+        }
         for priority in PRIORITIES
-    }  # fmt: skip
+    }
     return {
         "title": f"{RATE} jobs/s to each of {', '.join(OTHERS)} for {SECONDS} s, as realtime "
-                 f"and as bulk jobs, alone and while {BACKFILL:,} bulk Noojee jobs saturate its "
-                 "gate (4 slots)",
+        f"and as bulk jobs, alone and while {BACKFILL:,} bulk Noojee jobs saturate its "
+        "gate (4 slots)",
         "target": f"each rate with the backfill >= {TARGET:.0%} of its rate alone",
         "setup": f"{WORKERS} workers x {THREADS} threads, every queue on every worker",
         "alone": alone,
@@ -217,6 +254,9 @@ def run() -> dict[str, Any]:
         "noojee_gate_at_end_of_stream": gate_at_end,
         "noojee_calls_per_s_during_stream": round(noojee_rate, 1),
         "met": all(r is not None and r >= TARGET for rs in ratios.values() for r in rs.values())
-        and all(f["delivered"] == f["submitted"]
-                for by_destination in with_backfill.values() for f in by_destination.values()),
-    }  # fmt: skip
+        and all(
+            f["delivered"] == f["submitted"]
+            for by_destination in with_backfill.values()
+            for f in by_destination.values()
+        ),
+    }

@@ -45,8 +45,11 @@ BASE_ENV = {
     # Room for a waiter near its turn to wait up to 12 s at a low limit (Settings.gate_patience_s).
     "CONTACTSYNC_VISIBILITY_TIMEOUT_S": "40",
     "CONTACTSYNC_METRICS_PORT": "0",
-    **{f"CONTACTSYNC_{name}__{knob}": value for name in ("MISSIONCAPITAL", "TRENDSIC", "EXPANDABLE")
-       for knob, value in (("CONNECT_TIMEOUT_S", "0.5"), ("READ_TIMEOUT_S", "1.5"))},
+    **{
+        f"CONTACTSYNC_{name}__{knob}": value
+        for name in ("MISSIONCAPITAL", "TRENDSIC", "EXPANDABLE")
+        for knob, value in (("CONNECT_TIMEOUT_S", "0.5"), ("READ_TIMEOUT_S", "1.5"))
+    },
 }
 NO_GATE = {"CONTACTSYNC_NOOJEE__GATE": "false"}
 FIXED_4 = {"CONTACTSYNC_NOOJEE__ADAPTIVE": "false", "CONTACTSYNC_NOOJEE__MAX_CONCURRENCY": "4"}
@@ -89,18 +92,24 @@ class Run:
         if not self.started:
             self.started = time.time()
             self.cpu_at_start_s = self.worker_cpu_s()
-        return submit_many([
-            NoojeeLeadUpdate(
-                template_id=41, campaign_id=41, allocation_id=38, external_lead_id=f"{tag}-{n}",
-                disposition="Callback", fields={"FirstPhone": f"0383{n:06d}", "Name": "Bench"},
-            )
-            for n in range(count)
-        ], priority="realtime" if priority == "realtime" else "bulk")  # fmt: skip
+        return submit_many(
+            [
+                NoojeeLeadUpdate(
+                    template_id=41,
+                    campaign_id=41,
+                    allocation_id=38,
+                    external_lead_id=f"{tag}-{n}",
+                    disposition="Callback",
+                    fields={"FirstPhone": f"0383{n:06d}", "Name": "Bench"},
+                )
+                for n in range(count)
+            ],
+            priority="realtime" if priority == "realtime" else "bulk",
+        )
 
     def workers(self) -> list[tuple[str, Any]]:
         """(name, process) of each Celery worker of the stack."""
-        return [(name, proc) for name, proc, _ in self.stack._children
-                if name.startswith("worker")]  # fmt: skip
+        return [(name, proc) for name, proc, _ in self.stack._children if name.startswith("worker")]
 
     def worker_cpu_s(self) -> float:
         """User + system CPU seconds of the worker processes (threads included) so far."""
@@ -148,8 +157,10 @@ class Run:
         deadline = time.monotonic() + timeout_s
         while self.delivered() < count:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.mode}: only {self.delivered()} of {count} delivered "
-                                   f"within {timeout_s:g} s")  # fmt: skip
+                raise RuntimeError(
+                    f"{self.mode}: only {self.delivered()} of {count} delivered "
+                    f"within {timeout_s:g} s"
+                )
             time.sleep(0.05)
         return self.elapsed()  # within 50 ms of the last delivery
 
@@ -212,12 +223,11 @@ class Run:
             "calls": stats["calls"],
             "answers_109": stats["answers"].get("109", 0),
             "utilisation": round(held(first) / available(first), 3),
-            "utilisation_from_first_submit": round(held(self.started)
-                                                   / available(self.started), 3),
+            "utilisation_from_first_submit": round(held(self.started) / available(self.started), 3),
             "peak_our_in_flight": stats["peak_our_in_flight_since_reset"],
             "queued_in_pbx_time_avg": round(queued / (end - first), 3),
             "peak_queued_in_pbx": max((int(s[3]) for s in samples), default=0),
-        }  # fmt: skip
+        }
 
     def utilisation_between(self, start_s: float, end_s: float) -> float:
         """Utilisation over [start_s, end_s) of the scenario's clock (seconds after the first
@@ -250,13 +260,30 @@ def fresh_stack(
     for name in [n for n in os.environ if n.startswith("CONTACTSYNC_")]:
         del os.environ[name]
     data_dir = Path(tempfile.mkdtemp(prefix=f"contactsync-bench-{mode}-"))
-    env = {**BASE_ENV, **(NO_GATE if mode == "celery" else gate_env),
-           "CONTACTSYNC_DATA_DIR": str(data_dir)}  # fmt: skip
+    env = {
+        **BASE_ENV,
+        **(NO_GATE if mode == "celery" else gate_env),
+        "CONTACTSYNC_DATA_DIR": str(data_dir),
+    }
     os.environ.update(env)
     refresh_settings()  # forget the previous stack's server
-    stack = Stack(data_dir, workers=WORKERS, flower=False, intake=False, simulator_args=[
-        "--slots", str(slots), "--latency", str(SERVICE_S), "--jitter", "0.02",
-        "--queue-timeout", "2", *(simulator_args or [])])  # fmt: skip
+    stack = Stack(
+        data_dir,
+        workers=WORKERS,
+        flower=False,
+        intake=False,
+        simulator_args=[
+            "--slots",
+            str(slots),
+            "--latency",
+            str(SERVICE_S),
+            "--jitter",
+            "0.02",
+            "--queue-timeout",
+            "2",
+            *(simulator_args or []),
+        ],
+    )
     stack.start()
     run = Run(mode, slots, env, stack)
     httpx.post(f"{run.sim}/_reset").raise_for_status()
@@ -311,15 +338,18 @@ def scenario_d(run: Run) -> dict[str, Any]:
     def ours(t0: float, t1: float) -> int:
         return max((int(s[1]) for s in samples if start + t0 <= s[0] < start + t1), default=0)
 
-    foreign_in = next((s[0] - start - 10 for s in samples if s[0] >= start + 10 and s[2] >= 2),
-                      None)  # fmt: skip
+    foreign_in = next(
+        (s[0] - start - 10 for s in samples if s[0] >= start + 10 and s[2] >= 2), None
+    )
     back = next((s[0] - start - 20 for s in samples if s[0] >= start + 20 and s[1] >= 6), None)
-    result.update({
-        "foreign_client_waited_s": round(foreign_in, 3) if foreign_in is not None else None,
-        "our_max_in_flight_10_to_20_s": ours(10, 20),
-        "our_max_in_flight_12_to_20_s": ours(12, 20),
-        "our_back_to_6_after_s": round(back, 2) if back is not None else None,
-    })  # fmt: skip
+    result.update(
+        {
+            "foreign_client_waited_s": round(foreign_in, 3) if foreign_in is not None else None,
+            "our_max_in_flight_10_to_20_s": ours(10, 20),
+            "our_max_in_flight_12_to_20_s": ours(12, 20),
+            "our_back_to_6_after_s": round(back, 2) if back is not None else None,
+        }
+    )
     if run.limits:
         result["limit_by_second"] = _by_second(run.limits)
     return result
@@ -343,8 +373,11 @@ def scenario_e(run: Run) -> dict[str, Any]:
         if all(r is not None and r.state == "delivered" for r in records):
             break
         time.sleep(0.1)
-    done = [book.get(r.id, with_history=True) for r in records
-            if r is not None and r.state == "delivered"]  # fmt: skip
+    done = [
+        book.get(r.id, with_history=True)
+        for r in records
+        if r is not None and r.state == "delivered"
+    ]
     latencies = sorted((r.updated_at_ms - r.submitted_at_ms) / 1000 for r in done if r)
     # Where the time went: waiting for a permit, the call itself, and the rest (waiting for a
     # free worker thread to fetch it, and recording).
@@ -352,15 +385,17 @@ def scenario_e(run: Run) -> dict[str, Any]:
     waits = sorted(a.get("gate_wait_ms", 0) / 1000 for a in attempts)
     calls = sorted(a.get("latency_ms", 0) / 1000 for a in attempts)
     result = run.measures()
-    result.update({
-        "realtime_delivered": len(latencies),
-        "realtime_p50_s": _quantile(latencies, 0.50),
-        "realtime_p99_s": _quantile(latencies, 0.99),
-        "realtime_max_s": latencies[-1] if latencies else None,
-        "realtime_gate_wait_p50_max_s": [_quantile(waits, 0.5), waits[-1] if waits else None],
-        "realtime_call_p50_max_s": [_quantile(calls, 0.5), calls[-1] if calls else None],
-        "bulk_delivered_meanwhile": run.delivered() - len(latencies),
-    })  # fmt: skip
+    result.update(
+        {
+            "realtime_delivered": len(latencies),
+            "realtime_p50_s": _quantile(latencies, 0.50),
+            "realtime_p99_s": _quantile(latencies, 0.99),
+            "realtime_max_s": latencies[-1] if latencies else None,
+            "realtime_gate_wait_p50_max_s": [_quantile(waits, 0.5), waits[-1] if waits else None],
+            "realtime_call_p50_max_s": [_quantile(calls, 0.5), calls[-1] if calls else None],
+            "bulk_delivered_meanwhile": run.delivered() - len(latencies),
+        }
+    )
     return result
 
 
@@ -407,12 +442,17 @@ def scenario_f(run: Run) -> dict[str, Any]:
     stats = run.stats()
     twice = sum(1 for n in stats["calls_by_lead"].values() if n > 1)
     result = run.measures(end)
-    result.update({
-        "killed": victim_name, "permits_it_held": len(held),
-        "permits_back_after_s": permits_back, "leases_ended_after_s": lease_bound,
-        "delivered": run.delivered(), "jobs": jobs,
-        "leads_called_twice": twice,
-    })  # fmt: skip
+    result.update(
+        {
+            "killed": victim_name,
+            "permits_it_held": len(held),
+            "permits_back_after_s": permits_back,
+            "leases_ended_after_s": lease_bound,
+            "delivered": run.delivered(),
+            "jobs": jobs,
+            "leads_called_twice": twice,
+        }
+    )
     return result
 
 
@@ -464,16 +504,21 @@ def scenario_l(run: Run) -> dict[str, Any]:
     lines = run.worker_log_lines(logs)
     # Celery's INFO line for every message taken and every task that succeeds, and ours for
     # every job that ends (its outcome and latency): one each per message at any limit.
-    per_message = [line for line in lines
-                   if " received" in line or "] succeeded in " in line or " settled: " in line]
+    per_message = [
+        line
+        for line in lines
+        if " received" in line or "] succeeded in " in line or " settled: " in line
+    ]
     received = sum(1 for line in per_message if " received" in line)
-    result.update({
-        "requeues": max(0, received - result["delivered"] - 32),  # (32: taken, not yet done)
-        "log_lines": len(lines) - len(per_message),
-        "log_lines_per_message": len(per_message),
-        "warnings": sum(1 for line in lines if "WARNING" in line or "Traceback" in line),
-        "warning_lines": [line[:300] for line in lines if "WARNING" in line][:5],
-    })  # fmt: skip
+    result.update(
+        {
+            "requeues": max(0, received - result["delivered"] - 32),  # (32: taken, not yet done)
+            "log_lines": len(lines) - len(per_message),
+            "log_lines_per_message": len(per_message),
+            "warnings": sum(1 for line in lines if "WARNING" in line or "Traceback" in line),
+            "warning_lines": [line[:300] for line in lines if "WARNING" in line][:5],
+        }
+    )
     return result
 
 
@@ -518,13 +563,19 @@ class Scenario:
 
 def _c_met(r: dict[str, Any], _: dict[str, Any]) -> bool:
     settled = r.get("limit_settled_after_s", {}).values()
-    return (r["answers_109"] == 0 and all(s is not None and s <= 5 for s in settled)
-            and r["utilisation"] >= 0.90)  # fmt: skip
+    return (
+        r["answers_109"] == 0
+        and all(s is not None and s <= 5 for s in settled)
+        and r["utilisation"] >= 0.90
+    )
 
 
 def _g_met(r: dict[str, Any], _: dict[str, Any]) -> bool:
-    return (all(u >= 0.90 for u in r["utilisation_by_phase"].values())
-            and r["answers_109"] == 0 and r["queued_in_pbx_time_avg"] <= 0.5)  # fmt: skip
+    return (
+        all(u >= 0.90 for u in r["utilisation_by_phase"].values())
+        and r["answers_109"] == 0
+        and r["queued_in_pbx_time_avg"] <= 0.5
+    )
 
 
 def _j_met(r: dict[str, Any], _: dict[str, Any]) -> bool:
@@ -539,46 +590,120 @@ def _l_met(r: dict[str, Any], earlier: dict[str, Any]) -> bool:
 
 
 SCENARIOS = [
-    Scenario("A", "2,000 bulk jobs, 4 slots, gate fixed at 4", 4, FIXED_4, scenario_a,
-             "utilisation ≥ 0.95; 0 x 109; never more than 4 of our calls in the PBX",
-             lambda r, _: r["utilisation"] >= 0.95 and r["answers_109"] == 0
-             and r["peak_our_in_flight"] <= 4),
-    Scenario("B", "same, adaptive, max concurrency 32", 4, ADAPTIVE_32, scenario_b,
-             "utilisation ≥ 0.95; 109s ≤ 0.5 % of calls; time-avg queue in the PBX ≤ 0.5",
-             lambda r, _: r["utilisation"] >= 0.95 and r["answers_109"] <= 0.005 * r["calls"]
-             and r["queued_in_pbx_time_avg"] <= 0.5),
-    Scenario("C", "adaptive, slots 4 → 2 at 10 s → 6 at 20 s", 4, ADAPTIVE_32, scenario_c,
-             "limit within ±1 of the slots within 5 s of each change; 0 x 109; utilisation "
-             "≥ 0.90 over the run", _c_met),
-    Scenario("D", "adaptive, 6 slots, a foreign client holds 2 from 10 s to 20 s", 6,
-             ADAPTIVE_32, scenario_d,
-             "our calls in flight ≤ 4 (+1 probing) in the window; back to ~6 within 5 s",
-             lambda r, _: r["our_max_in_flight_12_to_20_s"] <= 5
-             and r["our_back_to_6_after_s"] is not None and r["our_back_to_6_after_s"] <= 5),
-    Scenario("E", "5,000 bulk jobs running, then 50 realtime jobs at 1/s", 4, ADAPTIVE_32,
-             scenario_e, f"realtime submit→delivered p99 ≤ {2 * SERVICE_S + 0.1:.1f} s",
-             lambda r, _: r["realtime_delivered"] == 50
-             and r["realtime_p99_s"] <= 2 * SERVICE_S + 0.1),
-    Scenario("F", "SIGKILL a worker that holds permits", 4, FIXED_4, scenario_f,
-             f"its permits back within the lease TTL ({LEASE_TTL_S:g} s, +50 ms for the next "
-             "Redis call to reap them and for measuring); no job lost",
-             lambda r, _: r["permits_back_after_s"] is not None
-             and r["permits_back_after_s"] <= LEASE_TTL_S + 0.05 and r["delivered"] == r["jobs"]),
-    Scenario("G", "adaptive, 4 slots, service 100 → 250 ms at 10 s → 100 ms at 40 s", 4,
-             ADAPTIVE_32, scenario_g,
-             "utilisation ≥ 0.90 in each 10 s phase from 5 s after a change; 0 x 109; "
-             "time-avg queue in the PBX ≤ 0.5", _g_met),
-    Scenario("H", "adaptive, 4 slots, lognormal service (median 100 ms, sigma 0.77), 60 s", 4,
-             ADAPTIVE_32, scenario_h,
-             "utilisation ≥ 0.90; 0 x 109; time-avg queue in the PBX ≤ 1.0",
-             lambda r, _: r["utilisation"] >= 0.90 and r["answers_109"] == 0
-             and r["queued_in_pbx_time_avg"] <= 1.0, tuple(LOGNORMAL)),
-    Scenario("J", "adaptive, at 10 s slots 4 → 2 and service 100 → 200 ms at once", 4,
-             ADAPTIVE_32, scenario_j, "limit settled at 2 ± 1 within 5 s; 0 x 109", _j_met),
-    Scenario("L", "gate fixed at 1, 4 slots, 32 threads: requeue churn for 60 s", 4, FIXED_1,
-             scenario_l, "worker CPU per delivered job ≤ 1.3 x A's (gate); fewer than 100 log "
-             "lines a minute besides Celery's per-message ones", _l_met),
-]  # fmt: skip
+    Scenario(
+        "A",
+        "2,000 bulk jobs, 4 slots, gate fixed at 4",
+        4,
+        FIXED_4,
+        scenario_a,
+        "utilisation ≥ 0.95; 0 x 109; never more than 4 of our calls in the PBX",
+        lambda r, _: (
+            r["utilisation"] >= 0.95 and r["answers_109"] == 0 and r["peak_our_in_flight"] <= 4
+        ),
+    ),
+    Scenario(
+        "B",
+        "same, adaptive, max concurrency 32",
+        4,
+        ADAPTIVE_32,
+        scenario_b,
+        "utilisation ≥ 0.95; 109s ≤ 0.5 % of calls; time-avg queue in the PBX ≤ 0.5",
+        lambda r, _: (
+            r["utilisation"] >= 0.95
+            and r["answers_109"] <= 0.005 * r["calls"]
+            and r["queued_in_pbx_time_avg"] <= 0.5
+        ),
+    ),
+    Scenario(
+        "C",
+        "adaptive, slots 4 → 2 at 10 s → 6 at 20 s",
+        4,
+        ADAPTIVE_32,
+        scenario_c,
+        "limit within ±1 of the slots within 5 s of each change; 0 x 109; utilisation "
+        "≥ 0.90 over the run",
+        _c_met,
+    ),
+    Scenario(
+        "D",
+        "adaptive, 6 slots, a foreign client holds 2 from 10 s to 20 s",
+        6,
+        ADAPTIVE_32,
+        scenario_d,
+        "our calls in flight ≤ 4 (+1 probing) in the window; back to ~6 within 5 s",
+        lambda r, _: (
+            r["our_max_in_flight_12_to_20_s"] <= 5
+            and r["our_back_to_6_after_s"] is not None
+            and r["our_back_to_6_after_s"] <= 5
+        ),
+    ),
+    Scenario(
+        "E",
+        "5,000 bulk jobs running, then 50 realtime jobs at 1/s",
+        4,
+        ADAPTIVE_32,
+        scenario_e,
+        f"realtime submit→delivered p99 ≤ {2 * SERVICE_S + 0.1:.1f} s",
+        lambda r, _: r["realtime_delivered"] == 50 and r["realtime_p99_s"] <= 2 * SERVICE_S + 0.1,
+    ),
+    Scenario(
+        "F",
+        "SIGKILL a worker that holds permits",
+        4,
+        FIXED_4,
+        scenario_f,
+        f"its permits back within the lease TTL ({LEASE_TTL_S:g} s, +50 ms for the next "
+        "Redis call to reap them and for measuring); no job lost",
+        lambda r, _: (
+            r["permits_back_after_s"] is not None
+            and r["permits_back_after_s"] <= LEASE_TTL_S + 0.05
+            and r["delivered"] == r["jobs"]
+        ),
+    ),
+    Scenario(
+        "G",
+        "adaptive, 4 slots, service 100 → 250 ms at 10 s → 100 ms at 40 s",
+        4,
+        ADAPTIVE_32,
+        scenario_g,
+        "utilisation ≥ 0.90 in each 10 s phase from 5 s after a change; 0 x 109; "
+        "time-avg queue in the PBX ≤ 0.5",
+        _g_met,
+    ),
+    Scenario(
+        "H",
+        "adaptive, 4 slots, lognormal service (median 100 ms, sigma 0.77), 60 s",
+        4,
+        ADAPTIVE_32,
+        scenario_h,
+        "utilisation ≥ 0.90; 0 x 109; time-avg queue in the PBX ≤ 1.0",
+        lambda r, _: (
+            r["utilisation"] >= 0.90
+            and r["answers_109"] == 0
+            and r["queued_in_pbx_time_avg"] <= 1.0
+        ),
+        tuple(LOGNORMAL),
+    ),
+    Scenario(
+        "J",
+        "adaptive, at 10 s slots 4 → 2 and service 100 → 200 ms at once",
+        4,
+        ADAPTIVE_32,
+        scenario_j,
+        "limit settled at 2 ± 1 within 5 s; 0 x 109",
+        _j_met,
+    ),
+    Scenario(
+        "L",
+        "gate fixed at 1, 4 slots, 32 threads: requeue churn for 60 s",
+        4,
+        FIXED_1,
+        scenario_l,
+        "worker CPU per delivered job ≤ 1.3 x A's (gate); fewer than 100 log "
+        "lines a minute besides Celery's per-message ones",
+        _l_met,
+    ),
+]
 
 
 def run(keys: list[str] | None = None) -> dict[str, Any]:
@@ -589,8 +714,9 @@ def run(keys: list[str] | None = None) -> dict[str, Any]:
         entry: dict[str, Any] = {"title": scenario.title, "target": scenario.target}
         for mode in ("celery", "gate"):
             print(f"  {scenario.key} {mode} …", flush=True)
-            with fresh_stack(mode, scenario.slots, scenario.gate_env,
-                             list(scenario.simulator_args)) as current:  # fmt: skip
+            with fresh_stack(
+                mode, scenario.slots, scenario.gate_env, list(scenario.simulator_args)
+            ) as current:
                 try:
                     entry[mode] = scenario.run(current)
                 except RuntimeError as exc:  # a scenario that did not finish: say so, go on

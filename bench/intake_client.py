@@ -12,12 +12,23 @@ import httpx
 
 
 def job(n: int) -> dict[str, object]:
-    return {"kind": "noojee.update", "job": {
-        "template_id": 41, "campaign_id": 41, "allocation_id": 38,
-        "external_lead_id": f"I-{n:09d}", "disposition": "Callback", "priority": 10,
-        "callback_date": "2026/12/01 09:30",
-        "fields": {"FirstPhone": "03 9123 4567", "Name": "Jane Smith",
-                   "Email": "jane.smith@example.com"}}}  # fmt: skip
+    return {
+        "kind": "noojee.update",
+        "job": {
+            "template_id": 41,
+            "campaign_id": 41,
+            "allocation_id": 38,
+            "external_lead_id": f"I-{n:09d}",
+            "disposition": "Callback",
+            "priority": 10,
+            "callback_date": "2026/12/01 09:30",
+            "fields": {
+                "FirstPhone": "03 9123 4567",
+                "Name": "Jane Smith",
+                "Email": "jane.smith@example.com",
+            },
+        },
+    }
 
 
 def in_threads(count: int, work: object) -> float:
@@ -32,8 +43,10 @@ def in_threads(count: int, work: object) -> float:
 
 def main(url: str, token: str, batches: int, size: int, singles: int, connections: int) -> None:
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    bodies = [json.dumps({"jobs": [job(b * size + i) for i in range(size)]}).encode()
-              for b in range(batches)]  # fmt: skip
+    bodies = [
+        json.dumps({"jobs": [job(b * size + i) for i in range(size)]}).encode()
+        for b in range(batches)
+    ]
     base = batches * size
     single_bodies = [json.dumps(job(base + n)).encode() for n in range(singles)]
     failures: list[int] = []
@@ -60,15 +73,21 @@ def main(url: str, token: str, batches: int, size: int, singles: int, connection
     batch_s = in_threads(2, post_batches)
     single_s = in_threads(connections, post_singles)
     latencies.sort()
-    print(json.dumps({
-        "batches": batches, "batch_size": size,
-        "batch_jobs_per_s": round(batches * size / batch_s),
-        "single_requests": singles, "connections": connections,
-        "single_requests_per_s": round(singles / single_s),
-        "single_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
-        "single_p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
-        "failed_requests": len(failures),
-    }))
+    print(
+        json.dumps(
+            {
+                "batches": batches,
+                "batch_size": size,
+                "batch_jobs_per_s": round(batches * size / batch_s),
+                "single_requests": singles,
+                "connections": connections,
+                "single_requests_per_s": round(singles / single_s),
+                "single_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+                "single_p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
+                "failed_requests": len(failures),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

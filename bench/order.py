@@ -49,20 +49,37 @@ def coalescing() -> dict[str, Any]:
             for round_ in range(UPDATES):
                 for n in range(LEADS):
                     lead = f"C-{n}"
-                    row = {"FirstPhone": f"0383{round_:02d}{n:04d}", "Name": f"name {round_}",
-                           "City": f"city {round_}"}  # fmt: skip
+                    row = {
+                        "FirstPhone": f"0383{round_:02d}{n:04d}",
+                        "Name": f"name {round_}",
+                        "City": f"city {round_}",
+                    }
                     out.writerow([lead, *row.values()])
                     newest[lead] = row
         started = time.monotonic()
-        result = run(Backfill(path, "noojee.update", max_queue_depth=0, wait=True, constants={
-            "template_id": "41", "campaign_id": "41", "allocation_id": "38",
-            "disposition": "Callback"}))  # fmt: skip
+        result = run(
+            Backfill(
+                path,
+                "noojee.update",
+                max_queue_depth=0,
+                wait=True,
+                constants={
+                    "template_id": "41",
+                    "campaign_id": "41",
+                    "allocation_id": "38",
+                    "disposition": "Callback",
+                },
+            )
+        )
         elapsed = time.monotonic() - started
         stats = stack_run.stats()
         calls = [stats["calls_by_lead"].get(lead, 0) for lead in newest]
-        stale = [lead for lead, row in newest.items()
-                 if httpx.get(f"{stack_run.sim}/_leads/{lead}", timeout=10).json().get("Name")
-                 != row["Name"]]  # fmt: skip
+        stale = [
+            lead
+            for lead, row in newest.items()
+            if httpx.get(f"{stack_run.sim}/_leads/{lead}", timeout=10).json().get("Name")
+            != row["Name"]
+        ]
         jobs = result.jobs
         return {
             "jobs": LEADS * UPDATES,
@@ -88,10 +105,20 @@ def hand_off() -> dict[str, Any]:
     with fresh_stack("gate", 4, env):
         chains: list[list[str]] = [[] for _ in range(CHAIN_LEADS)]
         for step in range(CHAIN_JOBS):
-            ids = submit_many([NoojeeLeadUpdate(
-                template_id=41, campaign_id=41, allocation_id=38, external_lead_id=f"H-{n}",
-                disposition="Callback", fields={"FirstPhone": "0383218199", "Name": f"{step}"})
-                for n in range(CHAIN_LEADS)], priority="realtime")  # fmt: skip
+            ids = submit_many(
+                [
+                    NoojeeLeadUpdate(
+                        template_id=41,
+                        campaign_id=41,
+                        allocation_id=38,
+                        external_lead_id=f"H-{n}",
+                        disposition="Callback",
+                        fields={"FirstPhone": "0383218199", "Name": f"{step}"},
+                    )
+                    for n in range(CHAIN_LEADS)
+                ],
+                priority="realtime",
+            )
             for chain, job_id in zip(chains, ids, strict=True):
                 chain.append(job_id)
         book = ledger()
@@ -128,8 +155,9 @@ def hand_off() -> dict[str, Any]:
 def unique() -> dict[str, Any]:
     jobs = 2000
     with fresh_stack("gate", 4, FIXED_4) as stack_run:
-        workers = [proc.pid for name, proc, _ in stack_run.stack._children
-                   if name.startswith("worker-")]  # fmt: skip
+        workers = [
+            proc.pid for name, proc, _ in stack_run.stack._children if name.startswith("worker-")
+        ]
         before = _cpu_s(workers)
         stack_run.submit(jobs)
         end = stack_run.wait_delivered(jobs)

@@ -35,8 +35,9 @@ def _update_lead(params: dict[str, Any], body: dict[str, Any]) -> None:
 def make_actor(redis_url: str) -> dramatiq.Actor[Any, Any]:
     """The actor on a broker of its own on ``redis_url`` (``actor.broker``); ``actor.send``
     queues a job. No retries: the benchmark's simulator answers every call 0."""
-    declare = dramatiq.actor(actor_name="update_lead", queue_name=QUEUE, max_retries=0,
-                             broker=RedisBroker(url=redis_url))  # fmt: skip
+    declare = dramatiq.actor(
+        actor_name="update_lead", queue_name=QUEUE, max_retries=0, broker=RedisBroker(url=redis_url)
+    )
     return declare(_update_lead)
 
 

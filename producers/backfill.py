@@ -43,8 +43,10 @@ _READ_BYTES = 1 << 20
 _EXTENSIONS: dict[str, Format] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _INT = re.compile(r"[+-]?[0-9]+")
 #: The strings pydantic's lax mode reads as booleans; strict fields (Trendsic's) get a bool.
-_BOOLS = {**dict.fromkeys(("1", "on", "t", "true", "y", "yes"), True),
-          **dict.fromkeys(("0", "off", "f", "false", "n", "no"), False)}  # fmt: skip
+_BOOLS = {
+    **dict.fromkeys(("1", "on", "t", "true", "y", "yes"), True),
+    **dict.fromkeys(("0", "off", "f", "false", "n", "no"), False),
+}
 
 
 class BackfillError(ValueError):
@@ -155,20 +157,26 @@ def resolve_kind(destination: str, action: str | None = None) -> str:
     known = kinds()
     if destination in known:
         if action is not None and destination != f"{destination.partition('.')[0]}.{action}":
-            raise BackfillError(f"--destination {destination} is a job kind already; "
-                                f"it does not take --kind {action}")  # fmt: skip
+            raise BackfillError(
+                f"--destination {destination} is a job kind already; "
+                f"it does not take --kind {action}"
+            )
         return destination
     choices = sorted(k for k in known if k.partition(".")[0] == destination)
     if not choices:
         names = ", ".join(sorted({k.partition(".")[0] for k in known}))
-        raise BackfillError(f"unknown destination {destination!r}: the destinations are {names}; "
-                            f"the job kinds are {', '.join(sorted(known))}")  # fmt: skip
+        raise BackfillError(
+            f"unknown destination {destination!r}: the destinations are {names}; "
+            f"the job kinds are {', '.join(sorted(known))}"
+        )
     actions = ", ".join(k.partition(".")[2] for k in choices)
     if action is None:
         if len(choices) == 1:
             return choices[0]
-        raise BackfillError(f"{destination} has several job kinds: choose one with --kind "
-                            f"({actions}), or pass --destination {choices[0]}")  # fmt: skip
+        raise BackfillError(
+            f"{destination} has several job kinds: choose one with --kind "
+            f"({actions}), or pass --destination {choices[0]}"
+        )
     kind = f"{destination}.{action}"
     if kind not in known:
         raise BackfillError(f"{destination} has no action {action!r}; its actions are {actions}")
@@ -183,8 +191,10 @@ def file_format(path: Path, given: str | None = None) -> Format:
         return cast(Format, given)
     found = _EXTENSIONS.get(path.suffix.lower())
     if found is None:
-        raise BackfillError(f"cannot tell the format of {path.name} from its extension: name it "
-                            ".csv, .jsonl or .ndjson, or pass --format csv|jsonl")  # fmt: skip
+        raise BackfillError(
+            f"cannot tell the format of {path.name} from its extension: name it "
+            ".csv, .jsonl or .ndjson, or pass --format csv|jsonl"
+        )
     return found
 
 
@@ -195,11 +205,14 @@ def load_mapping(path: Path) -> dict[str, str | None]:
     except (OSError, UnicodeDecodeError) as exc:
         raise BackfillError(f"cannot read the mapping {path}: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise BackfillError(f"the mapping {path} is not JSON ({exc.msg}, line {exc.lineno})") \
-            from None
+        raise BackfillError(
+            f"the mapping {path} is not JSON ({exc.msg}, line {exc.lineno})"
+        ) from None
     if not isinstance(raw, dict) or not all(v is None or isinstance(v, str) for v in raw.values()):
-        raise BackfillError(f'the mapping {path} must be a JSON object of "file column": '
-                            '"field path" (or null to ignore the column)')  # fmt: skip
+        raise BackfillError(
+            f'the mapping {path} must be a JSON object of "file column": '
+            '"field path" (or null to ignore the column)'
+        )
     return {str(k): v or None for k, v in raw.items()}
 
 
@@ -225,8 +238,12 @@ def run_id_of(
     and refuses one that is not UTF-8 (before any row is sent). ``on_bytes``: bytes hashed so
     far, after each MiB."""
     digest = hashlib.blake2b(digest_size=8)
-    setup = {"kind": kind, "format": file_format, "mapping": sorted((mapping or {}).items()),
-             "set": sorted((constants or {}).items())}  # fmt: skip
+    setup = {
+        "kind": kind,
+        "format": file_format,
+        "mapping": sorted((mapping or {}).items()),
+        "set": sorted((constants or {}).items()),
+    }
     digest.update(json.dumps(setup).encode() + b"\0")
     utf8 = codecs.getincrementaldecoder("utf-8")()
     done = 0
@@ -236,8 +253,10 @@ def run_id_of(
             try:
                 utf8.decode(block)
             except UnicodeDecodeError as exc:
-                raise BackfillError(f"{path.name} is not UTF-8 text (byte {done + exc.start}): "
-                                    "save it as UTF-8 (CSV UTF-8 in a spreadsheet)") from None
+                raise BackfillError(
+                    f"{path.name} is not UTF-8 text (byte {done + exc.start}): "
+                    "save it as UTF-8 (CSV UTF-8 in a spreadsheet)"
+                ) from None
             done += len(block)
             if on_bytes is not None:
                 on_bytes(done)
@@ -326,8 +345,10 @@ def _resolve(model: type[BaseModel], target: str) -> tuple[FieldPath, Convert]:
         inner = _unwrap(model.model_fields[name].annotation)
         if _is_model(inner):
             if not rest:
-                raise KeyError(f"{head} is an object: name its fields, e.g. "
-                               f"{_field_list(inner, f'{head}.')[0].split()[0]}")  # fmt: skip
+                raise KeyError(
+                    f"{head} is an object: name its fields, e.g. "
+                    f"{_field_list(inner, f'{head}.')[0].split()[0]}"
+                )
             path, convert = _resolve(inner, rest)
             return (name, *path), convert
         if name == "fields" and _lead_fields(model):
@@ -421,8 +442,9 @@ class _Rejects:
 class _Run:
     """One backfill in progress: the plan made from the header, then the rows."""
 
-    def __init__(self, spec: Backfill, progress: ProgressCallback | None,
-                 note: NoteCallback | None) -> None:  # fmt: skip
+    def __init__(
+        self, spec: Backfill, progress: ProgressCallback | None, note: NoteCallback | None
+    ) -> None:
         self.spec = spec
         self.kind = resolve_kind(spec.kind)
         self.model = kinds()[self.kind]
@@ -433,8 +455,10 @@ class _Run:
         if not spec.path.is_file():
             raise BackfillError(f"no file {spec.path}")
         self.state.bytes_total = spec.path.stat().st_size
-        self.mapping = {k: (self._target(v, f"--mapping {k!r} → {v!r}") if v else None)
-                        for k, v in spec.mapping.items()}  # fmt: skip
+        self.mapping = {
+            k: (self._target(v, f"--mapping {k!r} → {v!r}") if v else None)
+            for k, v in spec.mapping.items()
+        }
         self.constants: list[tuple[FieldPath, Any]] = []
         for name, text in spec.constants.items():
             path, convert = self._target(name, f"--set {name}")
@@ -461,8 +485,9 @@ class _Run:
                 continue
             path = planned[1]
             if path in given:
-                raise BackfillError(f"column {name!r} and {given[path]} both give "
-                                    f"{'.'.join(path)}: keep one")  # fmt: skip
+                raise BackfillError(
+                    f"column {name!r} and {given[path]} both give {'.'.join(path)}: keep one"
+                )
             given[path] = f"column {name!r}"
             self.columns.append(planned)
         self._check_required({path[0] for path in given})
@@ -473,20 +498,27 @@ class _Run:
             try:
                 header = next(csv.reader(text), None)
             except (csv.Error, UnicodeDecodeError) as exc:
-                raise BackfillError(f"cannot read the header of {self.spec.path.name}: {exc}") \
-                    from None
+                raise BackfillError(
+                    f"cannot read the header of {self.spec.path.name}: {exc}"
+                ) from None
         if not header:
-            raise BackfillError(f"{self.spec.path.name} has no header: a CSV backfill starts with "
-                                "a row of column names")  # fmt: skip
+            raise BackfillError(
+                f"{self.spec.path.name} has no header: a CSV backfill starts with "
+                "a row of column names"
+            )
         names = [name.strip() for name in header]
         missing = [k for k in self.mapping if k not in names]
         if missing:
-            raise BackfillError(f"the mapping names column(s) {', '.join(missing)} that the "
-                                f"header does not have; it has {', '.join(names)}")  # fmt: skip
+            raise BackfillError(
+                f"the mapping names column(s) {', '.join(missing)} that the "
+                f"header does not have; it has {', '.join(names)}"
+            )
         column = self.spec.version_column
         if column and column not in names:
-            raise BackfillError(f"--version-column {column}: the header has no such column; it "
-                                f"has {', '.join(names)}")  # fmt: skip
+            raise BackfillError(
+                f"--version-column {column}: the header has no such column; it "
+                f"has {', '.join(names)}"
+            )
         return names
 
     def _plan_column(self, index: int, name: str) -> tuple[int, FieldPath, Convert] | None:
@@ -507,12 +539,17 @@ class _Run:
 
     def _check_required(self, given: set[str]) -> None:
         """Every field a job needs has a column or a constant."""
-        absent = [f"{n} ({f.alias})" if f.alias else n
-                  for n, f in self.model.model_fields.items() if f.is_required() and n not in given]
+        absent = [
+            f"{n} ({f.alias})" if f.alias else n
+            for n, f in self.model.model_fields.items()
+            if f.is_required() and n not in given
+        ]
         if absent:
-            raise BackfillError(f"no column gives {', '.join(absent)}, which every {self.kind} "
-                                "job needs: add a column, map one with --mapping, or give a "
-                                "constant with --set FIELD=VALUE")  # fmt: skip
+            raise BackfillError(
+                f"no column gives {', '.join(absent)}, which every {self.kind} "
+                "job needs: add a column, map one with --mapping, or give a "
+                "constant with --set FIELD=VALUE"
+            )
 
     def _open(self) -> io.TextIOWrapper:
         # utf-8-sig: spreadsheets write a byte-order mark before the header.
@@ -522,8 +559,9 @@ class _Run:
     def rows(self, text: io.TextIOWrapper, after: int) -> Iterator[Row]:
         """(row number, job or None, problems, version or None) for each row after row
         ``after``."""
-        source = self._csv_rows(text, after) if self.format == "csv" else self._jsonl_rows(
-            text, after)  # fmt: skip
+        source = (
+            self._csv_rows(text, after) if self.format == "csv" else self._jsonl_rows(text, after)
+        )
         kind, column = self.kind, self.spec.version_column
         for number, data, problems in source:
             if data is None:
@@ -549,8 +587,9 @@ class _Run:
         head, dot, rest = path.partition(".")
         return f"{self.names.get(head, head)}{dot}{rest}"
 
-    def _csv_rows(self, text: io.TextIOWrapper, after: int) -> Iterator[
-            tuple[int, dict[str, Any] | None, list[tuple[str, str]]]]:  # fmt: skip
+    def _csv_rows(
+        self, text: io.TextIOWrapper, after: int
+    ) -> Iterator[tuple[int, dict[str, Any] | None, list[tuple[str, str]]]]:
         reader = csv.reader(text)
         next(reader, None)
         # The spreadsheet's row numbers: the header is row 1 (a quoted cell may span lines).
@@ -564,8 +603,11 @@ class _Run:
                 if number <= after or not cells:
                     continue
                 if len(cells) > width:
-                    yield number, None, [("(row)", f"{len(cells)} cells, but the header names "
-                                                   f"{width} columns")]  # fmt: skip
+                    yield (
+                        number,
+                        None,
+                        [("(row)", f"{len(cells)} cells, but the header names {width} columns")],
+                    )
                     continue
                 if len(cells) < width:
                     cells += [""] * (width - len(cells))
@@ -588,11 +630,13 @@ class _Run:
                             _put(data, path, value)
                 yield number, data, []
         except csv.Error as exc:
-            raise BackfillError(f"{self.spec.path.name}, row {number + 1}: {exc}; fix the file "
-                                "and run it again") from None  # fmt: skip
+            raise BackfillError(
+                f"{self.spec.path.name}, row {number + 1}: {exc}; fix the file and run it again"
+            ) from None
 
-    def _jsonl_rows(self, text: io.TextIOWrapper, after: int) -> Iterator[
-            tuple[int, dict[str, Any] | None, list[tuple[str, str]]]]:  # fmt: skip
+    def _jsonl_rows(
+        self, text: io.TextIOWrapper, after: int
+    ) -> Iterator[tuple[int, dict[str, Any] | None, list[tuple[str, str]]]]:
         renames = [(key, target[0] if target else None) for key, target in self.mapping.items()]
         constants = self.constants
         for number, line in enumerate(text, start=1):
@@ -604,8 +648,17 @@ class _Run:
                 yield number, None, [("(line)", f"not valid JSON: {exc.msg} (column {exc.colno})")]
                 continue
             if not isinstance(data, dict):
-                yield number, None, [("(line)", "not a JSON object: each line is one job's data, "
-                                                '{"field": value, ...}')]  # fmt: skip
+                yield (
+                    number,
+                    None,
+                    [
+                        (
+                            "(line)",
+                            "not a JSON object: each line is one job's data, "
+                            '{"field": value, ...}',
+                        )
+                    ],
+                )
                 continue
             column = self.spec.version_column
             if column and column in data:
@@ -631,16 +684,17 @@ class _Run:
         constants = dict(spec.constants)
         if spec.version_column:  # which column is the version changes what is sent
             constants[" version column"] = spec.version_column
-        run_id = run_id_of(spec.path, self.kind, spec.mapping, constants, self.format,
-                           hashed)  # fmt: skip
+        run_id = run_id_of(spec.path, self.kind, spec.mapping, constants, self.format, hashed)
         state.run_id = run_id
         live = None if spec.dry_run else _Live(self, run_id)
         after, keep_bytes = live.begin() if live is not None else (0, 0)
         if spec.dry_run and spec.resume:
             self.note("--dry-run validates every row: --resume is ignored")
         if not self.rejects.start(keep_bytes):
-            self.note(f"the rejects of rows up to {after} were in {self.rejects.path}, which is "
-                      "gone: it lists only the rows from here on")  # fmt: skip
+            self.note(
+                f"the rejects of rows up to {after} were in {self.rejects.path}, which is "
+                "gone: it lists only the rows from here on"
+            )
         state.rows_at_start, state.bytes_read = state.rows_read, 0
         state.phase, state.started = "reading", time.monotonic()
         with self._open() as text:
@@ -657,13 +711,22 @@ class _Run:
         state.phase, state.bytes_read = "done", state.bytes_total
         self.report(state)
         return BackfillResult(
-            run_id=run_id, kind=self.kind, dry_run=spec.dry_run, rows_read=state.rows_read,
-            enqueued=state.enqueued, already_queued=state.already_queued,
-            rejected=state.rejected, skipped=state.skipped, resumed_after=after,
+            run_id=run_id,
+            kind=self.kind,
+            dry_run=spec.dry_run,
+            rows_read=state.rows_read,
+            enqueued=state.enqueued,
+            already_queued=state.already_queued,
+            rejected=state.rejected,
+            skipped=state.skipped,
+            resumed_after=after,
             rejects_path=rejects if state.rejected else None,
-            seconds=state.ended - state.started, rows_per_s=state.rows_per_s,
-            pauses=state.pauses, paused_s=state.paused_s, jobs=dict(state.jobs),
-        )  # fmt: skip
+            seconds=state.ended - state.started,
+            rows_per_s=state.rows_per_s,
+            pauses=state.pauses,
+            paused_s=state.paused_s,
+            jobs=dict(state.jobs),
+        )
 
     def _stream(self, text: io.TextIOWrapper, run_id: str, after: int, live: _Live | None) -> None:
         """Chunks of at most ``chunk_rows`` rows, and of at most as many jobs as the queue has
@@ -746,8 +809,10 @@ class _Live:
         found = cast(dict[str, str], self.r.hgetall(self.key))
         done = int(found.get("row", 0))
         if spec.resume and not found:
-            note("nothing to resume (no checkpoint of this file with this kind, mapping and "
-                 "--set values): starting from the first row")  # fmt: skip
+            note(
+                "nothing to resume (no checkpoint of this file with this kind, mapping and "
+                "--set values): starting from the first row"
+            )
         elif spec.resume and done:
             for name in ("rows_read", "enqueued", "already_queued", "rejected"):
                 setattr(state, name, int(found.get(name, 0)))
@@ -756,11 +821,20 @@ class _Live:
             self.r.hset(self.key, "state", "running")
             return done, int(found.get("rejects_bytes", 0))
         elif found and found.get("state") != "finished":
-            note(f"an earlier run of this file stopped after row {done}: --resume skips to it. "
-                 "Running from the first row instead (rows already queued are not sent again)")
+            note(
+                f"an earlier run of this file stopped after row {done}: --resume skips to it. "
+                "Running from the first row instead (rows already queued are not sent again)"
+            )
         self.r.delete(self.key)
-        self.r.hset(self.key, mapping={"file": str(spec.path.resolve()), "kind": self.run.kind,
-                                       "state": "running", "started_at_ms": now_ms()})
+        self.r.hset(
+            self.key,
+            mapping={
+                "file": str(spec.path.resolve()),
+                "kind": self.run.kind,
+                "state": "running",
+                "started_at_ms": now_ms(),
+            },
+        )
         self.checkpoint(0)
         return 0, 0
 
@@ -804,8 +878,15 @@ class _Live:
         reading and validating of the next chunk; at most one chunk is in flight, and its
         checkpoint is written once it is queued."""
         state = self.run.state
-        sent = Sent(list(jobs), list(keys), list(versions), last, self.run.rejects.flush(),
-                    state.rows_read, state.rejected)  # fmt: skip
+        sent = Sent(
+            list(jobs),
+            list(keys),
+            list(versions),
+            last,
+            self.run.rejects.flush(),
+            state.rows_read,
+            state.rejected,
+        )
         self.settle()
         self.in_flight = (sent, self.sender.submit(self._enqueue, sent))
 
@@ -813,8 +894,14 @@ class _Live:
         if not sent.jobs:
             return []
         versions = sent.versions if any(v is not None for v in sent.versions) else None
-        return self.enqueue(sent.jobs, priority="bulk", idempotency_keys=sent.keys,
-                            client="backfill", batch=self.run_id, versions=versions)  # fmt: skip
+        return self.enqueue(
+            sent.jobs,
+            priority="bulk",
+            idempotency_keys=sent.keys,
+            client="backfill",
+            batch=self.run_id,
+            versions=versions,
+        )
 
     def settle(self) -> None:
         """Wait for the chunk in flight (its error raises here), count it, checkpoint it."""
@@ -839,11 +926,18 @@ class _Live:
         records."""
         state = self.run.state
         pipe = self.r.pipeline(transaction=False)
-        pipe.hset(self.key, mapping={
-            "row": row, "rows_read": rows_read, "enqueued": state.enqueued,
-            "already_queued": state.already_queued, "rejected": rejected,
-            "rejects_bytes": rejects_bytes, "updated_at_ms": now_ms(),
-        })  # fmt: skip
+        pipe.hset(
+            self.key,
+            mapping={
+                "row": row,
+                "rows_read": rows_read,
+                "enqueued": state.enqueued,
+                "already_queued": state.already_queued,
+                "rejected": rejected,
+                "rejects_bytes": rejects_bytes,
+                "updated_at_ms": now_ms(),
+            },
+        )
         pipe.expire(self.key, self.ttl_s)
         pipe.expire(self.ledger.batch_key(self.run_id), self.ttl_s)
         pipe.execute()
@@ -902,7 +996,16 @@ def run(
 
 
 __all__ = [
-    "CHUNK_ROWS", "Backfill", "BackfillError", "BackfillProgress", "BackfillResult",
-    "checkpoint_key", "file_format", "load_mapping", "rejects_path", "resolve_kind", "run",
+    "CHUNK_ROWS",
+    "Backfill",
+    "BackfillError",
+    "BackfillProgress",
+    "BackfillResult",
+    "checkpoint_key",
+    "file_format",
+    "load_mapping",
+    "rejects_path",
+    "resolve_kind",
+    "run",
     "run_id_of",
-]  # fmt: skip
+]

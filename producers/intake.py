@@ -101,11 +101,17 @@ def parse_submission(body: bytes, client: str, idempotency_key: str | None) -> S
     batch's ``Idempotency-Key`` as ``client:key:index`` for each of its jobs."""
     data = _json(body)
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
-        raise Problem(422, "invalid request: nothing was queued", [
-            ("header Idempotency-Key", "must be 1-128 printable ASCII characters, no spaces")])
+        raise Problem(
+            422,
+            "invalid request: nothing was queued",
+            [("header Idempotency-Key", "must be 1-128 printable ASCII characters, no spaces")],
+        )
     if not isinstance(data, dict):
-        raise Problem(422, "invalid request: nothing was queued", [
-            ("$", 'must be a JSON object: {"kind": ..., "job": {...}} or {"jobs": [...]}')])
+        raise Problem(
+            422,
+            "invalid request: nothing was queued",
+            [("$", 'must be a JSON object: {"kind": ..., "job": {...}} or {"jobs": [...]}')],
+        )
     errors: list[tuple[str, str]] = []
     default: Priority
     single = "jobs" not in data
@@ -113,8 +119,10 @@ def parse_submission(body: bytes, client: str, idempotency_key: str | None) -> S
         entries, path, default = [data], ["$"], "realtime"
     else:
         unknown = sorted(set(data) - {"jobs", "priority"})
-        errors += [(_key_path(str(name)), "unknown field of a batch; it takes jobs and "
-                    "priority") for name in unknown]  # fmt: skip
+        errors += [
+            (_key_path(str(name)), "unknown field of a batch; it takes jobs and priority")
+            for name in unknown
+        ]
         default = _priority(data.get("priority"), "$.priority", errors) or "realtime"
         raw = data["jobs"]
         if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_BATCH:
@@ -165,14 +173,19 @@ def _entry(
         return None, None, default
     before = len(errors)
     allowed = {"kind", "job", "idempotency_key", "priority", "version"}
-    errors += [(where + _key_path(str(name))[1:], "unknown field; a job takes kind, job, "
-                "idempotency_key, priority and version")
-               for name in sorted(set(entry) - allowed)]  # fmt: skip
+    errors += [
+        (
+            where + _key_path(str(name))[1:],
+            "unknown field; a job takes kind, job, idempotency_key, priority and version",
+        )
+        for name in sorted(set(entry) - allowed)
+    ]
     priority = _priority(entry.get("priority"), f"{where}.priority", errors) or default
     key = entry.get("idempotency_key")
     if key is not None and not (isinstance(key, str) and _IDEMPOTENCY_KEY.match(key)):
-        errors.append((f"{where}.idempotency_key",
-                       "must be 1-128 printable ASCII characters, no spaces"))  # fmt: skip
+        errors.append(
+            (f"{where}.idempotency_key", "must be 1-128 printable ASCII characters, no spaces")
+        )
     kind = entry.get("kind")
     known = kinds()
     if not isinstance(kind, str) or kind not in known:
@@ -208,9 +221,13 @@ def submit(submission: Submission, client: str) -> list[str]:
     for priority in ("realtime", "bulk"):
         picked = [i for i, p in enumerate(submission.priorities) if p == priority]
         if picked:
-            made = enqueue([submission.jobs[i] for i in picked], priority,
-                           [submission.keys[i] for i in picked], client,
-                           versions=[submission.versions[i] for i in picked])  # fmt: skip
+            made = enqueue(
+                [submission.jobs[i] for i in picked],
+                priority,
+                [submission.keys[i] for i in picked],
+                client,
+                versions=[submission.versions[i] for i in picked],
+            )
             for i, (job_id, _) in zip(picked, made, strict=True):
                 ids[i] = job_id
     return [job_id for job_id in ids if job_id is not None]
@@ -231,22 +248,33 @@ def job_view(record: JobRecord, order: dict[str, Any] | None = None) -> dict[str
         payload = model_for(record.kind).model_validate_json(unseal(record.payload)).masked()
     facts = dict(order or {})
     if "newer_delivered" in facts:
-        facts["newer_delivered"] = {"job_id": facts["newer_delivered"]["job_id"],
-                                    "at": _iso(facts["newer_delivered"]["at_ms"])}  # fmt: skip
+        facts["newer_delivered"] = {
+            "job_id": facts["newer_delivered"]["job_id"],
+            "at": _iso(facts["newer_delivered"]["at_ms"]),
+        }
     return {
-        "id": record.id, "kind": record.kind, "destination": record.destination,
-        "state": record.state, "priority": record.priority or None,
-        "entity": record.entity or None, "version": record.version or None,
-        "merged_into": facts.get("merged_into"), "superseded_by": facts.get("superseded_by"),
-        "waits_behind": facts.get("waits_behind"), "newer_delivered": facts.get("newer_delivered"),
-        "client": record.client or None, "attempts": record.attempts,
-        "submitted_at": _iso(record.submitted_at_ms), "updated_at": _iso(record.updated_at_ms),
+        "id": record.id,
+        "kind": record.kind,
+        "destination": record.destination,
+        "state": record.state,
+        "priority": record.priority or None,
+        "entity": record.entity or None,
+        "version": record.version or None,
+        "merged_into": facts.get("merged_into"),
+        "superseded_by": facts.get("superseded_by"),
+        "waits_behind": facts.get("waits_behind"),
+        "newer_delivered": facts.get("newer_delivered"),
+        "client": record.client or None,
+        "attempts": record.attempts,
+        "submitted_at": _iso(record.submitted_at_ms),
+        "updated_at": _iso(record.updated_at_ms),
         "next_attempt_at": _iso(record.next_attempt_at_ms) if record.state == "retrying" else None,
         "last_answer": {"code": record.last_code, "reason": record.last_reason}
-        if record.last_code or record.last_reason else None,
+        if record.last_code or record.last_reason
+        else None,
         "payload": payload,
         "history": record.history,
-    }  # fmt: skip
+    }
 
 
 # -- the service ------------------------------------------------------------------------------
@@ -254,8 +282,9 @@ class Tokens:
     """The configured client tokens, checked in constant time."""
 
     def __init__(self, settings: IntakeSettings) -> None:
-        self._tokens = [(name, token.get_secret_value().encode())
-                        for name, token in settings.tokens.items()]  # fmt: skip
+        self._tokens = [
+            (name, token.get_secret_value().encode()) for name, token in settings.tokens.items()
+        ]
         self._operators = frozenset(settings.operators)
 
     @property
@@ -410,8 +439,11 @@ class Handler(tornado.web.RequestHandler):
             self._check_head()
         except Problem as problem:
             declared = self.request.headers.get("Content-Length", "0").strip()
-            small = (_LENGTH.fullmatch(declared) and int(declared) <= SMALL_BODY_BYTES
-                     and not self._chunked())  # fmt: skip
+            small = (
+                _LENGTH.fullmatch(declared)
+                and int(declared) <= SMALL_BODY_BYTES
+                and not self._chunked()
+            )
             if not small:
                 raise
             self.deferred = problem
@@ -444,14 +476,18 @@ class Handler(tornado.web.RequestHandler):
         client = self.service.tokens.client(self.request.headers.get("Authorization"))
         if client is None:
             self.set_header("WWW-Authenticate", 'Bearer realm="contactsync"')
-            raise Problem(401, "send Authorization: Bearer <token> with a token from "
-                               "CONTACTSYNC_INTAKE__TOKENS")  # fmt: skip
+            raise Problem(
+                401,
+                "send Authorization: Bearer <token> with a token from CONTACTSYNC_INTAKE__TOKENS",
+            )
         return client
 
     def operator(self) -> Client:
         if not self.caller.operator:
-            raise Problem(403, f"client {self.caller.name!r} is not an operator "
-                               "(CONTACTSYNC_INTAKE__OPERATORS)")  # fmt: skip
+            raise Problem(
+                403,
+                f"client {self.caller.name!r} is not an operator (CONTACTSYNC_INTAKE__OPERATORS)",
+            )
         return self.caller
 
     # -- the body -----------------------------------------------------------------------------
@@ -486,8 +522,10 @@ class Handler(tornado.web.RequestHandler):
         self.held.give_back()
 
     def _too_large(self) -> str:
-        return (f"the body is larger than {self.body_limit()} bytes (CONTACTSYNC_INTAKE__"
-                "MAX_BODY_BYTES for /v1/jobs): send fewer jobs per request")  # fmt: skip
+        return (
+            f"the body is larger than {self.body_limit()} bytes (CONTACTSYNC_INTAKE__"
+            "MAX_BODY_BYTES for /v1/jobs): send fewer jobs per request"
+        )
 
     # -- Redis --------------------------------------------------------------------------------
     async def redis(self, work: Callable[[], T], deadline_s: float | None = None) -> T:
@@ -500,9 +538,12 @@ class Handler(tornado.web.RequestHandler):
             return await on_redis_threads(self.service, work, deadline_s)
         except TimeoutError:
             log.warning("Redis did not answer within %.1f s", deadline_s)
-            raise Problem(503, f"the job store (Redis) did not answer within {deadline_s:g} s; "
-                               "try again (with the same Idempotency-Key, nothing is queued "
-                               "twice)") from None  # fmt: skip
+            raise Problem(
+                503,
+                f"the job store (Redis) did not answer within {deadline_s:g} s; "
+                "try again (with the same Idempotency-Key, nothing is queued "
+                "twice)",
+            ) from None
 
     # -- answers ------------------------------------------------------------------------------
     def reply(self, status: int, body: Any) -> None:
@@ -515,8 +556,11 @@ class Handler(tornado.web.RequestHandler):
     def allowed_methods(self) -> list[str]:
         """The methods this handler answers (RFC 9110 asks for them with a 405)."""
         base = tornado.web.RequestHandler
-        return [m for m in ("GET", "POST")
-                if getattr(type(self), m.lower()) is not getattr(base, m.lower())]  # fmt: skip
+        return [
+            m
+            for m in ("GET", "POST")
+            if getattr(type(self), m.lower()) is not getattr(base, m.lower())
+        ]
 
     def _handle_request_exception(self, e: BaseException) -> None:
         if self.deferred is not None:  # e.g. tornado's own 405 for a method of no handler
@@ -525,8 +569,13 @@ class Handler(tornado.web.RequestHandler):
             self.reply(e.status, e.body())
         elif isinstance(e, RedisError):
             log.warning("Redis unavailable: %s", type(e).__name__)
-            self.reply(503, {"error": "the job store (Redis) is unavailable; try again (with "
-                             "the same Idempotency-Key, nothing is queued twice)"})  # fmt: skip
+            self.reply(
+                503,
+                {
+                    "error": "the job store (Redis) is unavailable; try again (with "
+                    "the same Idempotency-Key, nothing is queued twice)"
+                },
+            )
         elif isinstance(e, tornado.web.HTTPError):
             # Not its log_message: tornado's may quote what the client sent (bad UTF-8 in a
             # query value).
@@ -535,8 +584,13 @@ class Handler(tornado.web.RequestHandler):
             # The exception's message may quote the request (a value that failed to parse):
             # its type and frames only.
             frames = "".join(traceback.format_tb(e.__traceback__))
-            log.error("unexpected %s in %s %s:\n%s", type(e).__name__, self.request.method,
-                      self.request.path, frames)  # fmt: skip
+            log.error(
+                "unexpected %s in %s %s:\n%s",
+                type(e).__name__,
+                self.request.method,
+                self.request.path,
+                frames,
+            )
             self.reply(500, {"error": "internal error; the intake's log has the details"})
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -553,8 +607,9 @@ class JobsHandler(Handler):
     async def post(self) -> None:
         self.refuse_deferred()
         name = self.caller.name
-        submission = parse_submission(self.body(), name, self.request.headers.get(
-            "Idempotency-Key"))  # fmt: skip
+        submission = parse_submission(
+            self.body(), name, self.request.headers.get("Idempotency-Key")
+        )
         ids = await self.redis(lambda: submit(submission, name))
         if submission.single:
             self.set_header("Location", f"/v1/jobs/{ids[0]}")
@@ -599,13 +654,18 @@ class ReviewListHandler(Handler):
             book = ledger()
             rows = book.listing("review", offset, limit)
             jobs = []
-            for (job_id, at), record in zip(rows, book.get_many([i for i, _ in rows]),
-                                            strict=True):  # fmt: skip
+            for (job_id, at), record in zip(rows, book.get_many([i for i, _ in rows]), strict=True):
                 if record is not None:
-                    jobs.append({"id": job_id, "kind": record.kind, "since": _iso(at),
-                                 "attempts": record.attempts, "client": record.client or None,
-                                 "last_answer": {"code": record.last_code,
-                                                 "reason": record.last_reason}})  # fmt: skip
+                    jobs.append(
+                        {
+                            "id": job_id,
+                            "kind": record.kind,
+                            "since": _iso(at),
+                            "attempts": record.attempts,
+                            "client": record.client or None,
+                            "last_answer": {"code": record.last_code, "reason": record.last_reason},
+                        }
+                    )
             return {"total": book.size("review"), "offset": offset, "jobs": jobs}
 
         self.reply(200, await self.redis(page))
@@ -623,25 +683,33 @@ class ReviewActionHandler(Handler):
             if not isinstance(changes, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in changes.items()
             ):
-                raise Problem(422, "invalid request", [
-                    ("$.changes", 'must map field names to text: {"disposition": "Sale"}')])
+                raise Problem(
+                    422,
+                    "invalid request",
+                    [("$.changes", 'must map field names to text: {"disposition": "Sale"}')],
+                )
             force = body.get("force", False)
             if not isinstance(force, bool):
                 raise Problem(422, "invalid request", [("$.force", "must be true or false")])
             if extra := sorted(set(body) - {"changes", "force"}):
                 raise Problem(422, "invalid request", [(_key_path(extra[0]), "unknown field")])
-            state = await self.redis(lambda: _resolved(
-                job_id, lambda: requeue(job_id, changes, by=client.name, force=force)))
+            state = await self.redis(
+                lambda: _resolved(
+                    job_id, lambda: requeue(job_id, changes, by=client.name, force=force)
+                )
+            )
             self.reply(202, {"job_id": job_id, "state": state})
             return
         reason = body.get("reason")
         if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
-            raise Problem(422, "invalid request", [
-                ("$.reason", "required: why the job is discarded (1-1000 characters)")])
+            raise Problem(
+                422,
+                "invalid request",
+                [("$.reason", "required: why the job is discarded (1-1000 characters)")],
+            )
         if extra := sorted(set(body) - {"reason"}):
             raise Problem(422, "invalid request", [(_key_path(extra[0]), "unknown field")])
-        await self.redis(lambda: _resolved(job_id, lambda: discard(job_id, reason,
-                                                                   by=client.name)))
+        await self.redis(lambda: _resolved(job_id, lambda: discard(job_id, reason, by=client.name)))
         self.reply(200, {"job_id": job_id, "state": "rejected"})
 
 
@@ -650,9 +718,11 @@ def _resolved(job_id: str, action: Callable[[], T]) -> T:
     try:
         return action()
     except JobValidationError as exc:
-        raise Problem(422, "the edited job is invalid; nothing changed",
-                      [(f"$.changes.{path}", reason) for path, reason in exc.problems]) \
-            from None  # fmt: skip
+        raise Problem(
+            422,
+            "the edited job is invalid; nothing changed",
+            [(f"$.changes.{path}", reason) for path, reason in exc.problems],
+        ) from None
     except LedgerConflict as exc:
         missing = not _JOB_ID.fullmatch(job_id) or ledger().get(job_id) is None
         raise Problem(404 if missing else 409, str(exc)[:300]) from None
@@ -691,8 +761,9 @@ class NotFoundHandler(Handler):
 
     def _check_head(self) -> None:
         self.caller = self.client()
-        raise Problem(404, "no such endpoint; see /docs or /openapi.json, and /console/ for "
-                           "operators")  # fmt: skip
+        raise Problem(
+            404, "no such endpoint; see /docs or /openapi.json, and /console/ for operators"
+        )
 
 
 def _int_argument(handler: Handler, name: str, default: int, lo: int, hi: int) -> int:
@@ -717,8 +788,9 @@ def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError included
-        raise Problem(400, f"the body is not JSON we can read ({type(exc).__name__}): send a "
-                           "JSON object") from None  # fmt: skip
+        raise Problem(
+            400, f"the body is not JSON we can read ({type(exc).__name__}): send a JSON object"
+        ) from None
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -735,8 +807,12 @@ def make_app(settings: IntakeSettings | None = None) -> tornado.web.Application:
     from producers import console
 
     settings = settings or get_settings().intake
-    service = Service(Tokens(settings), settings, BodyBudget(settings.max_buffered_bytes),
-                      ThreadPoolExecutor(REDIS_THREADS, thread_name_prefix="intake-redis"))
+    service = Service(
+        Tokens(settings),
+        settings,
+        BodyBudget(settings.max_buffered_bytes),
+        ThreadPoolExecutor(REDIS_THREADS, thread_name_prefix="intake-redis"),
+    )
     common = {"service": service}
     secrets = {name: token.get_secret_value() for name, token in settings.tokens.items()}
     return tornado.web.Application(
@@ -784,11 +860,20 @@ def serve(
     configure_logs(get_settings().log_format)
     warm_up()
     return_large_blocks_at_once()
-    serve_app(lambda: make_app(settings), settings.host, settings.port, ready, stop, "intake",
-              max_body_size=UNSTREAMED_BODY_BYTES, max_header_size=MAX_HEADER_BYTES,
-              body_timeout=settings.body_timeout_s, header_timeout_s=settings.header_timeout_s,
-              max_connections_per_client=settings.max_connections_per_client,
-              max_buffer_size=1 << 20)  # fmt: skip
+    serve_app(
+        lambda: make_app(settings),
+        settings.host,
+        settings.port,
+        ready,
+        stop,
+        "intake",
+        max_body_size=UNSTREAMED_BODY_BYTES,
+        max_header_size=MAX_HEADER_BYTES,
+        body_timeout=settings.body_timeout_s,
+        header_timeout_s=settings.header_timeout_s,
+        max_connections_per_client=settings.max_connections_per_client,
+        max_buffer_size=1 << 20,
+    )
 
 
 @lru_cache(maxsize=1)

@@ -45,7 +45,7 @@ def requeue(job_id: str, changes: dict[str, str], by: str, force: bool = False) 
         raise NewerDelivered(
             f"job {newer.job_id}, submitted after job {job_id} for the same record, was "
             f"delivered at {_iso(newer.at_ms)}: requeueing {job_id} would overwrite its newer "
-            "data. Requeue with force (CLI --force, HTTP \"force\": true) to send it anyway."
+            'data. Requeue with force (CLI --force, HTTP "force": true) to send it anyway.'
         )
     data = apply_changes(record.kind, json.loads(unseal(record.payload)), changes)
     job = validate_job(record.kind, data)
@@ -53,12 +53,21 @@ def requeue(job_id: str, changes: dict[str, str], by: str, force: bool = False) 
     entry = {"event": "requeued", "by": by, "edited": ",".join(sorted(changes)) or "-"}
     if force:
         entry["force"] = "1"
-    _, state = book.transition_to(job_id, QUEUED, entry, allowed=(REVIEW, REJECTED), fields={
-        "payload": seal(job.model_dump_json()), "faults": 0, "retries": 0,
-        "retry_until_ms": now_ms() + window_ms, "force": "1" if force else "",
-        # The payload as the operator left it is what it sends now: not parts to merge again.
-        "carried": "",
-    })  # fmt: skip
+    _, state = book.transition_to(
+        job_id,
+        QUEUED,
+        entry,
+        allowed=(REVIEW, REJECTED),
+        fields={
+            "payload": seal(job.model_dump_json()),
+            "faults": 0,
+            "retries": 0,
+            "retry_until_ms": now_ms() + window_ms,
+            "force": "1" if force else "",
+            # The payload as the operator left it is what it sends now: not parts to merge again.
+            "carried": "",
+        },
+    )
     return state
 
 
@@ -104,10 +113,20 @@ def discard(job_id: str, reason: str, by: str) -> None:
     """Give up on a job in review: it ends ``rejected`` with the operator's reason."""
     if not reason.strip():
         raise ValueError("a reason is required to discard a job")
-    entry = {"event": "discarded", "by": by, "code": "discarded",
-             "reason": f"discarded by {by}: {reason}"}  # fmt: skip
+    entry = {
+        "event": "discarded",
+        "by": by,
+        "code": "discarded",
+        "reason": f"discarded by {by}: {reason}",
+    }
     ledger().transition(job_id, REJECTED, entry, allowed=(REVIEW,))
 
 
-__all__ = ["JobValidationError", "LedgerConflict", "NewerDelivered", "apply_changes", "discard",
-           "requeue"]
+__all__ = [
+    "JobValidationError",
+    "LedgerConflict",
+    "NewerDelivered",
+    "apply_changes",
+    "discard",
+    "requeue",
+]

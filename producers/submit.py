@@ -64,8 +64,9 @@ def submit(
     Jobs for the same record (``job.entity_key()``) are delivered one at a time, in submission
     order; pending ones may be merged into one call.
     """
-    return submit_many([job], priority, [idempotency_key], client,
-                       versions=None if version is None else [version])[0]  # fmt: skip
+    return submit_many(
+        [job], priority, [idempotency_key], client, versions=None if version is None else [version]
+    )[0]
 
 
 def submit_many(
@@ -88,8 +89,9 @@ def submit_many(
     Callers that need all-or-nothing validate everything first (the intake does).
     versions: one per job (None for a job without one), as ``submit``'s ``version``.
     """
-    return [job_id for job_id, _ in enqueue(jobs, priority, idempotency_keys, client, batch,
-                                            versions)]  # fmt: skip
+    return [
+        job_id for job_id, _ in enqueue(jobs, priority, idempotency_keys, client, batch, versions)
+    ]
 
 
 def enqueue(
@@ -109,9 +111,18 @@ def enqueue(
     retry_until = now_ms() + int(get_settings().retry.window_s * 1000)
     pending = iter(jobs)
     while chunk := list(islice(pending, ROUND_TRIP)):
-        news = [_new_job(job, priority, next(keys, None) if keys else None, client, batch,
-                         retry_until, next(given, None) if given else None)
-                for job in chunk]  # fmt: skip
+        news = [
+            _new_job(
+                job,
+                priority,
+                next(keys, None) if keys else None,
+                client,
+                batch,
+                retry_until,
+                next(given, None) if given else None,
+            )
+            for job in chunk
+        ]
         created = book.create_many(
             news, [messages.template(n.task, n.queue, n.priority) for n in news]
         )
@@ -140,7 +151,8 @@ def _new_job(
     destination = job.destination
     shown, vkey = version_key(version) if version is not None else ("", "")
     return NewJob(
-        id=os.urandom(16).hex() if idempotency_key is None
+        id=os.urandom(16).hex()
+        if idempotency_key is None
         else job_id_for(destination, idempotency_key),
         kind=job.kind,
         destination=destination,

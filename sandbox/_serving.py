@@ -15,9 +15,20 @@ import tornado.web
 
 from worker.serving import log_paths_only, send, serve_app, until_stopped, write_port_file
 
-__all__ = ["SLOW", "SLOW_S_DEFAULT", "SlowHolds", "announcer", "log_paths_only",
-           "parse_scripts", "parse_slow_s", "run_admin_action", "send", "serve_app",
-           "until_stopped", "write_port_file"]  # fmt: skip
+__all__ = [
+    "SLOW",
+    "SLOW_S_DEFAULT",
+    "SlowHolds",
+    "announcer",
+    "log_paths_only",
+    "parse_scripts",
+    "parse_slow_s",
+    "run_admin_action",
+    "send",
+    "serve_app",
+    "until_stopped",
+    "write_port_file",
+]
 
 # The scripted answer every simulator knows for read-timeout tests: the call is held, then
 # answered as a gateway that gave up (Noojee: 109), and the change is not applied.

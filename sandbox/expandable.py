@@ -63,16 +63,39 @@ TOKEN_RE = re.compile(r"[0-9A-F]{32}")
 KEYS = ("CUSTOMER_ID", "CUST_CONTACT")
 # The fields a call may change, in the order of the source page's "Full Request JSON".
 FIELDS = (
-    "CONTACT_STATUS", "FIRST_NAME", "LAST_NAME", "INITIAL", "TITLE", "MAIL_STOP",
-    "ADDRESS_1", "ADDRESS_2", "ADDRESS_3", "CITY", "STATE", "ZIP_CODE", "COUNTRY",
-    "PHONE_NO", "FAX_NO", "CELL_PHONE_NO", "PAGER_NO", "E_MAIL", "E_MAIL_2", "WEB_ADDRESS",
+    "CONTACT_STATUS",
+    "FIRST_NAME",
+    "LAST_NAME",
+    "INITIAL",
+    "TITLE",
+    "MAIL_STOP",
+    "ADDRESS_1",
+    "ADDRESS_2",
+    "ADDRESS_3",
+    "CITY",
+    "STATE",
+    "ZIP_CODE",
+    "COUNTRY",
+    "PHONE_NO",
+    "FAX_NO",
+    "CELL_PHONE_NO",
+    "PAGER_NO",
+    "E_MAIL",
+    "E_MAIL_2",
+    "WEB_ADDRESS",
     *(f"SOFCT_USER_{n}" for n in range(1, 17)),
-    "NOTES", "ATTACHMENTS",
-)  # fmt: skip
+    "NOTES",
+    "ATTACHMENTS",
+)
 AUDIT = (
-    "CREATED_BY", "DATE_CREATED", "MODIFIED_BY", "DATE_MODIFIED",
-    "OPERATOR_ID", "DATE_LAST_UPDT", "TIME_LAST_UPDT",
-)  # fmt: skip
+    "CREATED_BY",
+    "DATE_CREATED",
+    "MODIFIED_BY",
+    "DATE_MODIFIED",
+    "OPERATOR_ID",
+    "DATE_LAST_UPDT",
+    "TIME_LAST_UPDT",
+)
 # The record a 200 answers, in the order of the source page's "Success Response".
 RECORD = (*KEYS, *FIELDS[:-2], *AUDIT, *FIELDS[-2:])
 REQUEST_KEYS = frozenset({*KEYS, *FIELDS, "AUTH_TOKEN"})
@@ -95,22 +118,48 @@ UNEXPECTED = ("An unexpected error occurred.", "UNEXPECTED_ERROR")
 # contact); the others replace that answer, after the token and the JSON were found valid.
 # "slow" holds the call slow_s (POST /_script), then answers as the gateway that gave up.
 SCRIPT_ANSWERS = (
-    "ok", "http-400", "http-401-expired", "http-401-login", "http-405",
-    "http-500", "http-502", "http-503", "http-504", SLOW,
-)  # fmt: skip
+    "ok",
+    "http-400",
+    "http-401-expired",
+    "http-401-login",
+    "http-405",
+    "http-500",
+    "http-502",
+    "http-503",
+    "http-504",
+    SLOW,
+)
 SLOW_ANSWER = "http-504"
 GATEWAY = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 DOWN_VALUES = ("502", "503", "504")
 
 # Fictitious contacts present at start and after /_reset; the first is the page's example.
 SEED_CONTACTS: tuple[dict[str, str], ...] = (
-    {"CUSTOMER_ID": "ABCCORP", "CUST_CONTACT": "JHERNANDEZ", "FIRST_NAME": "Juan",
-     "LAST_NAME": "Hernandez", "E_MAIL": "jhernandez@abccorp.com", "CONTACT_STATUS": "A"},
-    {"CUSTOMER_ID": "ABCCORP", "CUST_CONTACT": "MSMITH", "FIRST_NAME": "Mary",
-     "LAST_NAME": "Smith", "PHONE_NO": "555-0100", "CONTACT_STATUS": "A"},
-    {"CUSTOMER_ID": "XYZINC", "CUST_CONTACT": "TJONES", "FIRST_NAME": "Tom",
-     "LAST_NAME": "Jones", "CITY": "Springfield", "CONTACT_STATUS": "A"},
-)  # fmt: skip
+    {
+        "CUSTOMER_ID": "ABCCORP",
+        "CUST_CONTACT": "JHERNANDEZ",
+        "FIRST_NAME": "Juan",
+        "LAST_NAME": "Hernandez",
+        "E_MAIL": "jhernandez@abccorp.com",
+        "CONTACT_STATUS": "A",
+    },
+    {
+        "CUSTOMER_ID": "ABCCORP",
+        "CUST_CONTACT": "MSMITH",
+        "FIRST_NAME": "Mary",
+        "LAST_NAME": "Smith",
+        "PHONE_NO": "555-0100",
+        "CONTACT_STATUS": "A",
+    },
+    {
+        "CUSTOMER_ID": "XYZINC",
+        "CUST_CONTACT": "TJONES",
+        "FIRST_NAME": "Tom",
+        "LAST_NAME": "Jones",
+        "CITY": "Springfield",
+        "CONTACT_STATUS": "A",
+    },
+)
 
 Answer = tuple[int, Any]  # (HTTP status, JSON-able body, or str for an HTML gateway page)
 
@@ -428,8 +477,12 @@ class ExpandableSimulator:
 
     def settings(self) -> dict[str, Any]:
         cfg = self.config
-        return {"down": cfg.down, "latency_s": cfg.latency_s, "token_ttl_s": cfg.token_ttl_s,
-                "login_refusal": cfg.login_refusal}
+        return {
+            "down": cfg.down,
+            "latency_s": cfg.latency_s,
+            "token_ttl_s": cfg.token_ttl_s,
+            "login_refusal": cfg.login_refusal,
+        }
 
     def expire_tokens(self) -> dict[str, Any]:
         """POST /_expire_tokens: every token issued so far answers "expired" from now on."""
@@ -652,10 +705,14 @@ def main(argv: list[str] | None = None) -> int:
     add("--password", default="sandbox-password", help="PASSWORD to accept (sandbox default)")
     add("--token-ttl", type=float, default=1800, metavar="S", help="token lifetime (default 1800)")
     add("--latency", type=float, default=0.0, metavar="S", help="added to each call (default 0)")
-    add("--script", type=_script_arg, action="append", default=[],
+    add(
+        "--script",
+        type=_script_arg,
+        action="append",
+        default=[],
         metavar="CUSTOMER[/CONTACT]=ANSWER[,ANSWER...]",
-        help="answers for a CUSTOMER_ID or one contact, one per call, the last sticky "
-             "(repeatable)")  # fmt: skip
+        help="answers for a CUSTOMER_ID or one contact, one per call, the last sticky (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     config = ExpandableSimConfig(
@@ -669,8 +726,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # Never the password: only what identifies the installation.
     detail = f"data_source={config.data_source}"
-    serve(config, args.host, args.port, ready=announcer("expandable", args.host, args.port_file,
-                                                        detail))  # fmt: skip
+    serve(
+        config,
+        args.host,
+        args.port,
+        ready=announcer("expandable", args.host, args.port_file, detail),
+    )
     return 0
 
 

@@ -462,7 +462,7 @@ class MissionCapitalSimulator:
                 and set(state) == {"contact_enabled"}
                 and isinstance(state["contact_enabled"], bool)
             ):
-                raise ValueError(f"{application_id!r}: expected {{\"contact_enabled\": bool}}")
+                raise ValueError(f'{application_id!r}: expected {{"contact_enabled": bool}}')
         for application_id, state in body.items():
             key = application_key(application_id)
             self.applications.setdefault(key, _new_application()).update(state)

@@ -456,8 +456,15 @@ class NoojeeSimulator:
         at once; ValueError if invalid."""
         if not isinstance(body, dict):
             raise ValueError("expected a JSON object")
-        allowed = {"slots", "latency_s", "jitter_s", "queue_timeout_s", "distribution", "sigma",
-                   "strict_leads"}
+        allowed = {
+            "slots",
+            "latency_s",
+            "jitter_s",
+            "queue_timeout_s",
+            "distribution",
+            "sigma",
+            "strict_leads",
+        }
         for key, value in body.items():
             if key not in allowed:
                 raise ValueError(f"unknown setting {key!r}; allowed: {sorted(allowed)}")
@@ -724,8 +731,7 @@ def serve(
 def _script_arg(text: str) -> tuple[str, Script]:
     lead, _, codes = text.partition("=")
     try:
-        parsed: Script = [code if code in (SLOW, ECHO) else int(code)
-                          for code in codes.split(",")]
+        parsed: Script = [code if code in (SLOW, ECHO) else int(code) for code in codes.split(",")]
     except ValueError:
         parsed = []
     if not lead or not parsed:
@@ -758,16 +764,29 @@ def main(argv: list[str] | None = None) -> int:
     add("--slots", type=int, default=4, help="calls the PBX processes at once (default 4)")
     add("--latency", type=float, default=0.1, metavar="S", help="mean service time (default 0.1)")
     add("--jitter", type=float, default=0.02, metavar="S", help="uniform +/- jitter (default 0.02)")
-    add("--distribution", choices=DISTRIBUTIONS, default="uniform",
+    add(
+        "--distribution",
+        choices=DISTRIBUTIONS,
+        default="uniform",
         help="service time: uniform (--latency +/- --jitter, default) or lognormal (median "
-        "--latency, log-sd --sigma: a heavy tail)")  # fmt: skip
-    add("--sigma", type=float, default=0.77,
-        help="lognormal log-sd (default 0.77: the 99th percentile is 6 x the median)")
+        "--latency, log-sd --sigma: a heavy tail)",
+    )
+    add(
+        "--sigma",
+        type=float,
+        default=0.77,
+        help="lognormal log-sd (default 0.77: the 99th percentile is 6 x the median)",
+    )
     add("--queue-timeout", type=float, default=60, metavar="S", help="max queue wait (default 60)")
     add("--api-key", default="sandbox-key", help="the apiKey to accept (default %(default)s)")
-    add("--script", type=_script_arg, action="append", default=[], metavar="LEAD=CODE[,CODE...]",
-        help="codes, slow or echo for one lead, one per call, the last sticky "
-             "(repeatable)")  # fmt: skip
+    add(
+        "--script",
+        type=_script_arg,
+        action="append",
+        default=[],
+        metavar="LEAD=CODE[,CODE...]",
+        help="codes, slow or echo for one lead, one per call, the last sticky (repeatable)",
+    )
     add("--seed", type=int, default=None, help="random seed for the service-time jitter")
     add("--port-file", metavar="PATH", help="write the bound port to PATH once listening")
     args = parser.parse_args(argv)

@@ -47,35 +47,93 @@ from sandbox._serving import (
 
 UNSET_DATE = "0001-01-01T00:00:00.0000000"  # .NET DateTime.MinValue: "unset"
 # ISO-8601 with exactly 7 fractional digits (.NET "o"), optionally Z or a +hh:mm offset.
-DATE_RE = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})\.[0-9]{7}"
-                     r"(Z|[+-][0-9]{2}:[0-9]{2})?")  # fmt: skip
+DATE_RE = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})\.[0-9]{7}"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})?"
+)
 GUID_RE = re.compile(r"[0-9a-fA-F]{32}")
 ROLES = frozenset({"Worker", "Agent", "Administrator"})  # "Requires any of the roles"
 SEEDED_IDS = range(1001, 1011)
 
 # The Contact DTO of the seed page, in its order: name -> kind. "date?" is the one nullable date.
 FIELDS: dict[str, str] = {
-    "ContactId": "int", "ContactType": "int", "FirstName": "str", "LastName": "str",
-    "Name": "str", "Role": "str", "Title": "str", "EmailWork": "str", "EmailPersonal": "str",
-    "District": "str", "DistrictID": "int", "School": "str", "SchoolID": "int", "State": "str",
-    "StateName": "str", "StateID": "int", "CountyID": "int", "County": "str", "Phone": "str",
-    "Department": "str", "Flow": "str", "LastContact": "date", "DoNotContact": "bool",
-    "Active": "bool", "AgentId": "int", "PhoneAlt": "str", "PeraContactId": "int",
-    "RoomNumber": "str", "SourceTypeId": "int", "SourceTypeDesc": "str", "SourceNote": "str",
-    "ContactStatusId": "int", "ContactStatusDesc": "str", "SSN": "str", "DateOfBirth": "date",
-    "Deleted": "bool", "IsShared": "bool", "address_line1": "str", "address_city": "str",
-    "address_state": "str", "address_zip": "str", "DeletedBy": "str",
-    "DeletedDateTimeUtc": "date?", "HasNBC": "bool", "HasFactFinderSheet": "bool",
-    "MiddleInitial": "str", "Tags": "str", "DateCreated": "date", "PhoneLabel": "str",
-    "AltPhoneLabel": "str", "Carriers": "str", "ContactImage": "str",
-    "CompanyAffiliation": "str", "AdditionalInformation": "str", "HasGiftCard": "bool",
-    "ContactCategory": "int", "WritingAgentId": "int", "WritingAgentName": "str",
-    "MaritalStatus": "str", "TotalDebtAmount": "number", "NumberOfDebtAccounts": "int",
-    "FactFinderCodeId": "int", "BusinessName": "str", "DBA": "str", "ContactGUID": "guid",
-    "ProjectEndDate": "date", "Rate": "number", "JobID": "int", "JobName": "str",
-    "JobCount": "int", "Locked": "bool", "LockedByAgentId": "int", "LockedTimestamp": "date",
-    "Initials": "str", "ContactCategoryName": "str", "SMSOptIn": "bool",
-}  # fmt: skip
+    "ContactId": "int",
+    "ContactType": "int",
+    "FirstName": "str",
+    "LastName": "str",
+    "Name": "str",
+    "Role": "str",
+    "Title": "str",
+    "EmailWork": "str",
+    "EmailPersonal": "str",
+    "District": "str",
+    "DistrictID": "int",
+    "School": "str",
+    "SchoolID": "int",
+    "State": "str",
+    "StateName": "str",
+    "StateID": "int",
+    "CountyID": "int",
+    "County": "str",
+    "Phone": "str",
+    "Department": "str",
+    "Flow": "str",
+    "LastContact": "date",
+    "DoNotContact": "bool",
+    "Active": "bool",
+    "AgentId": "int",
+    "PhoneAlt": "str",
+    "PeraContactId": "int",
+    "RoomNumber": "str",
+    "SourceTypeId": "int",
+    "SourceTypeDesc": "str",
+    "SourceNote": "str",
+    "ContactStatusId": "int",
+    "ContactStatusDesc": "str",
+    "SSN": "str",
+    "DateOfBirth": "date",
+    "Deleted": "bool",
+    "IsShared": "bool",
+    "address_line1": "str",
+    "address_city": "str",
+    "address_state": "str",
+    "address_zip": "str",
+    "DeletedBy": "str",
+    "DeletedDateTimeUtc": "date?",
+    "HasNBC": "bool",
+    "HasFactFinderSheet": "bool",
+    "MiddleInitial": "str",
+    "Tags": "str",
+    "DateCreated": "date",
+    "PhoneLabel": "str",
+    "AltPhoneLabel": "str",
+    "Carriers": "str",
+    "ContactImage": "str",
+    "CompanyAffiliation": "str",
+    "AdditionalInformation": "str",
+    "HasGiftCard": "bool",
+    "ContactCategory": "int",
+    "WritingAgentId": "int",
+    "WritingAgentName": "str",
+    "MaritalStatus": "str",
+    "TotalDebtAmount": "number",
+    "NumberOfDebtAccounts": "int",
+    "FactFinderCodeId": "int",
+    "BusinessName": "str",
+    "DBA": "str",
+    "ContactGUID": "guid",
+    "ProjectEndDate": "date",
+    "Rate": "number",
+    "JobID": "int",
+    "JobName": "str",
+    "JobCount": "int",
+    "Locked": "bool",
+    "LockedByAgentId": "int",
+    "LockedTimestamp": "date",
+    "Initials": "str",
+    "ContactCategoryName": "str",
+    "SMSOptIn": "bool",
+}
 NON_NULLABLE_DATES = tuple(name for name, kind in FIELDS.items() if kind == "date")
 DEFAULTS: dict[str, Any] = {"int": 0, "number": 0, "bool": False, "date": UNSET_DATE}
 
@@ -654,8 +712,14 @@ def main(argv: list[str] | None = None) -> int:
     add("--api-key", default="sandbox-api-key", help="API key accepted as a bearer token")
     add("--token-ttl", type=float, default=3600, metavar="S", help="bearer token life (3600)")
     add("--latency", type=float, default=0.05, metavar="S", help="service time per call (0.05)")
-    add("--script", type=_script_arg, action="append", default=[], metavar="ID=ANSWER[,...]",
-        help="answers for one ContactId, one per call, the last sticky (repeatable)")  # fmt: skip
+    add(
+        "--script",
+        type=_script_arg,
+        action="append",
+        default=[],
+        metavar="ID=ANSWER[,...]",
+        help="answers for one ContactId, one per call, the last sticky (repeatable)",
+    )
     add("--port-file", metavar="PATH", help="write the bound port to PATH once listening")
     args = parser.parse_args(argv)
 

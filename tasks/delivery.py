@@ -84,8 +84,10 @@ _delivering = threading.local()
 
 #: Outcomes that end a job, by the name an attempt records them under.
 FINAL_OUTCOMES: dict[str, type[Delivered | Review | Rejected]] = {
-    "delivered": Delivered, "review": Review, "rejected": Rejected,
-}  # fmt: skip
+    "delivered": Delivered,
+    "review": Review,
+    "rejected": Rejected,
+}
 
 
 class NotConfigured(RuntimeError):
@@ -178,19 +180,30 @@ def destination_gate(
         maximum=config.max_concurrency,
         adaptive=config.adaptive,
         initial=min(initial or 2, config.max_concurrency)
-        if config.adaptive else config.max_concurrency,
+        if config.adaptive
+        else config.max_concurrency,
         ttl_s=settings.gate.lease_ttl_s,
         max_wait_s=settings.gate.max_wait_s,
         policy=settings.gate.policy.config(),
         max_patience_s=settings.gate_patience_s(),
     )
-    return Gate(redis_client(), gate_name(destination, target), gate_config,
-                prefix=settings.key_prefix, target=target, destination=destination)  # fmt: skip
+    return Gate(
+        redis_client(),
+        gate_name(destination, target),
+        gate_config,
+        prefix=settings.key_prefix,
+        target=target,
+        destination=destination,
+    )
 
 
 def http_timeout(config: DestinationSettings) -> httpx.Timeout:
-    return httpx.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s,
-                         write=config.connect_timeout_s, pool=config.connect_timeout_s)  # fmt: skip
+    return httpx.Timeout(
+        connect=config.connect_timeout_s,
+        read=config.read_timeout_s,
+        write=config.connect_timeout_s,
+        pool=config.connect_timeout_s,
+    )
 
 
 def require(destination: str, config: DestinationSettings) -> None:
@@ -198,8 +211,10 @@ def require(destination: str, config: DestinationSettings) -> None:
     missing = config.missing()
     if missing:
         names = ", ".join(f"CONTACTSYNC_{destination.upper()}__{name}" for name in missing)
-        raise NotConfigured(f"{destination} is not configured: set {names} (or run "
-                            "`contactsync up` to use the simulator)")  # fmt: skip
+        raise NotConfigured(
+            f"{destination} is not configured: set {names} (or run "
+            "`contactsync up` to use the simulator)"
+        )
 
 
 #: Status codes of a proxy or load balancer in front of a destination that is down.
@@ -208,8 +223,12 @@ GATEWAY_DOWN = frozenset({502, 503, 504})
 
 def gateway_outcome(status: int, name: str) -> Retry:
     """502/503/504: the destination (or the way to it) is down; enough in a row pause it."""
-    return Retry(f"http-{status}", f"{name} answered HTTP {status} (down or overloaded)",
-                 bounded=True, down=True)  # fmt: skip
+    return Retry(
+        f"http-{status}",
+        f"{name} answered HTTP {status} (down or overloaded)",
+        bounded=True,
+        down=True,
+    )
 
 
 def idempotent_transport_outcome(exc: Exception, name: str) -> Retry:
@@ -220,8 +239,12 @@ def idempotent_transport_outcome(exc: Exception, name: str) -> Retry:
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return Retry(kind, f"could not connect to {name}", bounded=True, down=True)
     if isinstance(exc, httpx.ReadTimeout):
-        return Retry(kind, f"{name} did not answer within the read timeout; the call is safe "
-                     "to repeat, so it is sent again", bounded=True)  # fmt: skip
+        return Retry(
+            kind,
+            f"{name} did not answer within the read timeout; the call is safe "
+            "to repeat, so it is sent again",
+            bounded=True,
+        )
     return Retry(kind, f"transport error {kind} talking to {name}", bounded=True)
 
 
@@ -230,8 +253,10 @@ def record_api_usage(destination: str, used: int, allowed: int) -> None:
     metrics (``contactsync_api_usage``)."""
     settings = get_settings()
     try:
-        redis_client().hset(f"{settings.key_prefix}api-usage:{destination}", mapping={
-            "used": used, "allowed": allowed, "at_ms": now_ms()})  # fmt: skip
+        redis_client().hset(
+            f"{settings.key_prefix}api-usage:{destination}",
+            mapping={"used": used, "allowed": allowed, "at_ms": now_ms()},
+        )
     except RedisError as exc:
         log.warning("%s: could not record API usage: %s", destination, exc)
 
@@ -262,12 +287,14 @@ class DeliveryTask(Task):
                 settings = get_settings()
                 name = connector.gate.name if connector.gate is not None else self.name
                 type(self)._pause = Pause(
-                    redis_client(), name, prefix=settings.key_prefix,
+                    redis_client(),
+                    name,
+                    prefix=settings.key_prefix,
                     after_failures=settings.pause.after_failures,
                     probe_interval_s=settings.pause.probe_interval_s,
                     config_probe_interval_s=settings.pause.config_probe_interval_s,
                     limit_probe_interval_s=settings.pause.limit_probe_interval_s,
-                )  # fmt: skip
+                )
             assert self._pause is not None
             return self._pause
 
@@ -312,13 +339,14 @@ class DeliveryTask(Task):
         finally:
             keeper.forget(job_id)
 
-    def _run_claimed(
-        self, ledger: Ledger, job_id: str, token: str, claim: Claim
-    ) -> dict[str, Any]:
+    def _run_claimed(self, ledger: Ledger, job_id: str, token: str, claim: Claim) -> dict[str, Any]:
         unsettled = _unsettled_answer(claim.last_entry())
         if unsettled is not None:
-            log.warning("job %s: settling its recorded answer %s without calling again",
-                        job_id, unsettled.code)  # fmt: skip
+            log.warning(
+                "job %s: settling its recorded answer %s without calling again",
+                job_id,
+                unsettled.code,
+            )
             return self._settle(ledger, job_id, token, unsettled)
 
         record = claim.record
@@ -329,9 +357,10 @@ class DeliveryTask(Task):
             return self._settle(ledger, job_id, token, Review("payload-key", str(exc)))
         except (ValidationError, JobValidationError) as exc:
             problems = (
-                exc.problems if isinstance(exc, JobValidationError)
+                exc.problems
+                if isinstance(exc, JobValidationError)
                 else JobValidationError.from_pydantic(record.kind, exc).problems
-            )  # fmt: skip
+            )
             reason = "payload no longer valid: " + "; ".join(f"{p}: {m}" for p, m in problems)
             return self._settle(ledger, job_id, token, Rejected("invalid-payload", reason))
 
@@ -349,11 +378,16 @@ class DeliveryTask(Task):
         if decided.absorbs:  # the merged call carries the absorbed jobs' values too
             _delivering.personal = [*job.personal_values(), *decided.job.personal_values()]
         if decided.superseded:
-            return self._settle(ledger, job_id, token, Superseded(
-                "superseded", decided.superseded, claim.delivered_by))  # fmt: skip
+            return self._settle(
+                ledger,
+                job_id,
+                token,
+                Superseded("superseded", decided.superseded, claim.delivered_by),
+            )
         try:
-            outcome, attempt = self._attempt(ledger, job_id, decided.job,
-                                             decided.priority or record.priority)  # fmt: skip
+            outcome, attempt = self._attempt(
+                ledger, job_id, decided.job, decided.priority or record.priority
+            )
         except NoPermit as full:
             # The destination is at its limit: back to the queue (unclaim queues a new message),
             # no retry spent, and this thread is free for jobs of other queues. Normal at a full
@@ -377,20 +411,29 @@ class DeliveryTask(Task):
         decided = plan(record, job, claim, held, self._coalesces())
         if not decided.absorbs:
             return decided
-        done = ledger.absorb(record.id, token, seal(decided.job.model_dump_json()),
-                             decided.version, decided.newest, decided.priority,
-                             decided.retry_until_ms, decided.taken,
-                             seal(decided.carried))  # fmt: skip
+        done = ledger.absorb(
+            record.id,
+            token,
+            seal(decided.job.model_dump_json()),
+            decided.version,
+            decided.newest,
+            decided.priority,
+            decided.retry_until_ms,
+            decided.taken,
+            seal(decided.carried),
+        )
         if done == "lost":
             log.warning("job %s: this worker's claim ended before it could merge", record.id)
             raise Ignore()
         if done != "ok":  # a job behind it changed meanwhile: send this one as it is
             return Plan(job)
         for taken in decided.taken:
-            self._announce(taken.id, f"task-{taken.outcome}",
-                           reason=f"{taken.outcome} ({taken.by}): {taken.reason}",
-                           result=_shown(taken.outcome, f"by {taken.by}", taken.reason,
-                                         taken.id))  # fmt: skip
+            self._announce(
+                taken.id,
+                f"task-{taken.outcome}",
+                reason=f"{taken.outcome} ({taken.by}): {taken.reason}",
+                result=_shown(taken.outcome, f"by {taken.by}", taken.reason, taken.id),
+            )
         return decided
 
     def _coalesces(self) -> bool:
@@ -424,23 +467,44 @@ class DeliveryTask(Task):
             outcome = answer.outcome
             # A failure that paused the destination is the destination's, not the job's.
             fault = not paused_until and isinstance(outcome, Retry) and outcome.bounded
-            made.append(Attempt({
-                "at": now_ms(), "event": "attempt", "outcome": type(outcome).__name__.lower(),
-                "code": outcome.code, "reason": self._scrub(outcome.reason),
-                "answer": self._scrub(answer.answer)[:ANSWER_CHARS],
-                "latency_ms": round(latency_s * 1000), "gate_wait_ms": round(waited_s * 1000),
-                "worker": self.request.hostname or "",
-            }, fault))  # fmt: skip
+            made.append(
+                Attempt(
+                    {
+                        "at": now_ms(),
+                        "event": "attempt",
+                        "outcome": type(outcome).__name__.lower(),
+                        "code": outcome.code,
+                        "reason": self._scrub(outcome.reason),
+                        "answer": self._scrub(answer.answer)[:ANSWER_CHARS],
+                        "latency_ms": round(latency_s * 1000),
+                        "gate_wait_ms": round(waited_s * 1000),
+                        "worker": self.request.hostname or "",
+                    },
+                    fault,
+                )
+            )
             _last_call.job_id, _last_call.latency_ms = job_id, round(latency_s * 1000)
-            log.debug("job %s: %s answered %s in %d ms", job_id, self.name.split(".")[0],
-                      outcome.code, latency_s * 1000, extra={
-                          "job_id": job_id, "destination": self.name.split(".")[0],
-                          "outcome": type(outcome).__name__.lower(), "code": outcome.code,
-                          "latency_ms": round(latency_s * 1000),
-                          "gate_wait_ms": round(waited_s * 1000)})  # fmt: skip
+            log.debug(
+                "job %s: %s answered %s in %d ms",
+                job_id,
+                self.name.split(".")[0],
+                outcome.code,
+                latency_s * 1000,
+                extra={
+                    "job_id": job_id,
+                    "destination": self.name.split(".")[0],
+                    "outcome": type(outcome).__name__.lower(),
+                    "code": outcome.code,
+                    "latency_ms": round(latency_s * 1000),
+                    "gate_wait_ms": round(waited_s * 1000),
+                },
+            )
             if paused_until:
-                raise Deferred(paused_until, "the destination is paused: "
-                               + self._scrub(outcome.reason), made[-1])  # fmt: skip
+                raise Deferred(
+                    paused_until,
+                    "the destination is paused: " + self._scrub(outcome.reason),
+                    made[-1],
+                )
             return outcome
 
         retrying = Retrying(
@@ -465,8 +529,9 @@ class DeliveryTask(Task):
         pause = self.pause_for(connector)
         verdict = pause.check()
         if verdict.wait_until_ms:
-            raise Deferred(verdict.wait_until_ms, f"{pause.name} is paused: "
-                           f"{pause.status().reason or 'down'}")  # fmt: skip
+            raise Deferred(
+                verdict.wait_until_ms, f"{pause.name} is paused: {pause.status().reason or 'down'}"
+            )
         prepared = self._guarded(lambda: connector.prepare(job))
         if isinstance(prepared, Answer):  # the request could not even be built
             return prepared, 0.0, 0.0, 0
@@ -523,16 +588,20 @@ class DeliveryTask(Task):
             frames = "".join(traceback.format_tb(exc.__traceback__))
             # The exception's message may quote payload values: log its type and frames only.
             log.error("connector error %s in %s:\n%s", type(exc).__name__, self.name, frames)
-            return Answer(Review("internal-error", f"contactsync error {type(exc).__name__}; "
-                                 "see the worker log, fix, then requeue"))  # fmt: skip
+            return Answer(
+                Review(
+                    "internal-error",
+                    f"contactsync error {type(exc).__name__}; "
+                    "see the worker log, fix, then requeue",
+                )
+            )
 
     @staticmethod
     def _release(gate: Gate, permit: Permit, latency_s: float, answer: Answer) -> None:
         outcome = answer.outcome
         signal = (
-            BUSY if isinstance(outcome, Retry) and outcome.busy
-            else OK if answer.measured else NONE
-        )  # fmt: skip
+            BUSY if isinstance(outcome, Retry) and outcome.busy else OK if answer.measured else NONE
+        )
         try:
             gate.release(permit, latency_s, signal)
         except RedisError as exc:  # the lease expires by itself within its TTL
@@ -557,14 +626,29 @@ class DeliveryTask(Task):
         now = now_ms()
         if now >= record.retry_until_ms:
             hours = get_settings().retry.window_s / 3600
-            return self._settle(ledger, job_id, token, Review(
-                "paused", f"the destination was still paused when the {hours:g} h retry window "
-                f"closed: {paused.reason}"), paused.attempt)  # fmt: skip
+            return self._settle(
+                ledger,
+                job_id,
+                token,
+                Review(
+                    "paused",
+                    f"the destination was still paused when the {hours:g} h retry window "
+                    f"closed: {paused.reason}",
+                ),
+                paused.attempt,
+            )
         spread = int(get_settings().pause.probe_interval_s * 1000)
         due = min(max(paused.until_ms, now) + random.randint(0, spread), record.retry_until_ms)
-        self._move(ledger, job_id, token, RETRYING,
-                   {"event": "paused", "code": "paused", "reason": paused.reason}, due_ms=due,
-                   fields={"next_attempt_at_ms": due}, attempt=paused.attempt)  # fmt: skip
+        self._move(
+            ledger,
+            job_id,
+            token,
+            RETRYING,
+            {"event": "paused", "code": "paused", "reason": paused.reason},
+            due_ms=due,
+            fields={"next_attempt_at_ms": due},
+            attempt=paused.attempt,
+        )
         self.send_event("task-retried", exception=f"paused: {paused.reason}")
         raise Ignore()
 
@@ -585,39 +669,60 @@ class DeliveryTask(Task):
         reason = self._scrub(outcome.reason)
         entry: dict[str, Any] = {"code": outcome.code, "reason": reason}
         if isinstance(outcome, Superseded):
-            self._move(ledger, job_id, token, SUPERSEDED, {"event": "superseded", **entry},
-                       fields={"superseded_by": outcome.by}, attempt=attempt)  # fmt: skip
+            self._move(
+                ledger,
+                job_id,
+                token,
+                SUPERSEDED,
+                {"event": "superseded", **entry},
+                fields={"superseded_by": outcome.by},
+                attempt=attempt,
+            )
             self._settled(job_id, SUPERSEDED, outcome.code)
-            self.send_event("task-superseded", reason=f"{outcome.code}: {reason}",
-                            result=_shown(SUPERSEDED, outcome.code, reason, job_id))
+            self.send_event(
+                "task-superseded",
+                reason=f"{outcome.code}: {reason}",
+                result=_shown(SUPERSEDED, outcome.code, reason, job_id),
+            )
             raise Ignore()
         if isinstance(outcome, Delivered):
             # The ledger drops the payload (personal data) and the envelope on delivery.
-            self._move(ledger, job_id, token, DELIVERED, {"event": "delivered", **entry},
-                       attempt=attempt)  # fmt: skip
+            self._move(
+                ledger, job_id, token, DELIVERED, {"event": "delivered", **entry}, attempt=attempt
+            )
             self._settled(job_id, DELIVERED, outcome.code)
             return {"state": DELIVERED, "code": outcome.code}
         if isinstance(outcome, Review):
-            self._move(ledger, job_id, token, REVIEW, {"event": "review", **entry},
-                       attempt=attempt)  # fmt: skip
+            self._move(ledger, job_id, token, REVIEW, {"event": "review", **entry}, attempt=attempt)
             self._settled(job_id, REVIEW, outcome.code)
-            self.send_event("task-review", reason=f"{outcome.code}: {reason}",
-                            result=_shown(REVIEW, outcome.code, reason, job_id))
+            self.send_event(
+                "task-review",
+                reason=f"{outcome.code}: {reason}",
+                result=_shown(REVIEW, outcome.code, reason, job_id),
+            )
             raise Ignore()
         if isinstance(outcome, Rejected):
-            self._move(ledger, job_id, token, REJECTED, {"event": "rejected", **entry},
-                       attempt=attempt)  # fmt: skip
+            self._move(
+                ledger, job_id, token, REJECTED, {"event": "rejected", **entry}, attempt=attempt
+            )
             self._settled(job_id, REJECTED, outcome.code)
-            self.send_event("task-deadletter", reason=f"{outcome.code}: {reason}",
-                            result=_shown(REJECTED, outcome.code, reason, job_id))
+            self.send_event(
+                "task-deadletter",
+                reason=f"{outcome.code}: {reason}",
+                result=_shown(REJECTED, outcome.code, reason, job_id),
+            )
             raise Ignore()
         raise AssertionError(f"unhandled outcome {outcome!r}")
 
     def _settled(self, job_id: str, state: str, code: str) -> None:
         """One INFO line per job that ended (or went to review), with the fields a JSON log
         line carries (``CONTACTSYNC_LOG_FORMAT=json``)."""
-        fields = {"job_id": job_id, "destination": self.name.split(".")[0], "outcome": state,
-                  "code": code}  # fmt: skip
+        fields = {
+            "job_id": job_id,
+            "destination": self.name.split(".")[0],
+            "outcome": state,
+            "code": code,
+        }
         if getattr(_last_call, "job_id", None) == job_id:  # its last call, in this thread
             fields["latency_ms"] = _last_call.latency_ms
         log.info("job %s settled: %s (%s)", job_id, state, code, extra=fields)
@@ -637,15 +742,22 @@ class DeliveryTask(Task):
             return Review(outcome.code, f"gave up after {faults} faults: {reason}")
         if now >= record.retry_until_ms:
             hours = retry.window_s / 3600
-            return Review(outcome.code, f"still failing when the {hours:g} h retry window "
-                                        f"closed: {reason}")  # fmt: skip
+            return Review(
+                outcome.code, f"still failing when the {hours:g} h retry window closed: {reason}"
+            )
         delay_s = min(retry.max_delay_s, retry.base_delay_s * 2 ** min(record.retries, 20))
         due = now + int(random.uniform(delay_s / 2, delay_s) * 1000)
         due = min(due, record.retry_until_ms)  # one last try at the window's end
-        self._move(ledger, job_id, token, RETRYING,
-                   {"event": "retry", "code": outcome.code, "reason": reason}, due_ms=due,
-                   fields={"next_attempt_at_ms": due, "retries": record.retries + 1},
-                   attempt=attempt)  # fmt: skip
+        self._move(
+            ledger,
+            job_id,
+            token,
+            RETRYING,
+            {"event": "retry", "code": outcome.code, "reason": reason},
+            due_ms=due,
+            fields={"next_attempt_at_ms": due, "retries": record.retries + 1},
+            attempt=attempt,
+        )
         self.send_event("task-retried", exception=f"{outcome.code}: {reason}")
         raise Ignore()
 
@@ -669,9 +781,17 @@ class DeliveryTask(Task):
         )
         ClaimKeeper.for_process(ledger).settling(job_id)
         try:
-            settling(ledger.transition, job_id, state, entry, token=token, due_ms=due_ms,
-                     fields=fields, attempt=None if attempt is None else attempt.entry,
-                     fault=attempt is not None and attempt.fault)  # fmt: skip
+            settling(
+                ledger.transition,
+                job_id,
+                state,
+                entry,
+                token=token,
+                due_ms=due_ms,
+                fields=fields,
+                attempt=None if attempt is None else attempt.entry,
+                fault=attempt is not None and attempt.fault,
+            )
         except LedgerConflict as exc:
             # Our claim outlived its lease and the message may already be gone: make sure the
             # job is looked at again rather than left running with nobody on it.
@@ -687,8 +807,10 @@ _last_call = threading.local()
 def _shown(state: str, code: str, reason: str, job_id: str) -> str:
     """The outcome as Flower shows it in a task's Result (it renders ``result``, not a
     custom event's fields): the job's state, why, and where an operator acts on it."""
-    return (f"{state.upper()}: {code}: {reason} (job state: {state}; act on it in the "
-            f"console, /console/jobs/{job_id}, or `contactsync jobs show {job_id}`)")
+    return (
+        f"{state.upper()}: {code}: {reason} (job state: {state}; act on it in the "
+        f"console, /console/jobs/{job_id}, or `contactsync jobs show {job_id}`)"
+    )
 
 
 def _unsettled_answer(entry: dict[str, Any] | None) -> Outcome | None:
@@ -709,16 +831,24 @@ def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_
     job_id = getattr(request, "id", None)
     if not job_id or not isinstance(sender, DeliveryTask):
         return
-    why = "its expiry passed" if expired else "revoked by an operator (Flower's Revoke or " \
-                                            "celery control revoke)"  # fmt: skip
+    why = (
+        "its expiry passed"
+        if expired
+        else "revoked by an operator (Flower's Revoke or celery control revoke)"
+    )
     try:
-        runtime_ledger().transition(job_id, REJECTED, {
-            "event": "revoked", "code": "revoked",
-            "reason": f"{why}; `contactsync review requeue {job_id}` sends it again"},
-            allowed=(QUEUED, RETRYING))  # fmt: skip
+        runtime_ledger().transition(
+            job_id,
+            REJECTED,
+            {
+                "event": "revoked",
+                "code": "revoked",
+                "reason": f"{why}; `contactsync review requeue {job_id}` sends it again",
+            },
+            allowed=(QUEUED, RETRYING),
+        )
         log.warning("job %s was revoked: it ends rejected", job_id)
     except LedgerConflict as exc:  # running, or ended meanwhile: it stays as it is
         log.info("job %s was revoked but is not waiting: %s", job_id, exc)
     except RedisError as exc:
         log.error("job %s was revoked but the ledger could not be told: %s", job_id, exc)
-

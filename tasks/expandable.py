@@ -63,22 +63,51 @@ CREDENTIAL_SETTINGS = (
 KEYS = ("CUSTOMER_ID", "CUST_CONTACT")
 #: The fields a call may change, in the order of the page's "Full Request JSON".
 FIELDS = (
-    "CONTACT_STATUS", "FIRST_NAME", "LAST_NAME", "INITIAL", "TITLE", "MAIL_STOP",
-    "ADDRESS_1", "ADDRESS_2", "ADDRESS_3", "CITY", "STATE", "ZIP_CODE", "COUNTRY",
-    "PHONE_NO", "FAX_NO", "CELL_PHONE_NO", "PAGER_NO", "E_MAIL", "E_MAIL_2", "WEB_ADDRESS",
+    "CONTACT_STATUS",
+    "FIRST_NAME",
+    "LAST_NAME",
+    "INITIAL",
+    "TITLE",
+    "MAIL_STOP",
+    "ADDRESS_1",
+    "ADDRESS_2",
+    "ADDRESS_3",
+    "CITY",
+    "STATE",
+    "ZIP_CODE",
+    "COUNTRY",
+    "PHONE_NO",
+    "FAX_NO",
+    "CELL_PHONE_NO",
+    "PAGER_NO",
+    "E_MAIL",
+    "E_MAIL_2",
+    "WEB_ADDRESS",
     *(f"SOFCT_USER_{n}" for n in range(1, 17)),
-    "NOTES", "ATTACHMENTS",
-)  # fmt: skip
+    "NOTES",
+    "ATTACHMENTS",
+)
 FIELD_LIST = ", ".join((*FIELDS[:20], "SOFCT_USER_1 to SOFCT_USER_16", *FIELDS[-2:]))
 #: Keys that are not job fields, and why.
 NOT_IN_A_JOB = {
-    **dict.fromkeys(("AUTH_TOKEN", "DATA_SOURCE", "USER_NAME", "PASSWORD"),
-                    "credentials never travel in a job: the worker logs in with "
-                    f"{CREDENTIAL_SETTINGS} and adds the token to each call; remove it"),
-    **dict.fromkeys(("CREATED_BY", "DATE_CREATED", "MODIFIED_BY", "DATE_MODIFIED",
-                     "OPERATOR_ID", "DATE_LAST_UPDT", "TIME_LAST_UPDT"),
-                    "Expandable sets this audit field itself; remove it"),
-}  # fmt: skip
+    **dict.fromkeys(
+        ("AUTH_TOKEN", "DATA_SOURCE", "USER_NAME", "PASSWORD"),
+        "credentials never travel in a job: the worker logs in with "
+        f"{CREDENTIAL_SETTINGS} and adds the token to each call; remove it",
+    ),
+    **dict.fromkeys(
+        (
+            "CREATED_BY",
+            "DATE_CREATED",
+            "MODIFIED_BY",
+            "DATE_MODIFIED",
+            "OPERATOR_ID",
+            "DATE_LAST_UPDT",
+            "TIME_LAST_UPDT",
+        ),
+        "Expandable sets this audit field itself; remove it",
+    ),
+}
 
 _KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
 _E_MAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
@@ -86,10 +115,16 @@ _CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 #: Messages the page documents word for word (and "expired", from CRM_APIS.md): constants of
 #: the API, so they may be shown. Any other MESSAGE is free text and may quote contact data.
-DOCUMENTED_MESSAGES = frozenset({
-    "Request JSON is invalid.", "Auth Token was not provided.", "Auth Token is malformed.",
-    "Auth Token login failure.", "Auth Token is expired.", "Request method must be POST.",
-})  # fmt: skip
+DOCUMENTED_MESSAGES = frozenset(
+    {
+        "Request JSON is invalid.",
+        "Auth Token was not provided.",
+        "Auth Token is malformed.",
+        "Auth Token login failure.",
+        "Auth Token is expired.",
+        "Request method must be POST.",
+    }
+)
 
 
 # -- the job -----------------------------------------------------------------------------------
@@ -123,8 +158,9 @@ def _unknown_keys(keys: list[Any]) -> str:
         problems.append(f"{key}: no such field" + (f"; did you mean {meant}?" if meant else ""))
         unmatched = unmatched or meant is None
     if unmatched:
-        problems.append(f"the fields are CUSTOMER_ID, CUST_CONTACT, {FIELD_LIST} (spelt "
-                        "exactly so, upper case)")
+        problems.append(
+            f"the fields are CUSTOMER_ID, CUST_CONTACT, {FIELD_LIST} (spelt exactly so, upper case)"
+        )
     return "; ".join(problems)
 
 
@@ -255,8 +291,11 @@ class ExpandableContactUpdate(JobModel):
 
     def body(self) -> dict[str, str]:
         """The request body without its ``AUTH_TOKEN``."""
-        return {"CUSTOMER_ID": self.CUSTOMER_ID, "CUST_CONTACT": self.CUST_CONTACT,
-                **self.changes()}  # fmt: skip
+        return {
+            "CUSTOMER_ID": self.CUSTOMER_ID,
+            "CUST_CONTACT": self.CUST_CONTACT,
+            **self.changes(),
+        }
 
 
 # -- the answer table --------------------------------------------------------------------------
@@ -265,6 +304,7 @@ class ExpandableContactUpdate(JobModel):
 #: not build it from the request), MESSAGE only when it is one of the page's fixed messages.
 #: A 500's MESSAGE is "(Error Message)", free text that may quote the contact's data, so it is
 #: never kept; only its length is.
+# fmt: off
 ANSWERS: dict[int, Rule] = {
     200: Rule("delivered", "customer contact updated"),
     400: Rule("rejected", "Expandable refused the request as invalid (a field name, type or "
@@ -285,6 +325,7 @@ ANSWERS: dict[int, Rule] = {
                        "unknown CUSTOMER_ID or CUST_CONTACT) or a fault; retried a few times, "
                        "then a person looks"),
 }
+# fmt: on
 OTHER_SERVER_ERROR = Rule("fault", "a server error Expandable does not document")
 UNKNOWN_STATUS = Rule("review", "an answer Expandable does not document; a person decides")
 #: Answers after which Expandable did the work: their latency says how loaded it is.
@@ -358,9 +399,11 @@ class ExpandableClient:
     ) -> None:
         require("expandable", settings)
         base_url = str(settings.base_url).rstrip("/")
-        self._credentials = {"DATA_SOURCE": settings.data_source,
-                             "USER_NAME": settings.username,
-                             "PASSWORD": settings.password.get_secret_value()}  # fmt: skip
+        self._credentials = {
+            "DATA_SOURCE": settings.data_source,
+            "USER_NAME": settings.username,
+            "PASSWORD": settings.password.get_secret_value(),
+        }
         gate = destination_gate("expandable", base_url, settings)
         self.gate: Gate | None = gate
         self._http = httpx.Client(
@@ -406,8 +449,9 @@ class ExpandableClient:
         status = response.status_code
         # After a renewal the latency covers a login and two calls: not a sample of the load.
         measured = status in MEASURED and not session.refreshed
-        return Answer(classify_answer(status, _json(response)), describe_answer(response),
-                      measured=measured)
+        return Answer(
+            classify_answer(status, _json(response)), describe_answer(response), measured=measured
+        )
 
     def _update(self, body: dict[str, str], token: Token) -> httpx.Response:
         return self._http.post(UPDATE_PATH, json={**body, "AUTH_TOKEN": token.value})
@@ -421,26 +465,34 @@ class ExpandableClient:
             value = data.get("AUTH_TOKEN") if isinstance(data, dict) else None
             if isinstance(value, str) and value:
                 return Token(value)  # lifetime unknown: renewed only when refused
-            raise LoginFailed("Expandable answered the login without an AUTH_TOKEN: check "
-                              "CONTACTSYNC_EXPANDABLE__BASE_URL points at its API")  # fmt: skip
+            raise LoginFailed(
+                "Expandable answered the login without an AUTH_TOKEN: check "
+                "CONTACTSYNC_EXPANDABLE__BASE_URL points at its API"
+            )
         if status in GATEWAY_DOWN:
-            raise LoginUnanswered(Answer(gateway_outcome(status, f"{NAME} (login)"),
-                                         describe_answer(response)))
+            raise LoginUnanswered(
+                Answer(gateway_outcome(status, f"{NAME} (login)"), describe_answer(response))
+            )
         code = _message_code(_json(response))
         if status == 500 and code:
             # An ERP that refuses credentials answers its login with a 500 and a MESSAGE_CODE
             # (a verdict, not a crash): retrying per job would only log in again and again.
-            raise LoginFailed(f"Expandable refused the login (HTTP 500 {code[:60]}): check "
-                              f"{CREDENTIAL_SETTINGS}")  # fmt: skip
+            raise LoginFailed(
+                f"Expandable refused the login (HTTP 500 {code[:60]}): check {CREDENTIAL_SETTINGS}"
+            )
         if status >= 500:
-            outcome = Retry(f"login-http-{status}", f"the {NAME} login answered HTTP {status}",
-                            bounded=True)  # fmt: skip
+            outcome = Retry(
+                f"login-http-{status}", f"the {NAME} login answered HTTP {status}", bounded=True
+            )
             raise LoginUnanswered(Answer(outcome, describe_answer(response)))
         if status == 401:
-            raise LoginFailed(f"Expandable refused the login (HTTP 401): check "
-                              f"{CREDENTIAL_SETTINGS}")  # fmt: skip
-        raise LoginFailed(f"the Expandable login answered HTTP {status}: check CONTACTSYNC_"
-                          f"EXPANDABLE__BASE_URL and {CREDENTIAL_SETTINGS}")  # fmt: skip
+            raise LoginFailed(
+                f"Expandable refused the login (HTTP 401): check {CREDENTIAL_SETTINGS}"
+            )
+        raise LoginFailed(
+            f"the Expandable login answered HTTP {status}: check CONTACTSYNC_"
+            f"EXPANDABLE__BASE_URL and {CREDENTIAL_SETTINGS}"
+        )
 
 
 def _login_refused(exc: LoginFailed) -> Answer:
@@ -460,8 +512,7 @@ class ExpandableDelivery(DeliveryTask):
     connector_factory: ClassVar[Callable[[], ExpandableClient]] = staticmethod(_client)
 
 
-@shared_task(base=ExpandableDelivery, bind=True, name="expandable.deliver",
-             queue="expandable")  # fmt: skip
+@shared_task(base=ExpandableDelivery, bind=True, name="expandable.deliver", queue="expandable")
 def deliver(self: ExpandableDelivery, job_id: str) -> dict[str, Any]:
     """Deliver one Expandable customer-contact update from the ledger."""
     return self.deliver(job_id)

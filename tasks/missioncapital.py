@@ -50,12 +50,17 @@ DESTINATION = Destination(
     simulator_summary="The Mission Capital (Salesforce Apex REST) simulator: OAuth password "
     "grant, contactUser, API usage limits.",
     url_setting="login_url",
-    sandbox_env={"CLIENT_ID": "sandbox-client", "CLIENT_SECRET": "sandbox-secret",
-                 "USERNAME": "sandbox@example.com", "PASSWORD": "sandbox-password",
-                 "PARTNER_ID": "P-SANDBOX", "PARTNER_NAME": "contactsync-sandbox"},
+    sandbox_env={
+        "CLIENT_ID": "sandbox-client",
+        "CLIENT_SECRET": "sandbox-secret",
+        "USERNAME": "sandbox@example.com",
+        "PASSWORD": "sandbox-password",
+        "PARTNER_ID": "P-SANDBOX",
+        "PARTNER_NAME": "contactsync-sandbox",
+    },
     sandbox_args=("--latency", "0.05", "--jitter", "0.01"),
     token_login=True,
-)  # fmt: skip
+)
 NAME = "Mission Capital"
 LOGIN_NAME = "Salesforce login"
 OAUTH_PATH = "/services/oauth2/token"
@@ -132,6 +137,7 @@ def _outcome(rule: Rule, code: str, instance: str) -> Outcome:
 DELIVERED = Rule("delivered", "contact re-enabled for the application", code="IsSuccessful")
 
 #: contactUser's own failures (``IsSuccessful: false``), by ``ResponseText``.
+# fmt: off
 RESPONSE_TEXTS: dict[str, Rule] = {
     "Missing Application ID": Rule(
         "rejected", "Missing Application ID: the call carried no ApplicationID header; "
@@ -152,12 +158,17 @@ RESPONSE_TEXTS: dict[str, Rule] = {
         f"PartnerName header; set {ENV}PARTNER_ID and {ENV}PARTNER_NAME to the values Mission "
         "Capital issued (the destination is paused until they are fixed), then requeue",
         code="missing-partner-header"),
-}  # fmt: skip
+}
+# fmt: on
 UNKNOWN_TEXT = Rule(
-    "review", "contactUser answered IsSuccessful: false with a text not in the documented table; "
-    "a person decides", code="unknown-response")  # fmt: skip
+    "review",
+    "contactUser answered IsSuccessful: false with a text not in the documented table; "
+    "a person decides",
+    code="unknown-response",
+)
 
 #: Salesforce platform errors (``[{"message", "errorCode"}]``), by ``errorCode``.
+# fmt: off
 PLATFORM_ERRORS: dict[str, Rule] = {
     "INVALID_SESSION_ID": Rule(
         "refused", "Salesforce refused the session (INVALID_SESSION_ID) even right after a fresh "
@@ -168,9 +179,11 @@ PLATFORM_ERRORS: dict[str, Rule] = {
         "Mission Capital is paused, one call probes it every CONTACTSYNC_PAUSE__LIMIT_PROBE_"
         "INTERVAL_S until Salesforce frees calls; ask Mission Capital for a larger allowance if "
         "this recurs"),
-}  # fmt: skip
+}
+# fmt: on
 
 #: What the HTTP status says when neither body decides.
+# fmt: off
 STATUSES: dict[int, Rule] = {
     401: PLATFORM_ERRORS["INVALID_SESSION_ID"],
     403: Rule(
@@ -185,7 +198,8 @@ STATUSES: dict[int, Rule] = {
         f"{CONTACT_USER_PATH}; the endpoint changed or {ENV}LOGIN_URL logs in to the wrong org; "
         "check with Mission Capital, then requeue"),
     500: Rule("fault", "Salesforce failed while running contactUser (HTTP 500)"),
-}  # fmt: skip
+}
+# fmt: on
 
 
 def classify_answer(status: int, data: Any, instance: str = "") -> Outcome:
@@ -220,8 +234,9 @@ def describe_answer(response: httpx.Response, data: Any) -> str:
         kept = {k: data[k] for k in ("IsSuccessful", "ResponseText") if k in data}
         return f"{head} {json.dumps(kept)[:200]}"
     if _error_codes(data):
-        errors = [{k: e.get(k) for k in ("errorCode", "message")} for e in data[:3]
-                  if isinstance(e, dict)]  # fmt: skip
+        errors = [
+            {k: e.get(k) for k in ("errorCode", "message")} for e in data[:3] if isinstance(e, dict)
+        ]
         return f"{head} {json.dumps(errors)[:200]}"
     kind = response.headers.get("content-type", "no content type").split(";")[0]
     return f"{head}: {len(response.content)} bytes of {kind}, not a Salesforce answer"
@@ -237,8 +252,9 @@ def _json(body: bytes) -> Any:
 def _error_codes(data: Any) -> list[str]:
     if not isinstance(data, list):
         return []
-    return [e["errorCode"] for e in data if isinstance(e, dict)
-            and isinstance(e.get("errorCode"), str)]  # fmt: skip
+    return [
+        e["errorCode"] for e in data if isinstance(e, dict) and isinstance(e.get("errorCode"), str)
+    ]
 
 
 # -- the login ---------------------------------------------------------------------------------
@@ -249,6 +265,7 @@ _WHICH_ORG = (
 )
 
 #: Salesforce's OAuth ``error`` → what the operator should check.
+# fmt: off
 LOGIN_ERRORS: dict[str, str] = {
     "invalid_grant": f"check {_CREDENTIALS} (password and security token are sent together), "
                      f"that the user is not locked out, {_WHICH_ORG}",
@@ -257,7 +274,8 @@ LOGIN_ERRORS: dict[str, str] = {
                       f"{ENV}CLIENT_ID",
     "unsupported_grant_type": "the connected app does not allow the username-password flow; "
                               "ask Mission Capital to enable it",
-}  # fmt: skip
+}
+# fmt: on
 LOGIN_OTHER = (
     f"check {ENV}LOGIN_URL (https://login.salesforce.com or https://test.salesforce.com), "
     f"{ENV}CLIENT_ID, {ENV}CLIENT_SECRET, {_CREDENTIALS}"
@@ -293,10 +311,15 @@ class MissionCapitalClient:
             settings.security_token.get_secret_value()
         )
         self._configured_secrets = [
-            s for s in (self._password, settings.password.get_secret_value(),
-                        settings.security_token.get_secret_value(),
-                        settings.client_secret.get_secret_value()) if s
-        ]  # fmt: skip
+            s
+            for s in (
+                self._password,
+                settings.password.get_secret_value(),
+                settings.security_token.get_secret_value(),
+                settings.client_secret.get_secret_value(),
+            )
+            if s
+        ]
         self._partner = {"PartnerId": settings.partner_id, "PartnerName": settings.partner_name}
         self.gate: Gate | None = destination_gate(DESTINATION_NAME, self._login_url, settings)
         self._http = httpx.Client(
@@ -308,20 +331,25 @@ class MissionCapitalClient:
         who = f"{self._login_url} {settings.username} {settings.client_id}"
         self.shared_token = SharedToken(
             token_cache if token_cache is not None else redis_client(),
-            gate_name(DESTINATION_NAME, who), self._login,
+            gate_name(DESTINATION_NAME, who),
+            self._login,
             prefix=get_settings().key_prefix if prefix is None else prefix,
-        )  # fmt: skip
+        )
         # A refused token (a Reauth answer) is renewed for the fleet once and the call sent once
         # more (safe: contactUser is idempotent).
         self._auth: TokenAuth[Answer] = TokenAuth(
-            self.shared_token, lambda answer: isinstance(answer.outcome, Reauth),
+            self.shared_token,
+            lambda answer: isinstance(answer.outcome, Reauth),
             lambda exc: Answer(Reauth("login-failed", str(exc)), "login refused"),
-        )  # fmt: skip
+        )
 
     def prepare(self, job: JobModel) -> Callable[[], Answer]:
         assert isinstance(job, MissionCapitalContactUser)
-        headers = {**self._partner, "Content-Type": "application/json",
-                   "ApplicationID": job.application_id}  # fmt: skip
+        headers = {
+            **self._partner,
+            "Content-Type": "application/json",
+            "ApplicationID": job.application_id,
+        }
         return lambda: self._deliver(headers)
 
     def send(self, job: JobModel) -> Answer:
@@ -338,8 +366,9 @@ class MissionCapitalClient:
         """Call with the fleet's token; a refused token is renewed once for the fleet and the
         call sent once more (safe: contactUser is idempotent)."""
         try:
-            return self._auth.run(lambda session: session.send(
-                lambda token: self._call(token, headers)))
+            return self._auth.run(
+                lambda session: session.send(lambda token: self._call(token, headers))
+            )
         except httpx.TransportError as exc:  # the login's: the call's own is its answer
             return Answer(idempotent_transport_outcome(exc, LOGIN_NAME), type(exc).__name__)
 
@@ -362,31 +391,44 @@ class MissionCapitalClient:
         """The OAuth2 username-password grant (``SharedToken`` calls it under the fleet's lock).
         Raises ``LoginFailed`` if the credentials are refused, ``LoginUnanswered`` on a 5xx."""
         settings = self._settings
-        response = self._http.post(f"{self._login_url}{OAUTH_PATH}", data={
-            "grant_type": "password", "client_id": settings.client_id,
-            "client_secret": settings.client_secret.get_secret_value(),
-            "username": settings.username, "password": self._password,
-        })  # fmt: skip
+        response = self._http.post(
+            f"{self._login_url}{OAUTH_PATH}",
+            data={
+                "grant_type": "password",
+                "client_id": settings.client_id,
+                "client_secret": settings.client_secret.get_secret_value(),
+                "username": settings.username,
+                "password": self._password,
+            },
+        )
         self._record_usage(response)
         status = response.status_code
         if status >= 500:
             outcome = (
-                gateway_outcome(status, LOGIN_NAME) if status in GATEWAY_DOWN
+                gateway_outcome(status, LOGIN_NAME)
+                if status in GATEWAY_DOWN
                 else Retry(f"http-{status}", f"{LOGIN_NAME} failed (HTTP {status})", bounded=True)
-            )  # fmt: skip
+            )
             raise LoginUnanswered(Answer(outcome, f"login HTTP {status}"))
         if status != 200:
             raise LoginFailed(login_refusal(response))
         data = _json(response.content)
         value = data.get("access_token") if isinstance(data, dict) else None
         instance = data.get("instance_url") if isinstance(data, dict) else None
-        if not (isinstance(value, str) and value and isinstance(instance, str)
-                and instance.startswith(("https://", "http://"))):  # fmt: skip
-            raise LoginFailed(f"{LOGIN_NAME} answered HTTP 200 without an access_token and an "
-                              f"instance_url: check {ENV}LOGIN_URL")  # fmt: skip
+        if not (
+            isinstance(value, str)
+            and value
+            and isinstance(instance, str)
+            and instance.startswith(("https://", "http://"))
+        ):
+            raise LoginFailed(
+                f"{LOGIN_NAME} answered HTTP 200 without an access_token and an "
+                f"instance_url: check {ENV}LOGIN_URL"
+            )
         refresh_at_ms = int(time.time() * 1000 + 0.9 * settings.token_lifetime_s * 1000)
-        return self._auth.remember(Token(value, {"instance_url": instance},
-                                         refresh_at_ms=refresh_at_ms))  # fmt: skip
+        return self._auth.remember(
+            Token(value, {"instance_url": instance}, refresh_at_ms=refresh_at_ms)
+        )
 
     @staticmethod
     def _record_usage(response: httpx.Response) -> None:
@@ -407,8 +449,9 @@ class MissionCapitalDelivery(DeliveryTask):
     connector_factory: ClassVar[Callable[[], MissionCapitalClient]] = staticmethod(_client)
 
 
-@shared_task(base=MissionCapitalDelivery, bind=True, name="missioncapital.deliver",
-          queue="missioncapital")  # fmt: skip
+@shared_task(
+    base=MissionCapitalDelivery, bind=True, name="missioncapital.deliver", queue="missioncapital"
+)
 def deliver(self: MissionCapitalDelivery, job_id: str) -> dict[str, Any]:
     """Deliver one Mission Capital job (contactUser) from the ledger."""
     return self.deliver(job_id)

@@ -56,8 +56,9 @@ class JobModel(BaseModel):
 
     # hide_input_in_errors: a ValidationError's text must not quote the job (str(exc) would
     # show ``input_value={... 'MobilePhone': '0412345678'}``); nested models set it too.
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
-                              hide_input_in_errors=True)  # fmt: skip
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
+    )
 
     kind: ClassVar[str]
     destination: ClassVar[str]
@@ -69,8 +70,10 @@ class JobModel(BaseModel):
         super().__pydantic_init_subclass__(**kwargs)
         if "kind" in cls.__dict__:
             if not cls.entity_fields and "entity_key" not in cls.__dict__:
-                raise TypeError(f"{cls.__name__} must declare entity_fields (the fields that "
-                                "name the record it writes) or override entity_key()")  # fmt: skip
+                raise TypeError(
+                    f"{cls.__name__} must declare entity_fields (the fields that "
+                    "name the record it writes) or override entity_key()"
+                )
             _KINDS[cls.kind] = cls
 
     def masked(self) -> dict[str, Any]:
@@ -80,8 +83,7 @@ class JobModel(BaseModel):
     def personal_values(self) -> list[str]:
         """The values ``masked`` hides, as text to scrub from what a destination answers about
         this job (its messages may quote them)."""
-        return personal_values(self.model_dump(mode="json", exclude_none=True),
-                               self.public_fields)  # fmt: skip
+        return personal_values(self.model_dump(mode="json", exclude_none=True), self.public_fields)
 
     def entity_key(self) -> str:
         """The destination record this job writes, as ``destination:part/part`` (each part
@@ -180,8 +182,10 @@ def version_key(version: int | str | datetime) -> tuple[str, str]:
         except ValueError:
             when = None
         if when is None or "T" not in text.upper() or when.tzinfo is None:
-            raise ValueError("version must be an integer, or an RFC 3339 timestamp with its "
-                             "offset, e.g. 2026-11-30T09:30:00Z")  # fmt: skip
+            raise ValueError(
+                "version must be an integer, or an RFC 3339 timestamp with its "
+                "offset, e.g. 2026-11-30T09:30:00Z"
+            )
         version = when
     if isinstance(version, datetime):
         if version.tzinfo is None:
@@ -191,4 +195,3 @@ def version_key(version: int | str | datetime) -> tuple[str, str]:
             raise ValueError("a version timestamp must be after 1970-01-01")
         return version.isoformat(), f"{micros:020d}"
     raise ValueError("version must be an integer or an RFC 3339 timestamp")
-

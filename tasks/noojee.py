@@ -65,10 +65,19 @@ class _NoojeeLead(JobModel):
     """Fields shared by update and insert. Python names; ``alias`` is Noojee's wire name."""
 
     destination: ClassVar[str] = "noojee"
-    public_fields: ClassVar[frozenset[str]] = frozenset({
-        "template_id", "campaign_id", "allocation_id", "external_lead_id", "disposition",
-        "callback_date", "priority", "contact_hours", "allow_duplicates",
-    })  # fmt: skip
+    public_fields: ClassVar[frozenset[str]] = frozenset(
+        {
+            "template_id",
+            "campaign_id",
+            "allocation_id",
+            "external_lead_id",
+            "disposition",
+            "callback_date",
+            "priority",
+            "contact_hours",
+            "allow_duplicates",
+        }
+    )
     allows_no_change: ClassVar[bool]
     #: The lead, by its external id: insert and update of one lead share it, so an update
     #: never overtakes the insert that creates its lead.
@@ -96,8 +105,9 @@ class _NoojeeLead(JobModel):
     @classmethod
     def _lead_id_is_plain(cls, value: str) -> str:
         if value != value.strip() or _NOT_IN_LEAD_ID.search(value):
-            raise ValueError("must not contain spaces at either end, control characters or any "
-                             "of < > & ? #")  # fmt: skip
+            raise ValueError(
+                "must not contain spaces at either end, control characters or any of < > & ? #"
+            )
         return value
 
     @field_validator("callback_date")
@@ -127,15 +137,17 @@ class _NoojeeLead(JobModel):
         has_phone = False
         for name, value in fields.items():
             if not _FIELD_NAME.fullmatch(name):  # never echoed: it may be a value put as a key
-                raise ValueError("a field name must be a letter, then letters, digits or _ "
-                                 "(64 at most)")  # fmt: skip
+                raise ValueError(
+                    "a field name must be a letter, then letters, digits or _ (64 at most)"
+                )
             if name.startswith("nj"):
                 raise ValueError(f"{name}: nj* system fields have their own parameters")
             if len(value) > FIELD_VALUE_MAX:
                 raise ValueError(f"{name}: longer than {FIELD_VALUE_MAX} characters")
             if TEXT_CONTROL_CHARACTERS.search(value):
-                raise ValueError(f"{name}: contains control characters (only tab and line "
-                                 "breaks are allowed)")  # fmt: skip
+                raise ValueError(
+                    f"{name}: contains control characters (only tab and line breaks are allowed)"
+                )
             cls._check_no_change(name, value)
             if name.endswith(PHONE_SUFFIX):
                 has_phone = has_phone or bool(value)
@@ -189,8 +201,12 @@ class NoojeeLeadUpdate(_NoojeeLead):
     disposition: str = Field(alias="njDisposition", min_length=1, max_length=128)
 
     def request(self) -> tuple[str, dict[str, Any], Any]:
-        params = {"fTemplateId": self.template_id, "fCampaignId": self.campaign_id,
-                  "fAllocationId": self.allocation_id, "njExternalLeadId": self.external_lead_id}
+        params = {
+            "fTemplateId": self.template_id,
+            "fCampaignId": self.campaign_id,
+            "fAllocationId": self.allocation_id,
+            "njExternalLeadId": self.external_lead_id,
+        }
         return UPDATE_PATH, params, self.lead()
 
     def mergeable(self, newer: JobModel) -> bool:
@@ -204,7 +220,9 @@ class NoojeeLeadUpdate(_NoojeeLead):
         if place != (newer.template_id, newer.campaign_id, newer.allocation_id):
             return False
         return self.disposition == newer.disposition or NO_CHANGE in (
-            self.disposition, newer.disposition)
+            self.disposition,
+            newer.disposition,
+        )
 
     def merge(self, newer: NoojeeLeadUpdate) -> NoojeeLeadUpdate:
         """Newest value of each field: ``newer``'s, except where it says <No Change> (then this
@@ -213,14 +231,19 @@ class NoojeeLeadUpdate(_NoojeeLead):
         for name, value in newer.fields.items():
             if value != NO_CHANGE or name not in fields:
                 fields[name] = value
-        return self.model_copy(update={
-            "fields": fields,
-            "disposition": self.disposition if newer.disposition == NO_CHANGE
-            else newer.disposition,
-            **{name: getattr(newer, name) for name in ("callback_date", "priority",
-                                                        "contact_hours")
-               if getattr(newer, name) is not None},
-        })  # fmt: skip
+        return self.model_copy(
+            update={
+                "fields": fields,
+                "disposition": self.disposition
+                if newer.disposition == NO_CHANGE
+                else newer.disposition,
+                **{
+                    name: getattr(newer, name)
+                    for name in ("callback_date", "priority", "contact_hours")
+                    if getattr(newer, name) is not None
+                },
+            }
+        )
 
 
 class NoojeeLeadInsert(_NoojeeLead):
@@ -232,13 +255,17 @@ class NoojeeLeadInsert(_NoojeeLead):
     allow_duplicates: bool = Field(False, alias="allowDuplicates")
 
     def request(self) -> tuple[str, dict[str, Any], Any]:
-        params = {"fTemplateId": self.template_id, "fCampaignId": self.campaign_id,
-                  "fAllocationId": self.allocation_id,
-                  "allowDuplicates": str(self.allow_duplicates).lower()}
+        params = {
+            "fTemplateId": self.template_id,
+            "fCampaignId": self.campaign_id,
+            "fAllocationId": self.allocation_id,
+            "allowDuplicates": str(self.allow_duplicates).lower(),
+        }
         return INSERT_PATH, params, [{"njExternalLeadId": self.external_lead_id, **self.lead()}]
 
 
 # -- the answer table --------------------------------------------------------------------------
+# fmt: off
 ANSWERS: dict[int, Rule] = {
     0: Rule("delivered", "OK"),
     101: Rule("rejected", "COULDNT_FIND_THE_LEAD: no lead has this njExternalLeadId"),
@@ -263,11 +290,13 @@ ANSWERS: dict[int, Rule] = {
     116: Rule("rejected", "TEMPLATE_ID_REQUIRED: fTemplateId is not a valid campaign template"),
     117: Rule("rejected", "CAMPAIGN_ID_REQUIRED: fCampaignId is not a valid campaign"),
 }
+# fmt: on
 UNKNOWN_CODE = Rule("review", "unknown Noojee code: not in the documented table; a person decides")
 
 #: Transport errors, by what they say about whether the PBX may have acted on the call.
 #: Before the request was sent: safe to retry. After: the update may have applied (and a
 #: disposition's actions fired), so a person decides.
+# fmt: off
 TRANSPORT: dict[type[Exception], Rule] = {
     httpx.ConnectError: Rule("down", "could not connect to the PBX (down for maintenance?)"),
     httpx.ConnectTimeout: Rule("down", "connecting to the PBX timed out"),
@@ -281,6 +310,7 @@ TRANSPORT: dict[type[Exception], Rule] = {
     httpx.RemoteProtocolError: Rule("review", "the PBX closed the connection without an answer: "
                                               "the update may or may not have applied"),
 }
+# fmt: on
 TRANSPORT_OTHER = Rule("fault", "transport error talking to the PBX")
 
 #: Codes Noojee answers before the call reaches the PBX's slots: their latency says nothing
@@ -302,11 +332,19 @@ def classify_answer(status: int, body: bytes) -> Outcome:
     if isinstance(code, int) and not isinstance(code, bool):
         return ANSWERS.get(code, UNKNOWN_CODE).outcome(str(code))
     if status in (401, 403):
-        return Retry(f"http-{status}", "the PBX refused the apiKey: check "
-                     "CONTACTSYNC_NOOJEE__API_KEY and that this host is whitelisted", bounded=True)
+        return Retry(
+            f"http-{status}",
+            "the PBX refused the apiKey: check "
+            "CONTACTSYNC_NOOJEE__API_KEY and that this host is whitelisted",
+            bounded=True,
+        )
     if status >= 500:
-        return Retry(f"http-{status}", f"HTTP {status} without a Noojee code", bounded=True,
-                     down=status in GATEWAY_DOWN)  # fmt: skip
+        return Retry(
+            f"http-{status}",
+            f"HTTP {status} without a Noojee code",
+            bounded=True,
+            down=status in GATEWAY_DOWN,
+        )
     return Review(f"http-{status}", f"HTTP {status} without a Noojee code; a person decides")
 
 
@@ -348,9 +386,11 @@ class NoojeeClient:
         self._api_key = settings.api_key.get_secret_value()
         self.gate = gate
         timeout = httpx.Timeout(
-            connect=settings.connect_timeout_s, read=settings.read_timeout_s,
-            write=settings.connect_timeout_s, pool=settings.connect_timeout_s,
-        )  # fmt: skip
+            connect=settings.connect_timeout_s,
+            read=settings.read_timeout_s,
+            write=settings.connect_timeout_s,
+            pool=settings.connect_timeout_s,
+        )
         # Requests are built by the client (base URL, headers, timeouts) and sent straight to
         # its transport: redirects, cookies and auth do not apply to this API, and skipping those
         # layers shortens the moment between a permit handed over and the call on the wire.
@@ -385,9 +425,11 @@ class NoojeeClient:
             return Answer(classify_transport(exc), type(exc).__name__)
         outcome = classify_answer(response.status_code, response.content)
         measured = (
-            response.status_code < 500 and outcome.code.isdigit()
-            and outcome.code not in BEFORE_THE_PBX and not getattr(outcome, "busy", False)
-        )  # fmt: skip
+            response.status_code < 500
+            and outcome.code.isdigit()
+            and outcome.code not in BEFORE_THE_PBX
+            and not getattr(outcome, "busy", False)
+        )
         return Answer(outcome, describe_answer(response), measured=measured)
 
     def secrets(self) -> list[str]:
@@ -398,8 +440,9 @@ def pbx_gate(settings: Settings) -> Gate:
     """The gate of the configured PBX: one per base URL, shared by insert and update, by every
     worker, and adaptive unless CONTACTSYNC_NOOJEE__ADAPTIVE=false."""
     noojee = settings.noojee
-    return destination_gate("noojee", str(noojee.base_url or ""), noojee,
-                            initial=noojee.initial_concurrency)
+    return destination_gate(
+        "noojee", str(noojee.base_url or ""), noojee, initial=noojee.initial_concurrency
+    )
 
 
 def _client() -> NoojeeClient:

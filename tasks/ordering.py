@@ -51,8 +51,10 @@ def older_than_delivered(record: JobRecord, claim: Claim) -> str:
         return ""
     if record.vkey >= claim.delivered_vkey:
         return ""
-    return (f"version {record.version} is older than the version job {claim.delivered_by} "
-            "already delivered for the same record; not sent")  # fmt: skip
+    return (
+        f"version {record.version} is older than the version job {claim.delivered_by} "
+        "already delivered for the same record; not sent"
+    )
 
 
 def plan(
@@ -84,7 +86,8 @@ def plan(
         priority="realtime" if realtime and head.priority != "realtime" else "",
         retry_until_ms=max(record.retry_until_ms for record in everyone),
         carried=json.dumps([[p.vkey, p.seq, p.job.model_dump_json()] for p in parts])
-        if versioned else "",
+        if versioned
+        else "",
     )
 
 
@@ -112,8 +115,15 @@ def _take(
             break
         merged_so_far = merged_so_far.merge(newer)
         group.append((record, newer))
-        taken.append(Taken(record.id, MERGED, head.id, f"merged into job {head.id}, which "
-                           "carries its changes in one call with the jobs before it"))  # fmt: skip
+        taken.append(
+            Taken(
+                record.id,
+                MERGED,
+                head.id,
+                f"merged into job {head.id}, which "
+                "carries its changes in one call with the jobs before it",
+            )
+        )
     return group, taken, merged_so_far
 
 
@@ -135,8 +145,10 @@ def _parts_of(head: JobRecord, job: JobModel) -> list[Part]:
     if not head.carried:
         return [Part(head.vkey, head.seq, job)]
     model = type(job)
-    return [Part(vkey, seq, model.model_validate_json(payload))
-            for vkey, seq, payload in json.loads(unseal(head.carried))]  # fmt: skip
+    return [
+        Part(vkey, seq, model.model_validate_json(payload))
+        for vkey, seq, payload in json.loads(unseal(head.carried))
+    ]
 
 
 def _fold(parts: list[Part]) -> JobModel:

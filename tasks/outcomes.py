@@ -88,9 +88,17 @@ Outcome = Delivered | Retry | Review | Rejected | Reauth
 #: One word for each class of answer, the same for every connector (CRM_APIS.md's classes, with
 #: Retry split by what the answer says of the destination).
 Verdict = Literal[
-    "delivered", "busy", "retry", "fault", "down", "spent", "review", "rejected", "broken",
+    "delivered",
+    "busy",
+    "retry",
+    "fault",
+    "down",
+    "spent",
+    "review",
+    "rejected",
+    "broken",
     "refused",
-]  # fmt: skip
+]
 
 
 @dataclass(frozen=True)
@@ -121,9 +129,14 @@ class Rule:
         if verdict == "delivered":
             return Delivered(code, reason)
         if verdict in ("busy", "retry", "fault", "down", "spent"):
-            return Retry(code, reason, bounded=verdict in ("fault", "down"),
-                         busy=verdict == "busy", down=verdict == "down",
-                         spent=verdict == "spent")  # fmt: skip
+            return Retry(
+                code,
+                reason,
+                bounded=verdict in ("fault", "down"),
+                busy=verdict == "busy",
+                down=verdict == "down",
+                spent=verdict == "spent",
+            )
         if verdict == "review":
             return Review(code, reason)
         if verdict == "refused":

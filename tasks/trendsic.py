@@ -75,15 +75,18 @@ REFRESH_COOKIE = "ss-reftok"
 CHECK_CREDENTIALS = "check CONTACTSYNC_TRENDSIC__USERNAME and CONTACTSYNC_TRENDSIC__PASSWORD"
 #: What a token refused after everything the client could do means, by how it authenticates.
 REFUSED_LOGIN_TOKEN = f"; so was a fresh one fetched for the fleet: {CHECK_CREDENTIALS}"
-REFUSED_API_KEY = ("; the API key is static, so there is nothing to refresh: check "
-                   "CONTACTSYNC_TRENDSIC__API_KEY")
+REFUSED_API_KEY = (
+    "; the API key is static, so there is nothing to refresh: check CONTACTSYNC_TRENDSIC__API_KEY"
+)
 
 UNSET_DATE = "0001-01-01T00:00:00.0000000"  # .NET DateTime.MinValue: ServiceStack's "unset"
 #: Longest text field (ours: the DTO names no length); a bound far above any real field.
 TEXT_MAX = 4_000
 # .NET's round-trip format: exactly 7 fractional digits, then nothing, Z or an offset.
-_DATE = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})\.[0-9]{7}"
-                   r"(Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])?")  # fmt: skip
+_DATE = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})\.[0-9]{7}"
+    r"(Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])?"
+)
 _GUID = re.compile(r"[0-9A-Fa-f]{32}")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _EMAIL = re.compile(rf"[^@\s]{{1,64}}@{_LABEL}(?:\.{_LABEL})+")
@@ -230,8 +233,10 @@ class Contact(BaseModel):
             return data
         unknown = [str(name) for name in data if name not in cls.model_fields]
         if unknown:
-            raise ValueError("; ".join(_unknown_field(name) for name in unknown) +
-                             "; Contact field names are ServiceStack's, case-sensitive")
+            raise ValueError(
+                "; ".join(_unknown_field(name) for name in unknown)
+                + "; Contact field names are ServiceStack's, case-sensitive"
+            )
         return data
 
     @field_validator("*", mode="before")
@@ -240,15 +245,18 @@ class Contact(BaseModel):
         annotation = cls.model_fields[str(info.field_name)].annotation
         if value is None and annotation in _RESET:
             reset = "32 zeros" if info.field_name == "ContactGUID" else _RESET[annotation]
-            raise ValueError(f"cannot be null (a non-nullable .NET value): leave it out to keep "
-                             f"it, or send {reset} to reset it")  # fmt: skip
+            raise ValueError(
+                f"cannot be null (a non-nullable .NET value): leave it out to keep "
+                f"it, or send {reset} to reset it"
+            )
         return value
 
     @model_validator(mode="after")
     def _something_to_change(self) -> Contact:
         if not self.model_fields_set - {"ContactId"}:
-            raise ValueError("no field to change: give at least one Contact field besides "
-                             "ContactId, e.g. Phone")  # fmt: skip
+            raise ValueError(
+                "no field to change: give at least one Contact field besides ContactId, e.g. Phone"
+            )
         return self
 
     @model_serializer(mode="wrap")
@@ -300,13 +308,17 @@ class TrendsicContactConnection(JobModel):
 
     def merge(self, newer: TrendsicContactConnection) -> TrendsicContactConnection:
         """Newest value of each Contact field; the newer job's AgentId."""
-        return TrendsicContactConnection.model_validate({
-            "contact_id": self.contact_id, "agent_id": newer.agent_id,
-            "contact": {**self.changes(), **newer.changes()},
-        })  # fmt: skip
+        return TrendsicContactConnection.model_validate(
+            {
+                "contact_id": self.contact_id,
+                "agent_id": newer.agent_id,
+                "contact": {**self.changes(), **newer.changes()},
+            }
+        )
 
 
 # -- the answer table --------------------------------------------------------------------------
+# fmt: off
 ANSWERS: dict[int, Rule] = {
     200: Rule("delivered", "OK", measured=True),
     400: Rule("rejected", "validation failed; fix these fields in the job, then requeue",
@@ -319,8 +331,10 @@ ANSWERS: dict[int, Rule] = {
                        "and merges the changes over the new record", measured=True),
     500: Rule("fault", "Trendsic failed while handling the call"),
 }
-UNKNOWN_STATUS = Rule("review", "an HTTP status outside Trendsic's documented table; a person "
-                                "decides")  # fmt: skip
+# fmt: on
+UNKNOWN_STATUS = Rule(
+    "review", "an HTTP status outside Trendsic's documented table; a person decides"
+)
 
 
 def rule_for(status: int) -> Rule:
@@ -356,8 +370,14 @@ def field_errors(status: dict[str, Any], values: list[str]) -> str:
     for error in errors if isinstance(errors, list) else []:
         if isinstance(error, dict):
             field = _text(error.get("FieldName"), values, 80) or "(no field)"
-            detail = ": ".join(t for t in (_text(error.get("ErrorCode"), values, 60),
-                                           _text(error.get("Message"), values)) if t)  # fmt: skip
+            detail = ": ".join(
+                t
+                for t in (
+                    _text(error.get("ErrorCode"), values, 60),
+                    _text(error.get("Message"), values),
+                )
+                if t
+            )
             described.append(f"{field} ({detail})" if detail else field)
     return "; ".join(described)
 
@@ -395,8 +415,11 @@ def describe_answer(response: httpx.Response, values: list[str]) -> str:
         return f"HTTP {response.status_code}: {len(response.content)} bytes of {kind}"
     kept = {key: _text(status.get(key), values) for key in ("ErrorCode", "Message")}
     errors = status.get("Errors")
-    fields = [_text(e.get("FieldName"), values, 80) for e in errors if isinstance(e, dict)] if (
-        isinstance(errors, list)) else []  # fmt: skip
+    fields = (
+        [_text(e.get("FieldName"), values, 80) for e in errors if isinstance(e, dict)]
+        if (isinstance(errors, list))
+        else []
+    )
     if fields:
         kept["Errors"] = ", ".join(fields)
     return f"HTTP {response.status_code} {json.dumps(kept)}"
@@ -405,8 +428,12 @@ def describe_answer(response: httpx.Response, values: list[str]) -> str:
 def _strings(*records: dict[str, Any]) -> list[str]:
     """The string values of contact records worth masking in Trendsic's messages (short ones
     would mask ordinary words), longest first."""
-    found = {value for record in records for value in record.values()
-             if isinstance(value, str) and len(value) >= 4}  # fmt: skip
+    found = {
+        value
+        for record in records
+        for value in record.values()
+        if isinstance(value, str) and len(value) >= 4
+    }
     return sorted(found, key=len, reverse=True)
 
 
@@ -431,23 +458,29 @@ class TrendsicClient:
         # Requests go straight to the transport: no cookie jar, so one job's session cookies
         # (ss-id, ss-tok) never ride along on another's call.
         self._transport = httpx.HTTPTransport(limits=httpx.Limits(max_connections=max_connections))
-        self._http = httpx.Client(base_url=base_url, timeout=http_timeout(settings),
-                                  headers={"Accept": "application/json"},
-                                  transport=self._transport)  # fmt: skip
+        self._http = httpx.Client(
+            base_url=base_url,
+            timeout=http_timeout(settings),
+            headers={"Accept": "application/json"},
+            transport=self._transport,
+        )
         shared: SharedToken | None = None
         if not self._api_key:
             user = hashlib.sha256(self._username.encode()).hexdigest()[:8]
             shared = SharedToken(
                 token_cache if token_cache is not None else redis_client(),
-                f"{self.gate.name}:{user}", self._login,
+                f"{self.gate.name}:{user}",
+                self._login,
                 prefix=prefix if prefix is not None else get_settings().key_prefix,
-            )  # fmt: skip
+            )
         # A 401 renews a login's token for the fleet, once per job (its read and its write
         # together), and the call is sent once more; an API key is static: its 401 stands.
         self._auth: TokenAuth[httpx.Response] = TokenAuth(
-            shared, lambda response: response.status_code == 401, _login_refused,
+            shared,
+            lambda response: response.status_code == 401,
+            _login_refused,
             static=Token(self._api_key) if shared is None else None,
-        )  # fmt: skip
+        )
 
     # -- the connector ------------------------------------------------------------------------
     def prepare(self, job: JobModel) -> Callable[[], Answer]:
@@ -468,9 +501,12 @@ class TrendsicClient:
         return self._auth.run(lambda session: self._read_merge_write(session, job, path, changes))
 
     def _read_merge_write(
-        self, session: AuthSession[httpx.Response], job: TrendsicContactConnection, path: str,
+        self,
+        session: AuthSession[httpx.Response],
+        job: TrendsicContactConnection,
+        path: str,
         changes: dict[str, Any],
-    ) -> Answer:  # fmt: skip
+    ) -> Answer:
         values = _strings(changes)
         # The read and the write share the job's token, renewed at most once between them.
         read = self._call(session, "GET", path)
@@ -480,9 +516,13 @@ class TrendsicClient:
             return self._answer(read, READ, values)
         record = _contact_of(read)
         if record is None:
-            return Answer(Review("unexpected-read", f"{NAME} answered the read with HTTP 200 "
-                                 "but not one Contact; a person decides"),
-                          describe_answer(read, values))  # fmt: skip
+            return Answer(
+                Review(
+                    "unexpected-read",
+                    f"{NAME} answered the read with HTTP 200 but not one Contact; a person decides",
+                ),
+                describe_answer(read, values),
+            )
         merged = {**record, **changes, "ContactId": job.contact_id}
         body = {"Contact": [merged], "ContactId": job.contact_id, "AgentId": job.agent_id}
         sent = self._call(session, "POST", path, body)
@@ -504,8 +544,9 @@ class TrendsicClient:
 
         def exchange(token: Token) -> httpx.Response:
             headers = {"Authorization": f"Bearer {token.value}"}
-            return self._exchange(self._http.build_request(method, path, json=body,
-                                                           headers=headers))  # fmt: skip
+            return self._exchange(
+                self._http.build_request(method, path, json=body, headers=headers)
+            )
 
         try:
             return session.send(exchange)
@@ -541,16 +582,19 @@ class TrendsicClient:
         return Token(token, {"refresh_token": refresh_token})
 
     def _credentials_login(self) -> Token:
-        response = self._auth_call(LOGIN_PATH, {"UserName": self._username,
-                                                "Password": self._password, "RememberMe": True})
+        response = self._auth_call(
+            LOGIN_PATH, {"UserName": self._username, "Password": self._password, "RememberMe": True}
+        )
         if response.status_code != 200:
             error_code = _text(_response_status(response).get("ErrorCode"), [self._password], 60)
             raise LoginFailed(f"HTTP {response.status_code} {error_code}".strip())
         bearer = _json_field(response, "BearerToken") or response.cookies.get(TOKEN_COOKIE)
         refresh = _json_field(response, "RefreshToken") or response.cookies.get(REFRESH_COOKIE)
         if not bearer:
-            raise LoginFailed("the login answered no BearerToken and no ss-tok cookie (is JWT "
-                              "auth enabled on CONTACTSYNC_TRENDSIC__BASE_URL?)")  # fmt: skip
+            raise LoginFailed(
+                "the login answered no BearerToken and no ss-tok cookie (is JWT "
+                "auth enabled on CONTACTSYNC_TRENDSIC__BASE_URL?)"
+            )
         return Token(bearer, {"refresh_token": refresh} if refresh else {})
 
     def _auth_call(self, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -562,11 +606,13 @@ class TrendsicClient:
             raise LoginUnanswered(answer) from None
         status = response.status_code
         if status in GATEWAY_DOWN:
-            raise LoginUnanswered(Answer(gateway_outcome(status, NAME),
-                                         f"HTTP {status} to the login"))  # fmt: skip
+            raise LoginUnanswered(
+                Answer(gateway_outcome(status, NAME), f"HTTP {status} to the login")
+            )
         if status >= 500:
-            failed = Retry(f"http-{status}", f"{NAME} failed while logging in (HTTP {status})",
-                           bounded=True)  # fmt: skip
+            failed = Retry(
+                f"http-{status}", f"{NAME} failed while logging in (HTTP {status})", bounded=True
+            )
             raise LoginUnanswered(Answer(failed))
         return response
 

@@ -36,9 +36,12 @@ TEST_ENV = {
     "CONTACTSYNC_JOB_LEASE_TTL_S": "3",
     "CONTACTSYNC_GATE__LEASE_TTL_S": "3",
     # Every destination with the shared settings (all but Noojee, whose PBX queue sets its own).
-    **{f"CONTACTSYNC_{d.name.upper()}__{knob}": value for d in registry()
-       if issubclass(d.settings, DestinationSettings)
-       for knob, value in (("CONNECT_TIMEOUT_S", "0.5"), ("READ_TIMEOUT_S", "1.5"))},
+    **{
+        f"CONTACTSYNC_{d.name.upper()}__{knob}": value
+        for d in registry()
+        if issubclass(d.settings, DestinationSettings)
+        for knob, value in (("CONNECT_TIMEOUT_S", "0.5"), ("READ_TIMEOUT_S", "1.5"))
+    },
     "CONTACTSYNC_PAUSE__PROBE_INTERVAL_S": "1",
     "CONTACTSYNC_PAUSE__CONFIG_PROBE_INTERVAL_S": "3",
     "CONTACTSYNC_PAUSE__LIMIT_PROBE_INTERVAL_S": "3",
@@ -66,8 +69,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     os.environ.update(TEST_ENV)
     os.environ["CONTACTSYNC_DATA_DIR"] = str(data_dir)
     os.environ["CONTACTSYNC_FLOWER__PASSWORD"] = "test-flower-password"
-    stack = Stack(data_dir, simulator_args=["--latency", "0.03", "--jitter", "0.005",
-                                            "--queue-timeout", "2"])  # fmt: skip
+    stack = Stack(
+        data_dir, simulator_args=["--latency", "0.03", "--jitter", "0.005", "--queue-timeout", "2"]
+    )
     stack.start()
     try:
         yield stack
@@ -151,12 +155,18 @@ def sample_update(lead_id: str, **overrides: Any) -> Any:
     from tasks.noojee import NoojeeLeadUpdate
 
     data: dict[str, Any] = {
-        "template_id": 41, "campaign_id": 41, "allocation_id": 38,
-        "external_lead_id": lead_id, "disposition": "Sale",
+        "template_id": 41,
+        "campaign_id": 41,
+        "allocation_id": 38,
+        "external_lead_id": lead_id,
+        "disposition": "Sale",
         "callback_date": "2026/11/24 09:30",
-        "fields": {"FirstPhone": "0383218199", "Name": "Jane Smith",
-                   "Email": "jane.smith@example.com"},
-    }  # fmt: skip
+        "fields": {
+            "FirstPhone": "0383218199",
+            "Name": "Jane Smith",
+            "Email": "jane.smith@example.com",
+        },
+    }
     data.update(overrides)
     return NoojeeLeadUpdate(**data)
 
@@ -187,9 +197,13 @@ def run_cli(
     """`contactsync ARGS` as a person runs it (by default in this process's environment, which
     the stack fixture points at its server)."""
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args], cwd=cwd, capture_output=True, text=True,
-        env={**os.environ, "COLUMNS": "250"} if env is None else env, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-m", "worker.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "250"} if env is None else env,
+        timeout=60,
+    )
 
 
 @contextlib.contextmanager
@@ -232,10 +246,21 @@ def simulator_cli(
     port_file = tmp_path / f"{name}.port"
     root = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", f"sandbox.{name}", "--port", "0", "--port-file", str(port_file),
-         *args],
-        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            f"sandbox.{name}",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            *args,
+        ],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(port_file.exists, 5, f"the {name} simulator's port file")
         assert process.stdout is not None

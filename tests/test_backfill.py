@@ -83,21 +83,38 @@ def payload(book: Ledger, result: BackfillResult, row: int) -> dict[str, Any]:
 def test_csv_columns_name_fields_by_name_alias_mapping_or_as_noojee_lead_fields(
     tmp_path: Path, book: Ledger
 ) -> None:
-    path = write_csv(tmp_path / "leads.csv",
-                     ["Lead", "njDisposition", "priority", "FirstPhone", "fields.Name", "Note"],
-                     [["L-1", "Callback", "7", "0383218199", "Jane Smith", "ignored"],
-                      ["L-2", "Sale", "", "0399990000", "", ""]])  # fmt: skip
-    result = run(Backfill(path, "noojee.update", mapping={"Lead": "external_lead_id", "Note": None},
-                          constants={"fTemplateId": "41", "campaign_id": "41",
-                                     "allocation_id": "38", "Source": "backfill"},
-                          max_queue_depth=0))  # fmt: skip
+    path = write_csv(
+        tmp_path / "leads.csv",
+        ["Lead", "njDisposition", "priority", "FirstPhone", "fields.Name", "Note"],
+        [
+            ["L-1", "Callback", "7", "0383218199", "Jane Smith", "ignored"],
+            ["L-2", "Sale", "", "0399990000", "", ""],
+        ],
+    )
+    result = run(
+        Backfill(
+            path,
+            "noojee.update",
+            mapping={"Lead": "external_lead_id", "Note": None},
+            constants={
+                "fTemplateId": "41",
+                "campaign_id": "41",
+                "allocation_id": "38",
+                "Source": "backfill",
+            },
+            max_queue_depth=0,
+        )
+    )
 
     assert (result.rows_read, result.enqueued, result.rejected) == (2, 2, 0)
     first = payload(book, result, 2)
     assert first["external_lead_id"] == "L-1" and first["disposition"] == "Callback"
     assert (first["template_id"], first["campaign_id"], first["priority"]) == (41, 41, 7)
-    assert first["fields"] == {"FirstPhone": "0383218199", "Name": "Jane Smith",
-                               "Source": "backfill"}  # fmt: skip
+    assert first["fields"] == {
+        "FirstPhone": "0383218199",
+        "Name": "Jane Smith",
+        "Source": "backfill",
+    }
     second = payload(book, result, 3)  # empty cells are left out
     assert second["priority"] is None
     assert second["fields"] == {"FirstPhone": "0399990000", "Source": "backfill"}
@@ -106,33 +123,44 @@ def test_csv_columns_name_fields_by_name_alias_mapping_or_as_noojee_lead_fields(
 def test_empty_cells_are_left_out_so_a_required_field_left_empty_is_rejected(
     tmp_path: Path,
 ) -> None:
-    path = write_csv(tmp_path / "leads.csv", ["external_lead_id", "disposition", "FirstPhone"],
-                     [["L-1", "Sale", "0383218199"], ["L-2", "", "0383218199"]])  # fmt: skip
+    path = write_csv(
+        tmp_path / "leads.csv",
+        ["external_lead_id", "disposition", "FirstPhone"],
+        [["L-1", "Sale", "0383218199"], ["L-2", "", "0383218199"]],
+    )
     constants = {k: v for k, v in NOOJEE.items() if k != "disposition"}
     result = run(Backfill(path, "noojee.update", constants=constants, dry_run=True))
     assert (result.rows_read, result.rejected) == (2, 1)
     assert rejects_of(tmp_path / "leads.csv.rejects.csv") == [
-        {"row": "3", "field": "disposition", "reason": "Field required"}]
+        {"row": "3", "field": "disposition", "reason": "Field required"}
+    ]
 
 
 def test_trendsic_cells_become_the_strict_numbers_and_booleans_its_model_takes(
     tmp_path: Path, book: Ledger
 ) -> None:
-    path = write_csv(tmp_path / "contacts.csv",
-                     ["contact_id", "contact.Phone", "contact.DoNotContact", "contact.Rate"],
-                     [["1234", "0383218199", "false", "2.5"]])  # fmt: skip
+    path = write_csv(
+        tmp_path / "contacts.csv",
+        ["contact_id", "contact.Phone", "contact.DoNotContact", "contact.Rate"],
+        [["1234", "0383218199", "false", "2.5"]],
+    )
     result = run(Backfill(path, "trendsic", constants={"agent_id": "7"}, max_queue_depth=0))
     assert (result.kind, result.enqueued, result.rejected) == ("trendsic.contact_connection", 1, 0)
     assert payload(book, result, 2) == {
-        "contact_id": 1234, "agent_id": 7,
-        "contact": {"Phone": "0383218199", "DoNotContact": False, "Rate": 2.5}}  # fmt: skip
+        "contact_id": 1234,
+        "agent_id": 7,
+        "contact": {"Phone": "0383218199", "DoNotContact": False, "Rate": 2.5},
+    }
 
 
 def test_unknown_column_stops_the_backfill_before_any_row_naming_it_and_the_fields(
     tmp_path: Path,
 ) -> None:
-    path = write_csv(tmp_path / "contacts.csv", ["contact_id", "agent_id", "contact.Phon"],
-                     [["not-a-number", "x", "0383218199"]] * 3)  # fmt: skip
+    path = write_csv(
+        tmp_path / "contacts.csv",
+        ["contact_id", "agent_id", "contact.Phon"],
+        [["not-a-number", "x", "0383218199"]] * 3,
+    )
     with pytest.raises(BackfillError) as refused:
         run(Backfill(path, "trendsic", dry_run=True))
     message = str(refused.value)
@@ -146,8 +174,11 @@ def test_unknown_column_stops_the_backfill_before_any_row_naming_it_and_the_fiel
 def test_a_column_and_a_set_for_the_same_field_or_a_missing_required_field_stop_at_start(
     tmp_path: Path,
 ) -> None:
-    path = write_csv(tmp_path / "leads.csv", ["external_lead_id", "template_id", "FirstPhone"],
-                     lead_rows(["L-1"]))  # fmt: skip
+    path = write_csv(
+        tmp_path / "leads.csv",
+        ["external_lead_id", "template_id", "FirstPhone"],
+        lead_rows(["L-1"]),
+    )
     with pytest.raises(BackfillError, match="column 'template_id' and --set template_id both"):
         run(Backfill(path, "noojee.update", constants=NOOJEE, dry_run=True))
     with pytest.raises(BackfillError, match=r"no column gives campaign_id \(fCampaignId\)"):
@@ -179,17 +210,26 @@ def test_rejects_file_has_spreadsheet_rows_fields_and_reasons_but_never_the_valu
         ",0383218199,Jane Smith\n"  # row 5
         "L-6,0383218199,Jane Smith,surplus\n",  # row 6
         encoding="utf-8",
-    )  # fmt: skip
-    constants = {"template_id": "41", "campaign_id": "0", "allocation_id": "38",
-                 "disposition": "Sale"}  # fmt: skip
+    )
+    constants = {
+        "template_id": "41",
+        "campaign_id": "0",
+        "allocation_id": "38",
+        "disposition": "Sale",
+    }
     result = run(Backfill(path, "noojee.update", constants=constants, dry_run=True))
 
     rejects = tmp_path / "leads.csv.rejects.csv"
     assert (result.rejects_path, result.rows_read, result.rejected) == (rejects, 4, 4)
     rows = rejects_of(rejects)
     assert [(r["row"], r["field"]) for r in rows] == [
-        ("2", "campaign_id"), ("3", "campaign_id"), ("3", "fields"), ("5", "campaign_id"),
-        ("5", "external_lead_id"), ("6", "(row)")]  # fmt: skip
+        ("2", "campaign_id"),
+        ("3", "campaign_id"),
+        ("3", "fields"),
+        ("5", "campaign_id"),
+        ("5", "external_lead_id"),
+        ("6", "(row)"),
+    ]
     assert rows[2]["reason"].startswith("FirstPhone: not a phone number")
     assert rows[5]["reason"] == "4 cells, but the header names 3 columns"
     text = rejects.read_text()
@@ -199,12 +239,25 @@ def test_rejects_file_has_spreadsheet_rows_fields_and_reasons_but_never_the_valu
 def test_jsonl_rows_are_lines_and_a_line_that_is_not_an_object_is_rejected(
     tmp_path: Path, book: Ledger
 ) -> None:
-    good = {"template_id": 41, "campaign_id": 41, "allocation_id": 38, "Lead": "L-1",
-            "fields": {"FirstPhone": "0383218199"}, "Old": "x"}  # fmt: skip
+    good = {
+        "template_id": 41,
+        "campaign_id": 41,
+        "allocation_id": 38,
+        "Lead": "L-1",
+        "fields": {"FirstPhone": "0383218199"},
+        "Old": "x",
+    }
     path = tmp_path / "leads.ndjson"
     path.write_text("\n".join([json.dumps(good), "[1, 2]", '{"cut', "", json.dumps(good)]) + "\n")
-    result = run(Backfill(path, "noojee.update", mapping={"Lead": "external_lead_id", "Old": ""},
-                          constants={"disposition": "Sale"}, max_queue_depth=0))  # fmt: skip
+    result = run(
+        Backfill(
+            path,
+            "noojee.update",
+            mapping={"Lead": "external_lead_id", "Old": ""},
+            constants={"disposition": "Sale"},
+            max_queue_depth=0,
+        )
+    )
 
     assert (result.rows_read, result.enqueued, result.rejected) == (4, 2, 2)
     assert payload(book, result, 5)["external_lead_id"] == "L-1"
@@ -234,11 +287,16 @@ def test_dry_run_validates_and_reports_but_sends_no_redis_command(
 
     monkeypatch.setattr(redis.Redis, "execute_command", refuse)
     monkeypatch.setattr(redis.client.Pipeline, "execute", refuse)
-    path = write_csv(tmp_path / "leads.csv", ["external_lead_id", "FirstPhone", "Name"],
-                     [*lead_rows(["L-1", "L-2"]), ["L-3", "nope", ""]])  # fmt: skip
+    path = write_csv(
+        tmp_path / "leads.csv",
+        ["external_lead_id", "FirstPhone", "Name"],
+        [*lead_rows(["L-1", "L-2"]), ["L-3", "nope", ""]],
+    )
     seen: list[str] = []
-    result = run(Backfill(path, "noojee.update", constants=NOOJEE, dry_run=True),
-                 progress=lambda p: seen.append(p.phase))  # fmt: skip
+    result = run(
+        Backfill(path, "noojee.update", constants=NOOJEE, dry_run=True),
+        progress=lambda p: seen.append(p.phase),
+    )
     assert (result.dry_run, result.rows_read, result.enqueued, result.rejected) == (True, 3, 0, 1)
     assert result.rows_per_s > 0 and result.jobs == {}
     assert seen[0] == "hashing" and "reading" in seen and seen[-1] == "done"
@@ -247,8 +305,11 @@ def test_dry_run_validates_and_reports_but_sends_no_redis_command(
 def test_dry_run_command_works_with_no_redis_configured_and_exits_1_on_rejects(
     tmp_path: Path,
 ) -> None:
-    path = write_csv(tmp_path / "leads.csv", ["external_lead_id", "FirstPhone", "Name"],
-                     [*lead_rows(["L-1"]), ["L-2", "nope", "Jane Smith"]])  # fmt: skip
+    path = write_csv(
+        tmp_path / "leads.csv",
+        ["external_lead_id", "FirstPhone", "Name"],
+        [*lead_rows(["L-1"]), ["L-2", "nope", "Jane Smith"]],
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTSYNC_")}
     env.update(CONTACTSYNC_DATA_DIR=str(tmp_path / "no-server-here"), COLUMNS="250")
     args = ("backfill", str(path), "-d", "noojee", "--kind", "update", *SET_NOOJEE, "--dry-run")
@@ -264,8 +325,9 @@ def test_dry_run_command_works_with_no_redis_configured_and_exits_1_on_rejects(
 def test_run_id_is_the_same_for_the_same_file_and_changes_with_bytes_kind_mapping_or_set(
     tmp_path: Path,
 ) -> None:
-    path = write_csv(tmp_path / "leads.csv", ["external_lead_id", "FirstPhone"],
-                     [["L-1", "0383218199"]])  # fmt: skip
+    path = write_csv(
+        tmp_path / "leads.csv", ["external_lead_id", "FirstPhone"], [["L-1", "0383218199"]]
+    )
     first = run_id_of(path, "noojee.update", {}, NOOJEE)
     assert len(first) == 16 and int(first, 16) >= 0
     assert run_id_of(path, "noojee.update", {}, dict(reversed(NOOJEE.items()))) == first
@@ -288,15 +350,21 @@ def test_a_run_again_sends_no_row_twice_and_checkpoint_and_batch_expire_with_ret
 ) -> None:
     from worker.settings import get_settings
 
-    path = write_csv(tmp_path / "leads.csv", ["external_lead_id", "FirstPhone", "Name"],
-                     [*lead_rows(["L-1", "L-2", "L-3"]), ["L-4", "nope", ""]])  # fmt: skip
+    path = write_csv(
+        tmp_path / "leads.csv",
+        ["external_lead_id", "FirstPhone", "Name"],
+        [*lead_rows(["L-1", "L-2", "L-3"]), ["L-4", "nope", ""]],
+    )
     spec = Backfill(path, "noojee.update", constants=NOOJEE, max_queue_depth=0, chunk_rows=2)
     first = run(spec)
     assert (first.enqueued, first.already_queued, first.rejected) == (3, 0, 1)
     key = checkpoint_key(get_settings().key_prefix, first.run_id)
     checkpoint = book.r.hgetall(key)
-    assert (checkpoint["row"], checkpoint["state"], checkpoint["enqueued"]) == ("5", "finished",
-                                                                                "3")  # fmt: skip
+    assert (checkpoint["row"], checkpoint["state"], checkpoint["enqueued"]) == (
+        "5",
+        "finished",
+        "3",
+    )
     assert checkpoint["kind"] == "noojee.update" and checkpoint["file"] == str(path.resolve())
     retention_s = int(get_settings().retention_days * 86_400)
     assert 0 < book.r.ttl(key) <= retention_s
@@ -305,16 +373,28 @@ def test_a_run_again_sends_no_row_twice_and_checkpoint_and_batch_expire_with_ret
     notes: list[str] = []
     again = run(spec, note=notes.append)
     assert (again.run_id, again.enqueued, again.already_queued, again.rejected) == (
-        first.run_id, 0, 3, 1)  # fmt: skip
+        first.run_id,
+        0,
+        3,
+        1,
+    )
     assert book.batch_counts(first.run_id)["jobs"] == 3 and notes == []
 
 
 def test_resume_after_an_interruption_skips_the_checkpointed_rows_and_keeps_their_rejects(
     tmp_path: Path, book: Ledger
 ) -> None:
-    path = write_csv(tmp_path / "leads.csv", ["external_lead_id", "FirstPhone", "Name"],
-                     [*lead_rows(["L-1"]), ["L-2", "nope", ""], *lead_rows(["L-3", "L-4", "L-5"]),
-                      ["L-6", "nope", ""], *lead_rows(["L-7"])])  # fmt: skip
+    path = write_csv(
+        tmp_path / "leads.csv",
+        ["external_lead_id", "FirstPhone", "Name"],
+        [
+            *lead_rows(["L-1"]),
+            ["L-2", "nope", ""],
+            *lead_rows(["L-3", "L-4", "L-5"]),
+            ["L-6", "nope", ""],
+            *lead_rows(["L-7"]),
+        ],
+    )
     spec = Backfill(path, "noojee.update", constants=NOOJEE, max_queue_depth=0, chunk_rows=2)
     checkpoints: list[int] = []
 
@@ -365,22 +445,31 @@ def calls_by_lead(simulator: Simulator) -> dict[str, int]:
 def test_a_version_column_gives_each_row_its_version_and_a_bad_one_is_a_reject(
     book: Ledger, tmp_path: Path
 ) -> None:
-    path = write_csv(tmp_path / "v.csv", ["external_lead_id", "FirstPhone", "Seen"], [
-        ["L1", "0383218199", "7"], ["L1", "0383218199", "2026-11-30T09:30:00Z"],
-        ["L2", "0383218199", ""], ["L3", "0383218199", "last tuesday"]])  # fmt: skip
-    result = run(Backfill(path, "noojee.update", constants=NOOJEE, version_column="Seen",
-                          max_queue_depth=0))  # fmt: skip
+    path = write_csv(
+        tmp_path / "v.csv",
+        ["external_lead_id", "FirstPhone", "Seen"],
+        [
+            ["L1", "0383218199", "7"],
+            ["L1", "0383218199", "2026-11-30T09:30:00Z"],
+            ["L2", "0383218199", ""],
+            ["L3", "0383218199", "last tuesday"],
+        ],
+    )
+    result = run(
+        Backfill(path, "noojee.update", constants=NOOJEE, version_column="Seen", max_queue_depth=0)
+    )
     assert (result.enqueued, result.rejected) == (3, 1)
-    versions = [book.get(job_id_for("noojee", f"backfill:{result.run_id}:{row}")).version
-                for row in (2, 3, 4)]  # fmt: skip
+    versions = [
+        book.get(job_id_for("noojee", f"backfill:{result.run_id}:{row}")).version
+        for row in (2, 3, 4)
+    ]
     assert versions == ["7", "2026-11-30T09:30:00+00:00", ""]
     assert "Seen" not in payload(book, result, 2)["fields"]  # a version, not a lead field
     [reject] = rejects_of(tmp_path / "v.csv.rejects.csv")
     assert (reject["row"], reject["field"]) == ("5", "Seen (version)")
     assert "RFC 3339" in reject["reason"] and "tuesday" not in reject["reason"]
     with pytest.raises(BackfillError, match="--version-column Nope"):
-        run(Backfill(path, "noojee.update", constants=NOOJEE, version_column="Nope",
-                     dry_run=True))  # fmt: skip
+        run(Backfill(path, "noojee.update", constants=NOOJEE, version_column="Nope", dry_run=True))
 
 
 def test_backfill_rejects_bad_rows_to_the_file_and_delivers_the_rest_once(
@@ -393,8 +482,17 @@ def test_backfill_rejects_bad_rows_to_the_file_and_delivers_the_rest_once(
     rows[20][1] = "jane.smith@example.com"  # row 22
     path = write_csv(tmp_path / "leads.csv", ["Lead", "Mobile", "Name"], rows)
     (tmp_path / "columns.json").write_text('{"Lead": "external_lead_id", "Mobile": "FirstPhone"}')
-    args = ("backfill", str(path), "-d", "noojee", "--kind", "update", "--mapping",
-            str(tmp_path / "columns.json"), *SET_NOOJEE)  # fmt: skip
+    args = (
+        "backfill",
+        str(path),
+        "-d",
+        "noojee",
+        "--kind",
+        "update",
+        "--mapping",
+        str(tmp_path / "columns.json"),
+        *SET_NOOJEE,
+    )
 
     done = run_cli(*args, "--wait")
     assert done.returncode == 1, done.stdout + done.stderr
@@ -403,11 +501,15 @@ def test_backfill_rejects_bad_rows_to_the_file_and_delivers_the_rest_once(
     assert not any(value in done.stdout + done.stderr for value in PERSONAL_VALUES)
     rejects = rejects_of(tmp_path / "leads.csv.rejects.csv")
     assert [(r["row"], r["field"]) for r in rejects] == [
-        ("5", "fields"), ("12", "external_lead_id"), ("22", "fields")]  # fmt: skip
+        ("5", "fields"),
+        ("12", "external_lead_id"),
+        ("22", "fields"),
+    ]
     calls = calls_by_lead(simulator)
     bad = {leads[3], leads[10], leads[20]}
     assert {lead: calls.get(lead, 0) for lead in leads} == {
-        lead: 0 if lead in bad else 1 for lead in leads}  # fmt: skip
+        lead: 0 if lead in bad else 1 for lead in leads
+    }
 
     again = run_cli(*args)  # the same file again: every row already queued
     assert again.returncode == 1, again.stdout + again.stderr
@@ -427,12 +529,17 @@ def test_a_backfill_killed_half_way_and_resumed_delivers_every_row_exactly_once(
     key = checkpoint_key(get_settings().key_prefix, run_id)
     args = ["backfill", str(path), "-d", "noojee.update", *SET_NOOJEE]
     # A low cap holds the backfill to the worker's pace: a few seconds for 300 rows.
-    killed = subprocess.Popen([sys.executable, "-m", "worker.cli", *args,
-                               "--max-queue-depth", "10"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", *args, "--max-queue-depth", "10"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_for(lambda: int(ledger.r.hget(key, "row") or 0) >= 40, 30,
-                 "the backfill to checkpoint 40 rows")  # fmt: skip
+        wait_for(
+            lambda: int(ledger.r.hget(key, "row") or 0) >= 40,
+            30,
+            "the backfill to checkpoint 40 rows",
+        )
         killed.send_signal(signal.SIGKILL)
     finally:
         killed.kill()
@@ -501,5 +608,8 @@ def test_backpressure_pauses_the_backfill_and_keeps_the_queue_under_its_cap(
     assert (result.enqueued, result.rejected) == (250, 0)
     assert result.pauses >= 1 and result.paused_s > 0
     assert max(depths) == 100
-    wait_for(lambda: ledger.batch_counts(result.run_id)["delivered"] == 250, 60,
-             "every job of the backfill to be delivered")  # fmt: skip
+    wait_for(
+        lambda: ledger.batch_counts(result.run_id)["delivered"] == 250,
+        60,
+        "every job of the backfill to be delivered",
+    )

@@ -12,10 +12,26 @@ pytestmark = pytest.mark.integration
 
 
 def submit_by_cli(lead: str) -> str:
-    result = run_cli("submit", "noojee-update", "--template-id", "41", "--campaign-id", "41",
-                 "--allocation-id", "38", "--lead-id", lead, "--disposition", "Sale",
-                 "--field", "FirstPhone=0383218199", "--field", "Name=Jane Smith",
-                 "--field", "Email=jane.smith@example.com")  # fmt: skip
+    result = run_cli(
+        "submit",
+        "noojee-update",
+        "--template-id",
+        "41",
+        "--campaign-id",
+        "41",
+        "--allocation-id",
+        "38",
+        "--lead-id",
+        lead,
+        "--disposition",
+        "Sale",
+        "--field",
+        "FirstPhone=0383218199",
+        "--field",
+        "Name=Jane Smith",
+        "--field",
+        "Email=jane.smith@example.com",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip()
 

@@ -60,24 +60,38 @@ def test_every_page_and_action_refuses_a_caller_without_a_session(
     anonymous: httpx.Client, simulator: Simulator, ledger: Any
 ) -> None:
     job_id = review_job(simulator, ledger)
-    pages = ["/console/", "/console/search?q=x", f"/console/jobs/{job_id}",
-             *(f"/console/{name}" for name in LISTS)]  # fmt: skip
+    pages = [
+        "/console/",
+        "/console/search?q=x",
+        f"/console/jobs/{job_id}",
+        *(f"/console/{name}" for name in LISTS),
+    ]
     for path in pages:
         answer = anonymous.get(path)
         assert answer.status_code == 302, path
         assert answer.headers["location"].startswith("/console/login?next=")
         assert job_id not in answer.text
-    actions = [f"/console/jobs/{job_id}/{a}" for a in ("reveal", "requeue", "discard",
-                                                       "retry-now")] + ["/console/bulk",
-                                                                        "/console/logout"]
+    actions = [
+        f"/console/jobs/{job_id}/{a}" for a in ("reveal", "requeue", "discard", "retry-now")
+    ] + ["/console/bulk", "/console/logout"]
     for path in actions:
-        answer = anonymous.post(path, data={"reason": "x", "list": "review", "action": "discard",
-                                            "scope": "matching", "confirm": "1"})  # fmt: skip
+        answer = anonymous.post(
+            path,
+            data={
+                "reason": "x",
+                "list": "review",
+                "action": "discard",
+                "scope": "matching",
+                "confirm": "1",
+            },
+        )
         assert answer.status_code == 403, path
         assert not any(v in answer.text for v in PERSONAL_VALUES)
     # A forged or tampered cookie is no session either.
-    forged = httpx.Client(base_url=str(anonymous.base_url), cookies={
-        "cs_console": '{"c": "ops", "x": "a", "t": 9999999999999}'})
+    forged = httpx.Client(
+        base_url=str(anonymous.base_url),
+        cookies={"cs_console": '{"c": "ops", "x": "a", "t": 9999999999999}'},
+    )
     assert forged.get("/console/").status_code == 302
     forged.close()
     assert ledger.get(job_id).state == "review"  # nothing acted
@@ -105,11 +119,22 @@ def test_no_page_shows_personal_data_unless_revealed_and_every_reveal_is_in_the_
 ) -> None:
     job_id = review_job(simulator, ledger)
     record = ledger.get(job_id)
-    pages = ["/console/", f"/console/jobs/{job_id}", f"/console/search?q={record.entity}",
-             f"/console/search?q={job_id}", *(f"/console/{name}" for name in LISTS),
-             *(f"/console/{name}?q=L-&sort=attempts" for name in LISTS), "/docs"]  # fmt: skip
-    secrets = (*PERSONAL_VALUES, OPS_TOKEN, "crm-token-0123456789", "test-flower-password",
-               "sandbox-key")  # fmt: skip
+    pages = [
+        "/console/",
+        f"/console/jobs/{job_id}",
+        f"/console/search?q={record.entity}",
+        f"/console/search?q={job_id}",
+        *(f"/console/{name}" for name in LISTS),
+        *(f"/console/{name}?q=L-&sort=attempts" for name in LISTS),
+        "/docs",
+    ]
+    secrets = (
+        *PERSONAL_VALUES,
+        OPS_TOKEN,
+        "crm-token-0123456789",
+        "test-flower-password",
+        "sandbox-key",
+    )
     for path in pages:
         answer = operator.get(path, follow_redirects=True)
         assert answer.status_code == 200, path
@@ -148,8 +173,9 @@ def test_a_requeue_refused_for_newer_data_names_the_job_and_can_be_forced(
     refused = operator.post(f"/console/jobs/{older}/requeue", data={"_csrf": csrf_of(page)})
     assert refused.status_code == 409 and newer in refused.text
     assert ledger.get(older).state == "review"
-    forced = operator.post(f"/console/jobs/{older}/requeue",
-                           data={"_csrf": csrf_of(page), "force": "1"})  # fmt: skip
+    forced = operator.post(
+        f"/console/jobs/{older}/requeue", data={"_csrf": csrf_of(page), "force": "1"}
+    )
     assert forced.status_code == 303
     record = wait_for_state(ledger, older, ("delivered",))
     assert any(e["event"] == "requeued" and e.get("force") == "1" for e in record.history)
@@ -176,8 +202,14 @@ def test_the_intake_serves_a_front_page_and_readable_api_docs(anonymous: httpx.C
     assert anonymous.get("/redoc").headers["location"] == "/docs"
     docs = anonymous.get("/docs")
     assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
-    for text in ("POST", "/v1/jobs", "/v1/review/{job_id}/requeue", "NoojeeLeadUpdate",
-                 "njCallBackDate", "Idempotency-Key"):  # fmt: skip
+    for text in (
+        "POST",
+        "/v1/jobs",
+        "/v1/review/{job_id}/requeue",
+        "NoojeeLeadUpdate",
+        "njCallBackDate",
+        "Idempotency-Key",
+    ):
         assert text in docs.text
     assert "https://" not in docs.text.split("<main>")[0]  # no CDN: only our own files
     css = re.search(r'href="(/console/static/console\.css[^"]*)"', docs.text)

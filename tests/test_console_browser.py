@@ -21,19 +21,28 @@ from tests.conftest import (
     new_lead_id,
     sample_update,
     wait_for,
-    wait_for_state,  # fmt: skip
+    wait_for_state,
 )
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: The network here is closed: without these, Chromium keeps trying to reach Google.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 OPS_TOKEN = "ops-token-0123456789"
 #: Where the screenshots go: `make screenshots` sets it to docs/screenshots.
-SCREENSHOTS = Path(os.environ.get("CONTACTSYNC_SCREENSHOTS")
-                   or Path(tempfile.gettempdir()) / "contactsync-screenshots")
+SCREENSHOTS = Path(
+    os.environ.get("CONTACTSYNC_SCREENSHOTS")
+    or Path(tempfile.gettempdir()) / "contactsync-screenshots"
+)
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
@@ -41,8 +50,10 @@ PHONE = {"width": 390, "height": 844}
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium: `make test` installs Debian's chromium where apt-get "
-                    "runs as root; elsewhere run `apt-get install chromium` to run these tests")
+        pytest.skip(
+            "no /usr/bin/chromium: `make test` installs Debian's chromium where apt-get "
+            "runs as root; elsewhere run `apt-get install chromium` to run these tests"
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -260,6 +271,7 @@ def test_the_overview_shows_the_gate_limit_change_when_the_pbx_slots_change(
     simulator.configure(slots=slots)
     jobs = [sample_update(new_lead_id()) for _ in range(400)]
     ids = submit_many(jobs, priority="bulk", client="crm")
+
     def moved() -> int | None:
         limit = (noojee_limit() or ("", before))[1]
         return limit if limit != before and (limit > before) == up else None
@@ -283,9 +295,19 @@ def test_every_page_works_on_a_desktop_and_a_phone(
     context = browser.new_context(viewport=viewport, base_url=stack.intake_url)
     tab = context.new_page()
     log_in(tab)
-    pages = ["/console/", "/console/review", "/console/rejected", "/console/retrying",
-             "/console/running", "/console/queued", "/console/merged", "/console/superseded",
-             f"/console/jobs/{job_id}", f"/console/search?q={lead}", "/docs"]  # fmt: skip
+    pages = [
+        "/console/",
+        "/console/review",
+        "/console/rejected",
+        "/console/retrying",
+        "/console/running",
+        "/console/queued",
+        "/console/merged",
+        "/console/superseded",
+        f"/console/jobs/{job_id}",
+        f"/console/search?q={lead}",
+        "/docs",
+    ]
     for path in pages:
         answer = tab.goto(path)
         assert answer is not None and answer.status == 200, path

@@ -135,17 +135,28 @@ def test_repeated_faults_end_in_review_not_silence(
     assert events == ["attempt", "retry", "attempt", "retry", "attempt", "review"]
 
 
-def test_invalid_job_is_refused_at_submit_and_nothing_is_enqueued(
-    stack: Any, ledger: Any
-) -> None:
+def test_invalid_job_is_refused_at_submit_and_nothing_is_enqueued(stack: Any, ledger: Any) -> None:
     from worker.broker import redis_client
 
     before = (ledger.counts(), redis_client().llen("noojee"), redis_client().llen("noojee:9"))
     result = run_cli(
-        "submit", "noojee-update", "--template-id", "41", "--campaign-id", "41",
-        "--allocation-id", "38", "--lead-id", new_lead_id(), "--disposition", "Sale",
-        "--callback-date", "24/11/2026", "--field", "Name=Jane Smith",
-    )  # fmt: skip
+        "submit",
+        "noojee-update",
+        "--template-id",
+        "41",
+        "--campaign-id",
+        "41",
+        "--allocation-id",
+        "38",
+        "--lead-id",
+        new_lead_id(),
+        "--disposition",
+        "Sale",
+        "--callback-date",
+        "24/11/2026",
+        "--field",
+        "Name=Jane Smith",
+    )
     assert result.returncode == 2
     assert "callback_date" in result.stdout and "yyyy/MM/dd HH:mm" in result.stdout
     assert "phone field is required" in result.stdout
@@ -264,8 +275,9 @@ def test_flower_lists_delivered_task_and_no_personal_data_anywhere(
 
     def flower_task(job_id: str, state: str) -> Any:
         answer = httpx.get(f"{stack.flower_url}/api/task/info/{job_id}", auth=auth)
-        return answer.json() if answer.status_code == 200 and answer.json()["state"] == state \
-            else None
+        return (
+            answer.json() if answer.status_code == 200 and answer.json()["state"] == state else None
+        )
 
     info = wait_for(lambda: flower_task(delivered, "SUCCESS"), 20, "Flower to show SUCCESS")
     assert info["name"] == "noojee.deliver"
@@ -273,9 +285,17 @@ def test_flower_lists_delivered_task_and_no_personal_data_anywhere(
     wait_for(lambda: flower_task(review, "REVIEW"), 20, "Flower to show REVIEW")
     wait_for(lambda: flower_task(rejected, "DEADLETTER"), 20, "Flower to show DEADLETTER")
 
-    pages = [httpx.get(f"{stack.flower_url}{path}", auth=auth).text
-             for path in ("/api/tasks", f"/api/task/info/{delivered}", f"/api/task/info/{review}",
-                          "/api/workers", "/tasks", "/")]  # fmt: skip
+    pages = [
+        httpx.get(f"{stack.flower_url}{path}", auth=auth).text
+        for path in (
+            "/api/tasks",
+            f"/api/task/info/{delivered}",
+            f"/api/task/info/{review}",
+            "/api/workers",
+            "/tasks",
+            "/",
+        )
+    ]
     secrets = (*PERSONAL_VALUES, "sandbox-key", "test-flower-password")
     for text in [*pages, log_text(stack.log_dir)]:
         for secret in secrets:
@@ -319,10 +339,19 @@ def _record_only(lead: str, due_in_ms: int = 0) -> str:
 
     job = sample_update(lead)
     job_id = uuid.uuid4().hex
-    runtime_ledger().create(NewJob(
-        id=job_id, kind=job.kind, destination="noojee", task="noojee.deliver", queue="noojee",
-        priority="realtime", payload=job.model_dump_json(), retry_until_ms=now_ms() + 60_000,
-    ), due_ms=now_ms() + due_in_ms)  # fmt: skip
+    runtime_ledger().create(
+        NewJob(
+            id=job_id,
+            kind=job.kind,
+            destination="noojee",
+            task="noojee.deliver",
+            queue="noojee",
+            priority="realtime",
+            payload=job.model_dump_json(),
+            retry_until_ms=now_ms() + 60_000,
+        ),
+        due_ms=now_ms() + due_in_ms,
+    )
     return job_id
 
 
@@ -345,8 +374,13 @@ def test_a_retry_waiting_in_redis_needs_no_worker_memory_to_happen(
     # As if a worker had answered 109, scheduled the retry and then been restarted: all that is
     # left is the ledger's state and its schedule entry.
     ledger.claim(job_id, "gone-worker", 60_000)
-    ledger.transition(job_id, "retrying", {"event": "retry", "code": "109"}, token="gone-worker",
-                      due_ms=now_ms() + 300)  # fmt: skip
+    ledger.transition(
+        job_id,
+        "retrying",
+        {"event": "retry", "code": "109"},
+        token="gone-worker",
+        due_ms=now_ms() + 300,
+    )
     record = wait_for_state(ledger, job_id, ("delivered",))
     assert simulator.calls(lead) == 1
     assert [e["event"] for e in record.history][:2] == ["delivered", "attempt"]

@@ -52,16 +52,35 @@ class Harness:
     task: DeliveryTask
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
-    def job(self, window_ms: int = 60_000, kind: str = "noojee.update",
-            data: dict[str, Any] | None = None, **fields: Any) -> str:  # fmt: skip
-        payload = json.dumps(data or {
-            "template_id": 41, "campaign_id": 41, "allocation_id": 38, "external_lead_id": "L1",
-            "disposition": "Sale", "fields": {"FirstPhone": "0383218199"},
-        })  # fmt: skip
+    def job(
+        self,
+        window_ms: int = 60_000,
+        kind: str = "noojee.update",
+        data: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> str:
+        payload = json.dumps(
+            data
+            or {
+                "template_id": 41,
+                "campaign_id": 41,
+                "allocation_id": 38,
+                "external_lead_id": "L1",
+                "disposition": "Sale",
+                "fields": {"FirstPhone": "0383218199"},
+            }
+        )
         destination = kind.partition(".")[0]
-        self.ledger.create(new_job(payload=payload, retry_until_ms=now_ms() + window_ms,
-                                   kind=kind, destination=destination, queue=destination,
-                                   task=f"{destination}.deliver"))  # fmt: skip
+        self.ledger.create(
+            new_job(
+                payload=payload,
+                retry_until_ms=now_ms() + window_ms,
+                kind=kind,
+                destination=destination,
+                queue=destination,
+                task=f"{destination}.deliver",
+            )
+        )
         if fields:
             self.ledger.r.hset(self.ledger.job_key("j1"), mapping=fields)
         return "j1"
@@ -169,9 +188,18 @@ def test_rejected_is_dead_lettered_with_its_reason(harness: Harness) -> None:
     record = harness.run(ScriptedConnector([Rejected("104", "DNC")]))
     assert (record.state, record.last_reason) == ("rejected", "DNC")
     assert harness.ledger.listing("rejected")[0][0] == "j1"
-    assert harness.events == [("task-deadletter", {"reason": "104: DNC", "result": (
-        "REJECTED: 104: DNC (job state: rejected; act on it in the console, /console/jobs/j1, "
-        "or `contactsync jobs show j1`)")})]  # what Flower shows as the task's Result
+    assert harness.events == [
+        (
+            "task-deadletter",
+            {
+                "reason": "104: DNC",
+                "result": (
+                    "REJECTED: 104: DNC (job state: rejected; act on it in the console, "
+                    "/console/jobs/j1, or `contactsync jobs show j1`)"
+                ),
+            },
+        )
+    ]  # what Flower shows as the task's Result
 
 
 def test_review_keeps_the_payload_for_the_operator(harness: Harness) -> None:
@@ -185,8 +213,11 @@ def test_a_recorded_answer_that_was_never_settled_is_settled_without_calling_aga
     harness: Harness,
 ) -> None:
     job_id = harness.job()
-    harness.ledger.record_attempt(job_id, {"event": "attempt", "outcome": "review",
-                                           "code": "110", "reason": "conflict"}, fault=False)
+    harness.ledger.record_attempt(
+        job_id,
+        {"event": "attempt", "outcome": "review", "code": "110", "reason": "conflict"},
+        fault=False,
+    )
     connector = ScriptedConnector([Delivered()])
     record = harness.run(connector)  # as if Redis failed after the 110 was recorded
     assert (record.state, record.last_code, connector.calls) == ("review", "110", 0)
@@ -194,8 +225,9 @@ def test_a_recorded_answer_that_was_never_settled_is_settled_without_calling_aga
 
 def test_answers_and_reasons_are_scrubbed_of_credentials(harness: Harness) -> None:
     harness.job()
-    connector = ScriptedConnector([Review("500", f"echoed apiKey={SECRET}")],
-                                  answer=f"<html>GET /x?apiKey={SECRET}</html>")  # fmt: skip
+    connector = ScriptedConnector(
+        [Review("500", f"echoed apiKey={SECRET}")], answer=f"<html>GET /x?apiKey={SECRET}</html>"
+    )
     record = harness.run(connector)
     stored = json.dumps(harness.ledger.r.hgetall(harness.ledger.job_key("j1")))
     stored += json.dumps(record.history) + json.dumps(harness.events)
@@ -238,14 +270,26 @@ def test_a_redis_failure_mid_job_puts_the_message_back(
 #: A job of each destination that carries a phone number and a name (Mission Capital's job
 #: holds only the application id, which is public).
 PERSONAL_JOBS = {
-    "noojee.update": {"template_id": 41, "campaign_id": 41, "allocation_id": 38,
-                      "external_lead_id": "L1", "disposition": "Sale",
-                      "fields": {"MobilePhone": "0412345678", "Name": "Jane Smith"}},
-    "trendsic.contact_connection": {"contact_id": 7, "agent_id": 3, "contact": {
-        "Phone": "0412345678", "Name": "Jane Smith"}},
-    "expandable.contact_update": {"CUSTOMER_ID": "C1", "CUST_CONTACT": "1",
-                                  "CELL_PHONE_NO": "0412345678", "FIRST_NAME": "Jane Smith"},
-}  # fmt: skip
+    "noojee.update": {
+        "template_id": 41,
+        "campaign_id": 41,
+        "allocation_id": 38,
+        "external_lead_id": "L1",
+        "disposition": "Sale",
+        "fields": {"MobilePhone": "0412345678", "Name": "Jane Smith"},
+    },
+    "trendsic.contact_connection": {
+        "contact_id": 7,
+        "agent_id": 3,
+        "contact": {"Phone": "0412345678", "Name": "Jane Smith"},
+    },
+    "expandable.contact_update": {
+        "CUSTOMER_ID": "C1",
+        "CUST_CONTACT": "1",
+        "CELL_PHONE_NO": "0412345678",
+        "FIRST_NAME": "Jane Smith",
+    },
+}
 
 
 @pytest.mark.parametrize("kind", sorted(PERSONAL_JOBS))
@@ -256,9 +300,11 @@ def test_a_destination_message_echoing_the_jobs_phone_and_name_is_stored_masked(
 
     load_kinds()
     harness.job(kind=kind, data=PERSONAL_JOBS[kind])
-    echo = "LEAD_NOT_UPDATED: lead MobilePhone=0412345678, Name=JANE SMITH (\"Jane Smith\")"
-    connector = ScriptedConnector([Review("110", f"conflict: {echo}")],
-                                  answer=f'HTTP 400 {{"code": 110, "message": "{echo}"}}')
+    echo = 'LEAD_NOT_UPDATED: lead MobilePhone=0412345678, Name=JANE SMITH ("Jane Smith")'
+    connector = ScriptedConnector(
+        [Review("110", f"conflict: {echo}")],
+        answer=f'HTTP 400 {{"code": 110, "message": "{echo}"}}',
+    )
     record = harness.run(connector)
 
     kept = harness.ledger.r.hgetall(harness.ledger.job_key("j1"))
@@ -273,9 +319,15 @@ def test_a_destination_message_echoing_the_jobs_phone_and_name_is_stored_masked(
 def test_public_fields_and_short_values_are_not_scrubbed() -> None:
     from worker.redaction import personal_values, scrub_personal
 
-    values = personal_values({"template_id": 41, "disposition": "Sale", "State": "WA",
-                              "fields": {"Name": "Zoë Ng", "Phone": "0412345678"}},
-                             public={"template_id", "disposition"})  # fmt: skip
+    values = personal_values(
+        {
+            "template_id": 41,
+            "disposition": "Sale",
+            "State": "WA",
+            "fields": {"Name": "Zoë Ng", "Phone": "0412345678"},
+        },
+        public={"template_id", "disposition"},
+    )
     assert values == ["Zoë Ng", "0412345678"]
     text = 'Sale of Zoë Ng in WA, {"n": "Zo\\u00eb Ng"}, call 0412345678'
     assert scrub_personal(text, values) == 'Sale of Z***Ng in WA, {"n": "Z***Ng"}, call 0***78'

@@ -22,9 +22,17 @@ def test_a_noojee_message_echoing_the_phone_and_name_is_stored_masked(
 ) -> None:
     lead = new_lead_id()
     simulator.script(lead, ["echo"])  # 110, its message quoting every field sent
-    job = {"kind": "noojee.update", "job": {
-        "template_id": 41, "campaign_id": 41, "allocation_id": 38, "external_lead_id": lead,
-        "disposition": "Sale", "fields": {"MobilePhone": PHONE, "Name": NAME}}}  # fmt: skip
+    job = {
+        "kind": "noojee.update",
+        "job": {
+            "template_id": 41,
+            "campaign_id": 41,
+            "allocation_id": 38,
+            "external_lead_id": lead,
+            "disposition": "Sale",
+            "fields": {"MobilePhone": PHONE, "Name": NAME},
+        },
+    }
     with httpx.Client(base_url=stack.intake_url, timeout=10, headers=CRM) as intake:
         job_id = intake.post("/v1/jobs", json=job).json()["job_id"]
         record = wait_for_state(ledger, job_id, ("review",))

@@ -193,24 +193,32 @@ def _env(package_root: Path, redis_url: str, data_dir: Path, **extra: str) -> di
     """Step 2 and 4: the package on PYTHONPATH, named in CONTACTSYNC_DESTINATION_MODULES, and
     its settings (CONTACTSYNC_NOTES__*)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTACTSYNC_", "FLOWER_"))}
-    env.update({
-        **TEST_ENV,
-        "PYTHONPATH": os.pathsep.join([str(package_root), str(ROOT)]),
-        "CONTACTSYNC_DESTINATION_MODULES": "notesdest",
-        "CONTACTSYNC_REDIS_URL": redis_url,
-        "CONTACTSYNC_DATA_DIR": str(data_dir),
-        "CONTACTSYNC_NOTES__CONNECT_TIMEOUT_S": "0.5",
-        "CONTACTSYNC_NOTES__READ_TIMEOUT_S": "1.5",
-        "PYTHONUNBUFFERED": "1",
-        "COLUMNS": "250",
-        **extra,
-    })  # fmt: skip
+    env.update(
+        {
+            **TEST_ENV,
+            "PYTHONPATH": os.pathsep.join([str(package_root), str(ROOT)]),
+            "CONTACTSYNC_DESTINATION_MODULES": "notesdest",
+            "CONTACTSYNC_REDIS_URL": redis_url,
+            "CONTACTSYNC_DATA_DIR": str(data_dir),
+            "CONTACTSYNC_NOTES__CONNECT_TIMEOUT_S": "0.5",
+            "CONTACTSYNC_NOTES__READ_TIMEOUT_S": "1.5",
+            "PYTHONUNBUFFERED": "1",
+            "COLUMNS": "250",
+            **extra,
+        }
+    )
     return env
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.integration
@@ -234,13 +242,27 @@ def test_a_sixth_destination_in_its_own_package_is_delivered_by_a_real_worker(
 
     log = tmp_path / "worker.log"
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-n", "notes@%h",
-         "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "-n",
+            "notes@%h",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
-        wait_for(lambda: "ready." in log.read_text() or worker.poll() is not None, 60,
-                 "the worker")  # fmt: skip
+        wait_for(lambda: "ready." in log.read_text() or worker.poll() is not None, 60, "the worker")
         assert worker.poll() is None, log.read_text()
         # One queue per destination that declares one: the four built-in ones and notes; the
         # helper module beside it is none.
@@ -249,20 +271,27 @@ def test_a_sixth_destination_in_its_own_package_is_delivered_by_a_real_worker(
         assert "helpers" not in queues and "notes.deliver" in log.read_text()
 
         # `contactsync submit` has a command for the new kind, from the registry.
-        submitted = _cli(env, "submit", "notes-add", "--job",
-                         '{"record_id": "R-17", "text": "called back, all good"}')
+        submitted = _cli(
+            env,
+            "submit",
+            "notes-add",
+            "--job",
+            '{"record_id": "R-17", "text": "called back, all good"}',
+        )
         assert submitted.returncode == 0, submitted.stderr + submitted.stdout
         job_id = submitted.stdout.strip()
-        refused = _cli(env, "submit", "notes-add", "--job", '{"record_id": "missing-1", '
-                       '"text": "nobody home"}')  # fmt: skip
+        refused = _cli(
+            env, "submit", "notes-add", "--job", '{"record_id": "missing-1", "text": "nobody home"}'
+        )
         assert refused.returncode == 0, refused.stderr + refused.stdout
 
         book = Ledger(client, prefix="cs:")
 
         def ended(job: str) -> Any:
             record = book.get(job)
-            return record if record is not None and record.state in ("delivered",
-                                                                      "rejected") else None
+            return (
+                record if record is not None and record.state in ("delivered", "rejected") else None
+            )
 
         delivered = wait_for(lambda: ended(job_id), 60, "the notes job to be delivered")
         rejected = wait_for(lambda: ended(refused.stdout.strip()), 60, "the refused job")
@@ -304,9 +333,11 @@ def test_a_module_without_a_destination_declaration_is_not_one(package: Path) ->
     # there is examined, and only those that declare a Destination are destinations.
     assert destination_of(tasks.auth) is None
     assert {d.module: d.name for d in registry()} == {
-        "tasks.expandable": "expandable", "tasks.missioncapital": "missioncapital",
-        "tasks.noojee": "noojee", "tasks.trendsic": "trendsic",
-    }  # fmt: skip
+        "tasks.expandable": "expandable",
+        "tasks.missioncapital": "missioncapital",
+        "tasks.noojee": "noojee",
+        "tasks.trendsic": "trendsic",
+    }
     # So is the helper beside the new destination (imported alone: the destination module
     # itself is only ever imported by the subprocesses above, which name its package).
     sys.path.insert(0, str(package))

@@ -44,12 +44,15 @@ def job(destination: str, n: int = 0, **extra: Any) -> Any:
         return validate_job("missioncapital.contact_user", {"application_id": lead_id()})
     if destination == "trendsic":
         contact = {"Title": f"Dr {n}", **extra}
-        return validate_job("trendsic.contact_connection",
-                            {"contact_id": 1001 + n % 10, "agent_id": 7, "contact": contact})
+        return validate_job(
+            "trendsic.contact_connection",
+            {"contact_id": 1001 + n % 10, "agent_id": 7, "contact": contact},
+        )
     customer, person = EXPANDABLE_CONTACTS[n % len(EXPANDABLE_CONTACTS)]
-    return validate_job("expandable.contact_update",
-                        {"CUSTOMER_ID": customer, "CUST_CONTACT": person, "NOTES": f"n{n}",
-                         **extra})  # fmt: skip
+    return validate_job(
+        "expandable.contact_update",
+        {"CUSTOMER_ID": customer, "CUST_CONTACT": person, "NOTES": f"n{n}", **extra},
+    )
 
 
 def settled(ledger: Any, ids: list[str], timeout_s: float = 60) -> list[Any]:
@@ -65,7 +68,8 @@ def all_delivered(ledger: Any, records: list[Any]) -> bool:
     """Every job delivered, itself or merged into a job of the same record that was."""
     carriers = {r.merged_into for r in records if r.state == "merged"}
     return all(r.state in ("delivered", "merged") for r in records) and all(
-        ledger.get(c).state == "delivered" for c in carriers)
+        ledger.get(c).state == "delivered" for c in carriers
+    )
 
 
 class Sim:
@@ -84,8 +88,9 @@ class Sim:
 @pytest.fixture(scope="module")
 def fleet(stack: Any) -> Iterator[Any]:
     """The session's stack with four worker processes instead of one."""
-    running = len([n for n, proc, _ in stack._children
-                   if n.startswith("worker-") and proc.poll() is None])  # fmt: skip
+    running = len(
+        [n for n, proc, _ in stack._children if n.startswith("worker-") and proc.poll() is None]
+    )
     for name in EXTRA_WORKERS:
         stack.start_worker(name)
     stack.wait_for_workers(running + len(EXTRA_WORKERS))
@@ -154,11 +159,15 @@ def test_a_destination_down_for_30_s_is_paused_probed_and_resumes_by_itself(
         sim.post("/_contacts", {"CUSTOMER_ID": customer, "CUST_CONTACT": person})
     sim.post("/_config", {"down": "503"})
     try:
-        ids = submit_many([
-            validate_job("expandable.contact_update",
-                         {"CUSTOMER_ID": customer, "CUST_CONTACT": person, "NOTES": "down"})
-            for customer, person in contacts
-        ])  # fmt: skip
+        ids = submit_many(
+            [
+                validate_job(
+                    "expandable.contact_update",
+                    {"CUSTOMER_ID": customer, "CUST_CONTACT": person, "NOTES": "down"},
+                )
+                for customer, person in contacts
+            ]
+        )
         went_down = time.monotonic()
         # Measure what reaches the destination while it is down: requests seen, every 0.25 s.
         seen: list[tuple[float, int]] = []
@@ -195,11 +204,19 @@ def test_no_secret_token_or_personal_value_reaches_logs_flower_or_reasons(
     from worker.settings import get_settings
 
     ids = [
-        submit(job("trendsic", 1, SSN=SECRET_SSN, DateOfBirth=SECRET_DOB, Phone=SECRET_PHONE,
-                   EmailPersonal=SECRET_EMAIL)),
+        submit(
+            job(
+                "trendsic",
+                1,
+                SSN=SECRET_SSN,
+                DateOfBirth=SECRET_DOB,
+                Phone=SECRET_PHONE,
+                EmailPersonal=SECRET_EMAIL,
+            )
+        ),
         submit(job("expandable", 2, PHONE_NO=SECRET_PHONE, E_MAIL=SECRET_EMAIL)),
         submit(job("missioncapital")),
-    ]  # fmt: skip
+    ]
     records = settled(ledger, ids)
     assert [r.state for r in records] == ["delivered"] * 3, [r.last_reason for r in records]
 
@@ -214,9 +231,10 @@ def test_no_secret_token_or_personal_value_reaches_logs_flower_or_reasons(
     ]
     client = redis_client()
     tokens = [
-        str(client.get(key)) for key in client.scan_iter(f"{settings.key_prefix}token:*")
+        str(client.get(key))
+        for key in client.scan_iter(f"{settings.key_prefix}token:*")
         if not str(key).endswith((":lock", ":logins"))
-    ]  # fmt: skip
+    ]
     tokens = [t.split('"value": "')[1].split('"')[0] for t in tokens if '"value": "' in t]
     assert tokens, "the fleet's tokens are cached in Redis"
     personal = [SECRET_SSN, SECRET_DOB, SECRET_PHONE, SECRET_EMAIL, "0412555013"]

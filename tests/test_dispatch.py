@@ -24,8 +24,9 @@ def test_a_filled_template_is_the_message_send_task_queues(redis_server: str, cl
     job_id = uuid.uuid4().hex
     for priority, kombu_priority in (("realtime", 0), ("bulk", 9)):
         queue = f"dispatch-test-{priority}"
-        app.send_task("noojee.deliver", args=[job_id], task_id=job_id, queue=queue,
-                      priority=kombu_priority)  # fmt: skip
+        app.send_task(
+            "noojee.deliver", args=[job_id], task_id=job_id, queue=queue, priority=kombu_priority
+        )
         key = queue_key(app, queue, priority)
         celery_made = json.loads(client.rpop(key))
         template = Messages(app).template("noojee.deliver", queue, priority)
@@ -56,7 +57,10 @@ def test_kombu_reads_a_filled_template_as_it_reads_celery_s_message(redis_server
         conn.default_channel.client.lpush(template.key, template.fill(job_id))
         message = queue.get(no_ack=True)
         assert message is not None
-        assert message.decode() == [[job_id], {}, {"callbacks": None, "errbacks": None,
-                                                   "chain": None, "chord": None}]  # fmt: skip
+        assert message.decode() == [
+            [job_id],
+            {},
+            {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+        ]
         assert message.headers["id"] == job_id and message.headers["task"] == "noojee.deliver"
         assert message.properties["priority"] == 9

@@ -32,8 +32,11 @@ from worker.ledger import (
 BULK_LIST, REALTIME_LIST = "noojee:9", "noojee"
 #: Messages shaped as kombu's are where reconcile.lua looks: the task id in the headers.
 TEMPLATES = {
-    "bulk": Template(BULK_LIST, '{"job": "@@job@@", "headers": {"id": "@@job@@"}, "p": 9, '
-                                '"properties": {"delivery_tag": "@@job@@.@@pushed@@"}}'),
+    "bulk": Template(
+        BULK_LIST,
+        '{"job": "@@job@@", "headers": {"id": "@@job@@"}, "p": 9, '
+        '"properties": {"delivery_tag": "@@job@@.@@pushed@@"}}',
+    ),
     "realtime": Template(REALTIME_LIST, '{"job": "@@job@@", "headers": {"id": "@@job@@"}}'),
 }
 
@@ -46,9 +49,18 @@ def ledger() -> Ledger:
 def submit(
     ledger: Ledger, job_id: str, entity: str = "noojee:L1", priority: str = "bulk", **more: Any
 ) -> None:
-    job = NewJob(id=job_id, kind="noojee.update", destination="noojee", task="noojee.deliver",
-                 queue="noojee", priority=priority, payload=json.dumps({"n": job_id}),
-                 retry_until_ms=now_ms() + 60_000, entity=entity, **more)  # fmt: skip
+    job = NewJob(
+        id=job_id,
+        kind="noojee.update",
+        destination="noojee",
+        task="noojee.deliver",
+        queue="noojee",
+        priority=priority,
+        payload=json.dumps({"n": job_id}),
+        retry_until_ms=now_ms() + 60_000,
+        entity=entity,
+        **more,
+    )
     ledger.create(job, TEMPLATES[priority])
 
 
@@ -115,8 +127,7 @@ def test_a_requeued_job_joins_the_end_of_its_line(ledger: Ledger) -> None:
     submit(ledger, "new")
     assert ledger.claim("new", "w").status == "claimed"
     # Requeued while a newer job runs: it waits behind it, then goes.
-    _, now_state = ledger.transition_to("old", "queued", {"event": "requeued"},
-                                        allowed=("review",))  # fmt: skip
+    _, now_state = ledger.transition_to("old", "queued", {"event": "requeued"}, allowed=("review",))
     assert now_state == HELD and state(ledger, "old") == HELD
     assert ledger.line("noojee:L1") == ["new", "old"]
     ledger.transition("new", "delivered", {"event": "delivered"}, token="w")
@@ -159,12 +170,28 @@ def test_absorbing_ends_the_taken_jobs_and_the_head_carries_them(ledger: Ledger)
     f2 = ledger.get("f2")
     assert f2 is not None
     taken = [Taken("f1", MERGED, "h", "merged into h"), Taken("f2", MERGED, "h", "merged into h")]
-    assert ledger.absorb("h", "w", '{"merged": true}', ("7", "7".zfill(20), "f1"),
-                         (f2.seq, "f2"), "realtime", 123, taken) == "ok"  # fmt: skip
+    assert (
+        ledger.absorb(
+            "h",
+            "w",
+            '{"merged": true}',
+            ("7", "7".zfill(20), "f1"),
+            (f2.seq, "f2"),
+            "realtime",
+            123,
+            taken,
+        )
+        == "ok"
+    )
     head = ledger.get("h", with_history=True)
     assert head is not None
     assert (head.payload, head.version, head.top_id, head.priority, head.retry_until_ms) == (
-        '{"merged": true}', "7", "f2", "realtime", 123)
+        '{"merged": true}',
+        "7",
+        "f2",
+        "realtime",
+        123,
+    )
     assert head.history[0]["event"] == "absorbed" and head.history[0]["merged"] == "f1,f2"
     f1 = ledger.get("f1", with_history=True)
     assert f1 is not None
@@ -176,7 +203,11 @@ def test_absorbing_ends_the_taken_jobs_and_the_head_carries_them(ledger: Ledger)
     ledger.transition("h", "delivered", {"event": "delivered"}, token="w")
     last = ledger.last_delivery("noojee:L1")
     assert last is not None and (last.job_id, last.seq, last.vkey, last.version_job) == (
-        "f2", f2.seq, "7".zfill(20), "f1")
+        "f2",
+        f2.seq,
+        "7".zfill(20),
+        "f1",
+    )
     assert state(ledger, "f3") == QUEUED
 
 
@@ -210,7 +241,10 @@ def test_the_highest_version_delivered_is_what_claims_report(ledger: Ledger) -> 
     ledger.transition("v3", "delivered", {"event": "delivered"}, token="w")  # forced, say
     last = ledger.last_delivery("noojee:L1")
     assert last is not None and (last.vkey, last.version_job, last.job_id) == (
-        "5".zfill(20), "v5", "v3")
+        "5".zfill(20),
+        "v5",
+        "v3",
+    )
 
 
 def test_a_dead_workers_job_is_queued_again_and_its_stale_claim_cannot_settle(
@@ -250,10 +284,13 @@ def took(job_id: str, ledger: Ledger, unacked: str, seconds_ago: float = 0) -> N
     unacked hash, and when, in seconds, in the hash's index."""
     ledger.r.hset(unacked, job_id, "[...]")
     ledger.r.zadd(f"{unacked}_index", {job_id: time.time() - seconds_ago})
+
+
 @pytest.fixture
 def windowed() -> Ledger:
-    return Ledger(fakeredis.FakeRedis(decode_responses=True), prefix="t:", retention_s=3600,
-                  window=2)  # fmt: skip
+    return Ledger(
+        fakeredis.FakeRedis(decode_responses=True), prefix="t:", retention_s=3600, window=2
+    )
 
 
 def test_a_backlog_beyond_the_window_waits_in_the_ledger_and_is_fed_in(windowed: Ledger) -> None:
@@ -378,8 +415,10 @@ class LineMachine(RuleBasedStateMachine):
             assert self.ledger.claim(data.draw(st.sampled_from(held)), "x").status == "held"
 
     @precondition(lambda self: bool(self.running))
-    @rule(data=st.data(), outcome=st.sampled_from(["delivered", "review", "rejected",
-                                                    "retrying", "superseded"]))
+    @rule(
+        data=st.data(),
+        outcome=st.sampled_from(["delivered", "review", "rejected", "retrying", "superseded"]),
+    )
     def answer(self, data: st.DataObject, outcome: str) -> None:
         job_id = data.draw(st.sampled_from(sorted(self.running)))
         token = self.running.pop(job_id)
@@ -398,12 +437,16 @@ class LineMachine(RuleBasedStateMachine):
     def absorb(self, data: st.DataObject, take: int) -> None:
         job_id = data.draw(st.sampled_from(sorted(self.running)))
         line = self.lines[self.entity_of[job_id]]
-        behind = line[1:1 + take]
+        behind = line[1 : 1 + take]
         if not behind:
             return
         taken = [Taken(j, MERGED, job_id, "merged") for j in behind]
-        assert self.ledger.absorb(job_id, self.running[job_id], "{}", ("", "", ""), (0, ""), "", 0,
-                                  taken) == "ok"  # fmt: skip
+        assert (
+            self.ledger.absorb(
+                job_id, self.running[job_id], "{}", ("", "", ""), (0, ""), "", 0, taken
+            )
+            == "ok"
+        )
         for j in behind:
             line.remove(j)
             self.ended[j] = MERGED
@@ -413,8 +456,9 @@ class LineMachine(RuleBasedStateMachine):
     def requeue(self, data: st.DataObject) -> None:
         job_id = data.draw(st.sampled_from(sorted(self.parked)))
         self.parked.discard(job_id)
-        _, now = self.ledger.transition_to(job_id, "queued", {"event": "requeued"},
-                                           allowed=("review", "rejected"))  # fmt: skip
+        _, now = self.ledger.transition_to(
+            job_id, "queued", {"event": "requeued"}, allowed=("review", "rejected")
+        )
         line = self.lines[self.entity_of[job_id]]
         line.append(job_id)
         assert now == (QUEUED if line[0] == job_id else HELD)
@@ -443,8 +487,11 @@ class LineMachine(RuleBasedStateMachine):
     @rule()
     def reconcile(self) -> None:
         self.ledger.reconcile("noojee", 0, "unacked", HELD_MS)
-        on_lists = {json.loads(m)["job"] for key in (BULK_LIST, REALTIME_LIST)
-                    for m in self.ledger.r.lrange(key, 0, -1)}  # fmt: skip
+        on_lists = {
+            json.loads(m)["job"]
+            for key in (BULK_LIST, REALTIME_LIST)
+            for m in self.ledger.r.lrange(key, 0, -1)
+        }
         dispatched = set(self.ledger.r.zrange("m:dispatched:noojee", 0, -1))
         assert dispatched <= on_lists  # every job said to have a message has one
 

@@ -23,17 +23,34 @@ from tests.conftest import run_cli
 
 PHONE, NAME = "0412345678", "Jane Smith"
 VALID = {
-    "noojee.update": {"template_id": 41, "campaign_id": 41, "allocation_id": 38,
-                      "external_lead_id": "L1", "disposition": "Sale",
-                      "fields": {"MobilePhone": PHONE, "Name": NAME}},
-    "noojee.insert": {"template_id": 41, "campaign_id": 41, "allocation_id": 38,
-                      "external_lead_id": "L1", "fields": {"MobilePhone": PHONE}},
-    "trendsic.contact_connection": {"contact_id": 7, "agent_id": 3,
-                                    "contact": {"Phone": PHONE, "FirstName": NAME}},
-    "expandable.contact_update": {"CUSTOMER_ID": "C1", "CUST_CONTACT": "1",
-                                  "CELL_PHONE_NO": PHONE, "FIRST_NAME": NAME},
+    "noojee.update": {
+        "template_id": 41,
+        "campaign_id": 41,
+        "allocation_id": 38,
+        "external_lead_id": "L1",
+        "disposition": "Sale",
+        "fields": {"MobilePhone": PHONE, "Name": NAME},
+    },
+    "noojee.insert": {
+        "template_id": 41,
+        "campaign_id": 41,
+        "allocation_id": 38,
+        "external_lead_id": "L1",
+        "fields": {"MobilePhone": PHONE},
+    },
+    "trendsic.contact_connection": {
+        "contact_id": 7,
+        "agent_id": 3,
+        "contact": {"Phone": PHONE, "FirstName": NAME},
+    },
+    "expandable.contact_update": {
+        "CUSTOMER_ID": "C1",
+        "CUST_CONTACT": "1",
+        "CELL_PHONE_NO": PHONE,
+        "FIRST_NAME": NAME,
+    },
     "missioncapital.contact_user": {"application_id": "00QEa00000ItVf8MAF"},
-}  # fmt: skip
+}
 
 #: Values no message contains by chance: a letter Q, then 10 or more of digits and z.
 SECRETS = st.from_regex(r"Q[0-9z]{10,16}", fullmatch=True)
@@ -42,10 +59,14 @@ SECRETS = st.from_regex(r"Q[0-9z]{10,16}", fullmatch=True)
 def spoil(secret: str, how: str) -> Any:
     """``secret`` made into a bad value of one kind."""
     return {
-        "as text": secret, "with NUL": f"{secret}\x00", "too long": secret * 400,
-        "in a list": [secret], "in an object": {"v": secret}, "with a newline": f"{secret}\n",
+        "as text": secret,
+        "with NUL": f"{secret}\x00",
+        "too long": secret * 400,
+        "in a list": [secret],
+        "in an object": {"v": secret},
+        "with a newline": f"{secret}\n",
         "spaced": f" {secret} ",
-    }[how]  # fmt: skip
+    }[how]
 
 
 def paths(data: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -86,8 +107,9 @@ HOW = ["as text", "with NUL", "too long", "in a list", "in an object", "with a n
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(sorted(VALID)), secret=SECRETS, how=st.sampled_from(HOW),
-       data=st.data())  # fmt: skip
+@given(
+    kind=st.sampled_from(sorted(VALID)), secret=SECRETS, how=st.sampled_from(HOW), data=st.data()
+)
 def test_no_error_of_the_python_api_or_the_intake_quotes_a_bad_value(
     kind: str, secret: str, how: str, data: st.DataObject
 ) -> None:
@@ -125,33 +147,73 @@ def test_submit_refuses_what_is_not_a_job_and_bad_arguments_without_quoting_them
 
 
 def test_a_backfills_rejects_file_and_output_never_quote_a_value(tmp_path: Path) -> None:
-    rows = [["L1", PHONE, NAME, "2026/11/24 09:30"],           # valid
-            ["L2", f"{PHONE}x", NAME, "2026/11/24 09:30"],      # not a phone
-            ["L3", PHONE, NAME, f"{NAME} at 9"],                 # not a date
-            ["L\x004", PHONE, f"{NAME}\x00", "2026/11/24 09:30"],  # NUL in an id and a value
-            [f" {PHONE} ", PHONE, NAME * 500, "2026/11/24 09:30"]]  # fmt: skip
+    rows = [
+        ["L1", PHONE, NAME, "2026/11/24 09:30"],  # valid
+        ["L2", f"{PHONE}x", NAME, "2026/11/24 09:30"],  # not a phone
+        ["L3", PHONE, NAME, f"{NAME} at 9"],  # not a date
+        ["L\x004", PHONE, f"{NAME}\x00", "2026/11/24 09:30"],  # NUL in an id and a value
+        [f" {PHONE} ", PHONE, NAME * 500, "2026/11/24 09:30"],
+    ]
     path = tmp_path / "leads.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["external_lead_id", "MobilePhone", "Name", "callback_date"])
         writer.writerows(rows)
-    done = run_cli("backfill", str(path), "-d", "noojee", "--kind", "update", "--dry-run",
-                   "--set", "template_id=41", "--set", "campaign_id=41", "--set",
-                   "allocation_id=38", "--set", "disposition=Sale", cwd=tmp_path)  # fmt: skip
+    done = run_cli(
+        "backfill",
+        str(path),
+        "-d",
+        "noojee",
+        "--kind",
+        "update",
+        "--dry-run",
+        "--set",
+        "template_id=41",
+        "--set",
+        "campaign_id=41",
+        "--set",
+        "allocation_id=38",
+        "--set",
+        "disposition=Sale",
+        cwd=tmp_path,
+    )
     rejects = (tmp_path / "leads.csv.rejects.csv").read_text()
 
     assert done.returncode == 1, done.stdout + done.stderr
-    assert [line.split(",")[0] for line in rejects.splitlines()[1:]] == ["3", "4", "5", "5", "6",
-                                                                         "6"]  # fmt: skip
+    assert [line.split(",")[0] for line in rejects.splitlines()[1:]] == [
+        "3",
+        "4",
+        "5",
+        "5",
+        "6",
+        "6",
+    ]
     for text in (rejects, done.stdout, done.stderr):
         assert PHONE not in text and NAME not in text and "Jane" not in text, text
 
 
 def test_the_cli_submit_names_bad_fields_never_their_values(tmp_path: Path) -> None:
-    done = run_cli("submit", "noojee-update", "--template-id", "41", "--campaign-id", "41",
-                   "--allocation-id", "38", "--lead-id", f"L\x01{PHONE}", "--disposition",
-                   "Sale", "--callback-date", f"{NAME} 9am", "--field", f"MobilePhone={PHONE}x",
-                   "--field", f"Name={NAME}\x01", cwd=tmp_path)  # fmt: skip
+    done = run_cli(
+        "submit",
+        "noojee-update",
+        "--template-id",
+        "41",
+        "--campaign-id",
+        "41",
+        "--allocation-id",
+        "38",
+        "--lead-id",
+        f"L\x01{PHONE}",
+        "--disposition",
+        "Sale",
+        "--callback-date",
+        f"{NAME} 9am",
+        "--field",
+        f"MobilePhone={PHONE}x",
+        "--field",
+        f"Name={NAME}\x01",
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
     out = done.stdout + done.stderr
     assert "nothing was queued" in out and "callback_date" in out and "fields" in out

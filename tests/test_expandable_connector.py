@@ -68,8 +68,12 @@ def refusal(data: dict[str, Any]) -> JobValidationError:
 def test_a_valid_job_sends_expandables_own_field_names_and_only_what_it_sets() -> None:
     update = job(E_MAIL=PRIVATE_E_MAIL, FIRST_NAME="", ATTACHMENTS="http://x.test/|C:\\a.docx")
 
-    assert update.body() == {**JUAN, "E_MAIL": PRIVATE_E_MAIL, "FIRST_NAME": "",
-                             "ATTACHMENTS": "http://x.test/|C:\\a.docx"}  # fmt: skip
+    assert update.body() == {
+        **JUAN,
+        "E_MAIL": PRIVATE_E_MAIL,
+        "FIRST_NAME": "",
+        "ATTACHMENTS": "http://x.test/|C:\\a.docx",
+    }
     stored = json.loads(update.model_dump_json())
     assert stored["CUST_CONTACT"] == "JHERNANDEZ" and stored["E_MAIL"] == PRIVATE_E_MAIL
     assert ExpandableContactUpdate.model_validate_json(update.model_dump_json()) == update
@@ -163,8 +167,14 @@ def fresh_prefix() -> str:
 
 
 def settings_for(url: str, **overrides: Any) -> ExpandableSettings:
-    values: dict[str, Any] = {"base_url": url, "data_source": "SANDBOX", "username": "sandbox",
-                              "password": PASSWORD, "read_timeout_s": 2.0, **overrides}  # fmt: skip
+    values: dict[str, Any] = {
+        "base_url": url,
+        "data_source": "SANDBOX",
+        "username": "sandbox",
+        "password": PASSWORD,
+        "read_timeout_s": 2.0,
+        **overrides,
+    }
     return ExpandableSettings(**values)
 
 
@@ -175,8 +185,9 @@ def simulator(**config: Any) -> Iterator[httpx.Client]:
 
 
 def connector(sim: httpx.Client, client: Redis, prefix: str, **overrides: Any) -> ExpandableClient:
-    return ExpandableClient(settings_for(str(sim.base_url), **overrides), token_cache=client,
-                            prefix=prefix)  # fmt: skip
+    return ExpandableClient(
+        settings_for(str(sim.base_url), **overrides), token_cache=client, prefix=prefix
+    )
 
 
 def script(sim: httpx.Client, *answers: str) -> None:
@@ -205,9 +216,11 @@ def test_400_request_json_is_invalid_is_rejected(client: Redis) -> None:
         answer = connector(sim, client, fresh_prefix()).send(job())
 
     assert answer.outcome == Rejected(
-        "INVALID_JSON", "HTTP 400 INVALID_JSON 'Request JSON is invalid.': Expandable refused "
+        "INVALID_JSON",
+        "HTTP 400 INVALID_JSON 'Request JSON is invalid.': Expandable refused "
         "the request as invalid (a field name, type or length it does not accept); fix the job, "
-        "then requeue")  # fmt: skip
+        "then requeue",
+    )
     assert answer.answer == "HTTP 400 MESSAGE_CODE=INVALID_JSON MESSAGE='Request JSON is invalid.'"
     assert not answer.measured
 
@@ -236,8 +249,9 @@ def test_401_for_a_missing_malformed_or_unknown_token_renews_it(
 ) -> None:
     with simulator() as sim:
         expandable = connector(sim, client, prefix := fresh_prefix())
-        seed = SharedToken(client, expandable.shared_token.name, lambda _: Token(cached),
-                           prefix=prefix)  # fmt: skip
+        seed = SharedToken(
+            client, expandable.shared_token.name, lambda _: Token(cached), prefix=prefix
+        )
         seed.get()
 
         answer = expandable.send(job())
@@ -303,7 +317,11 @@ def test_500_is_a_bounded_retry_with_its_code_but_never_its_free_text_message(
     outcome = answer.outcome
     assert isinstance(outcome, Retry)
     assert (outcome.code, outcome.bounded, outcome.down, outcome.busy) == (
-        "UNEXPECTED_ERROR", True, False, False)  # fmt: skip
+        "UNEXPECTED_ERROR",
+        True,
+        False,
+        False,
+    )
     assert outcome.reason.startswith("HTTP 500 UNEXPECTED_ERROR: Expandable could not update")
     assert "unexpected error occurred" not in outcome.reason + answer.answer
     assert answer.answer == (
@@ -331,8 +349,11 @@ def test_gateway_errors_are_retried_and_count_towards_a_pause(client: Redis, sta
         answer = connector(sim, client, fresh_prefix()).send(job())
 
     assert answer.outcome == Retry(
-        f"http-{status}", f"Expandable answered HTTP {status} (down or overloaded)",
-        bounded=True, down=True)  # fmt: skip
+        f"http-{status}",
+        f"Expandable answered HTTP {status} (down or overloaded)",
+        bounded=True,
+        down=True,
+    )
     assert answer.answer.startswith(f"HTTP {status}: ") and "text/html" in answer.answer
     assert not answer.measured
 
@@ -342,8 +363,11 @@ def test_a_login_answered_by_a_down_gateway_is_retried(client: Redis) -> None:
         answer = connector(sim, client, fresh_prefix()).send(job())
 
         assert answer.outcome == Retry(
-            "http-503", "Expandable (login) answered HTTP 503 (down or overloaded)",
-            bounded=True, down=True)  # fmt: skip
+            "http-503",
+            "Expandable (login) answered HTTP 503 (down or overloaded)",
+            bounded=True,
+            down=True,
+        )
         assert stats(sim)["calls"] == 0
 
 
@@ -351,13 +375,15 @@ def test_connection_refused_is_retried_as_down(client: Redis) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    expandable = ExpandableClient(settings_for(f"http://127.0.0.1:{port}"), token_cache=client,
-                                  prefix=fresh_prefix())  # fmt: skip
+    expandable = ExpandableClient(
+        settings_for(f"http://127.0.0.1:{port}"), token_cache=client, prefix=fresh_prefix()
+    )
 
     answer = expandable.send(job())
 
-    assert answer.outcome == Retry("ConnectError", "could not connect to Expandable",
-                                   bounded=True, down=True)  # fmt: skip
+    assert answer.outcome == Retry(
+        "ConnectError", "could not connect to Expandable", bounded=True, down=True
+    )
 
 
 def test_no_answer_within_the_read_timeout_is_a_bounded_retry(client: Redis) -> None:
@@ -370,7 +396,10 @@ def test_no_answer_within_the_read_timeout_is_a_bounded_retry(client: Redis) -> 
 
     assert isinstance(answer.outcome, Retry)
     assert (answer.outcome.code, answer.outcome.bounded, answer.outcome.down) == (
-        "ReadTimeout", True, False)  # fmt: skip
+        "ReadTimeout",
+        True,
+        False,
+    )
 
 
 def test_redis_out_of_reach_for_the_token_goes_up_to_the_task_and_nothing_is_called(
@@ -416,8 +445,11 @@ def test_an_expired_token_is_renewed_exactly_once_by_many_threads_and_clients(
             with lock:
                 answers.append(answer)
 
-        threads = [threading.Thread(target=deliver_one, args=(c,))
-                   for c in clients for _ in range(threads_per_client)]  # fmt: skip
+        threads = [
+            threading.Thread(target=deliver_one, args=(c,))
+            for c in clients
+            for _ in range(threads_per_client)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -445,8 +477,17 @@ def test_no_secret_or_token_reaches_an_answer_or_a_reason(client: Redis) -> None
     seen: list[Answer] = []
     with simulator() as sim:
         expandable = connector(sim, client, fresh_prefix())
-        answers = ["ok", "http-400", "http-401-expired", "ok", "http-405", "http-500",
-                   "http-503", "http-401-expired", "http-401-login"]  # fmt: skip
+        answers = [
+            "ok",
+            "http-400",
+            "http-401-expired",
+            "ok",
+            "http-405",
+            "http-500",
+            "http-503",
+            "http-401-expired",
+            "http-401-login",
+        ]
         script(sim, *answers)
         for _ in range(len(answers) - 2):
             seen.append(expandable.send(job(E_MAIL=PRIVATE_E_MAIL, FIRST_NAME="Juanito")))
@@ -490,8 +531,12 @@ def test_the_token_travels_in_the_json_body_never_in_a_header(
     login = json.loads(erp.calls[0].request.content)
     assert login == {"DATA_SOURCE": "SANDBOX", "USER_NAME": "sandbox", "PASSWORD": PASSWORD}
     sent = update.calls.last.request
-    assert json.loads(sent.content) == {**JUAN, "CITY": "Springfield", "NOTES": "hello",
-                                        "AUTH_TOKEN": "T" * 32}  # fmt: skip
+    assert json.loads(sent.content) == {
+        **JUAN,
+        "CITY": "Springfield",
+        "NOTES": "hello",
+        "AUTH_TOKEN": "T" * 32,
+    }
     assert "authorization" not in sent.headers
     assert sent.url.query == b""
 
@@ -523,9 +568,13 @@ def test_answers_the_page_does_not_list(
 def test_a_500_message_or_code_that_could_hold_contact_data_is_withheld(
     erp: respx.MockRouter, client: Redis
 ) -> None:
-    erp.post("/api/customer-contact-update").respond(500, json={
-        "MESSAGE": f"E-mail {PRIVATE_E_MAIL} is already used by Juan Hernandez",
-        "MESSAGE_CODE": f"dup {PRIVATE_E_MAIL}"})  # fmt: skip
+    erp.post("/api/customer-contact-update").respond(
+        500,
+        json={
+            "MESSAGE": f"E-mail {PRIVATE_E_MAIL} is already used by Juan Hernandez",
+            "MESSAGE_CODE": f"dup {PRIVATE_E_MAIL}",
+        },
+    )
 
     answer = mocked(client).send(job())
 
@@ -565,8 +614,12 @@ def test_a_login_answered_500_with_a_message_code_is_a_refusal_naming_the_settin
     # What an installation answers wrong credentials with: a verdict, so the destination is
     # paused (and probed) instead of each job logging in again.
     erp.post("/api/auth-token-get").respond(
-        500, json={"MESSAGE": "The user name or password is incorrect.",
-                   "MESSAGE_CODE": "INVALID_USER_LOGIN"})  # fmt: skip
+        500,
+        json={
+            "MESSAGE": "The user name or password is incorrect.",
+            "MESSAGE_CODE": "INVALID_USER_LOGIN",
+        },
+    )
 
     answer = mocked(client).send(job())
 
@@ -582,8 +635,9 @@ def test_a_login_that_fails_with_500_and_no_verdict_is_a_bounded_retry(
 
     answer = mocked(client).send(job())
 
-    assert answer.outcome == Retry("login-http-500", "the Expandable login answered HTTP 500",
-                                   bounded=True)  # fmt: skip
+    assert answer.outcome == Retry(
+        "login-http-500", "the Expandable login answered HTTP 500", bounded=True
+    )
 
 
 # -- configuration and the task --------------------------------------------------------------------

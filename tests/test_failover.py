@@ -119,16 +119,31 @@ class Cluster:
         folder.mkdir(parents=True)
         conf = folder / "server.conf"
         conf.write_text(f"requirepass {self.password}\nmasterauth {self.password}\n")
-        self.processes[port] = _spawn([str(server_binary()), str(conf), "--port", str(port),
-                                       "--bind", "127.0.0.1", "--dir", str(folder),
-                                       "--save", "", "--appendonly", "no", *extra],
-                                      folder / "server.log")  # fmt: skip
+        self.processes[port] = _spawn(
+            [
+                str(server_binary()),
+                str(conf),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(folder),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                *extra,
+            ],
+            folder / "server.log",
+        )
 
     def _sentinel(self, port: int) -> None:
         folder = self.base / str(port)
         folder.mkdir(parents=True)
         conf = folder / "sentinel.conf"  # the sentinel rewrites it: it must be writable
-        conf.write_text(textwrap.dedent(f"""\
+        conf.write_text(
+            textwrap.dedent(f"""\
             port {port}
             bind 127.0.0.1
             dir {folder}
@@ -137,9 +152,11 @@ class Cluster:
             sentinel down-after-milliseconds {SERVICE} 1000
             sentinel failover-timeout {SERVICE} 5000
             sentinel parallel-syncs {SERVICE} 1
-            """))
-        self.processes[port] = _spawn([str(server_binary()), str(conf), "--sentinel"],
-                                      folder / "sentinel.log")  # fmt: skip
+            """)
+        )
+        self.processes[port] = _spawn(
+            [str(server_binary()), str(conf), "--sentinel"], folder / "sentinel.log"
+        )
 
     def start(self) -> None:
         self.replicas = [free_port() for _ in range(self.count)]
@@ -152,21 +169,32 @@ class Cluster:
             wait_for(lambda p=port: _answers(p, self.password), 15, f"server on {port}")
         for port in self.replicas:
             replica = redis.Redis(port=port, password=self.password, decode_responses=True)
-            wait_for(lambda r=replica: r.info("replication")["master_link_status"] == "up", 15,
-                     "the replicas in sync")  # fmt: skip
+            wait_for(
+                lambda r=replica: r.info("replication")["master_link_status"] == "up",
+                15,
+                "the replicas in sync",
+            )
         for port in self.sentinels:  # each knows the replicas and the two other sentinels
             sentinel = redis.Redis(port=port, decode_responses=True)
-            wait_for(lambda s=sentinel: len(s.sentinel_slaves(SERVICE)) == self.count
-                     and len(s.sentinel_sentinels(SERVICE)) == 2, 30,
-                     f"sentinel {port} to know the replicas and the other sentinels")  # fmt: skip
+            wait_for(
+                lambda s=sentinel: (
+                    len(s.sentinel_slaves(SERVICE)) == self.count
+                    and len(s.sentinel_sentinels(SERVICE)) == 2
+                ),
+                30,
+                f"sentinel {port} to know the replicas and the other sentinels",
+            )
 
     def primary_now(self) -> int:
         """The primary's port as a majority of sentinels name it."""
         named = []
         for port in self.sentinels:
             try:
-                named.append(redis.Redis(port=port, socket_timeout=1)
-                             .sentinel_get_master_addr_by_name(SERVICE)[1])  # fmt: skip
+                named.append(
+                    redis.Redis(port=port, socket_timeout=1).sentinel_get_master_addr_by_name(
+                        SERVICE
+                    )[1]
+                )
             except redis.RedisError:
                 continue
         return max(set(named), key=named.count) if named else 0
@@ -246,8 +274,11 @@ def _replicas_fall_behind(ha: Cluster, out: Lines) -> None:
         replica = redis.Redis(port=port, password=ha.password, decode_responses=True)
         replica.config_set("masterauth", "not-the-password")
         replica.client_kill_filter(_type="master")
-        wait_for(lambda r=replica: r.info("replication")["master_link_status"] == "down", 10,
-                 "the replica cut off")  # fmt: skip
+        wait_for(
+            lambda r=replica: r.info("replication")["master_link_status"] == "down",
+            10,
+            "the replica cut off",
+        )
     counted = len(out.drain())
     wait_for(lambda: len(out.drain()) >= counted + 10, 30, "10 more submits or refusals")
 
@@ -261,39 +292,92 @@ def _start_backfill(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[byt
     """`contactsync backfill` of BACKFILL_ROWS leads, pausing while 100 jobs are queued: it is
     still submitting when the primary dies."""
     leads = tmp_path / "leads.csv"
-    leads.write_text("external_lead_id,FirstPhone\n"
-                     + "".join(f"c-{n},0383000000\n" for n in range(BACKFILL_ROWS)))
+    leads.write_text(
+        "external_lead_id,FirstPhone\n"
+        + "".join(f"c-{n},0383000000\n" for n in range(BACKFILL_ROWS))
+    )
     return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "backfill", str(leads), "-d", "noojee", "--kind",
-         "update", "--set", "template_id=41", "--set", "campaign_id=41", "--set",
-         "allocation_id=38", "--set", "disposition=Callback", "--max-queue-depth", "100"],
-        env=env, cwd=tmp_path, stdout=(tmp_path / "backfill.log").open("wb"),
-        stderr=subprocess.STDOUT)  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "backfill",
+            str(leads),
+            "-d",
+            "noojee",
+            "--kind",
+            "update",
+            "--set",
+            "template_id=41",
+            "--set",
+            "campaign_id=41",
+            "--set",
+            "allocation_id=38",
+            "--set",
+            "disposition=Callback",
+            "--max-queue-depth",
+            "100",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=(tmp_path / "backfill.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _run_failover(tmp_path: Path, wait_replicas: int, behind: bool) -> dict[str, Any]:
     with ExitStack() as stack:
         # WAIT 1 needs a replica after the failover too: two replicas, one becomes the primary.
         ha = stack.enter_context(cluster(tmp_path / "ha", 1 + wait_replicas))
-        sim = stack.enter_context(simulator_in_thread(serve, NoojeeSimConfig(
-            slots=8, latency_s=0.02, jitter_s=0.005, queue_timeout_s=2)))  # fmt: skip
+        sim = stack.enter_context(
+            simulator_in_thread(
+                serve, NoojeeSimConfig(slots=8, latency_s=0.02, jitter_s=0.005, queue_timeout_s=2)
+            )
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTSYNC_")}
-        env.update({**TEST_ENV, "CONTACTSYNC_REDIS_URL": ha.url,
-                    "CONTACTSYNC_DATA_DIR": str(tmp_path / "data"),
-                    "CONTACTSYNC_NOOJEE__BASE_URL": str(sim.base_url),
-                    "CONTACTSYNC_NOOJEE__API_KEY": "sandbox-key",
-                    "CONTACTSYNC_REDIS_WAIT_REPLICAS": str(wait_replicas),
-                    # (A replica cut off longer than 10 x down-after is never promoted.)
-                    "CONTACTSYNC_REDIS_WAIT_TIMEOUT_MS": "200",
-                    "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        env.update(
+            {
+                **TEST_ENV,
+                "CONTACTSYNC_REDIS_URL": ha.url,
+                "CONTACTSYNC_DATA_DIR": str(tmp_path / "data"),
+                "CONTACTSYNC_NOOJEE__BASE_URL": str(sim.base_url),
+                "CONTACTSYNC_NOOJEE__API_KEY": "sandbox-key",
+                "CONTACTSYNC_REDIS_WAIT_REPLICAS": str(wait_replicas),
+                # (A replica cut off longer than 10 x down-after is never promoted.)
+                "CONTACTSYNC_REDIS_WAIT_TIMEOUT_MS": "200",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         log = tmp_path / "worker.log"
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "noojee",
-             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-n", "ha@%h"],
-            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "-Q",
+                "noojee",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "-n",
+                "ha@%h",
+            ],
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
         stack.callback(_stop, worker)
-        producer = subprocess.Popen([sys.executable, "-c", PRODUCER], env=env, text=True,
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        producer = subprocess.Popen(
+            [sys.executable, "-c", PRODUCER],
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         stack.callback(_stop, producer)
         assert producer.stdin is not None
         out = Lines(producer)
@@ -308,6 +392,7 @@ def _run_failover(tmp_path: Path, wait_replicas: int, behind: bool) -> dict[str,
         producer.stdin.write(f"a {BEFORE} 5 0.02\n")
         producer.stdin.flush()
         backfill = None if behind else _start_backfill(tmp_path, env)
+
         def ready_to_kill() -> bool:
             assert ha.processes[ha.primary].poll() is None, "the primary died before the kill"
             return len(delivered()) >= KILL_AFTER
@@ -330,26 +415,41 @@ def _run_failover(tmp_path: Path, wait_replicas: int, behind: bool) -> dict[str,
         producer.stdin.flush()
         wait_for(lambda: out.has("done", "b"), 30, "the producer to submit after the failover")
         after = [f"b-{n}" for n in range(AFTER)]
-        wait_for(lambda: all(lead in delivered() for lead in after), 45,
-                 "every job submitted after the failover to be delivered")  # fmt: skip
+        wait_for(
+            lambda: all(lead in delivered() for lead in after),
+            45,
+            "every job submitted after the failover to be delivered",
+        )
 
         # Every job the new primary knows ends; the ones it never heard of are the ones lost.
         state = redis.Redis(port=ha.primary_now(), password=ha.password, decode_responses=True)
-        accepted = [lead for line in out.drain() if "accepted" in line
-                    for lead in line["accepted"] if lead.startswith("a-")]  # fmt: skip
+        accepted = [
+            lead
+            for line in out.drain()
+            if "accepted" in line
+            for lead in line["accepted"]
+            if lead.startswith("a-")
+        ]
 
         def unsettled() -> list[str]:
             calls = delivered()
-            return [lead for lead in accepted if lead not in calls
-                    and state.hget(f"cs:job:{job_id_for('noojee', lead)}", "state")
-                    not in (None, *TERMINAL)]  # fmt: skip
+            return [
+                lead
+                for lead in accepted
+                if lead not in calls
+                and state.hget(f"cs:job:{job_id_for('noojee', lead)}", "state")
+                not in (None, *TERMINAL)
+            ]
 
         wait_for(lambda: not unsettled(), 45, "every job the new primary knows to end")
         rows = [f"c-{n}" for n in range(BACKFILL_ROWS)] if backfill is not None else []
         if backfill is not None:  # it went on by itself: every row queued, then delivered
             assert backfill.wait(60) == 0, "the backfill did not finish on its own"
-            wait_for(lambda: all(lead in delivered() for lead in rows), 30,
-                     "every row of the backfill to be delivered")  # fmt: skip
+            wait_for(
+                lambda: all(lead in delivered() for lead in rows),
+                30,
+                "every row of the backfill to be delivered",
+            )
         deliveries.stop.set()
         calls = delivered()
         lost = [lead for lead in accepted if lead not in calls]
@@ -359,7 +459,8 @@ def _run_failover(tmp_path: Path, wait_replicas: int, behind: bool) -> dict[str,
             "backfill_rows_delivered": sum(lead in calls for lead in rows),
             "lost": len(lost),
             "lost_absent_from_ledger": sum(
-                state.exists(f"cs:job:{job_id_for('noojee', lead)}") == 0 for lead in lost),
+                state.exists(f"cs:job:{job_id_for('noojee', lead)}") == 0 for lead in lost
+            ),
             "duplicates": sum(n - 1 for n in calls.values() if n > 1),
             "promoted_s": round(promoted_s, 2),
             "no_deliveries_s": round(deliveries.longest_gap_after(killed_at), 2),
@@ -381,8 +482,10 @@ def test_failover_the_worker_and_a_producer_carry_on(
     """``behind``: the replicas are cut off for a while before the primary dies (replication
     lag, made long enough to count what it costs)."""
     figures = _run_failover(tmp_path, wait_replicas, behind)
-    print(f"failover, CONTACTSYNC_REDIS_WAIT_REPLICAS={wait_replicas}, replicas behind: "
-          f"{behind}: {figures}")
+    print(
+        f"failover, CONTACTSYNC_REDIS_WAIT_REPLICAS={wait_replicas}, replicas behind: "
+        f"{behind}: {figures}"
+    )
     assert figures["accepted"] == BEFORE
     if wait_replicas:  # a job the producer was told is queued is on a replica too
         assert figures["lost"] == 0
@@ -423,8 +526,16 @@ def test_a_command_in_flight_when_the_primary_dies_is_answered_by_the_new_one(
         readers = [threading.Thread(target=blocked_read, args=(n,)) for n in range(3)]
         for reader in readers:
             reader.start()
-        wait_for(lambda: redis.Redis(port=ha.primary, password=ha.password)
-                 .info("clients")["blocked_clients"] == 3, 5, "the reads blocked")  # fmt: skip
+        wait_for(
+            lambda: (
+                redis.Redis(port=ha.primary, password=ha.password).info("clients")[
+                    "blocked_clients"
+                ]
+                == 3
+            ),
+            5,
+            "the reads blocked",
+        )
         killed = time.monotonic()
         ha.processes[ha.primary].send_signal(signal.SIGKILL)
         for reader in readers:

@@ -97,8 +97,12 @@ def test_many_processes_and_threads_never_hold_more_than_the_limit(
 
 
 def test_a_dead_holders_lease_expires_and_a_waiter_gets_it(client: redis.Redis) -> None:
-    dead = Gate(client, f"test-{uuid.uuid4().hex[:8]}", GateConfig(maximum=1, ttl_s=0.8),
-                keeper=IdleKeeper())  # fmt: skip
+    dead = Gate(
+        client,
+        f"test-{uuid.uuid4().hex[:8]}",
+        GateConfig(maximum=1, ttl_s=0.8),
+        keeper=IdleKeeper(),
+    )
     assert dead.acquire() is not None
     gate = Gate(client, dead.name, GateConfig(maximum=1, ttl_s=0.8))
 
@@ -135,7 +139,10 @@ def test_a_killed_process_gives_its_permits_back_within_the_ttl(
 ) -> None:
     gate = new_gate(client, maximum=2, ttl_s=1.0)
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent("""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
             import sys, time, redis
             from worker.gate import Gate, GateConfig
             client = redis.Redis.from_url(sys.argv[1], decode_responses=True)
@@ -143,9 +150,13 @@ def test_a_killed_process_gives_its_permits_back_within_the_ttl(
             permits = [gate.acquire(), gate.acquire()]
             print("held", flush=True)
             time.sleep(600)
-        """), redis_server, gate.name],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        """),
+            redis_server,
+            gate.name,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         assert gate.acquire(wait_s=0) is None  # both permits are out, renewed by the holder
@@ -175,14 +186,17 @@ def test_realtime_waiters_are_served_before_bulk_waiters(client: redis.Redis) ->
         gate.release(permit, 0.001)
 
     threads = []
-    for name, priority, waiting in [("bulk-1", "bulk", 1), ("bulk-2", "bulk", 2),
-                                    ("realtime-1", "realtime", 3), ("bulk-3", "bulk", 4),
-                                    ("realtime-2", "realtime", 5)]:  # fmt: skip
+    for name, priority, waiting in [
+        ("bulk-1", "bulk", 1),
+        ("bulk-2", "bulk", 2),
+        ("realtime-1", "realtime", 3),
+        ("bulk-3", "bulk", 4),
+        ("realtime-2", "realtime", 5),
+    ]:
         thread = threading.Thread(target=wait, args=(name, priority))
         thread.start()
         threads.append(thread)
-        wait_for(lambda n=waiting: sum(gate.status().waiting.values()) == n, 5,
-                 f"{name} to wait")  # fmt: skip
+        wait_for(lambda n=waiting: sum(gate.status().waiting.values()) == n, 5, f"{name} to wait")
     gate.release(holder, 0.001)
     for thread in threads:
         thread.join(10)
@@ -353,12 +367,16 @@ def test_a_window_is_decided_once_and_the_next_waits_for_that_decision(
         """One call answered in 100 ms, released without deciding (as a closer that died)."""
         permit = gate.acquire(wait_s=0, now_ms=at)
         assert permit is not None
-        return list(gate._scripts["release"](keys=gate._keys, args=[
-            at, permit.token, 100.0, OK, permit.held, permit.epoch, 0, 2]))  # fmt: skip
+        return list(
+            gate._scripts["release"](
+                keys=gate._keys, args=[at, permit.token, 100.0, OK, permit.held, permit.epoch, 0, 2]
+            )
+        )
 
     def adjust(seq: str, limit: int, at: int) -> list[int]:
-        return [int(v) for v in gate._scripts["adjust"](keys=gate._keys, args=[at, seq, limit,
-                                                                              "1.00"])]  # fmt: skip
+        return [
+            int(v) for v in gate._scripts["adjust"](keys=gate._keys, args=[at, seq, limit, "1.00"])
+        ]
 
     assert len(release_raw(t)) == 3  # one answer: no window yet
     closed = release_raw(t + 10)
@@ -385,8 +403,9 @@ def test_a_controller_that_fails_costs_no_release(
         raise ZeroDivisionError("a bug in the controller")
 
     monkeypatch.setattr("worker.gate.decide", broken)
-    gate = new_gate(client, maximum=8, adaptive=True, initial=1,
-                    policy=PolicyConfig(window_ms=0, min_samples=2))  # fmt: skip
+    gate = new_gate(
+        client, maximum=8, adaptive=True, initial=1, policy=PolicyConfig(window_ms=0, min_samples=2)
+    )
     for _ in range(2):  # the second release closes a window
         permit = gate.acquire()
         assert permit is not None

@@ -90,8 +90,11 @@ def simulate(
     """``slots``, ``service`` and ``foreign``: (ms, value) steps of the PBX's slots, of its
     service time and of slots held by another client. Returns what happened."""
     rng = random.Random(seed)
-    gate = Gate(client, f"sim-{uuid.uuid4().hex[:8]}",
-                GateConfig(maximum=32, adaptive=True, initial=2, max_wait_s=3600))  # fmt: skip
+    gate = Gate(
+        client,
+        f"sim-{uuid.uuid4().hex[:8]}",
+        GateConfig(maximum=32, adaptive=True, initial=2, max_wait_s=3600),
+    )
     events: list[tuple[float, int, str, Any]] = []
     counter = itertools.count()
     tokens = (f"t{n:07d}" for n in itertools.count())  # in order: the run is reproducible
@@ -156,8 +159,9 @@ def simulate(
                 trace.calls += 1
             else:
                 trace.busy += 1
-            gate.release(permit, (now - since) / 1000, OK if kind == "done" else BUSY,
-                         now_ms=int(now))  # fmt: skip
+            gate.release(
+                permit, (now - since) / 1000, OK if kind == "done" else BUSY, now_ms=int(now)
+            )
             admit(now)
             wake(now)
             ask(now)
@@ -233,9 +237,13 @@ def test_j_fewer_slots_and_slower_at_once_settles_at_the_new_slots(
     client: redis.Redis, seed: int
 ) -> None:
     """At 10 s the PBX goes from 4 slots of 100 ms to 2 slots of 200 ms."""
-    trace = simulate(client, slots=[(0, 4), (10_000, 2)],
-                     service=[(0, uniform(100)), (10_000, uniform(200))], duration_ms=25_000,
-                     seed=seed)  # fmt: skip
+    trace = simulate(
+        client,
+        slots=[(0, 4), (10_000, 2)],
+        service=[(0, uniform(100)), (10_000, uniform(200))],
+        duration_ms=25_000,
+        seed=seed,
+    )
 
     assert trace.busy == 0
     assert trace.limits(15_000, 25_000) <= {1, 2, 3}  # 2 ± 1 within 5 s, and it stays there

@@ -57,23 +57,36 @@ def windows(draw: st.DrawFn, limit: int | None = None, busy: int | None = None) 
     log_mean = draw(st.floats(math.log(0.1), math.log(60_000)))
     log_var = draw(st.floats(0, 4))
     held = draw(st.floats(1, limit))
-    return Window(limit, n, n * log_mean, n * log_mean**2 + max(0, n - 1) * log_var, n * held,
-                  draw(st.integers(0, 3)) if busy is None else busy,
-                  draw(st.integers(10**7, 2 * 10**7)))  # fmt: skip
+    return Window(
+        limit,
+        n,
+        n * log_mean,
+        n * log_mean**2 + max(0, n - 1) * log_var,
+        n * held,
+        draw(st.integers(0, 3)) if busy is None else busy,
+        draw(st.integers(10**7, 2 * 10**7)),
+    )
 
 
 def steady(ms: float, n: int, held: float, limit: int, end_ms: int, spread: float = 0.1) -> Window:
     """n answers around ``ms`` (log-sd ``spread``), each granted with ``held`` permits out."""
     log_mean = math.log(ms)
-    return Window(limit, n, n * log_mean, n * log_mean**2 + (n - 1) * spread**2, n * held, 0,
-                  end_ms)  # fmt: skip
+    return Window(
+        limit, n, n * log_mean, n * log_mean**2 + (n - 1) * spread**2, n * held, 0, end_ms
+    )
 
 
 def cruising(limit: int, floor_ms: float, **changes: object) -> PolicyState:
     """A controller cruising at ``limit`` with a well-measured floor and a quiet PBX."""
-    state = PolicyState(mode="cruise", floor=Measure(200, math.log(floor_ms), limit),
-                        verified_ms=0, slow_start=False, gap=2, noise_var=0.01,
-                        noise_n=200)  # fmt: skip
+    state = PolicyState(
+        mode="cruise",
+        floor=Measure(200, math.log(floor_ms), limit),
+        verified_ms=0,
+        slow_start=False,
+        gap=2,
+        noise_var=0.01,
+        noise_n=200,
+    )
     return replace(state, **changes)  # type: ignore[arg-type]
 
 
@@ -170,8 +183,9 @@ def test_queueing_is_confirmed_then_tried_at_the_slots_the_estimate_gives() -> N
 
 
 def test_a_trial_whose_latency_fell_keeps_the_lower_limit_fewer_slots() -> None:
-    trial = cruising(2, 100, mode="trial", reference=Measure(20, math.log(200), 4),
-                     reference_limit=4)  # fmt: skip
+    trial = cruising(
+        2, 100, mode="trial", reference=Measure(20, math.log(200), 4), reference_limit=4
+    )
     decision = decide(trial, steady(100, 20, 2, 2, 2000), CONFIG, MAX)
     assert decision.limit == 2 and decision.state.mode == "cruise"
     assert decision.state.floor.ms == pytest.approx(100)
@@ -180,8 +194,9 @@ def test_a_trial_whose_latency_fell_keeps_the_lower_limit_fewer_slots() -> None:
 def test_a_trial_whose_latency_stayed_restores_the_limit_a_slower_pbx() -> None:
     # 4 calls at 250 ms, and 2 calls also at 250 ms: the rate halved with the calls, so all
     # 4 were being served; the PBX got slower. The floor takes the new latency.
-    trial = cruising(2, 100, mode="trial", reference=Measure(20, math.log(250), 4),
-                     reference_limit=4)  # fmt: skip
+    trial = cruising(
+        2, 100, mode="trial", reference=Measure(20, math.log(250), 4), reference_limit=4
+    )
     decision = decide(trial, steady(250, 20, 2, 2, 2000), CONFIG, MAX)
     assert decision.limit == 4 and decision.state.mode == "cruise"
     assert decision.state.floor.ms == pytest.approx(250)
@@ -189,8 +204,9 @@ def test_a_trial_whose_latency_stayed_restores_the_limit_a_slower_pbx() -> None:
 
 def test_fewer_slots_and_a_slower_pbx_at_once_settle_at_the_slots() -> None:
     # 4 slots of 100 ms became 2 of 200 ms: 4 calls take 400 ms, a trial at 1 takes 200 ms.
-    trial = cruising(1, 100, mode="trial", reference=Measure(20, math.log(400), 4),
-                     reference_limit=4)  # fmt: skip
+    trial = cruising(
+        1, 100, mode="trial", reference=Measure(20, math.log(400), 4), reference_limit=4
+    )
     assert decide(trial, steady(200, 20, 1, 1, 2000), CONFIG, MAX).limit == 2
 
 

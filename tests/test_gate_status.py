@@ -65,8 +65,14 @@ def build_fixed(client: redis.Redis, prefix: str) -> tuple[Gate, list[Permit]]:
     1 busy answer (in the last minute), 1 expired lease."""
     name = gate_name("noojee", FIXED_TARGET)
     config = GateConfig(maximum=2, adaptive=False)
-    dead = Gate(client, name, GateConfig(maximum=2, ttl_s=1), prefix=prefix,
-                target=FIXED_TARGET, keeper=IdleKeeper())  # fmt: skip
+    dead = Gate(
+        client,
+        name,
+        GateConfig(maximum=2, ttl_s=1),
+        prefix=prefix,
+        target=FIXED_TARGET,
+        keeper=IdleKeeper(),
+    )
     assert dead.acquire(now_ms=server_ms(client) - 30_000) is not None  # expired 29 s ago
     gate = Gate(client, name, config, prefix=prefix, target=FIXED_TARGET)
     for latency_s in (0.5, 0.1, 0.4, 0.2, 0.3):
@@ -98,9 +104,13 @@ EXPECTED_LIMITS = [2] * 6 + [1] * 3 + [2] * 9 + [1]
 
 def build_adaptive(client: redis.Redis, prefix: str) -> Gate:
     """An adaptive gate (initial 2, max 8) driven window by window in simulated time."""
-    gate = Gate(client, gate_name("noojee", ADAPTIVE_TARGET),
-                GateConfig(maximum=8, adaptive=True, initial=2), prefix=prefix,
-                target=ADAPTIVE_TARGET)  # fmt: skip
+    gate = Gate(
+        client,
+        gate_name("noojee", ADAPTIVE_TARGET),
+        GateConfig(maximum=8, adaptive=True, initial=2),
+        prefix=prefix,
+        target=ADAPTIVE_TARGET,
+    )
     now = server_ms(client)
 
     def call(at: int, latency_ms: float, signal: str) -> None:
@@ -130,8 +140,9 @@ def gates(client: redis.Redis) -> Iterator[Gates]:
 
 def cli(redis_server: str, prefix: str, *args: str) -> Any:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTSYNC_")}
-    env.update({"COLUMNS": "250", "CONTACTSYNC_REDIS_URL": redis_server,
-                "CONTACTSYNC_KEY_PREFIX": prefix})  # fmt: skip
+    env.update(
+        {"COLUMNS": "250", "CONTACTSYNC_REDIS_URL": redis_server, "CONTACTSYNC_KEY_PREFIX": prefix}
+    )
     return run_cli(*args, env=env)
 
 
@@ -204,11 +215,20 @@ def test_gate_status_json_has_the_figures_and_the_history(redis_server: str, gat
     shown = {gate["name"]: gate for gate in answer["gates"]}
     fixed, adaptive = shown[gates.fixed.name], shown[gates.adaptive.name]
     assert {k: v for k, v in fixed.items() if k != "history"} == {
-        "name": gates.fixed.name, "target": FIXED_TARGET, "limit": 2, "max": 2,
-        "adaptive": False, "in_flight": 2, "waiting": {"realtime": 1, "bulk": 2},
-        "latency_floor_ms": None, "latency_p50_ms": 300.0, "latency_p95_ms": 500.0,
-        "busy_last_minute": 1, "busy_total": 1, "expired_leases_total": 1,
-    }  # fmt: skip
+        "name": gates.fixed.name,
+        "target": FIXED_TARGET,
+        "limit": 2,
+        "max": 2,
+        "adaptive": False,
+        "in_flight": 2,
+        "waiting": {"realtime": 1, "bulk": 2},
+        "latency_floor_ms": None,
+        "latency_p50_ms": 300.0,
+        "latency_p95_ms": 500.0,
+        "busy_last_minute": 1,
+        "busy_total": 1,
+        "expired_leases_total": 1,
+    }
     assert fixed["history"] == []
     assert adaptive["limit"] == 1 and adaptive["max"] == 8 and adaptive["adaptive"] is True
     assert adaptive["latency_floor_ms"] == 142.1
@@ -226,7 +246,8 @@ def test_gate_status_json_has_the_figures_and_the_history(redis_server: str, gat
     by_name = {gate["name"]: gate for gate in json.loads(recent.stdout)["gates"]}
     since = json.loads(recent.stdout)["now_ms"] - 300_000
     assert [p["at_ms"] for p in by_name[gates.adaptive.name]["history"]] == [
-        at for at, _, _ in direct if at >= since]  # fmt: skip
+        at for at, _, _ in direct if at >= since
+    ]
     assert len(by_name[gates.adaptive.name]["history"]) == 11  # windows from 288 s ago on
 
 
@@ -247,8 +268,18 @@ def test_without_redis_the_gate_command_says_what_to_do(tmp_path: Path) -> None:
 
 def test_gate_status_help_explains_every_figure() -> None:
     text = run_cli("gate", "status", "--help").stdout
-    for figure in ("limit", "in flight", "waiting", "latency floor", "p50 / p95", "busy answers",
-                   "expired leases", "limit chart", "--json", "--minutes"):  # fmt: skip
+    for figure in (
+        "limit",
+        "in flight",
+        "waiting",
+        "latency floor",
+        "p50 / p95",
+        "busy answers",
+        "expired leases",
+        "limit chart",
+        "--json",
+        "--minutes",
+    ):
         assert figure in text, figure
 
 
@@ -263,8 +294,14 @@ def test_sparkline_scales_from_the_lowest_to_the_highest_value() -> None:
 
 
 def test_limit_columns_keep_each_slices_highest_limit_and_carry_it_on() -> None:
-    history = [(500, 3, 0.0), (1_000, 4, 1.0), (1_100, 9, 2.0), (1_200, 2, 2.0),
-               (3_500, 5, 1.0), (9_000, 7, 1.0)]  # fmt: skip
+    history = [
+        (500, 3, 0.0),
+        (1_000, 4, 1.0),
+        (1_100, 9, 2.0),
+        (1_200, 2, 2.0),
+        (3_500, 5, 1.0),
+        (9_000, 7, 1.0),
+    ]
     # 1 s per column from 1 000: the point before the range carries in; 9 000 is out of range.
     assert limit_columns(history, 1_000, 6_000, columns=5) == [9, 2, 5, 5, 5]
     assert limit_columns(history, 0, 1_000, columns=2) == [None, 3]
@@ -285,8 +322,9 @@ def test_the_collector_exposes_every_gate_and_the_job_counts(
     client: redis.Redis, gates: Gates
 ) -> None:
     client.hset(f"{gates.prefix}counts", mapping={"delivered": 7, "review": 2})
-    collector = FleetCollector(lambda: client, gates.prefix,
-                               Ledger(client, prefix=gates.prefix).counts)  # fmt: skip
+    collector = FleetCollector(
+        lambda: client, gates.prefix, Ledger(client, prefix=gates.prefix).counts
+    )
     found = samples(generate_latest(make_registry(collector)))
 
     def value(name: str, gate: Gate, **labels: str) -> float:
@@ -315,8 +353,11 @@ def test_the_collector_exposes_every_gate_and_the_job_counts(
     assert value("gate_latency_seconds", adaptive, quantile="0.95") == pytest.approx(0.19)
     assert value("gate_busy_total", adaptive) == 2
 
-    jobs = {dict(labels)["state"]: v for (name, labels), v in found.items()
-            if name == "contactsync_jobs"}  # fmt: skip
+    jobs = {
+        dict(labels)["state"]: v
+        for (name, labels), v in found.items()
+        if name == "contactsync_jobs"
+    }
     assert jobs["delivered"] == 7 and jobs["review"] == 2 and jobs["queued"] == 0
 
 
@@ -342,8 +383,9 @@ def test_a_scrape_shows_what_it_could_read(client: redis.Redis, gates: Gates) ->
     def counts() -> dict[str, int]:
         raise redis.ConnectionError("gone mid-scrape")
 
-    found = samples(generate_latest(make_registry(FleetCollector(lambda: client, gates.prefix,
-                                                                 counts))))  # fmt: skip
+    found = samples(
+        generate_latest(make_registry(FleetCollector(lambda: client, gates.prefix, counts)))
+    )
     assert found[("contactsync_up", frozenset())] == 0
     key = frozenset({"gate": gates.fixed.name, "target": FIXED_TARGET}.items())
     assert found[("contactsync_gate_limit", key)] == 2
@@ -363,8 +405,10 @@ def test_metrics_are_served_over_http(client: redis.Redis, gates: Gates) -> None
         server.shutdown()
         server.server_close()
     assert answer.status_code == 200
-    assert f'contactsync_gate_limit{{gate="{gates.fixed.name}",target="{FIXED_TARGET}"}} 2.0' \
-        in answer.text  # fmt: skip
+    assert (
+        f'contactsync_gate_limit{{gate="{gates.fixed.name}",target="{FIXED_TARGET}"}} 2.0'
+        in answer.text
+    )
 
 
 def test_a_second_worker_on_the_host_leaves_the_metrics_port_to_the_first(

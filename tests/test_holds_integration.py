@@ -39,8 +39,11 @@ def watch(count: Any, seconds: float) -> list[tuple[float, int]]:
 
 
 def most_in_any_window(seen: list[tuple[float, int]], window_s: float) -> int:
-    return max(max(n for t, n in seen if start <= t < start + window_s)
-               - min(n for t, n in seen if t >= start) for start, _ in seen)  # fmt: skip
+    return max(
+        max(n for t, n in seen if start <= t < start + window_s)
+        - min(n for t, n in seen if t >= start)
+        for start, _ in seen
+    )
 
 
 def test_an_expandable_login_refused_with_a_500_pauses_it_and_names_the_settings(
@@ -59,8 +62,15 @@ def test_an_expandable_login_refused_with_a_500_pauses_it_and_names_the_settings
     post(f"{url}/_expire_tokens", {})  # the fleet's cached token is refused: it logs in again
     try:
         before = stats(url)["login_failures"]
-        ids = submit_many([validate_job("expandable.contact_update", {
-            "CUSTOMER_ID": c, "CUST_CONTACT": k, "NOTES": "held"}) for c, k in contacts])
+        ids = submit_many(
+            [
+                validate_job(
+                    "expandable.contact_update",
+                    {"CUSTOMER_ID": c, "CUST_CONTACT": k, "NOTES": "held"},
+                )
+                for c, k in contacts
+            ]
+        )
         interval = get_settings().pause.config_probe_interval_s
         seen = watch(lambda: stats(url)["login_failures"] - before, 3 * interval)
         assert seen[-1][1] >= 1
@@ -73,8 +83,11 @@ def test_an_expandable_login_refused_with_a_500_pauses_it_and_names_the_settings
         assert all(password not in p for p in paused)
     finally:
         post(f"{url}/_config", {"password": password, "login_refusal": 401})
-    wait_for(lambda: all(ledger.get(i).state == "delivered" for i in ids), 30,
-             "the jobs once the credentials work again")  # fmt: skip
+    wait_for(
+        lambda: all(ledger.get(i).state == "delivered" for i in ids),
+        30,
+        "the jobs once the credentials work again",
+    )
 
 
 def test_request_limit_exceeded_pauses_mission_capital_for_the_whole_fleet(
@@ -91,8 +104,12 @@ def test_request_limit_exceeded_pauses_mission_capital_for_the_whole_fleet(
     try:
         before = stats(url)["calls"]
         bases = ["00QEa" + uuid.uuid4().hex[:10].upper() for _ in range(20)]
-        ids = submit_many([validate_job("missioncapital.contact_user",
-                                        {"application_id": b + id_suffix(b)}) for b in bases])
+        ids = submit_many(
+            [
+                validate_job("missioncapital.contact_user", {"application_id": b + id_suffix(b)})
+                for b in bases
+            ]
+        )
         interval = get_settings().pause.limit_probe_interval_s
         seen = watch(lambda: stats(url)["calls"] - before, 3 * interval)
         # The calls in flight when the first answer came back (one per worker thread at most)
@@ -106,5 +123,8 @@ def test_request_limit_exceeded_pauses_mission_capital_for_the_whole_fleet(
         assert max(r.faults for r in records) == 0 and max(r.retries for r in records) == 0
     finally:
         post(f"{url}/_config", {"api_limit": allowance, "api_usage": 0})
-    wait_for(lambda: all(ledger.get(i).state == "delivered" for i in ids), 30,
-             "the jobs once the allowance is back")  # fmt: skip
+    wait_for(
+        lambda: all(ledger.get(i).state == "delivered" for i in ids),
+        30,
+        "the jobs once the allowance is back",
+    )

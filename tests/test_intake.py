@@ -33,10 +33,18 @@ def intake(stack: Any) -> Iterator[httpx.Client]:
 
 def update(lead: str, **job: Any) -> dict[str, Any]:
     """A Noojee update as a service sends it."""
-    fields = {"template_id": 41, "campaign_id": 41, "allocation_id": 38,
-              "external_lead_id": lead, "disposition": "Sale",
-              "fields": {"FirstPhone": "0383218199", "Name": "Jane Smith",
-                         "Email": "jane.smith@example.com"}}  # fmt: skip
+    fields = {
+        "template_id": 41,
+        "campaign_id": 41,
+        "allocation_id": 38,
+        "external_lead_id": lead,
+        "disposition": "Sale",
+        "fields": {
+            "FirstPhone": "0383218199",
+            "Name": "Jane Smith",
+            "Email": "jane.smith@example.com",
+        },
+    }
     fields.update(job)
     return {"kind": "noojee.update", "job": fields}
 
@@ -66,21 +74,34 @@ def test_a_batch_with_one_invalid_job_is_refused_whole_and_names_the_bad_field(
 
 
 def test_every_bad_field_of_every_job_is_named(intake: httpx.Client) -> None:
-    jobs = [update(new_lead_id(), fields={}), {"kind": "noojee.upsert", "job": {}},
-            update(new_lead_id(), priority=101)]  # fmt: skip
+    jobs = [
+        update(new_lead_id(), fields={}),
+        {"kind": "noojee.upsert", "job": {}},
+        update(new_lead_id(), priority=101),
+    ]
     answer = intake.post("/v1/jobs", json={"jobs": jobs, "priority": "soon"}, headers=CRM)
     assert answer.status_code == 422
     paths = [e["path"] for e in answer.json()["errors"]]
-    assert paths == ["$.priority", "$.jobs[0].job.fields", "$.jobs[1].kind",
-                     "$.jobs[2].job.priority"]  # fmt: skip
+    assert paths == [
+        "$.priority",
+        "$.jobs[0].job.fields",
+        "$.jobs[1].kind",
+        "$.jobs[2].job.priority",
+    ]
 
 
 def test_requests_without_a_valid_token_get_401(intake: httpx.Client) -> None:
     job = update(new_lead_id())
-    for headers in ({}, {"Authorization": "Bearer not-a-token"},
-                    {"Authorization": "Basic Y3JtOmNybS10b2tlbi0wMTIzNDU2Nzg5"}):  # fmt: skip
-        for method, path in (("POST", "/v1/jobs"), ("GET", f"/v1/jobs/{'0' * 32}"),
-                             ("GET", "/v1/review")):  # fmt: skip
+    for headers in (
+        {},
+        {"Authorization": "Bearer not-a-token"},
+        {"Authorization": "Basic Y3JtOmNybS10b2tlbi0wMTIzNDU2Nzg5"},
+    ):
+        for method, path in (
+            ("POST", "/v1/jobs"),
+            ("GET", f"/v1/jobs/{'0' * 32}"),
+            ("GET", "/v1/review"),
+        ):
             answer = intake.request(method, path, json=job, headers=headers)
             assert answer.status_code == 401, (method, path, headers)
             assert answer.headers["WWW-Authenticate"].startswith("Bearer")
@@ -141,7 +162,11 @@ def test_a_job_shows_its_state_attempts_last_answer_and_masked_payload(
     assert answer.status_code == 200
     shown = answer.json()
     assert (shown["state"], shown["attempts"], shown["client"], shown["priority"]) == (
-        "review", 1, "crm", "realtime")
+        "review",
+        1,
+        "crm",
+        "realtime",
+    )
     assert shown["last_answer"]["code"] == "110"
     assert shown["payload"]["external_lead_id"] == lead  # an id, not personal data
     assert not any(value in answer.text for value in PERSONAL_VALUES)
@@ -159,8 +184,9 @@ def test_operators_requeue_and_discard_reviews_over_http(
     leads = [new_lead_id(), new_lead_id()]
     for lead in leads:
         simulator.script(lead, [110, 0])
-    ids = intake.post("/v1/jobs", json={"jobs": [update(lead) for lead in leads]},
-                      headers=CRM).json()["job_ids"]  # fmt: skip
+    ids = intake.post(
+        "/v1/jobs", json={"jobs": [update(lead) for lead in leads]}, headers=CRM
+    ).json()["job_ids"]
     for job_id in ids:
         wait_for_state(ledger, job_id, ("review",))
 
@@ -168,25 +194,30 @@ def test_operators_requeue_and_discard_reviews_over_http(
     listed = intake.get("/v1/review", params={"limit": 500}, headers=OPS).json()
     assert set(ids) <= {job["id"] for job in listed["jobs"]}
 
-    edited = intake.post(f"/v1/review/{ids[0]}/requeue",
-                         json={"changes": {"disposition": "Callback"}}, headers=OPS)  # fmt: skip
+    edited = intake.post(
+        f"/v1/review/{ids[0]}/requeue", json={"changes": {"disposition": "Callback"}}, headers=OPS
+    )
     assert edited.status_code == 202
     record = wait_for_state(ledger, ids[0], ("delivered",))
     assert simulator.lead(leads[0])["njDisposition"] == "Callback"
     assert any(e["event"] == "requeued" and e["by"] == "ops" for e in record.history)
 
-    bad = intake.post(f"/v1/review/{ids[1]}/requeue",
-                      json={"changes": {"callback_date": "soon"}}, headers=OPS)  # fmt: skip
+    bad = intake.post(
+        f"/v1/review/{ids[1]}/requeue", json={"changes": {"callback_date": "soon"}}, headers=OPS
+    )
     assert bad.status_code == 422 and "callback_date" in bad.text
     assert intake.post(f"/v1/review/{ids[1]}/discard", json={}, headers=OPS).status_code == 422
-    gone = intake.post(f"/v1/review/{ids[1]}/discard", json={"reason": "duplicate of a call"},
-                       headers=OPS)  # fmt: skip
+    gone = intake.post(
+        f"/v1/review/{ids[1]}/discard", json={"reason": "duplicate of a call"}, headers=OPS
+    )
     assert gone.json() == {"job_id": ids[1], "state": "rejected"}
     assert ledger.get(ids[1]).state == "rejected"
     again = intake.post(f"/v1/review/{ids[0]}/requeue", headers=OPS)
     assert again.status_code == 409  # delivered: nothing to requeue
-    assert intake.post(f"/v1/review/{'e' * 32}/discard", json={"reason": "x"},
-                       headers=OPS).status_code == 404  # fmt: skip
+    assert (
+        intake.post(f"/v1/review/{'e' * 32}/discard", json={"reason": "x"}, headers=OPS).status_code
+        == 404
+    )
 
 
 def test_jobs_from_the_intake_are_realtime_unless_the_request_says_bulk(
@@ -199,11 +230,19 @@ def test_jobs_from_the_intake_are_realtime_unless_the_request_says_bulk(
     app.control.cancel_consumer("noojee", reply=True)  # hold the queue still to look at it
     try:
         one = intake.post("/v1/jobs", json=update(new_lead_id()), headers=CRM).json()["job_id"]
-        many = intake.post("/v1/jobs", json={"priority": "bulk", "jobs": [
-            update(new_lead_id()), {**update(new_lead_id()), "priority": "realtime"}]},
-            headers=CRM).json()["job_ids"]  # fmt: skip
-        assert (ledger.get(one).priority, ledger.get(many[0]).priority,
-                ledger.get(many[1]).priority) == ("realtime", "bulk", "realtime")  # fmt: skip
+        many = intake.post(
+            "/v1/jobs",
+            json={
+                "priority": "bulk",
+                "jobs": [update(new_lead_id()), {**update(new_lead_id()), "priority": "realtime"}],
+            },
+            headers=CRM,
+        ).json()["job_ids"]
+        assert (
+            ledger.get(one).priority,
+            ledger.get(many[0]).priority,
+            ledger.get(many[1]).priority,
+        ) == ("realtime", "bulk", "realtime")
         on_queue = ledger.r.lrange(realtime, 0, -1) + ledger.r.lrange(bulk, 0, -1)
         assert sum(one in message for message in ledger.r.lrange(realtime, 0, -1)) == 1
         assert sum(many[0] in message for message in ledger.r.lrange(bulk, 0, -1)) == 1
@@ -242,12 +281,16 @@ def test_a_realtime_job_from_the_intake_overtakes_a_running_backfill(
     spec = Backfill(path, "noojee.update", constants=NOOJEE, max_queue_depth=50, chunk_rows=50)
     results: list[BackfillResult] = []
     runs: list[str] = []
-    backfill = threading.Thread(target=lambda: results.append(run(spec, lambda p: runs.append(
-        p.run_id))))  # fmt: skip
+    backfill = threading.Thread(
+        target=lambda: results.append(run(spec, lambda p: runs.append(p.run_id)))
+    )
     backfill.start()
     try:
-        wait_for(lambda: runs and ledger.batch_counts(runs[-1])["delivered"] >= 20, 60,
-                 "the backfill to be delivering")  # fmt: skip
+        wait_for(
+            lambda: runs and ledger.batch_counts(runs[-1])["delivered"] >= 20,
+            60,
+            "the backfill to be delivering",
+        )
         job_id = intake.post("/v1/jobs", json=update(new_lead_id()), headers=CRM).json()["job_id"]
         submitted = ledger.get(job_id).submitted_at_ms
         delivered = wait_for_state(ledger, job_id, ("delivered",)).updated_at_ms
@@ -256,15 +299,18 @@ def test_a_realtime_job_from_the_intake_overtakes_a_running_backfill(
         backfill.join(120)
     [result] = results
     assert result.enqueued == 400
-    bulk = [ledger.get(job_id_for("noojee", f"backfill:{result.run_id}:{row}"))
-            for row in range(2, 402)]  # fmt: skip
+    bulk = [
+        ledger.get(job_id_for("noojee", f"backfill:{result.run_id}:{row}")) for row in range(2, 402)
+    ]
     assert all(record is not None for record in bulk)
     # Overtaken: the backfill's jobs not yet queued, or queued and delivered later.
     overtaken = sum(r.state != "delivered" or r.updated_at_ms > delivered for r in bulk)
-    ahead = sum(r.state == "delivered" and submitted <= r.updated_at_ms <= delivered
-                for r in bulk)  # fmt: skip
+    ahead = sum(r.state == "delivered" and submitted <= r.updated_at_ms <= delivered for r in bulk)
     assert overtaken > 200
     # Only the bulk jobs already fetched or holding a permit (4 worker threads) finish first.
     assert ahead <= 4
-    wait_for(lambda: ledger.batch_counts(result.run_id)["pending"] == 0, 120,
-             "the backfill's jobs to end")  # fmt: skip
+    wait_for(
+        lambda: ledger.batch_counts(result.run_id)["pending"] == 0,
+        120,
+        "the backfill's jobs to end",
+    )

@@ -57,18 +57,33 @@ def intake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Intake]:
     root = tmp_path_factory.mktemp("hostile")
     with EmbeddedRedis.under(root / "data") as redis_server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTSYNC_")}
-        env.update({
-            "CONTACTSYNC_REDIS_URL": redis_server.url, "CONTACTSYNC_DATA_DIR": str(root),
-            "CONTACTSYNC_INTAKE__TOKENS": json.dumps({"crm": CRM_TOKEN, "ops": OPS_TOKEN}),
-            "CONTACTSYNC_INTAKE__OPERATORS": '["ops"]',
-            "CONTACTSYNC_INTAKE__HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-            "CONTACTSYNC_INTAKE__BODY_TIMEOUT_S": "10",
-        })  # fmt: skip
+        env.update(
+            {
+                "CONTACTSYNC_REDIS_URL": redis_server.url,
+                "CONTACTSYNC_DATA_DIR": str(root),
+                "CONTACTSYNC_INTAKE__TOKENS": json.dumps({"crm": CRM_TOKEN, "ops": OPS_TOKEN}),
+                "CONTACTSYNC_INTAKE__OPERATORS": '["ops"]',
+                "CONTACTSYNC_INTAKE__HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+                "CONTACTSYNC_INTAKE__BODY_TIMEOUT_S": "10",
+            }
+        )
         port_file, log = root / "intake.port", root / "intake.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "intake", "--port", "0", "--port-file",
-                 str(port_file)], env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "worker.cli",
+                    "intake",
+                    "--port",
+                    "0",
+                    "--port-file",
+                    str(port_file),
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
             deadline = time.monotonic() + 30
             while not (port_file.exists() and port_file.read_text().strip()):
@@ -82,8 +97,14 @@ def intake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Intake]:
 
 
 def job(lead: str = "H-1", **overrides: Any) -> dict[str, Any]:
-    data = {"template_id": 41, "campaign_id": 41, "allocation_id": 38, "external_lead_id": lead,
-            "disposition": "Sale", "fields": {"MobilePhone": PHONE, "Name": NAME}}
+    data = {
+        "template_id": 41,
+        "campaign_id": 41,
+        "allocation_id": 38,
+        "external_lead_id": lead,
+        "disposition": "Sale",
+        "fields": {"MobilePhone": PHONE, "Name": NAME},
+    }
     data.update(overrides)
     return {"kind": "noojee.update", "job": data}
 
@@ -126,8 +147,9 @@ def settles_near(intake: Intake, baseline_mb: float, within: float = 0.20) -> fl
     return rss
 
 
-def send_until_answered(sock: socket.socket, piece: bytes, total_bytes: int,
-                        pace_s: float = 0.0) -> int:  # fmt: skip
+def send_until_answered(
+    sock: socket.socket, piece: bytes, total_bytes: int, pace_s: float = 0.0
+) -> int:
     """Send ``piece`` after ``piece`` (``pace_s`` apart: a slow client) until ``total_bytes``
     are sent, the intake answers (the socket turns readable) or hangs up; returns the bytes
     sent."""
@@ -157,12 +179,23 @@ def read_answer(sock: socket.socket) -> bytes:
     return answer
 
 
-def upload(intake: Intake, path: str, headers: dict[str, str], send_bytes: int,
-           pace_s: float = 0.0, abort: bool = False) -> bytes:  # fmt: skip
+def upload(
+    intake: Intake,
+    path: str,
+    headers: dict[str, str],
+    send_bytes: int,
+    pace_s: float = 0.0,
+    abort: bool = False,
+) -> bytes:
     """Declare an 8 MiB JSON body to ``path``, send ``send_bytes`` of it in 64 KiB pieces,
     stop as soon as the intake answers; then read the answer, or (``abort``) just hang up."""
-    head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {8 * MIB}",
-            "Content-Type: application/json", *(f"{k}: {v}" for k, v in headers.items())]
+    head = [
+        f"POST {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        f"Content-Length: {8 * MIB}",
+        "Content-Type: application/json",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as sock:
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
         send_until_answered(sock, b"[" + b" " * (64 * 1024 - 1), send_bytes, pace_s)
@@ -188,8 +221,12 @@ def test_40_slow_unauthenticated_8_mib_uploads_are_refused_before_their_body(
     intake: Intake,
 ) -> None:
     baseline = warm(intake)
-    paths = ["/v1/review/" + "a" * 32 + "/discard", "/v1/review/" + "b" * 32 + "/requeue",
-             "/no/such/route", "/v1/jobs"]  # fmt: skip
+    paths = [
+        "/v1/review/" + "a" * 32 + "/discard",
+        "/v1/review/" + "b" * 32 + "/requeue",
+        "/no/such/route",
+        "/v1/jobs",
+    ]
     with PeakRss(intake) as peak:
         answers = in_threads(40, lambda n: upload(intake, paths[n % 4], {}, 8 * MIB, 0.01))
 
@@ -204,11 +241,18 @@ def test_pages_and_console_forms_never_buffer_a_large_body(intake: Intake) -> No
     bodies: the server takes at most 64 KiB for them. The console's forms stream theirs against
     their own 64 KiB cap."""
     baseline = warm(intake)
-    paths = ["/console/", "/console/review", "/docs", "/", "/redoc", "/console/static/x.css",
-             "/console/login", "/console/bulk"]  # fmt: skip
+    paths = [
+        "/console/",
+        "/console/review",
+        "/docs",
+        "/",
+        "/redoc",
+        "/console/static/x.css",
+        "/console/login",
+        "/console/bulk",
+    ]
     with PeakRss(intake) as peak:
-        answers = in_threads(40, lambda n: upload(intake, paths[n % len(paths)], {}, 8 * MIB,
-                                                  0.01))  # fmt: skip
+        answers = in_threads(40, lambda n: upload(intake, paths[n % len(paths)], {}, 8 * MIB, 0.01))
 
     by_path = {paths[n % len(paths)]: a[:12] for n, a in enumerate(answers)}
     assert all(a.startswith((b"HTTP/1.1 400", b"HTTP/1.1 413")) for a in answers), by_path
@@ -297,8 +341,10 @@ def test_with_redis_stopped_submits_answer_503_within_2_s_and_healthz_within_1_s
             openapi_s = time.monotonic() - started
         finally:
             os.kill(pid, signal.SIGCONT)
-        print(f"Redis stopped: submits 503 after at most {max(t for _, t in timings):.2f} s, "
-              f"/healthz after {health_s:.2f} s")
+        print(
+            f"Redis stopped: submits 503 after at most {max(t for _, t in timings):.2f} s, "
+            f"/healthz after {health_s:.2f} s"
+        )
         assert {status for status, _ in timings} == {503}, timings
         assert max(seconds for _, seconds in timings) < 2.0, timings
         assert (health.status_code, health.json()["redis"]) == (503, "unreachable")
@@ -339,8 +385,10 @@ def test_with_redis_stopped_the_console_answers_503_and_the_intake_keeps_serving
             health_s = time.monotonic() - started
         finally:
             os.kill(pid, signal.SIGCONT)
-        print(f"Redis stopped: console pages 503 after at most "
-              f"{max(t for _, t in timings):.2f} s, /healthz after {health_s:.2f} s")
+        print(
+            f"Redis stopped: console pages 503 after at most "
+            f"{max(t for _, t in timings):.2f} s, /healthz after {health_s:.2f} s"
+        )
         assert {status for status, _ in timings} == {503}, timings
         assert max(seconds for _, seconds in timings) < 2.0, timings
         assert health.status_code == 503 and health_s < 1.0, health_s
@@ -352,15 +400,38 @@ def test_with_redis_stopped_the_console_answers_503_and_the_intake_keeps_serving
 
 
 # -- odd input -------------------------------------------------------------------------------
-ODD_QUERY_VALUES = ["²", "①", "٣", "1" * 5000, "-1", "1e3", " 1", "0x10", "1.0", "", "+1",
-                    "\uff11", "\u00a0", "%00", "9" * 11, "null", "[]", "1,2", "١٢", "true", "0b1",
-                    "1_000", "10000000000"]  # fmt: skip
+ODD_QUERY_VALUES = [
+    "²",
+    "①",
+    "٣",
+    "1" * 5000,
+    "-1",
+    "1e3",
+    " 1",
+    "0x10",
+    "1.0",
+    "",
+    "+1",
+    "\uff11",
+    "\u00a0",
+    "%00",
+    "9" * 11,
+    "null",
+    "[]",
+    "1,2",
+    "١٢",
+    "true",
+    "0b1",
+    "1_000",
+    "10000000000",
+]
 
 
 def test_odd_query_values_are_422_never_500_and_never_logged(intake: Intake) -> None:
     with httpx.Client(base_url=intake.url, headers=OPS, timeout=10) as client:
-        answers = {value: client.get("/v1/review", params={"offset": value})
-                   for value in ODD_QUERY_VALUES}  # fmt: skip
+        answers = {
+            value: client.get("/v1/review", params={"offset": value}) for value in ODD_QUERY_VALUES
+        }
         raw = client.get("/v1/review?limit=%FF%FE")  # not UTF-8
     assert {v: a.status_code for v, a in answers.items() if a.status_code != 422} == {}
     assert raw.status_code in (400, 422) and "\\xff" not in raw.text
@@ -370,18 +441,26 @@ def test_odd_query_values_are_422_never_500_and_never_logged(intake: Intake) -> 
 
 def test_the_bounds_of_a_job_hold_over_http(intake: Intake) -> None:
     with httpx.Client(base_url=intake.url, headers=CRM, timeout=30) as client:
-        huge_id = client.post("/v1/jobs", content=json.dumps(job(
-            template_id=int("9" * 4300))).encode(), headers={"Content-Type": "application/json"})
+        huge_id = client.post(
+            "/v1/jobs",
+            content=json.dumps(job(template_id=int("9" * 4300))).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         true_id = client.post("/v1/jobs", json=job(campaign_id=True))
         nul = client.post("/v1/jobs", json=job("H\x00-1"))
         fields = {f"F{n}Phone": PHONE for n in range(200_000)}
         many = client.post("/v1/jobs", json=job(fields=fields))
-        plain = client.post("/v1/jobs", content=json.dumps(job()),
-                            headers={"Content-Type": "text/plain"})  # fmt: skip
+        plain = client.post(
+            "/v1/jobs", content=json.dumps(job()), headers={"Content-Type": "text/plain"}
+        )
         form = client.post("/v1/jobs", data={"kind": "noojee.update"})
 
-    for answer, path in ((huge_id, "$.job.template_id"), (true_id, "$.job.campaign_id"),
-                         (nul, "$.job.external_lead_id"), (many, "$.job.fields")):  # fmt: skip
+    for answer, path in (
+        (huge_id, "$.job.template_id"),
+        (true_id, "$.job.campaign_id"),
+        (nul, "$.job.external_lead_id"),
+        (many, "$.job.fields"),
+    ):
         assert answer.status_code == 422, answer.text
         assert [e["path"] for e in answer.json()["errors"]] == [path]
         assert PHONE not in answer.text and NAME not in answer.text
@@ -390,8 +469,10 @@ def test_the_bounds_of_a_job_hold_over_http(intake: Intake) -> None:
 
 
 def test_a_chunked_body_past_the_limit_is_413_not_an_empty_400(intake: Intake) -> None:
-    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CRM_TOKEN}\r\n"
-            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CRM_TOKEN}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as sock:
         sock.sendall(head.encode() + b"%x\r\n" % (64 * MIB))  # one chunk of 64 MiB declared
         sent = send_until_answered(sock, b" " * (256 * 1024), 64 * MIB)

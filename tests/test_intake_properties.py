@@ -20,10 +20,11 @@ from tasks.models import kinds
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=12,
-)  # fmt: skip
+)
 
 
 def _field_names() -> list[str]:
@@ -36,12 +37,17 @@ def _field_names() -> list[str]:
 
 #: Jobs close enough to valid that validation goes deep: a real kind, real field names.
 NEAR_JOBS = st.fixed_dictionaries(
-    {"kind": st.sampled_from(sorted(kinds())),
-     "job": st.dictionaries(st.sampled_from(_field_names()), JSON | st.text(max_size=30),
-                            max_size=8)},
-    optional={"idempotency_key": st.text(max_size=10) | JSON,
-              "priority": st.sampled_from(["realtime", "bulk", "later"]) | JSON},
-)  # fmt: skip
+    {
+        "kind": st.sampled_from(sorted(kinds())),
+        "job": st.dictionaries(
+            st.sampled_from(_field_names()), JSON | st.text(max_size=30), max_size=8
+        ),
+    },
+    optional={
+        "idempotency_key": st.text(max_size=10) | JSON,
+        "priority": st.sampled_from(["realtime", "bulk", "later"]) | JSON,
+    },
+)
 BODIES = (
     JSON
     | NEAR_JOBS
@@ -92,8 +98,9 @@ def test_the_running_intake_never_answers_5xx(stack: Any) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("token", ["ops-token-0123456789", "crm-token-0123456789"],
-                         ids=["operator", "client"])
+@pytest.mark.parametrize(
+    "token", ["ops-token-0123456789", "crm-token-0123456789"], ids=["operator", "client"]
+)
 def test_schemathesis_finds_no_server_error_against_the_openapi_document(
     stack: Any, tmp_path: Path, token: str
 ) -> None:
@@ -103,20 +110,38 @@ def test_schemathesis_finds_no_server_error_against_the_openapi_document(
     # which JSON Schema cannot express, so schema-valid jobs may rightly get a 422.
     schemathesis = Path(sys.executable).parent / "schemathesis"
     result = subprocess.run(
-        [str(schemathesis), "run", f"{stack.intake_url}/openapi.json",
-         "--header", f"Authorization: Bearer {token}",
-         "--max-examples", "25", "--seed", "20261201", "--workers", "2",
-         "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-         "--generation-with-security-parameters", "false"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,  # it keeps a cache there
-    )  # fmt: skip
+        [
+            str(schemathesis),
+            "run",
+            f"{stack.intake_url}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--max-examples",
+            "25",
+            "--seed",
+            "20261201",
+            "--workers",
+            "2",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--generation-with-security-parameters",
+            "false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,  # it keeps a cache there
+    )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "passed" in result.stdout
     assert "Selected: 6/6" in result.stdout, result.stdout[-3000:]  # every operation
 
 
-@pytest.mark.parametrize("body", [b'{"jobs": [' + b"1" * 5000 + b"]}", b"\xff\xfe{}",
-                                  b"[" * 100_000, b""])  # fmt: skip
+@pytest.mark.parametrize(
+    "body", [b'{"jobs": [' + b"1" * 5000 + b"]}", b"\xff\xfe{}", b"[" * 100_000, b""]
+)
 def test_json_python_will_not_read_is_a_400(body: bytes) -> None:
     # An integer of 5,000 digits raises ValueError in json.loads, deep nesting RecursionError.
     with pytest.raises(Problem) as refused:
@@ -125,15 +150,25 @@ def test_json_python_will_not_read_is_a_400(body: bytes) -> None:
 
 
 def test_a_version_is_an_integer_or_a_timestamp_and_a_bad_one_names_its_path() -> None:
-    job = {"kind": "noojee.update", "job": {
-        "template_id": 41, "campaign_id": 41, "allocation_id": 38, "external_lead_id": "L1",
-        "disposition": "Sale", "fields": {"FirstPhone": "0383218199"}}}  # fmt: skip
+    job = {
+        "kind": "noojee.update",
+        "job": {
+            "template_id": 41,
+            "campaign_id": 41,
+            "allocation_id": 38,
+            "external_lead_id": "L1",
+            "disposition": "Sale",
+            "fields": {"FirstPhone": "0383218199"},
+        },
+    }
     body = {"jobs": [{**job, "version": 3}, {**job, "version": "2026-11-30T09:30:00Z"}, job]}
     assert parse_submission(json.dumps(body).encode(), "crm", None).versions == [
-        3, "2026-11-30T09:30:00Z", None]
+        3,
+        "2026-11-30T09:30:00Z",
+        None,
+    ]
     for bad in (True, -1, "yesterday", 1.5, "2026-11-30T09:30:00", {"v": 1}):
         with pytest.raises(Problem) as refused:
             parse_submission(json.dumps({**job, "version": bad}).encode(), "crm", None)
         assert refused.value.status == 422
         assert [path for path, _ in refused.value.errors] == ["$.version"]
-

@@ -17,20 +17,27 @@ from worker.logs import JsonFormatter
 
 
 def test_a_record_becomes_one_json_line_with_the_fields_given_and_an_escaped_traceback() -> None:
-    record = logging.LogRecord("tasks.delivery", logging.INFO, __file__, 1, "job %s delivered",
-                               ("j1",), None)  # fmt: skip
-    record.__dict__.update(job_id="j1", destination="noojee", outcome="delivered",
-                           latency_ms=31, unrelated="not shown")  # fmt: skip
+    record = logging.LogRecord(
+        "tasks.delivery", logging.INFO, __file__, 1, "job %s delivered", ("j1",), None
+    )
+    record.__dict__.update(
+        job_id="j1", destination="noojee", outcome="delivered", latency_ms=31, unrelated="not shown"
+    )
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "job j1 delivered" and line["level"] == "INFO"
     assert (line["job_id"], line["destination"], line["outcome"], line["latency_ms"]) == (
-        "j1", "noojee", "delivered", 31)
+        "j1",
+        "noojee",
+        "delivered",
+        31,
+    )
     assert "unrelated" not in line and line["ts"].endswith("+00:00")
     try:
         raise ValueError("boom")
     except ValueError:
-        failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed\nhere", (),
-                                   sys.exc_info())  # fmt: skip
+        failed = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "failed\nhere", (), sys.exc_info()
+        )
     text = JsonFormatter().format(failed)
     assert "\n" not in text and json.loads(text)["exc_type"] == "ValueError"
 
@@ -45,10 +52,28 @@ def test_a_worker_with_json_logs_writes_only_json_lines_with_job_fields(
     env = {**os.environ, "CONTACTSYNC_LOG_FORMAT": "json", "CONTACTSYNC_METRICS_PORT": "0"}
     with errors.open("w") as sink:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "noojee", "-c", "2",
-             "-n", "jsonlogs@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
-            env=env, stdout=subprocess.DEVNULL, stderr=sink,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "-Q",
+                "noojee",
+                "-c",
+                "2",
+                "-n",
+                "jsonlogs@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
         try:
             wait_for(lambda: "ready" in errors.read_text(), 30, "the worker to start")
             ids = submit_many([sample_update(new_lead_id()) for _ in range(40)], client="crm")
@@ -65,6 +90,10 @@ def test_a_worker_with_json_logs_writes_only_json_lines_with_job_fields(
     lines = [json.loads(line) for line in errors.read_text().splitlines() if line.strip()]
     assert lines and all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
     delivered = [line for line in lines if line.get("outcome") == "delivered"]
-    assert delivered and all(line["destination"] == "noojee" and line["job_id"] in ids
-                             and line["code"] == "0" and line["latency_ms"] >= 0
-                             for line in delivered)  # fmt: skip
+    assert delivered and all(
+        line["destination"] == "noojee"
+        and line["job_id"] in ids
+        and line["code"] == "0"
+        and line["latency_ms"] >= 0
+        for line in delivered
+    )

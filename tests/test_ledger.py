@@ -22,10 +22,16 @@ def ledger() -> Ledger:
 
 def new_job(job_id: str = "j1", key: str | None = None, **overrides: Any) -> NewJob:
     values: dict[str, Any] = {
-        "id": job_id, "kind": "noojee.update", "destination": "noojee", "task": "noojee.deliver",
-        "queue": "noojee", "priority": "bulk", "payload": json.dumps({"x": 1}),
-        "retry_until_ms": now_ms() + 60_000, "idempotency_key": key,
-    }  # fmt: skip
+        "id": job_id,
+        "kind": "noojee.update",
+        "destination": "noojee",
+        "task": "noojee.deliver",
+        "queue": "noojee",
+        "priority": "bulk",
+        "payload": json.dumps({"x": 1}),
+        "retry_until_ms": now_ms() + 60_000,
+        "idempotency_key": key,
+    }
     values.update(overrides)
     return NewJob(**values)
 
@@ -40,7 +46,12 @@ def test_a_new_job_is_recorded_and_its_message_queued_in_one_step(ledger: Ledger
     record = ledger.get("j1")
     assert record is not None
     assert (record.state, record.kind, record.task, record.queue, record.client) == (
-        "queued", "noojee.update", "noojee.deliver", "noojee", "crm")
+        "queued",
+        "noojee.update",
+        "noojee.deliver",
+        "noojee",
+        "crm",
+    )
     assert ledger.r.lrange(QUEUE, 0, -1) == ['{"job": "j1"}']
     assert ledger.size("schedule") == 0
 
@@ -93,16 +104,25 @@ def test_a_worker_whose_claim_expired_cannot_settle(ledger: Ledger) -> None:
 def test_transitions_keep_counts_sets_and_history_in_step(ledger: Ledger) -> None:
     queue(ledger, new_job())
     ledger.claim("j1", "a", 10_000)
-    ledger.transition("j1", "review", {"event": "review", "code": "110", "reason": "conflict"},
-                      token="a")  # fmt: skip
+    ledger.transition(
+        "j1", "review", {"event": "review", "code": "110", "reason": "conflict"}, token="a"
+    )
     record = ledger.get("j1", with_history=True)
     assert record is not None
     assert (record.state, record.last_code, record.last_reason) == ("review", "110", "conflict")
     assert [e["event"] for e in record.history] == ["review"]
     assert ledger.listing("review")[0][0] == "j1"
-    assert ledger.counts() == {"queued": 0, "held": 0, "running": 0, "retrying": 0,
-                               "delivered": 0, "merged": 0, "superseded": 0, "review": 1,
-                               "rejected": 0}  # fmt: skip
+    assert ledger.counts() == {
+        "queued": 0,
+        "held": 0,
+        "running": 0,
+        "retrying": 0,
+        "delivered": 0,
+        "merged": 0,
+        "superseded": 0,
+        "review": 1,
+        "rejected": 0,
+    }
     assert ledger.r.ttl(ledger.job_key("j1")) == -1  # review waits for a person
 
     ledger.transition("j1", "queued", {"event": "requeued"}, allowed=("review", "rejected"))
@@ -186,10 +206,17 @@ def deliver(ledger: Ledger, job_id: str, codes: tuple[str, ...] = ("0",)) -> Non
         ledger.claim(job_id, "w", 10_000)
         attempt = {"event": "attempt", "code": code}
         if n < len(codes) - 1:
-            ledger.transition(job_id, "retrying", {"event": "retry", "code": code}, token="w",
-                              fields={"retries": n + 1}, attempt=attempt)  # fmt: skip
-    ledger.transition(job_id, "delivered", {"event": "delivered", "code": "0"}, token="w",
-                      attempt=attempt)  # fmt: skip
+            ledger.transition(
+                job_id,
+                "retrying",
+                {"event": "retry", "code": code},
+                token="w",
+                fields={"retries": n + 1},
+                attempt=attempt,
+            )
+    ledger.transition(
+        job_id, "delivered", {"event": "delivered", "code": "0"}, token="w", attempt=attempt
+    )
 
 
 def test_an_answer_recorded_before_it_settles_is_kept_as_one_recorded_with_it(
@@ -203,12 +230,21 @@ def test_an_answer_recorded_before_it_settles_is_kept_as_one_recorded_with_it(
         attempt = {"event": "attempt", "code": "0", "answer": "ok"}
         if not fused:
             ledger.record_attempt(job_id, attempt, fault=True)
-        ledger.transition(job_id, "retrying", {"event": "retry", "code": "0"}, token="w",
-                          attempt=attempt if fused else None, fault=fused)  # fmt: skip
+        ledger.transition(
+            job_id,
+            "retrying",
+            {"event": "retry", "code": "0"},
+            token="w",
+            attempt=attempt if fused else None,
+            fault=fused,
+        )
     one, two = (ledger.get(i, with_history=True) for i in ("j1", "j2"))
     assert one is not None and two is not None
-    assert (one.attempts, one.faults, one.last_answer) == (two.attempts, two.faults,
-                                                           two.last_answer) == (1, 1, "ok")
+    assert (
+        (one.attempts, one.faults, one.last_answer)
+        == (two.attempts, two.faults, two.last_answer)
+        == (1, 1, "ok")
+    )
     assert [e["event"] for e in one.history] == [e["event"] for e in two.history]
 
 
@@ -219,9 +255,15 @@ def test_a_delivered_job_keeps_its_outline_but_not_its_payload(ledger: Ledger) -
     assert set(raw) == {"state", "kind", "client", "attempts", "submitted_at_ms", "updated_at_ms"}
     record = ledger.get("j1", with_history=True)
     assert record is not None
-    assert (record.id, record.state, record.attempts, record.last_code, record.last_reason,
-            record.destination, record.payload) == (
-        "j1", "delivered", 1, "", "delivered", "noojee", "")  # fmt: skip
+    assert (
+        record.id,
+        record.state,
+        record.attempts,
+        record.last_code,
+        record.last_reason,
+        record.destination,
+        record.payload,
+    ) == ("j1", "delivered", 1, "", "delivered", "noojee", "")
     assert record.history == []  # a bulk job, one attempt: the outline says it all
     assert 0 < ledger.r.ttl(ledger.job_key("j1")) <= 3600
     assert ledger.counts()["delivered"] == 1
@@ -253,9 +295,15 @@ def test_a_batch_counts_its_jobs_by_state(ledger: Ledger) -> None:
     deliver(ledger, "a")
     ledger.claim("b", "w", 10_000)
     ledger.transition("b", "review", {"event": "review", "code": "110"}, token="w")
-    assert ledger.batch_counts("run-1") == {"jobs": 3, "delivered": 1, "merged": 0,
-                                            "superseded": 0, "review": 1, "rejected": 0,
-                                            "pending": 1}  # fmt: skip
+    assert ledger.batch_counts("run-1") == {
+        "jobs": 3,
+        "delivered": 1,
+        "merged": 0,
+        "superseded": 0,
+        "review": 1,
+        "rejected": 0,
+        "pending": 1,
+    }
     ledger.transition("b", "queued", {"event": "requeued"}, allowed=("review",))
     assert ledger.batch_counts("run-1")["pending"] == 2
     assert set(ledger.batch_counts("never").values()) == {0}

@@ -43,8 +43,9 @@ HOLDER = textwrap.dedent("""
 def hold(url: str, prefix: str, gate: str, job_id: str, heartbeat: bool) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [sys.executable, "-c", HOLDER, url, prefix, gate, job_id, "yes" if heartbeat else "no"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout is not None
     assert process.stdout.readline().split() == ["holding", "True", "claimed"]
     return process
@@ -58,19 +59,37 @@ def test_a_killed_worker_gives_back_its_permits_and_jobs_within_a_sweep_not_a_le
     ledger = Ledger(client, prefix=prefix, lease_ms=30_000)
     gate_name = f"noojee:{uuid.uuid4().hex[:6]}"
     for job_id in ("with-heartbeat", "without"):
-        ledger.create(NewJob(id=job_id, kind="noojee.update", destination="noojee",
-                             task="noojee.deliver", queue="noojee", priority="bulk",
-                             payload="{}", retry_until_ms=now_ms() + 60_000))  # fmt: skip
+        ledger.create(
+            NewJob(
+                id=job_id,
+                kind="noojee.update",
+                destination="noojee",
+                task="noojee.deliver",
+                queue="noojee",
+                priority="bulk",
+                payload="{}",
+                retry_until_ms=now_ms() + 60_000,
+            )
+        )
     ledger.due()  # (queued: recorded without a template, as the schedule holds them)
     beating = hold(redis_server, prefix, gate_name, "with-heartbeat", heartbeat=True)
     silent = hold(redis_server, prefix, gate_name, "without", heartbeat=False)
     gate = Gate(client, gate_name, GateConfig(maximum=2), prefix=prefix)
     try:
         # (A server that just started is given time for everyone to connect again.)
-        wait_for(lambda: liveness.primary_settled(client, prefix), 12,
-                 "the server to have been up, and the primary, a while")  # fmt: skip
-        wait_for(lambda: len(client.zrange(liveness.registry_key(prefix), 0, -1)) == 1
-                 and liveness.dead_processes(client, prefix) == [], 10, "the registration")
+        wait_for(
+            lambda: liveness.primary_settled(client, prefix),
+            12,
+            "the server to have been up, and the primary, a while",
+        )
+        wait_for(
+            lambda: (
+                len(client.zrange(liveness.registry_key(prefix), 0, -1)) == 1
+                and liveness.dead_processes(client, prefix) == []
+            ),
+            10,
+            "the registration",
+        )
         assert liveness.sweep(client, prefix, lambda dead: ledger.reap(dead=dead)) == []
         os.kill(beating.pid, signal.SIGKILL)
         os.kill(silent.pid, signal.SIGKILL)

@@ -112,12 +112,17 @@ def org() -> Iterator[Org]:
 
 def settings_for(url: str, **overrides: Any) -> MissionCapitalSettings:
     values: dict[str, Any] = {
-        "login_url": url, "client_id": "sandbox-client",
-        "client_secret": SecretStr(CLIENT_SECRET), "username": "sandbox@example.com",
-        "password": SecretStr(PASSWORD), "security_token": SecretStr(SECURITY_TOKEN),
-        "partner_id": "P-1", "partner_name": "contactsync",
-        "connect_timeout_s": 0.5, "read_timeout_s": 1.5,
-    }  # fmt: skip
+        "login_url": url,
+        "client_id": "sandbox-client",
+        "client_secret": SecretStr(CLIENT_SECRET),
+        "username": "sandbox@example.com",
+        "password": SecretStr(PASSWORD),
+        "security_token": SecretStr(SECURITY_TOKEN),
+        "partner_id": "P-1",
+        "partner_name": "contactsync",
+        "connect_timeout_s": 0.5,
+        "read_timeout_s": 1.5,
+    }
     values.update(overrides)
     return MissionCapitalSettings(**values)
 
@@ -219,8 +224,7 @@ def test_missing_settings_raise_not_configured_naming_them(prefix: str) -> None:
         MissionCapitalClient(MissionCapitalSettings(partner_id="P-1"))
 
     text = str(caught.value)
-    for name in ("LOGIN_URL", "CLIENT_ID", "CLIENT_SECRET", "USERNAME", "PASSWORD",
-                 "PARTNER_NAME"):  # fmt: skip
+    for name in ("LOGIN_URL", "CLIENT_ID", "CLIENT_SECRET", "USERNAME", "PASSWORD", "PARTNER_NAME"):
         assert f"{ENV}{name}" in text
     assert f"{ENV}PARTNER_ID" not in text
 
@@ -236,7 +240,10 @@ def test_is_successful_true_is_delivered_and_the_request_carries_the_partner_hea
     assert answer.measured
     stats = org.stats()
     assert (stats["logins"], stats["answers"], stats["calls_by_application"]) == (
-        1, {"ok": 1}, {APP: 1})  # fmt: skip
+        1,
+        {"ok": 1},
+        {APP: 1},
+    )
 
 
 def test_a_15_character_id_is_delivered_too(org: Org, connect: Any) -> None:
@@ -367,10 +374,13 @@ def test_another_403_goes_to_review_as_a_permission_problem(org: Org, connect: A
     assert "permission" in outcome.reason
 
 
-@pytest.mark.parametrize(("kind", "code", "says"), [
-    ("http-404", "NOT_FOUND", "HTTP 404: no /services/apexrest/creditapp/contactUser"),
-    ("http-405", "METHOD_NOT_ALLOWED", "HTTP 405: the instance"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "code", "says"),
+    [
+        ("http-404", "NOT_FOUND", "HTTP 404: no /services/apexrest/creditapp/contactUser"),
+        ("http-405", "METHOD_NOT_ALLOWED", "HTTP 405: the instance"),
+    ],
+)
 def test_404_and_405_are_rejected_as_configuration_naming_the_instance_and_login_url(
     org: Org, connect: Any, kind: str, code: str, says: str
 ) -> None:
@@ -410,9 +420,7 @@ def test_gateway_answers_are_retries_that_count_towards_a_pause(
 
 
 # -- outages -----------------------------------------------------------------------------------
-def test_down_503_is_a_gateway_retry_for_the_call_and_for_the_login(
-    org: Org, connect: Any
-) -> None:
+def test_down_503_is_a_gateway_retry_for_the_call_and_for_the_login(org: Org, connect: Any) -> None:
     warm = connect(org.url)
     assert isinstance(warm.send(job()).outcome, Delivered)
     org.configure(down="503")
@@ -487,13 +495,18 @@ def test_an_expired_token_is_refreshed_exactly_once_for_all_threads_and_clients(
     assert clients[0].shared_token.logins() == 2
 
 
-@pytest.mark.parametrize(("wrong", "names"), [
-    ({"password": SecretStr("pw-Wrong-0001")}, ["USERNAME", "PASSWORD", "SECURITY_TOKEN",
-                                                "LOGIN_URL"]),
-    ({"security_token": SecretStr("st-Wrong-0002")}, ["SECURITY_TOKEN"]),
-    ({"client_id": "not-the-app"}, ["CLIENT_ID"]),
-    ({"client_secret": SecretStr("cs-Wrong-0003")}, ["CLIENT_SECRET"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("wrong", "names"),
+    [
+        (
+            {"password": SecretStr("pw-Wrong-0001")},
+            ["USERNAME", "PASSWORD", "SECURITY_TOKEN", "LOGIN_URL"],
+        ),
+        ({"security_token": SecretStr("st-Wrong-0002")}, ["SECURITY_TOKEN"]),
+        ({"client_id": "not-the-app"}, ["CLIENT_ID"]),
+        ({"client_secret": SecretStr("cs-Wrong-0003")}, ["CLIENT_SECRET"]),
+    ],
+)
 def test_a_refused_login_is_reauth_naming_the_settings_and_no_secret(
     org: Org, connect: Any, wrong: dict[str, Any], names: list[str]
 ) -> None:
@@ -507,8 +520,9 @@ def test_a_refused_login_is_reauth_naming_the_settings_and_no_secret(
     assert outcome.reason.startswith("Salesforce refused the login (")
     for name in names:
         assert f"{ENV}{name}" in outcome.reason
-    assert_no_secret(answer, [*mission.secrets(), "pw-Wrong-0001", "st-Wrong-0002",
-                              "cs-Wrong-0003"])  # fmt: skip
+    assert_no_secret(
+        answer, [*mission.secrets(), "pw-Wrong-0001", "st-Wrong-0002", "cs-Wrong-0003"]
+    )
     assert (org.stats()["login_failures"], org.calls()) == (1, 0)
 
 
@@ -528,8 +542,15 @@ def test_every_answer_records_the_api_usage_header(
 def test_no_secret_or_token_reaches_an_answer_or_a_reason(org: Org, connect: Any) -> None:
     mission = connect(org.url)
     answers = [mission.send(job())]
-    for kind in ("invalid-credentials", "http-401", "http-403", "http-404", "http-500",
-                 "missing-header", "http-502"):  # fmt: skip
+    for kind in (
+        "invalid-credentials",
+        "http-401",
+        "http-403",
+        "http-404",
+        "http-500",
+        "missing-header",
+        "http-502",
+    ):
         org.script(APP, kind)
         answers.append(mission.send(job()))
     refused = connect(org.url, password=SecretStr("pw-Wrong-0001"))
@@ -549,8 +570,14 @@ def test_no_secret_or_token_reaches_an_answer_or_a_reason(org: Org, connect: Any
 # -- what the simulator cannot say (respx) -----------------------------------------------------
 LOGIN_URL = "https://login.test"
 INSTANCE = "https://mc.test"
-LOGIN_OK = {"access_token": "00D!tok-Secret-55e", "instance_url": INSTANCE, "id": "x",
-            "token_type": "Bearer", "issued_at": "1", "signature": "s"}  # fmt: skip
+LOGIN_OK = {
+    "access_token": "00D!tok-Secret-55e",
+    "instance_url": INSTANCE,
+    "id": "x",
+    "token_type": "Bearer",
+    "issued_at": "1",
+    "signature": "s",
+}
 
 
 @pytest.fixture
@@ -572,9 +599,13 @@ def test_the_wire_format_of_login_and_contact_user(mocked: Any) -> None:
 
     login = router.calls[0].request
     form = dict(httpx.QueryParams(login.content.decode()))
-    assert form == {"grant_type": "password", "client_id": "sandbox-client",
-                    "client_secret": CLIENT_SECRET, "username": "sandbox@example.com",
-                    "password": PASSWORD + SECURITY_TOKEN}  # fmt: skip
+    assert form == {
+        "grant_type": "password",
+        "client_id": "sandbox-client",
+        "client_secret": CLIENT_SECRET,
+        "username": "sandbox@example.com",
+        "password": PASSWORD + SECURITY_TOKEN,
+    }
     sent = route.calls.last.request
     assert sent.method == "POST" and sent.content == b""
     assert sent.headers["Authorization"] == f"Bearer {LOGIN_OK['access_token']}"
@@ -628,8 +659,9 @@ def test_the_usage_header_is_found_among_other_limits(
 ) -> None:
     router, mission = mocked
     header = "api-usage=18/15000, per-app-api-usage=17/250(appName=sample)"
-    contact_route(router).respond(200, json={"IsSuccessful": True},
-                                  headers={"Sforce-Limit-Info": header})  # fmt: skip
+    contact_route(router).respond(
+        200, json={"IsSuccessful": True}, headers={"Sforce-Limit-Info": header}
+    )
 
     mission.send(job())
 
@@ -646,11 +678,14 @@ def test_a_500_at_login_is_a_bounded_retry_not_a_reauth(mocked: Any) -> None:
     assert outcome == Retry("http-500", "Salesforce login failed (HTTP 500)", bounded=True)
 
 
-@pytest.mark.parametrize("answer", [
-    {"instance_url": INSTANCE},
-    {"access_token": "t", "instance_url": "mc.test"},
-    {"access_token": "", "instance_url": INSTANCE},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"instance_url": INSTANCE},
+        {"access_token": "t", "instance_url": "mc.test"},
+        {"access_token": "", "instance_url": INSTANCE},
+    ],
+)
 def test_a_login_answer_without_token_or_instance_is_reauth(
     mocked: Any, answer: dict[str, Any]
 ) -> None:
@@ -671,8 +706,14 @@ def test_a_login_refused_without_an_oauth_error_names_every_setting(mocked: Any)
 
     assert isinstance(outcome, Reauth)
     assert outcome.reason.startswith("Salesforce refused the login (HTTP 404)")
-    for name in ("LOGIN_URL", "CLIENT_ID", "CLIENT_SECRET", "USERNAME", "PASSWORD",
-                 "SECURITY_TOKEN"):  # fmt: skip
+    for name in (
+        "LOGIN_URL",
+        "CLIENT_ID",
+        "CLIENT_SECRET",
+        "USERNAME",
+        "PASSWORD",
+        "SECURITY_TOKEN",
+    ):
         assert f"{ENV}{name}" in outcome.reason
 
 
@@ -684,16 +725,20 @@ def test_a_read_error_after_sending_is_retried_the_call_being_safe_to_repeat(
 
     outcome = mission.send(job()).outcome
 
-    assert outcome == Retry("ReadError", "transport error ReadError talking to Mission Capital",
-                            bounded=True)  # fmt: skip
+    assert outcome == Retry(
+        "ReadError", "transport error ReadError talking to Mission Capital", bounded=True
+    )
 
 
-@pytest.mark.parametrize(("status", "body", "expected"), [
-    (401, None, Reauth),  # a 401 without a body is still a refused token
-    (400, [{"errorCode": "JSON_PARSER_ERROR", "message": "x"}], Review),
-    (429, None, Review),
-    (200, {"IsSuccessful": "yes"}, Review),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (401, None, Reauth),  # a 401 without a body is still a refused token
+        (400, [{"errorCode": "JSON_PARSER_ERROR", "message": "x"}], Review),
+        (429, None, Review),
+        (200, {"IsSuccessful": "yes"}, Review),
+    ],
+)
 def test_answers_outside_the_table(status: int, body: Any, expected: type) -> None:
     assert type(classify_answer(status, body)) is expected
 

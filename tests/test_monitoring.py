@@ -18,9 +18,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 MONITORING = ROOT / "deploy" / "monitoring"
 #: The alerts issue 15 asks for.
-ALERTS = {"ContactsyncDestinationPaused", "ContactsyncReviewQueueGrowing",
-          "ContactsyncBusyAnswers", "ContactsyncGateLimitAtOne", "ContactsyncJobsStuck",
-          "ContactsyncMetricsDown"}  # fmt: skip
+ALERTS = {
+    "ContactsyncDestinationPaused",
+    "ContactsyncReviewQueueGrowing",
+    "ContactsyncBusyAnswers",
+    "ContactsyncGateLimitAtOne",
+    "ContactsyncJobsStuck",
+    "ContactsyncMetricsDown",
+}
 
 
 def exported_metrics() -> set[str]:
@@ -48,20 +53,23 @@ def test_every_alert_the_issue_lists_is_defined_with_a_summary_and_severity() ->
 def test_rules_and_dashboard_use_only_metrics_the_workers_export() -> None:
     exported = exported_metrics()
     assert "contactsync_destination_paused" in exported and "contactsync_jobs" in exported
-    dashboard = json.loads((MONITORING / "grafana" / "dashboards" / "contactsync.json")
-                           .read_text())  # fmt: skip
+    dashboard = json.loads((MONITORING / "grafana" / "dashboards" / "contactsync.json").read_text())
     exprs = rule_exprs() + [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {name for e in exprs for name in re.findall(r"\bcontactsync_[a-z_]+", e)}
     assert used and used <= exported, f"not exported: {used - exported}"
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian's "
-                    "prometheus package); the structural tests above still run")  # fmt: skip
+@pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool not installed (Debian's "
+    "prometheus package); the structural tests above still run",
+)
 def test_promtool_accepts_the_rules_and_each_alert_fires_on_its_unit_test_series() -> None:
     for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
-        done = subprocess.run(["promtool", *args], cwd=MONITORING, capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
+        done = subprocess.run(
+            ["promtool", *args], cwd=MONITORING, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stdout + done.stderr
     tested = set(re.findall(r"alertname: (\w+)", (MONITORING / "alerts_test.yml").read_text()))
     assert tested == ALERTS
@@ -81,8 +89,9 @@ def test_the_compose_file_is_valid_and_its_monitoring_profile_mounts_files_that_
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     errors = list(jsonschema.Draft201909Validator(compose_schema()).iter_errors(compose))
     assert not errors, [f"{list(e.path)}: {e.message}" for e in errors]
-    monitoring = {name: s for name, s in compose["services"].items()
-                  if "monitoring" in s.get("profiles", [])}  # fmt: skip
+    monitoring = {
+        name: s for name, s in compose["services"].items() if "monitoring" in s.get("profiles", [])
+    }
     assert set(monitoring) == {"prometheus", "grafana"}
     for service in monitoring.values():
         for volume in service.get("volumes", []):

@@ -34,9 +34,13 @@ JANE = {"FirstPhone": "0383218199", "Name": "Jane Smith"}
 def job_data(**overrides: Any) -> dict[str, Any]:
     """A valid update (or insert) in Python names; ``None`` in overrides removes a key."""
     data: dict[str, Any] = {
-        "template_id": 41, "campaign_id": 42, "allocation_id": 38,
-        "external_lead_id": "L-1001", "disposition": "Sale", "fields": dict(JANE),
-    }  # fmt: skip
+        "template_id": 41,
+        "campaign_id": 42,
+        "allocation_id": 38,
+        "external_lead_id": "L-1001",
+        "disposition": "Sale",
+        "fields": dict(JANE),
+    }
     data.update(overrides)
     return {key: value for key, value in data.items() if value is not None}
 
@@ -218,12 +222,18 @@ def test_update_posts_ids_and_api_key_as_query_and_the_lead_as_a_json_object(
     assert request.method == "POST"
     assert request.url.path == "/servicemanager/rest/CampaignAPI/updateLeadFast"
     assert dict(request.url.params) == {
-        "fTemplateId": "41", "fCampaignId": "42", "fAllocationId": "38",
-        "njExternalLeadId": "L-1001", "apiKey": API_KEY,
-    }  # fmt: skip
+        "fTemplateId": "41",
+        "fCampaignId": "42",
+        "fAllocationId": "38",
+        "njExternalLeadId": "L-1001",
+        "apiKey": API_KEY,
+    }
     assert json.loads(request.content) == {
-        **JANE, "njDisposition": "Sale", "njCallBackDate": "2026/11/24 09:30", "njPriority": 5,
-    }  # fmt: skip
+        **JANE,
+        "njDisposition": "Sale",
+        "njCallBackDate": "2026/11/24 09:30",
+        "njPriority": 5,
+    }
 
 
 def test_update_body_leaves_out_callback_and_priority_when_unset(
@@ -248,9 +258,12 @@ def test_insert_posts_allow_duplicates_and_a_json_array_of_one_lead(
     request = route.calls.last.request
     assert request.url.path == "/servicemanager/rest/CampaignAPI/insertLeadFast"
     assert dict(request.url.params) == {
-        "fTemplateId": "41", "fCampaignId": "42", "fAllocationId": "38",
-        "allowDuplicates": "true", "apiKey": API_KEY,
-    }  # fmt: skip
+        "fTemplateId": "41",
+        "fCampaignId": "42",
+        "fAllocationId": "38",
+        "allowDuplicates": "true",
+        "apiKey": API_KEY,
+    }
     assert json.loads(request.content) == [
         {"njExternalLeadId": "L-1001", **JANE, "njDisposition": "Sale"}
     ]
@@ -315,12 +328,20 @@ def problem_paths(error: JobValidationError) -> set[str]:
 @pytest.mark.parametrize(
     ("kind", "overrides", "path", "words"),
     [
-        ("noojee.update", {"external_lead_id": None}, {"external_lead_id", "njExternalLeadId"},
-         "required"),
+        (
+            "noojee.update",
+            {"external_lead_id": None},
+            {"external_lead_id", "njExternalLeadId"},
+            "required",
+        ),
         ("noojee.update", {"template_id": 0}, {"template_id", "fTemplateId"}, "greater than 0"),
         ("noojee.update", {"priority": 101}, {"priority", "njPriority"}, "100"),
-        ("noojee.update", {"callback_date": "24/11/2026 09:30"},
-         {"callback_date", "njCallBackDate"}, "yyyy/MM/dd HH:mm"),
+        (
+            "noojee.update",
+            {"callback_date": "24/11/2026 09:30"},
+            {"callback_date", "njCallBackDate"},
+            "yyyy/MM/dd HH:mm",
+        ),
         ("noojee.update", {"fields": {"Name": "Jane Smith"}}, {"fields"}, "phone field"),
         ("noojee.insert", {"fields": {"Name": "Jane Smith"}}, {"fields"}, "phone field"),
         ("noojee.update", {"fields": {"FirstPhone": "12ab"}}, {"fields"}, "FirstPhone"),
@@ -328,11 +349,17 @@ def problem_paths(error: JobValidationError) -> set[str]:
         ("noojee.update", {"fields": {**JANE, "njFoo": "x"}}, {"fields"}, "njFoo"),
     ],
     ids=[
-        "missing-external-lead-id", "template-id-0", "priority-101", "callback-dd/mm/yyyy",
-        "update-without-phone", "insert-without-phone", "phone-12ab",
-        "update-without-disposition", "nj-field-name",
+        "missing-external-lead-id",
+        "template-id-0",
+        "priority-101",
+        "callback-dd/mm/yyyy",
+        "update-without-phone",
+        "insert-without-phone",
+        "phone-12ab",
+        "update-without-disposition",
+        "nj-field-name",
     ],
-)  # fmt: skip
+)
 def test_refused_job_names_the_field(
     kind: str, overrides: dict[str, Any], path: set[str], words: str
 ) -> None:
@@ -381,8 +408,11 @@ def test_no_change_is_accepted_on_update_for_a_phone_and_the_disposition() -> No
 
     assert isinstance(job, NoojeeLeadUpdate)
     assert job.disposition == "<No Change>"
-    assert job.lead() == {"FirstPhone": "<No Change>", "Name": "Jane",
-                          "njDisposition": "<No Change>"}  # fmt: skip
+    assert job.lead() == {
+        "FirstPhone": "<No Change>",
+        "Name": "Jane",
+        "njDisposition": "<No Change>",
+    }
 
 
 def test_insert_without_disposition_is_valid() -> None:
@@ -420,11 +450,20 @@ def test_refusal_never_repeats_the_personal_values(overrides: dict[str, Any]) ->
 
 
 def test_models_accept_noojee_wire_names() -> None:
-    job = validate_job("noojee.update", {
-        "fTemplateId": 41, "fCampaignId": 42, "fAllocationId": 38, "njExternalLeadId": "L-1001",
-        "njDisposition": "Sale", "njCallBackDate": "2026/11/24 09:30", "njPriority": 5,
-        "njContactHours": "Australia/Melbourne", "fields": dict(JANE),
-    })  # fmt: skip
+    job = validate_job(
+        "noojee.update",
+        {
+            "fTemplateId": 41,
+            "fCampaignId": 42,
+            "fAllocationId": 38,
+            "njExternalLeadId": "L-1001",
+            "njDisposition": "Sale",
+            "njCallBackDate": "2026/11/24 09:30",
+            "njPriority": 5,
+            "njContactHours": "Australia/Melbourne",
+            "fields": dict(JANE),
+        },
+    )
 
     assert isinstance(job, NoojeeLeadUpdate)
     assert (job.template_id, job.campaign_id, job.allocation_id) == (41, 42, 38)
@@ -463,8 +502,11 @@ def test_only_code_and_message_of_an_answer_are_kept() -> None:
     client = NoojeeClient(NoojeeSettings(base_url="https://pbx.test", api_key="k-123"))
     job = validate_job("noojee.update", job_data())
     route = respx.post("https://pbx.test/servicemanager/rest/CampaignAPI/updateLeadFast")
-    route.mock(return_value=httpx.Response(400, json={"code": 110, "message": "CONFLICT",
-                                                      "lead": {"FirstPhone": "0383218199"}}))
+    route.mock(
+        return_value=httpx.Response(
+            400, json={"code": 110, "message": "CONFLICT", "lead": {"FirstPhone": "0383218199"}}
+        )
+    )
     assert client.send(job).answer == 'HTTP 400 {"code": 110, "message": "CONFLICT"}'
     echo = "<html>POST /updateLeadFast?apiKey=k-123 FirstPhone=0383218199</html>"
     route.mock(return_value=httpx.Response(500, text=echo, headers={"content-type": "text/html"}))

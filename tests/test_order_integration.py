@@ -87,22 +87,37 @@ class Target:
         from tasks.models import validate_job
 
         if self.name == "noojee":
-            return validate_job("noojee.update", {
-                "template_id": 41, "campaign_id": 41, "allocation_id": 38,
-                "external_lead_id": record, "disposition": "Sale",
-                "fields": {"FirstPhone": "0383218199", **values}})  # fmt: skip
+            return validate_job(
+                "noojee.update",
+                {
+                    "template_id": 41,
+                    "campaign_id": 41,
+                    "allocation_id": 38,
+                    "external_lead_id": record,
+                    "disposition": "Sale",
+                    "fields": {"FirstPhone": "0383218199", **values},
+                },
+            )
         if self.name == "missioncapital":
             return validate_job("missioncapital.contact_user", {"application_id": record})
         if self.name == "trendsic":
-            return validate_job("trendsic.contact_connection",
-                                {"contact_id": int(record), "agent_id": 7, "contact": values})
+            return validate_job(
+                "trendsic.contact_connection",
+                {"contact_id": int(record), "agent_id": 7, "contact": values},
+            )
         customer, contact = record.split("/")
-        return validate_job("expandable.contact_update",
-                            {"CUSTOMER_ID": customer, "CUST_CONTACT": contact, **values})
+        return validate_job(
+            "expandable.contact_update",
+            {"CUSTOMER_ID": customer, "CUST_CONTACT": contact, **values},
+        )
 
     def stored(self, record: str) -> dict[str, Any]:
-        path = {"noojee": "_leads", "missioncapital": "_applications",
-                "trendsic": "_contacts", "expandable": "_contacts"}[self.name]  # fmt: skip
+        path = {
+            "noojee": "_leads",
+            "missioncapital": "_applications",
+            "trendsic": "_contacts",
+            "expandable": "_contacts",
+        }[self.name]
         parts = record if self.name == "expandable" else quote(record, safe="")
         answer = httpx.get(f"{self.url}/{path}/{parts}", timeout=10)
         return dict(answer.json()) if answer.status_code == 200 else {}
@@ -128,13 +143,16 @@ def targets(stack: Any) -> dict[str, Target]:
     urls = stack.simulator_urls
     return {
         "noojee": Target("noojee", urls["noojee"], ("Name", "Title", "City"), 109),
-        "missioncapital": Target("missioncapital", urls["missioncapital"],
-                                 ("", "", ""), "http-403-limit"),
-        "trendsic": Target("trendsic", urls["trendsic"], ("FirstName", "LastName", "Title"),
-                           "http-503"),
-        "expandable": Target("expandable", urls["expandable"],
-                             ("FIRST_NAME", "LAST_NAME", "TITLE"), "http-503"),
-    }  # fmt: skip
+        "missioncapital": Target(
+            "missioncapital", urls["missioncapital"], ("", "", ""), "http-403-limit"
+        ),
+        "trendsic": Target(
+            "trendsic", urls["trendsic"], ("FirstName", "LastName", "Title"), "http-503"
+        ),
+        "expandable": Target(
+            "expandable", urls["expandable"], ("FIRST_NAME", "LAST_NAME", "TITLE"), "http-503"
+        ),
+    }
 
 
 def settled(ledger: Any, ids: list[str], timeout_s: float = 90) -> list[Any]:
@@ -235,7 +253,7 @@ def test_an_older_job_answered_busy_never_lands_after_a_newer_one(
         assert target.stored(record)[field] == "newer"
         landed = [a["fields"].get(field) for a in calls if a["applied"]]
         assert landed[-1] == "newer"
-        assert "older" not in landed[landed.index("newer"):]
+        assert "older" not in landed[landed.index("newer") :]
         assert_no_overlap(target, record)
 
 
@@ -249,13 +267,32 @@ def test_an_insert_and_the_update_of_its_lead_always_arrive_insert_first(
     try:
         leads, ids = [new_lead_id() for _ in range(100)], []
         for lead in leads:
-            place = {"template_id": 41, "campaign_id": 41, "allocation_id": 38,
-                     "external_lead_id": lead}  # fmt: skip
-            ids.append(submit(validate_job("noojee.insert", {
-                **place, "fields": {"FirstPhone": "0383218199", "Name": "new"}})))
-            ids.append(submit(validate_job("noojee.update", {
-                **place, "disposition": "Sale", "fields": {"FirstPhone": "<No Change>",
-                                                           "Name": "updated"}})))
+            place = {
+                "template_id": 41,
+                "campaign_id": 41,
+                "allocation_id": 38,
+                "external_lead_id": lead,
+            }
+            ids.append(
+                submit(
+                    validate_job(
+                        "noojee.insert",
+                        {**place, "fields": {"FirstPhone": "0383218199", "Name": "new"}},
+                    )
+                )
+            )
+            ids.append(
+                submit(
+                    validate_job(
+                        "noojee.update",
+                        {
+                            **place,
+                            "disposition": "Sale",
+                            "fields": {"FirstPhone": "<No Change>", "Name": "updated"},
+                        },
+                    )
+                )
+            )
         ended = settled(ledger, ids, 120)
     finally:
         simulator.configure(strict_leads=False)
@@ -285,8 +322,9 @@ def test_a_worker_killed_while_it_holds_a_record_holds_it_one_lease_at_most(
     assert ledger.get(second).state == "held"
 
     # The claim's token says whose it is: host/pid/random.
-    pid = int(wait_for(lambda: fleet_redis().get(ledger.lock_key(first)), 5, "its claim")
-              .split("/")[1])  # fmt: skip
+    pid = int(
+        wait_for(lambda: fleet_redis().get(ledger.lock_key(first)), 5, "its claim").split("/")[1]
+    )
     name = next(n for n, proc, _ in fleet._children if proc.pid == pid).removeprefix("worker-")
     killed_at = time.monotonic()
     fleet.kill_child(f"worker-{name}")
@@ -318,11 +356,19 @@ MODEL = {
     "noojee": (("Name", "Title", "City", "Region"), "Version", [109, 110, 103, "slow"], 5),
     # (REQUEST_LIMIT_EXCEEDED speaks for the whole org, not one record: test_holds_integration)
     "missioncapital": ((), "", ["http-503", "http-500", "slow"], 2),
-    "trendsic": (("FirstName", "LastName", "Title", "Department"), "Tags",
-                 ["http-503", "http-500", "http-409", "slow"], 2),
-    "expandable": (("FIRST_NAME", "LAST_NAME", "TITLE", "CITY"), "SOFCT_USER_1",
-                   ["http-503", "http-500", "slow"], 2),
-}  # fmt: skip
+    "trendsic": (
+        ("FirstName", "LastName", "Title", "Department"),
+        "Tags",
+        ["http-503", "http-500", "http-409", "slow"],
+        2,
+    ),
+    "expandable": (
+        ("FIRST_NAME", "LAST_NAME", "TITLE", "CITY"),
+        "SOFCT_USER_1",
+        ["http-503", "http-500", "slow"],
+        2,
+    ),
+}
 RECORDS, JOBS = 100, 2000
 
 
@@ -377,8 +423,7 @@ def test_model_many_jobs_per_record_random_answers_versions_and_killed_workers(
 
     rng = random.Random(20261201)
     all_targets = targets(fleet)
-    planned = [job for name, target in all_targets.items()
-               for job in plan_jobs(rng, name, target)]  # fmt: skip
+    planned = [job for name, target in all_targets.items() for job in plan_jobs(rng, name, target)]
     rng.shuffle(planned)
     for n, job in enumerate(planned):
         job.n = n
@@ -388,12 +433,15 @@ def test_model_many_jobs_per_record_random_answers_versions_and_killed_workers(
     def drive() -> None:
         try:
             for start in range(0, len(planned), 200):
-                chunk = planned[start:start + 200]
+                chunk = planned[start : start + 200]
                 priority = rng.choice(["realtime", "bulk"])
                 for name, target in all_targets.items():
                     jobs = [j for j in chunk if j.destination == name]
-                    ids = submit_many([target.job(j.record, j.values) for j in jobs], priority,
-                                      versions=[j.version for j in jobs])  # fmt: skip
+                    ids = submit_many(
+                        [target.job(j.record, j.values) for j in jobs],
+                        priority,
+                        versions=[j.version for j in jobs],
+                    )
                     for job, job_id in zip(jobs, ids, strict=True):
                         job.job_id = job_id
             outcome["records"] = _all_ended(ledger, [j.job_id for j in planned], 240)
@@ -430,7 +478,7 @@ def _all_ended(ledger: Any, ids: list[str], timeout_s: float) -> list[Any]:
     def ended() -> list[Any] | None:
         records: list[Any] = []
         for start in range(0, len(ids), 1000):
-            records += ledger.get_many(ids[start:start + 1000])
+            records += ledger.get_many(ids[start : start + 1000])
         missing = [i for i, r in zip(ids, records, strict=True) if r is None]
         assert not missing, f"{len(missing)} job records vanished"
         return records if all(r.state in ENDED for r in records) else None
@@ -471,17 +519,40 @@ def _check_destination(
             continue
         for field, value in expected_fold(applied).items():
             if stored.get(field) != value:
-                story = [(j.job_id[:6], by_id[j.job_id].state, j.version, j.n,
-                          by_id[j.job_id].merged_into[:6], j.values) for j in mine]
-                calls = [(a["n"], a["call"], a["status"], a["applied"],
-                          {k: v for k, v in a["fields"].items() if k in MODEL[name][0] + (
-                              version_field,)}) for a in target.arrivals(record)]
-                raise AssertionError(f"{name} {record} {field}: {stored.get(field)} != {value}"
-                                     f"\njobs: {story}\ncalls: {calls}")
+                story = [
+                    (
+                        j.job_id[:6],
+                        by_id[j.job_id].state,
+                        j.version,
+                        j.n,
+                        by_id[j.job_id].merged_into[:6],
+                        j.values,
+                    )
+                    for j in mine
+                ]
+                calls = [
+                    (
+                        a["n"],
+                        a["call"],
+                        a["status"],
+                        a["applied"],
+                        {
+                            k: v
+                            for k, v in a["fields"].items()
+                            if k in MODEL[name][0] + (version_field,)
+                        },
+                    )
+                    for a in target.arrivals(record)
+                ]
+                raise AssertionError(
+                    f"{name} {record} {field}: {stored.get(field)} != {value}"
+                    f"\njobs: {story}\ncalls: {calls}"
+                )
         calls = [a for a in target.arrivals(record) if a["applied"]]
         if version_field:
-            versions = [int(a["fields"][version_field]) for a in calls
-                        if version_field in a["fields"]]  # fmt: skip
+            versions = [
+                int(a["fields"][version_field]) for a in calls if version_field in a["fields"]
+            ]
             assert versions == sorted(versions), (name, record, versions)
 
 
@@ -512,8 +583,7 @@ def test_a_job_in_review_holds_back_nothing_and_its_requeue_names_the_newer_job(
     assert requeue(older, {}, by="op", force=True) in ("queued", "held")
     wait_for(lambda: ledger.get(older).state == "delivered", 20, "the forced requeue")
     assert simulator.lead(lead)["Name"] == "older"  # what --force means: it overwrote newer
-    forced = [e for e in ledger.get(older, with_history=True).history
-              if e["event"] == "requeued"]
+    forced = [e for e in ledger.get(older, with_history=True).history if e["event"] == "requeued"]
     assert forced and forced[0].get("force") == "1" and forced[0]["by"] == "op"
 
 
@@ -526,8 +596,9 @@ def test_merged_and_superseded_jobs_say_so_in_the_cli_the_intake_and_flower(
     target = targets(fleet)["noojee"]
     lead = new_lead_id()
     simulator.script(lead, [109, 109, 109, 0])  # busy long enough for the rest to be held
-    first, *rest = submit_many([target.job(lead, {"Name": f"n{n}"}) for n in range(4)],
-                               versions=[5, 6, 7, 8])  # fmt: skip
+    first, *rest = submit_many(
+        [target.job(lead, {"Name": f"n{n}"}) for n in range(4)], versions=[5, 6, 7, 8]
+    )
     settled(ledger, [first, *rest])
     assert ledger.get(first).state == "delivered"
     assert {ledger.get(i).state for i in rest} == {"merged"}
@@ -573,8 +644,11 @@ def test_a_job_revoked_in_flower_while_retrying_ends_rejected_with_why(
     job_id = submit(target.job(lead, {"Name": "x"}))
     wait_for(lambda: ledger.get(job_id).state == "retrying", 20, "the job to retry")
     app.control.revoke(job_id)  # what Flower's Revoke button sends
-    record = wait_for(lambda: (r := ledger.get(job_id, with_history=True)).state == "rejected"
-                      and r, 30, "the revoked job to end")  # fmt: skip
+    record = wait_for(
+        lambda: (r := ledger.get(job_id, with_history=True)).state == "rejected" and r,
+        30,
+        "the revoked job to end",
+    )
     assert record.last_code == "revoked" and "revoked by an operator" in record.last_reason
     assert record.history[0]["event"] == "revoked"
     simulator.script(lead, [0])

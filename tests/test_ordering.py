@@ -21,16 +21,30 @@ from worker.ledger import HELD, MERGED, SUPERSEDED, Claim, JobRecord
 
 
 def update(lead: str = "L1", disposition: str = "Sale", **fields: str) -> NoojeeLeadUpdate:
-    return NoojeeLeadUpdate(template_id=41, campaign_id=41, allocation_id=38,
-                            external_lead_id=lead, disposition=disposition,
-                            fields={"FirstPhone": "0383218199", **fields})  # fmt: skip
+    return NoojeeLeadUpdate(
+        template_id=41,
+        campaign_id=41,
+        allocation_id=38,
+        external_lead_id=lead,
+        disposition=disposition,
+        fields={"FirstPhone": "0383218199", **fields},
+    )
 
 
 def record(job: JobModel, job_id: str, seq: int, state: str = HELD, **more: Any) -> JobRecord:
-    return JobRecord(id=job_id, kind=job.kind, state=state, submitted_at_ms=0, updated_at_ms=0,
-                     destination=job.destination, payload=job.model_dump_json(), seq=seq,
-                     entity=job.entity_key(), priority=more.pop("priority", "bulk"),
-                     **more)  # fmt: skip
+    return JobRecord(
+        id=job_id,
+        kind=job.kind,
+        state=state,
+        submitted_at_ms=0,
+        updated_at_ms=0,
+        destination=job.destination,
+        payload=job.model_dump_json(),
+        seq=seq,
+        entity=job.entity_key(),
+        priority=more.pop("priority", "bulk"),
+        **more,
+    )
 
 
 CLAIMED = Claim("claimed", "queued")
@@ -38,8 +52,13 @@ CLAIMED = Claim("claimed", "queued")
 
 # -- entity keys ---------------------------------------------------------------------------------
 def test_insert_and_update_of_one_lead_share_a_key_and_other_leads_do_not() -> None:
-    insert = NoojeeLeadInsert(template_id=1, campaign_id=2, allocation_id=3, external_lead_id="L1",
-                              fields={"FirstPhone": "0383218199"})  # fmt: skip
+    insert = NoojeeLeadInsert(
+        template_id=1,
+        campaign_id=2,
+        allocation_id=3,
+        external_lead_id="L1",
+        fields={"FirstPhone": "0383218199"},
+    )
     assert insert.entity_key() == update("L1").entity_key() == "noojee:L1"
     assert update("L2").entity_key() != update("L1").entity_key()
 
@@ -53,8 +72,9 @@ def test_both_forms_of_a_salesforce_id_are_one_application() -> None:
 
 def test_separators_inside_ids_cannot_make_two_records_one() -> None:
     def contact(customer: str, contact: str) -> str:
-        return ExpandableContactUpdate(CUSTOMER_ID=customer, CUST_CONTACT=contact,
-                                       NOTES="x").entity_key()  # fmt: skip
+        return ExpandableContactUpdate(
+            CUSTOMER_ID=customer, CUST_CONTACT=contact, NOTES="x"
+        ).entity_key()
 
     assert contact("a/b", "c") != contact("a", "b/c")
     assert contact("a:b", "c") != contact("a", "b:c")
@@ -81,8 +101,10 @@ def test_versions_are_integers_or_timestamps_with_an_offset() -> None:
             version_key(bad)  # type: ignore[arg-type]
 
 
-@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)),
-       st.timedeltas(min_value=timedelta(microseconds=1), max_value=timedelta(days=9999)))
+@given(
+    st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)),
+    st.timedeltas(min_value=timedelta(microseconds=1), max_value=timedelta(days=9999)),
+)
 def test_a_later_timestamp_always_sorts_later(when: datetime, later_by: timedelta) -> None:
     early = when.replace(tzinfo=UTC)
     assert version_key(early)[1] < version_key(early + later_by)[1]
@@ -99,8 +121,12 @@ def test_noojee_updates_merge_newest_field_wins_and_no_change_keeps_the_older_va
     newer = update(Name="Janet", Email=NO_CHANGE, SecondPhone=NO_CHANGE)
     assert older.mergeable(newer)
     merged = older.merge(newer)
-    assert merged.fields == {"FirstPhone": "0383218199", "Name": "Janet",
-                             "Email": "j@example.com", "SecondPhone": NO_CHANGE}  # fmt: skip
+    assert merged.fields == {
+        "FirstPhone": "0383218199",
+        "Name": "Janet",
+        "Email": "j@example.com",
+        "SecondPhone": NO_CHANGE,
+    }
 
 
 def test_noojee_updates_that_set_different_dispositions_are_never_merged() -> None:
@@ -110,16 +136,23 @@ def test_noojee_updates_that_set_different_dispositions_are_never_merged() -> No
     assert update(disposition="Sale").merge(update(disposition=NO_CHANGE)).disposition == "Sale"
     other_place = update().model_copy(update={"allocation_id": 39})
     assert not update().mergeable(other_place)
-    insert = NoojeeLeadInsert(template_id=41, campaign_id=41, allocation_id=38,
-                              external_lead_id="L1", fields={"FirstPhone": "0383218199"})
+    insert = NoojeeLeadInsert(
+        template_id=41,
+        campaign_id=41,
+        allocation_id=38,
+        external_lead_id="L1",
+        fields={"FirstPhone": "0383218199"},
+    )
     assert not update().mergeable(insert) and not insert.mergeable(update())
 
 
 def test_trendsic_and_expandable_merge_field_by_field() -> None:
     first = TrendsicContactConnection.model_validate(
-        {"contact_id": 7, "agent_id": 1, "contact": {"FirstName": "Ann", "Title": "Dr"}})
+        {"contact_id": 7, "agent_id": 1, "contact": {"FirstName": "Ann", "Title": "Dr"}}
+    )
     second = TrendsicContactConnection.model_validate(
-        {"contact_id": 7, "agent_id": 2, "contact": {"FirstName": "Anne", "LastName": "Lee"}})
+        {"contact_id": 7, "agent_id": 2, "contact": {"FirstName": "Anne", "LastName": "Lee"}}
+    )
     merged = first.merge(second)
     assert merged.changes() == {"FirstName": "Anne", "Title": "Dr", "LastName": "Lee"}
     assert merged.agent_id == 2
@@ -136,7 +169,10 @@ def test_a_head_takes_over_every_mergeable_job_behind_it() -> None:
     held[1] = record(jobs[1], "f1", 3, priority="realtime", retry_until_ms=99)
     decided = plan(record(head, "h", 1, "running"), head, CLAIMED, held, coalesce=True)
     assert [(t.id, t.outcome, t.by) for t in decided.taken] == [
-        ("f0", MERGED, "h"), ("f1", MERGED, "h"), ("f2", MERGED, "h")]
+        ("f0", MERGED, "h"),
+        ("f1", MERGED, "h"),
+        ("f2", MERGED, "h"),
+    ]
     assert isinstance(decided.job, NoojeeLeadUpdate)
     assert decided.job.fields == {"FirstPhone": "0383218199", "Name": "C", "Title": "Dr"}
     assert decided.newest == (4, "f2")
@@ -145,8 +181,11 @@ def test_a_head_takes_over_every_mergeable_job_behind_it() -> None:
 
 def test_a_different_disposition_is_where_merging_stops() -> None:
     head = update()
-    held = [record(update(Name="B"), "f0", 2), record(update("L1", "Callback"), "f1", 3),
-            record(update(Name="D"), "f2", 4)]  # fmt: skip
+    held = [
+        record(update(Name="B"), "f0", 2),
+        record(update("L1", "Callback"), "f1", 3),
+        record(update(Name="D"), "f2", 4),
+    ]
     decided = plan(record(head, "h", 1, "running"), head, CLAIMED, held, coalesce=True)
     assert [t.id for t in decided.taken] == ["f0"]
 
@@ -180,7 +219,10 @@ def test_versions_decide_the_fold_and_old_versions_behind_are_superseded() -> No
     head_record = record(head, "h", 1, "running", version="6", vkey="6".zfill(20))
     decided = plan(head_record, head, delivered_v4, held, coalesce=True)
     assert [(t.id, t.outcome) for t in decided.taken] == [
-        ("f0", MERGED), ("f1", SUPERSEDED), ("f2", MERGED)]
+        ("f0", MERGED),
+        ("f1", SUPERSEDED),
+        ("f2", MERGED),
+    ]
     assert [t.by for t in decided.taken if t.outcome == SUPERSEDED] == ["v4job"]
     assert isinstance(decided.job, NoojeeLeadUpdate)
     # v5 folds under v6 (older version first); the unversioned job after v6 folds last.
@@ -191,8 +233,13 @@ def test_versions_decide_the_fold_and_old_versions_behind_are_superseded() -> No
 FIELD_NAMES = ["Name", "Title", "City", "Email"]
 
 
-@given(st.lists(st.dictionaries(st.sampled_from(FIELD_NAMES), st.sampled_from(["a", "b", "c"]),
-                                min_size=1), min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(FIELD_NAMES), st.sampled_from(["a", "b", "c"]), min_size=1),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_the_merged_job_is_the_fold_of_the_jobs_in_submission_order(
     changes: list[dict[str, str]],
 ) -> None:
@@ -210,19 +257,26 @@ def test_the_merged_job_is_the_fold_of_the_jobs_in_submission_order(
 
 def test_a_field_taken_from_an_older_version_loses_to_a_newer_one_merged_later() -> None:
     head = update(Name="v6")
-    first = [record(update(Title="from-v36"), "f36", 2, version="36", vkey="36".zfill(20)),
-             record(update(City="from-v40"), "f40", 3, version="40", vkey="40".zfill(20))]
+    first = [
+        record(update(Title="from-v36"), "f36", 2, version="36", vkey="36".zfill(20)),
+        record(update(City="from-v40"), "f40", 3, version="40", vkey="40".zfill(20)),
+    ]
     head_record = record(head, "h", 1, "running", version="6", vkey="6".zfill(20))
     stage1 = plan(head_record, head, CLAIMED, first, coalesce=True)
     assert stage1.job.fields["Title"] == "from-v36" and stage1.carried
     # The head went round again (a busy answer, say) carrying that merge; version 39 arrived.
-    carrying = record(stage1.job, "h", 1, "running", version="40", vkey="40".zfill(20),
-                      carried=stage1.carried)  # fmt: skip
+    carrying = record(
+        stage1.job, "h", 1, "running", version="40", vkey="40".zfill(20), carried=stage1.carried
+    )
     later = [record(update(Title="from-v39"), "f39", 4, version="39", vkey="39".zfill(20))]
     stage2 = plan(carrying, stage1.job, CLAIMED, later, coalesce=True)
     assert isinstance(stage2.job, NoojeeLeadUpdate)
-    assert stage2.job.fields == {"FirstPhone": "0383218199", "Name": "v6", "Title": "from-v39",
-                                 "City": "from-v40"}  # fmt: skip
+    assert stage2.job.fields == {
+        "FirstPhone": "0383218199",
+        "Name": "v6",
+        "Title": "from-v39",
+        "City": "from-v40",
+    }
     assert len(json.loads(stage2.carried)) == 4
 
 

@@ -13,10 +13,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_wheel_carries_the_lua_scripts_and_every_package(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path),
-         str(ROOT)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("contactsync-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for script in (ROOT / "worker" / "lua").glob("*.lua"):

@@ -93,18 +93,30 @@ def test_ordering_reads_sealed_payloads_and_sealed_carried_parts(
     from tasks.ordering import plan
 
     head = update(Name="v6")
-    first = [sealed(update(Title="from-v36"), "f36", 2, version="36", vkey="36".zfill(20)),
-             sealed(update(City="from-v40"), "f40", 3, version="40", vkey="40".zfill(20))]
-    stage1 = plan(sealed(head, "h", 1, "running", version="6", vkey="6".zfill(20)), head,
-                  CLAIMED, first, coalesce=True)  # fmt: skip
+    first = [
+        sealed(update(Title="from-v36"), "f36", 2, version="36", vkey="36".zfill(20)),
+        sealed(update(City="from-v40"), "f40", 3, version="40", vkey="40".zfill(20)),
+    ]
+    stage1 = plan(
+        sealed(head, "h", 1, "running", version="6", vkey="6".zfill(20)),
+        head,
+        CLAIMED,
+        first,
+        coalesce=True,
+    )
     carried = sealer.seal(stage1.carried)  # as the worker stores it (Ledger.absorb)
     assert PHONE not in carried and "from-v36" not in carried
-    carrying = sealed(stage1.job, "h", 1, "running", version="40", vkey="40".zfill(20),
-                      carried=carried)  # fmt: skip
+    carrying = sealed(
+        stage1.job, "h", 1, "running", version="40", vkey="40".zfill(20), carried=carried
+    )
     later = [sealed(update(Title="from-v39"), "f39", 4, version="39", vkey="39".zfill(20))]
     stage2 = plan(carrying, stage1.job, CLAIMED, later, coalesce=True)
-    assert stage2.job.fields == {"FirstPhone": "0383218199", "Name": "v6",  # type: ignore
-                                 "Title": "from-v39", "City": "from-v40"}  # fmt: skip
+    assert stage2.job.fields == {
+        "FirstPhone": "0383218199",
+        "Name": "v6",  # type: ignore
+        "Title": "from-v39",
+        "City": "from-v40",
+    }
 
 
 @pytest.mark.integration
@@ -154,10 +166,17 @@ def test_with_a_key_redis_holds_no_payload_field_in_plain_text_and_everything_st
         state = json.loads((tmp_path / ".contactsync" / "redis" / "embedded.json").read_text())
         auth = {"Authorization": f"Bearer {token}"}
         httpx.post(f"{noojee}/_script", json={"lead": "ENC-1", "codes": [110, 0]})
-        job = {"kind": "noojee.update", "job": {
-            "template_id": 41, "campaign_id": 41, "allocation_id": 38,
-            "external_lead_id": "ENC-1", "disposition": "Sale",
-            "fields": {"MobilePhone": PHONE, "Name": NAME, "Email": "jane@example.com"}}}
+        job = {
+            "kind": "noojee.update",
+            "job": {
+                "template_id": 41,
+                "campaign_id": 41,
+                "allocation_id": 38,
+                "external_lead_id": "ENC-1",
+                "disposition": "Sale",
+                "fields": {"MobilePhone": PHONE, "Name": NAME, "Email": "jane@example.com"},
+            },
+        }
         job_id = httpx.post(f"{intake_url}/v1/jobs", json=job, headers=auth).json()["job_id"]
 
         def state_of(wanted: str) -> bool:
@@ -176,8 +195,9 @@ def test_with_a_key_redis_holds_no_payload_field_in_plain_text_and_everything_st
         shown = httpx.get(f"{intake_url}/v1/jobs/{job_id}", headers=auth).json()
         assert shown["payload"]["fields"]["MobilePhone"] == "0***78"
 
-        requeued = run_cli("review", "requeue", job_id, "--set", "disposition=Callback",
-                           cwd=tmp_path, env=env)  # fmt: skip
+        requeued = run_cli(
+            "review", "requeue", job_id, "--set", "disposition=Callback", cwd=tmp_path, env=env
+        )
         assert requeued.returncode == 0, requeued.stdout + requeued.stderr
         wait_for(lambda: state_of("delivered"), 60, "the requeued job to be delivered")
         lead = httpx.get(f"{noojee}/_leads/ENC-1").json()

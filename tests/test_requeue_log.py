@@ -125,20 +125,44 @@ def test_a_fleet_waiting_at_a_gate_of_1_writes_almost_no_log_lines(
     measured."""
     url = redis_server.rsplit("/", 1)[0] + "/3"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTSYNC_")}
-    with simulator_in_thread(serve, NoojeeSimConfig(slots=4, latency_s=0.03, jitter_s=0.005,
-                                                    queue_timeout_s=2)) as sim:  # fmt: skip
-        env.update({**TEST_ENV, "CONTACTSYNC_REDIS_URL": url, "CONTACTSYNC_DATA_DIR": str(tmp_path),
-                    "CONTACTSYNC_NOOJEE__BASE_URL": str(sim.base_url),
-                    "CONTACTSYNC_NOOJEE__API_KEY": "sandbox-key",
-                    "CONTACTSYNC_NOOJEE__ADAPTIVE": "false",
-                    "CONTACTSYNC_NOOJEE__MAX_CONCURRENCY": "1",
-                    "CONTACTSYNC_WORKER_CONCURRENCY": "16", "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    with simulator_in_thread(
+        serve, NoojeeSimConfig(slots=4, latency_s=0.03, jitter_s=0.005, queue_timeout_s=2)
+    ) as sim:
+        env.update(
+            {
+                **TEST_ENV,
+                "CONTACTSYNC_REDIS_URL": url,
+                "CONTACTSYNC_DATA_DIR": str(tmp_path),
+                "CONTACTSYNC_NOOJEE__BASE_URL": str(sim.base_url),
+                "CONTACTSYNC_NOOJEE__API_KEY": "sandbox-key",
+                "CONTACTSYNC_NOOJEE__ADAPTIVE": "false",
+                "CONTACTSYNC_NOOJEE__MAX_CONCURRENCY": "1",
+                "CONTACTSYNC_WORKER_CONCURRENCY": "16",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         logs = [tmp_path / f"w{n}.log" for n in (1, 2)]
-        command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "noojee",
-                   "--loglevel", "INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "-Q",
+            "noojee",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
         workers = [
-            subprocess.Popen([*command, "-n", f"q{n}@%h"], env=env, stdout=log.open("wb"),
-                             stderr=subprocess.STDOUT)
+            subprocess.Popen(
+                [*command, "-n", f"q{n}@%h"],
+                env=env,
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+            )
             for n, log in zip((1, 2), logs, strict=True)
         ]
         try:
@@ -149,8 +173,9 @@ def test_a_fleet_waiting_at_a_gate_of_1_writes_almost_no_log_lines(
             start = [log.stat().st_size for log in logs]
             calls_before = sim.get("/_stats").json()["calls"]
             time.sleep(MEASURED_S)  # the measured run itself, not a wait for something to happen
-            written = [log.read_bytes()[offset:].decode() for log, offset in zip(logs, start,
-                                                                                  strict=True)]
+            written = [
+                log.read_bytes()[offset:].decode() for log, offset in zip(logs, start, strict=True)
+            ]
             calls = sim.get("/_stats").json()["calls"] - calls_before
         finally:
             for worker in workers:
@@ -159,8 +184,10 @@ def test_a_fleet_waiting_at_a_gate_of_1_writes_almost_no_log_lines(
                 worker.wait(30)
     lines = [line for text in written for line in text.splitlines()]
     ours = [line for line in lines if not any(mark in line for mark in PER_MESSAGE)]
-    print(f"{len(lines)} lines in {MEASURED_S} s, {len(ours)} besides Celery's per-message "
-          f"ones; {calls} calls delivered")
+    print(
+        f"{len(lines)} lines in {MEASURED_S} s, {len(ours)} besides Celery's per-message "
+        f"ones; {calls} calls delivered"
+    )
     assert calls > 5 * MEASURED_S  # the gate let one call at a time through, all along
     assert not [line for line in lines if "WARNING" in line or "Traceback" in line]
     assert len(ours) < 100 * MEASURED_S / 60, ours  # fewer than 100 a minute, fleet-wide

@@ -333,8 +333,10 @@ def test_cli_writes_the_port_file_never_prints_the_password_and_stops_on_sigterm
 ) -> None:
     args = ("--password", "pw-123", "--data-source", "LIVE", "--username", "bob")
     with simulator_cli("expandable", *args, "--token-ttl", "60", tmp_path=tmp_path) as (
-        process, url, line,
-    ):  # fmt: skip
+        process,
+        url,
+        line,
+    ):
         assert line == f"expandable simulator listening on {url} (data_source=LIVE)"
         with httpx.Client(base_url=url, timeout=3) as client:
             creds = {"DATA_SOURCE": "LIVE", "USER_NAME": "bob", "PASSWORD": "pw-123"}
@@ -386,9 +388,10 @@ def test_updates_are_logged_per_contact_in_order_with_codes_and_applied_flags() 
 
         entries = arrivals(client, "ABCCORP", "JHERNANDEZ")
         assert outline(entries) == [
-            (1, "update", 503, None, False), (2, "update", 500, "UNEXPECTED_ERROR", False),
+            (1, "update", 503, None, False),
+            (2, "update", 500, "UNEXPECTED_ERROR", False),
             (3, "update", 200, None, True),
-        ]  # fmt: skip
+        ]
         assert [e["fields"] for e in entries] == [{"CITY": "A"}, {"CITY": "B"}, {"CITY": "C"}]
         assert client.get("/_contacts/ABCCORP/JHERNANDEZ").json()["CITY"] == "C"
         records = client.get("/_arrivals").json()["records"]
@@ -419,8 +422,9 @@ def test_refused_tokens_and_bodies_naming_no_contact_are_not_logged_but_outages_
 
         # n counts the calls that named a contact: the refused token's took number 1.
         assert outline(arrivals(client, "ABCCORP", "JHERNANDEZ")) == [
-            (2, "update", 400, "NO_FIELD_TO_UPDATE", False), (4, "update", 503, None, False),
-        ]  # fmt: skip
+            (2, "update", 400, "NO_FIELD_TO_UPDATE", False),
+            (4, "update", 503, None, False),
+        ]
         assert outline(arrivals(client, "ABCCORP", "NOBODY")) == [
             (3, "update", 500, "CUST_CONTACT_NOT_FOUND", False)
         ]
@@ -434,8 +438,12 @@ def test_ids_with_special_characters_are_unambiguous_records_and_script_ids(
     customer: str, contact: str
 ) -> None:
     with simulator() as client:
-        assert client.post("/_contacts", json={"CUSTOMER_ID": customer, "CUST_CONTACT": contact,
-                                               "CITY": "Old"}).status_code == 200  # fmt: skip
+        assert (
+            client.post(
+                "/_contacts", json={"CUSTOMER_ID": customer, "CUST_CONTACT": contact, "CITY": "Old"}
+            ).status_code
+            == 200
+        )
         script_id = f"{quote(customer, safe='')}/{quote(contact, safe='')}"
         script = {"id": script_id, "answers": ["http-503", "ok"]}
         assert list(client.post("/_script", json=script).json()["scripts"]) == [script_id]
@@ -444,8 +452,9 @@ def test_ids_with_special_characters_are_unambiguous_records_and_script_ids(
         assert [update(client, token, **named, CITY="New").status_code for _ in "ab"] == [503, 200]
 
         assert outline(arrivals(client, customer, contact)) == [
-            (1, "update", 503, None, False), (2, "update", 200, None, True),
-        ]  # fmt: skip
+            (1, "update", 503, None, False),
+            (2, "update", 200, None, True),
+        ]
         assert list(client.get("/_arrivals").json()["records"]) == [script_id]
 
 
@@ -469,10 +478,13 @@ def test_two_updates_of_one_contact_at_once_are_an_overlap_and_of_two_contacts_a
         client.post("/_reset")
         assert client.get("/_arrivals").json() == {"records": {}}
         assert (stats(client)["peak_calls_per_record"], stats(client)["overlapping_records"]) == (
-            0, 0,
-        )  # fmt: skip
-        bodies = [{**JUAN, "AUTH_TOKEN": token, "CITY": "X"},
-                  {**MARY, "AUTH_TOKEN": token, "CITY": "Y"}]  # fmt: skip
+            0,
+            0,
+        )
+        bodies = [
+            {**JUAN, "AUTH_TOKEN": token, "CITY": "X"},
+            {**MARY, "AUTH_TOKEN": token, "CITY": "Y"},
+        ]
         answers = asyncio.run(concurrent_posts(str(client.base_url), bodies))
         assert [a.status_code for a in answers] == [200, 200]
         got = stats(client)

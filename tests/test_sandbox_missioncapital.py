@@ -235,8 +235,11 @@ SCRIPTED: list[tuple[str, int, Any]] = [
     ("ok", 200, SUCCESS),
     ("not-found", 200, {"IsSuccessful": False, "ResponseText": "Application not found"}),
     ("missing-id", 200, {"IsSuccessful": False, "ResponseText": "Missing Application ID"}),
-    ("invalid-credentials", 200, {"IsSuccessful": False,
-                                  "ResponseText": "Invalid username and password"}),
+    (
+        "invalid-credentials",
+        200,
+        {"IsSuccessful": False, "ResponseText": "Invalid username and password"},
+    ),
     ("missing-header", 200, None),
     ("http-401", 401, "INVALID_SESSION_ID"),
     ("http-403-limit", 403, "REQUEST_LIMIT_EXCEEDED"),
@@ -247,7 +250,7 @@ SCRIPTED: list[tuple[str, int, Any]] = [
     ("http-502", 502, "Bad Gateway"),
     ("http-503", 503, "SERVER_UNAVAILABLE"),
     ("http-504", 504, "Gateway Time-out"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("kind", "status", "expected"), SCRIPTED)
@@ -434,8 +437,10 @@ def test_admin_get_and_post_of_unknown_actions_are_405() -> None:
 def test_cli_prints_its_address_writes_the_port_file_and_stops_on_sigterm(tmp_path: Path) -> None:
     args = ("--password", "pw", "--security-token", "TOK", "--script", f"{APP}=http-504,ok")
     with simulator_cli("missioncapital", *args, "--api-limit", "9", tmp_path=tmp_path) as (
-        _, url, line,
-    ):  # fmt: skip
+        _,
+        url,
+        line,
+    ):
         assert line == f"missioncapital simulator listening on {url}"
         with httpx.Client(base_url=url, timeout=3) as client:
             assert login(client).status_code == 400

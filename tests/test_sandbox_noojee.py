@@ -219,8 +219,9 @@ def service_times_s(config: NoojeeSimConfig, calls: int = 20_000) -> list[float]
 
 
 def test_lognormal_service_is_heavy_tailed_around_its_median_with_no_100_ms_floor() -> None:
-    times = service_times_s(NoojeeSimConfig(distribution="lognormal", latency_s=0.1, sigma=0.77,
-                                            seed=3))  # fmt: skip
+    times = service_times_s(
+        NoojeeSimConfig(distribution="lognormal", latency_s=0.1, sigma=0.77, seed=3)
+    )
     median, p99 = times[len(times) // 2], times[int(0.99 * len(times))]
     assert median == pytest.approx(0.100, rel=0.03)
     assert p99 / median == pytest.approx(6.0, rel=0.12)  # exp(2.326 x 0.77)
@@ -235,8 +236,9 @@ def test_uniform_service_stays_within_its_jitter_and_above_100_ms() -> None:
 
 def test_config_switches_distribution_and_latency_while_running_and_refuses_bad_ones() -> None:
     with simulator(seed=5) as client:
-        answer = client.post("/_config", json={"distribution": "lognormal", "sigma": 0.5,
-                                               "latency_s": 0.2})  # fmt: skip
+        answer = client.post(
+            "/_config", json={"distribution": "lognormal", "sigma": 0.5, "latency_s": 0.2}
+        )
         assert answer.status_code == 200, answer.text
         wanted = {"distribution": "lognormal", "sigma": 0.5, "latency_s": 0.2}
         assert wanted.items() <= answer.json().items()
@@ -261,7 +263,10 @@ def test_cli_takes_a_lognormal_distribution(tmp_path: Path) -> None:
         with httpx.Client(base_url=url, timeout=3) as client:
             settings = client.post("/_config", json={}).json()
     assert (settings["distribution"], settings["sigma"], settings["latency_s"]) == (
-        "lognormal", 0.6, 0.05)  # fmt: skip
+        "lognormal",
+        0.6,
+        0.05,
+    )
 
 
 def stats(client: httpx.Client) -> dict[str, Any]:
@@ -533,8 +538,11 @@ def test_arrivals_log_every_call_on_a_lead_in_order_with_what_it_answered_and_ap
 
 def test_an_insert_is_one_arrival_logged_on_each_lead_it_names() -> None:
     with simulator() as client:
-        leads = [{"njExternalLeadId": "I1", **JANE}, {**JANE, "Name": "No id"},
-                 {"njExternalLeadId": "I2", **JANE, "Name": "Two"}]  # fmt: skip
+        leads = [
+            {"njExternalLeadId": "I1", **JANE},
+            {**JANE, "Name": "No id"},
+            {"njExternalLeadId": "I2", **JANE, "Name": "Two"},
+        ]
         assert client.post(INSERT, params={**IDS, "apiKey": KEY}, json=leads).json()["code"] == 0
         records = client.get("/_arrivals").json()["records"]
         assert sorted(records) == ["I1", "I2"]  # a lead without an id is no record
@@ -561,9 +569,10 @@ def test_busy_and_fault_answers_are_logged_not_applied() -> None:
         codes = [update(client, "B1", JANE).json()["code"] for _ in range(3)]
         assert codes == [109, 103, 0]
         assert outline(arrivals(client, "B1")) == [
-            (1, "update", 400, 109, False), (2, "update", 500, 103, False),
+            (1, "update", 400, 109, False),
+            (2, "update", 500, 103, False),
             (3, "update", 200, 0, True),
-        ]  # fmt: skip
+        ]
 
 
 def test_two_calls_in_flight_on_one_lead_are_an_overlap_even_queued_in_the_pbx() -> None:
@@ -642,9 +651,11 @@ def test_a_slow_answer_still_held_does_not_keep_the_simulator_from_stopping() ->
 
 def test_script_refuses_a_bad_slow_s_and_codes_that_are_neither_integers_nor_slow() -> None:
     with simulator() as client:
-        for bad in ({"lead": "S", "codes": ["slow"], "slow_s": -1},
-                    {"lead": "S", "codes": ["slow"], "slow_s": "1"},
-                    {"lead": "S", "codes": ["fast"]}):  # fmt: skip
+        for bad in (
+            {"lead": "S", "codes": ["slow"], "slow_s": -1},
+            {"lead": "S", "codes": ["slow"], "slow_s": "1"},
+            {"lead": "S", "codes": ["fast"]},
+        ):
             answer = client.post("/_script", json=bad)
             assert answer.status_code == 400 and answer.json()["error"], bad
         assert client.post("/_script", json={"lead": "S", "codes": [0]}).status_code == 200
@@ -668,8 +679,10 @@ def test_arrivals_past_the_bounds_drop_the_oldest_and_are_counted() -> None:
             update(client, lead, JANE)
         records = client.get("/_arrivals").json()["records"]
         assert {lead: [e["n"] for e in entries] for lead, entries in records.items()} == {
-            "A": [3], "B": [4], "C": [5],
-        }  # fmt: skip
+            "A": [3],
+            "B": [4],
+            "C": [5],
+        }
         assert stats(client)["arrivals_dropped"] == 2
 
 

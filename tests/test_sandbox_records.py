@@ -27,9 +27,13 @@ def test_entries_carry_the_arrival_number_times_answer_and_a_copy_of_the_fields(
 
     first, second = log.entries("L1") or []
     assert {k: v for k, v in first.items() if k not in ("start", "end")} == {
-        "n": 1, "call": "insert", "status": 400, "code": 109, "applied": False,
+        "n": 1,
+        "call": "insert",
+        "status": 400,
+        "code": 109,
+        "applied": False,
         "fields": {"FirstPhone": "0383218199"},
-    }  # fmt: skip
+    }
     assert first["start"] <= first["end"] <= second["start"] <= second["end"]
     assert (second["n"], second["applied"]) == (2, True)
     assert log.entries("L2") is None and log.logged_calls("L1") == 2
@@ -55,8 +59,10 @@ def test_refused_and_unanswered_calls_are_not_logged_but_count_in_flight() -> No
         raise RuntimeError("the call died before it was answered")
     assert log.entries("A") is None
     assert log.stats() == {
-        "peak_calls_per_record": 2, "overlapping_records": 1, "arrivals_dropped": 0,
-    }  # fmt: skip
+        "peak_calls_per_record": 2,
+        "overlapping_records": 1,
+        "arrivals_dropped": 0,
+    }
     answered(log, "A")
     assert [e["n"] for e in log.entries("A") or []] == [4]  # numbers count every arrival
 
@@ -102,8 +108,10 @@ def test_reset_clears_the_log_and_restarts_the_counters_from_the_calls_in_flight
     assert [e["n"] for e in log.entries("B") or []] == [1]
     log.reset()
     assert log.stats() == {
-        "peak_calls_per_record": 0, "overlapping_records": 0, "arrivals_dropped": 0,
-    }  # fmt: skip
+        "peak_calls_per_record": 0,
+        "overlapping_records": 0,
+        "arrivals_dropped": 0,
+    }
 
 
 def test_per_record_bound_drops_that_records_oldest_entries() -> None:

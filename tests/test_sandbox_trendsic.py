@@ -439,9 +439,11 @@ def test_reads_and_writes_are_separate_arrivals_in_order_with_what_they_applied(
 
         entries = arrivals(client, 1001)
         assert outline(entries) == [
-            (1, "read", 200, None, False), (2, "write", 409, "Conflict", False),
-            (3, "read", 200, None, False), (4, "write", 200, None, True),
-        ]  # fmt: skip
+            (1, "read", 200, None, False),
+            (2, "write", 409, "Conflict", False),
+            (3, "read", 200, None, False),
+            (4, "write", 200, None, True),
+        ]
         assert [e["fields"].get("FirstName") for e in entries] == [None, "Lost", None, "Newest"]
         assert entries[0]["fields"] == {} and entries[3]["fields"]["ContactId"] == 1001
         assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(entries))
@@ -462,14 +464,16 @@ def test_refused_credentials_and_roles_are_not_logged_but_outages_and_bad_calls_
         read(client, "abc")
 
         assert outline(arrivals(client, 1001)) == [
-            (3, "read", 503, None, False), (4, "write", 400, "SerializationException", False),
-        ]  # fmt: skip
+            (3, "read", 503, None, False),
+            (4, "write", 400, "SerializationException", False),
+        ]
         assert outline(arrivals(client, "abc")) == [(5, "read", 400, "ValidationException", False)]
 
 
-@pytest.mark.parametrize(("answer", "status", "code"),
-                         [("http-503", 503, None), ("http-500", 500, "Exception"),
-                          ("http-409", 409, "Conflict")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("answer", "status", "code"),
+    [("http-503", 503, None), ("http-500", 500, "Exception"), ("http-409", 409, "Conflict")],
+)
 def test_scripted_busy_and_fault_answers_are_logged_not_applied(
     answer: str, status: int, code: str | None
 ) -> None:
@@ -477,8 +481,9 @@ def test_scripted_busy_and_fault_answers_are_logged_not_applied(
         assert write(client, 1001, {"FirstName": "Refused"}).status_code == status
         assert write(client, 1001, {"FirstName": "Kept"}).status_code == 200
         assert outline(arrivals(client, 1001)) == [
-            (1, "write", status, code, False), (2, "write", 200, None, True),
-        ]  # fmt: skip
+            (1, "write", status, code, False),
+            (2, "write", 200, None, True),
+        ]
         assert client.get("/_contacts/1001").json()["FirstName"] == "Kept"
 
 
@@ -487,8 +492,9 @@ def test_two_reads_of_one_contact_at_once_overlap_but_a_read_then_its_write_do_n
         stored = read(client, 1001).json()["Contact"][0]
         write(client, 1001, stored)  # one job: its read, then its write
         assert (stats(client)["peak_calls_per_record"], stats(client)["overlapping_records"]) == (
-            1, 0,
-        )  # fmt: skip
+            1,
+            0,
+        )
         answers = asyncio.run(concurrent_reads(str(client.base_url), [1001, 1001]))
         assert [a.status_code for a in answers] == [200, 200]
         after = stats(client)

@@ -26,8 +26,10 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
 
 
 def test_the_documented_form_is_read() -> None:
-    url = parse(f"sentinel://:{PASSWORD}@10.0.0.1:26379,10.0.0.2:26380,s3/cs/2"
-                f"?sentinel_password={SENTINEL_PASSWORD}")  # fmt: skip
+    url = parse(
+        f"sentinel://:{PASSWORD}@10.0.0.1:26379,10.0.0.2:26380,s3/cs/2"
+        f"?sentinel_password={SENTINEL_PASSWORD}"
+    )
     assert url.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26380), ("s3", 26379))
     assert (url.service, url.db, url.password) == ("cs", 2, PASSWORD)
     assert url.sentinel_kwargs()["password"] == SENTINEL_PASSWORD
@@ -37,7 +39,11 @@ def test_the_documented_form_is_read() -> None:
 def test_db_defaults_to_0_and_a_percent_encoded_password_is_decoded() -> None:
     url = parse("sentinel://app:p%40ss%2Fw@[::1]:5000/svc")
     assert (url.sentinels, url.db, url.username, url.password) == (
-        (("::1", 5000),), 0, "app", "p@ss/w")
+        (("::1", 5000),),
+        0,
+        "app",
+        "p@ss/w",
+    )
 
 
 def test_kombu_gets_one_sentinel_url_per_sentinel_and_the_service_as_master_name() -> None:

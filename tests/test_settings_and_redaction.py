@@ -124,13 +124,17 @@ def test_mask_url_password(url: str, shown: str) -> None:
 @pytest.mark.parametrize(
     ("variables", "secret"),
     [
-        ({"CONTACTSYNC_NOOJEE__API_KEY": API_KEY,
-          "CONTACTSYNC_NOOJEE__READ_TIMEOUT_S": "30"}, API_KEY),
-        ({"CONTACTSYNC_REDIS_URL": f"http://:{REDIS_PASSWORD}@cache.internal:6379"},
-         REDIS_PASSWORD),
+        (
+            {"CONTACTSYNC_NOOJEE__API_KEY": API_KEY, "CONTACTSYNC_NOOJEE__READ_TIMEOUT_S": "30"},
+            API_KEY,
+        ),
+        (
+            {"CONTACTSYNC_REDIS_URL": f"http://:{REDIS_PASSWORD}@cache.internal:6379"},
+            REDIS_PASSWORD,
+        ),
     ],
     ids=["api-key-in-timeout-error", "redis-password-in-scheme-error"],
-)  # fmt: skip
+)
 def test_settings_error_never_repeats_a_secret(
     env: pytest.MonkeyPatch, variables: dict[str, str], secret: str
 ) -> None:
@@ -172,9 +176,10 @@ def test_short_visibility_timeout_is_refused_naming_the_variable_and_minimum(
 
 
 SHORT_DESTINATION_TIMEOUTS = {
-    f"CONTACTSYNC_{name}__{knob}": value for name in ("MISSIONCAPITAL", "TRENDSIC", "EXPANDABLE")
+    f"CONTACTSYNC_{name}__{knob}": value
+    for name in ("MISSIONCAPITAL", "TRENDSIC", "EXPANDABLE")
     for knob, value in (("CONNECT_TIMEOUT_S", "0.5"), ("READ_TIMEOUT_S", "1"))
-}  # fmt: skip
+}
 
 
 def test_visibility_timeout_follows_the_timeouts_it_must_cover(env: pytest.MonkeyPatch) -> None:
@@ -203,9 +208,12 @@ def test_three_calls_of_another_destination_count_too(env: pytest.MonkeyPatch) -
         CONTACTSYNC_NOOJEE__PBX_QUEUE_TIMEOUT_S="2",
         CONTACTSYNC_NOOJEE__READ_TIMEOUT_S="4",
         CONTACTSYNC_VISIBILITY_TIMEOUT_S="14",
-        **{**SHORT_DESTINATION_TIMEOUTS, "CONTACTSYNC_TRENDSIC__CONNECT_TIMEOUT_S": "1",
-           "CONTACTSYNC_TRENDSIC__READ_TIMEOUT_S": "9"},
-    )  # fmt: skip
+        **{
+            **SHORT_DESTINATION_TIMEOUTS,
+            "CONTACTSYNC_TRENDSIC__CONNECT_TIMEOUT_S": "1",
+            "CONTACTSYNC_TRENDSIC__READ_TIMEOUT_S": "9",
+        },
+    )
 
     assert "at least 62" in error
 
@@ -316,8 +324,11 @@ def test_a_flower_password_with_a_comma_is_refused_without_echoing_it() -> None:
 def test_the_intake_must_be_allowed_to_hold_one_body_of_the_largest_size(
     env: pytest.MonkeyPatch,
 ) -> None:
-    error = settings_error(env, CONTACTSYNC_INTAKE__MAX_BODY_BYTES="2000000",
-                           CONTACTSYNC_INTAKE__MAX_BUFFERED_BYTES="1000000")  # fmt: skip
+    error = settings_error(
+        env,
+        CONTACTSYNC_INTAKE__MAX_BODY_BYTES="2000000",
+        CONTACTSYNC_INTAKE__MAX_BUFFERED_BYTES="1000000",
+    )
     assert "CONTACTSYNC_INTAKE__MAX_BUFFERED_BYTES" in error
 
 

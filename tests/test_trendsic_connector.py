@@ -36,13 +36,16 @@ KIND = "trendsic.contact_connection"
 USERNAME, PASSWORD, API_KEY = "sandbox-user", "sandbox-pass", "sandbox-api-key"
 SEEDED_BIRTH = "1980-01-01T00:00:00.0000000"  # DateOfBirth of seeded contact 1001
 # Personal values of the jobs below: none may reach a reason or an answer.
-PERSONAL = {"Phone": "555-0199", "SSN": "123-45-6789", "EmailWork": "jane.doe@example.com",
-            "FirstName": "Janet", "DateOfBirth": "1979-12-31T00:00:00.0000000Z"}  # fmt: skip
+PERSONAL = {
+    "Phone": "555-0199",
+    "SSN": "123-45-6789",
+    "EmailWork": "jane.doe@example.com",
+    "FirstName": "Janet",
+    "DateOfBirth": "1979-12-31T00:00:00.0000000Z",
+}
 
 
-def job(
-    contact_id: int = 1001, agent_id: int = 7, /, **contact: Any
-) -> TrendsicContactConnection:
+def job(contact_id: int = 1001, agent_id: int = 7, /, **contact: Any) -> TrendsicContactConnection:
     fields = contact or {"Phone": PERSONAL["Phone"]}
     built = validate_job(KIND, {"contact_id": contact_id, "agent_id": agent_id, "contact": fields})
     assert isinstance(built, TrendsicContactConnection)
@@ -79,11 +82,14 @@ def sim() -> Iterator[httpx.Client]:
         yield admin
 
 
-def connector(
-    base_url: Any, client: redis.Redis, prefix: str, **settings: Any
-) -> TrendsicClient:
-    values = {"username": USERNAME, "password": PASSWORD, "connect_timeout_s": 1.0,
-              "read_timeout_s": 2.0, **settings}  # fmt: skip
+def connector(base_url: Any, client: redis.Redis, prefix: str, **settings: Any) -> TrendsicClient:
+    values = {
+        "username": USERNAME,
+        "password": PASSWORD,
+        "connect_timeout_s": 1.0,
+        "read_timeout_s": 2.0,
+        **settings,
+    }
     return TrendsicClient(TrendsicSettings(base_url=str(base_url), **values), client, prefix)
 
 
@@ -112,8 +118,7 @@ def test_a_valid_job_keeps_only_the_given_fields_and_survives_the_ledger_round_t
     again = TrendsicContactConnection.model_validate_json(built.model_dump_json())
 
     assert again == built
-    assert again.changes() == {**PERSONAL, "DeletedDateTimeUtc": None, "Active": True,
-                               "Rate": 2.0}  # fmt: skip
+    assert again.changes() == {**PERSONAL, "DeletedDateTimeUtc": None, "Active": True, "Rate": 2.0}
     assert model_for(KIND) is TrendsicContactConnection
 
 
@@ -130,9 +135,14 @@ def test_masked_shows_only_the_ids_and_masks_every_contact_value() -> None:
 def test_a_misspelt_field_is_refused_naming_it_and_the_likely_meant_one() -> None:
     problems = refusal({"FirstNme": "Janet", "address_Line1": "1 Main St"})
 
-    assert problems == [("contact", "unknown field FirstNme (did you mean FirstName?); unknown "
-                         "field address_Line1 (did you mean address_line1?); Contact field "
-                         "names are ServiceStack's, case-sensitive")]  # fmt: skip
+    assert problems == [
+        (
+            "contact",
+            "unknown field FirstNme (did you mean FirstName?); unknown "
+            "field address_Line1 (did you mean address_line1?); Contact field "
+            "names are ServiceStack's, case-sensitive",
+        )
+    ]
 
 
 def test_a_key_that_is_not_a_field_name_is_not_echoed() -> None:
@@ -155,26 +165,44 @@ def test_a_key_that_is_not_a_field_name_is_not_echoed() -> None:
 def test_dates_must_be_servicestack_iso_8601_with_7_fractional_digits(value: str) -> None:
     problems = refusal({"DateOfBirth": value})
 
-    assert problems == [("contact.DateOfBirth", "must be an ISO-8601 date with exactly 7 "
-                         "fractional digits, optionally Z or +hh:mm, e.g. "
-                         "2026-11-23T09:30:00.0000000; 0001-01-01T00:00:00.0000000 means unset")]
+    assert problems == [
+        (
+            "contact.DateOfBirth",
+            "must be an ISO-8601 date with exactly 7 "
+            "fractional digits, optionally Z or +hh:mm, e.g. "
+            "2026-11-23T09:30:00.0000000; 0001-01-01T00:00:00.0000000 means unset",
+        )
+    ]
     assert value not in str(problems)
 
 
 @pytest.mark.parametrize(
     "value",
-    ["2026-11-23T09:30:00.0000000", "2026-11-23T09:30:00.1234567Z",
-     "2026-11-23T09:30:00.0000000+05:30", "0001-01-01T00:00:00.0000000"],
-)  # fmt: skip
+    [
+        "2026-11-23T09:30:00.0000000",
+        "2026-11-23T09:30:00.1234567Z",
+        "2026-11-23T09:30:00.0000000+05:30",
+        "0001-01-01T00:00:00.0000000",
+    ],
+)
 def test_dates_with_z_an_offset_or_unset_are_accepted(value: str) -> None:
     assert job(LastContact=value).changes() == {"LastContact": value}
 
 
 def test_each_bad_field_is_named_and_no_value_is_echoed() -> None:
-    problems = dict(refusal({
-        "ContactGUID": "0000-not-hex-" + PERSONAL["SSN"], "DoNotContact": "yes", "AgentId": "7",
-        "FirstName": 5, "EmailWork": "jane.doe@", "Rate": float("inf"), "JobCount": 2**31,
-    }))  # fmt: skip
+    problems = dict(
+        refusal(
+            {
+                "ContactGUID": "0000-not-hex-" + PERSONAL["SSN"],
+                "DoNotContact": "yes",
+                "AgentId": "7",
+                "FirstName": 5,
+                "EmailWork": "jane.doe@",
+                "Rate": float("inf"),
+                "JobCount": 2**31,
+            }
+        )
+    )
 
     assert problems == {
         "contact.ContactGUID": "must be 32 hex digits without dashes or braces",
@@ -189,7 +217,9 @@ def test_each_bad_field_is_named_and_no_value_is_echoed() -> None:
 
 def test_null_clears_a_string_or_the_nullable_date_but_not_a_non_nullable_value() -> None:
     assert job(Tags=None, DeletedDateTimeUtc=None).changes() == {
-        "Tags": None, "DeletedDateTimeUtc": None}  # fmt: skip
+        "Tags": None,
+        "DeletedDateTimeUtc": None,
+    }
 
     problems = dict(refusal({"DateCreated": None, "Active": None, "ContactGUID": None}))
 
@@ -205,20 +235,27 @@ def test_null_clears_a_string_or_the_nullable_date_but_not_a_non_nullable_value(
 
 @pytest.mark.parametrize("contact", [{}, {"ContactId": 1001}])
 def test_a_job_must_change_at_least_one_field(contact: dict[str, Any]) -> None:
-    assert refusal(contact) == [("contact", "no field to change: give at least one Contact "
-                                 "field besides ContactId, e.g. Phone")]  # fmt: skip
+    assert refusal(contact) == [
+        (
+            "contact",
+            "no field to change: give at least one Contact field besides ContactId, e.g. Phone",
+        )
+    ]
 
 
 def test_contact_id_inside_the_contact_must_be_the_job_s() -> None:
     assert refusal({"ContactId": 1002, "Phone": "1"}) == [
-        ("(job)", "contact.ContactId must equal contact_id (or be left out)")]  # fmt: skip
+        ("(job)", "contact.ContactId must equal contact_id (or be left out)")
+    ]
     assert job(ContactId=1001, Phone="1").changes() == {"ContactId": 1001, "Phone": "1"}
 
 
 def test_ids_are_positive_integers_and_the_contact_is_required() -> None:
     problems = dict(refusal({"Phone": "1"}, contact_id=0, agent_id="7"))
-    assert problems == {"contact_id": "Input should be greater than 0",
-                        "agent_id": "Input should be a valid integer"}  # fmt: skip
+    assert problems == {
+        "contact_id": "Input should be greater than 0",
+        "agent_id": "Input should be a valid integer",
+    }
     with pytest.raises(JobValidationError) as caught:
         validate_job(KIND, {"contact_id": 1, "agent_id": 1})
     assert caught.value.problems == [("contact", "Field required")]
@@ -246,11 +283,13 @@ def test_update_reads_first_and_a_date_not_in_the_job_survives(
     before = stored(sim, 1001)
     assert before["DateOfBirth"] == SEEDED_BIRTH  # the quirk would reset it to 0001-01-01
 
-    answer = connector(sim.base_url, client, prefix).send(job(Phone=PERSONAL["Phone"],
-                                                              Tags="vip"))  # fmt: skip
+    answer = connector(sim.base_url, client, prefix).send(job(Phone=PERSONAL["Phone"], Tags="vip"))
 
-    assert answer == Answer(Delivered("http-200", f"Trendsic answered HTTP 200 to {UPDATE}: OK"),
-                            "HTTP 200", measured=True)  # fmt: skip
+    assert answer == Answer(
+        Delivered("http-200", f"Trendsic answered HTTP 200 to {UPDATE}: OK"),
+        "HTTP 200",
+        measured=True,
+    )
     after = stored(sim, 1001)
     assert after == {**before, "Phone": PERSONAL["Phone"], "Tags": "vip"}
     assert stats(sim)["calls_by_method"] == {"GET": 1, "POST": 1}
@@ -259,47 +298,83 @@ def test_update_reads_first_and_a_date_not_in_the_job_survives(
 def test_update_sends_the_merged_record_with_the_route_ids_and_the_bearer(
     client: redis.Redis, prefix: str
 ) -> None:
-    record = {"ContactId": 1001, "FirstName": "Test01", "DateCreated": "2023-11-01T09:15:00."
-              "0000000", "Unknown": "kept as read"}  # fmt: skip
+    record = {
+        "ContactId": 1001,
+        "FirstName": "Test01",
+        "DateCreated": "2023-11-01T09:15:00.0000000",
+        "Unknown": "kept as read",
+    }
     with respx.mock(base_url="https://api.test", assert_all_called=True) as api:
         api.get("/v1/ContactConnections/1001").respond(200, json={"Contact": [record]})
         update = api.post("/v1/ContactConnections/1001").respond(200, json={"Contact": []})
         answer = connector("https://api.test", client, prefix, api_key="k-1").send(
-            job(1001, 9, Phone="555-0100", FirstName=None))
+            job(1001, 9, Phone="555-0100", FirstName=None)
+        )
 
     assert isinstance(answer.outcome, Delivered)
     request = update.calls.last.request
     assert request.headers["Authorization"] == "Bearer k-1"
     assert json.loads(request.content) == {
         "Contact": [{**record, "Phone": "555-0100", "FirstName": None}],
-        "ContactId": 1001, "AgentId": 9,
-    }  # fmt: skip
+        "ContactId": 1001,
+        "AgentId": 9,
+    }
 
 
 # -- the error table, on the read and on the update ---------------------------------------------
 # (scripted answer, outcome class, code, what the operator reads after "to <stage>: ").
 TABLE = [
-    ("http-400", Rejected, "http-400", "HTTP 400 ValidationException to {stage}: validation "
-     "failed; fix these fields in the job, then requeue: Contact[0].EmailWork (Email: 'Email "
-     "Work' is not a valid email address.)"),
-    ("http-403", Review, "http-403", "HTTP 403 Forbidden to {stage}: Invalid Role: the API user "
-     "needs the Worker, Agent or Administrator role in Trendsic; grant one, then requeue"),
-    ("http-404", Rejected, "http-404", "HTTP 404 NotFound to {stage}: no contact has this "
-     "ContactId in Trendsic"),
-    ("http-409", Retry, "http-409", "HTTP 409 Conflict to {stage}: the contact changed while it "
-     "was sent; the next attempt reads it again and merges the changes over the new record"),
-    ("http-500", Retry, "http-500", "HTTP 500 Exception to {stage}: Trendsic failed while "
-     "handling the call"),
-]  # fmt: skip
+    (
+        "http-400",
+        Rejected,
+        "http-400",
+        "HTTP 400 ValidationException to {stage}: validation "
+        "failed; fix these fields in the job, then requeue: Contact[0].EmailWork (Email: 'Email "
+        "Work' is not a valid email address.)",
+    ),
+    (
+        "http-403",
+        Review,
+        "http-403",
+        "HTTP 403 Forbidden to {stage}: Invalid Role: the API user "
+        "needs the Worker, Agent or Administrator role in Trendsic; grant one, then requeue",
+    ),
+    (
+        "http-404",
+        Rejected,
+        "http-404",
+        "HTTP 404 NotFound to {stage}: no contact has this ContactId in Trendsic",
+    ),
+    (
+        "http-409",
+        Retry,
+        "http-409",
+        "HTTP 409 Conflict to {stage}: the contact changed while it "
+        "was sent; the next attempt reads it again and merges the changes over the new record",
+    ),
+    (
+        "http-500",
+        Retry,
+        "http-500",
+        "HTTP 500 Exception to {stage}: Trendsic failed while handling the call",
+    ),
+]
 
 
 @pytest.mark.parametrize("stage", [READ, UPDATE])
-@pytest.mark.parametrize(("scripted", "expected", "code", "reason"), TABLE,
-                         ids=[row[0] for row in TABLE])  # fmt: skip
+@pytest.mark.parametrize(
+    ("scripted", "expected", "code", "reason"), TABLE, ids=[row[0] for row in TABLE]
+)
 def test_every_servicestack_error_settles_as_the_table_says(
-    sim: httpx.Client, client: redis.Redis, prefix: str,
-    scripted: str, expected: type, code: str, reason: str, stage: str,
-) -> None:  # fmt: skip
+    sim: httpx.Client,
+    client: redis.Redis,
+    prefix: str,
+    scripted: str,
+    expected: type,
+    code: str,
+    reason: str,
+    stage: str,
+) -> None:
     script(sim, 1001, *(["ok", scripted] if stage == UPDATE else [scripted]))
 
     answer = connector(sim.base_url, client, prefix).send(job(**PERSONAL))
@@ -310,8 +385,7 @@ def test_every_servicestack_error_settles_as_the_table_says(
     if isinstance(answer.outcome, Retry):
         assert (answer.outcome.bounded, answer.outcome.down) == (True, False)
     assert answer.answer.startswith(f"HTTP {code[5:]} ")
-    assert stats(sim)["calls_by_method"] == ({"GET": 1} if stage == READ else
-                                             {"GET": 1, "POST": 1})  # fmt: skip
+    assert stats(sim)["calls_by_method"] == ({"GET": 1} if stage == READ else {"GET": 1, "POST": 1})
     assert stored(sim, 1001)["Phone"] != PERSONAL["Phone"]
     assert_nothing_leaks(answer, [PASSWORD])
 
@@ -325,8 +399,12 @@ def test_gateway_errors_are_retries_that_count_towards_a_pause(
 
     answer = connector(sim.base_url, client, prefix).send(job())
 
-    assert answer.outcome == Retry(f"http-{status}", f"Trendsic answered HTTP {status} (down or "
-                                   "overloaded)", bounded=True, down=True)  # fmt: skip
+    assert answer.outcome == Retry(
+        f"http-{status}",
+        f"Trendsic answered HTTP {status} (down or overloaded)",
+        bounded=True,
+        down=True,
+    )
     assert answer.answer.startswith(f"HTTP {status}: ")
     assert "text/html" in answer.answer
     assert not answer.measured
@@ -348,10 +426,13 @@ def test_a_contact_that_does_not_exist_is_rejected_on_the_read(
 ) -> None:
     answer = connector(sim.base_url, client, prefix).send(job(4242))
 
-    assert answer.outcome == Rejected("http-404", f"Trendsic answered HTTP 404 NotFound to "
-                                      f"{READ}: no contact has this ContactId in Trendsic")
-    assert answer.answer == ('HTTP 404 {"ErrorCode": "NotFound", "Message": "Contact 4242 not '
-                             'found"}')  # fmt: skip
+    assert answer.outcome == Rejected(
+        "http-404",
+        f"Trendsic answered HTTP 404 NotFound to {READ}: no contact has this ContactId in Trendsic",
+    )
+    assert answer.answer == (
+        'HTTP 404 {"ErrorCode": "NotFound", "Message": "Contact 4242 not found"}'
+    )
     assert stats(sim)["calls_by_method"] == {"GET": 1}
 
 
@@ -374,30 +455,54 @@ def test_a_400_reports_each_field_and_masks_values_the_messages_quote(
     client: redis.Redis, prefix: str
 ) -> None:
     errors = [
-        {"ErrorCode": "Email", "FieldName": "Contact[0].EmailWork",
-         "Message": f"'{PERSONAL['EmailWork']}' is not a valid email address.", "Meta": {}},
-        {"ErrorCode": "Length", "FieldName": "Contact[0].SSN",
-         "Message": f"'SSN' must be 9 digits. You entered '{PERSONAL['SSN']}'.", "Meta": {}},
-        {"ErrorCode": "NotEmpty", "FieldName": "Contact[0].LastName",
-         "Message": "'Last Name' must not be empty (was 'Contact01').", "Meta": {}},
-    ]  # fmt: skip
-    body = {"ResponseStatus": {"ErrorCode": "ValidationException",
-                               "Message": errors[0]["Message"], "Errors": errors}}  # fmt: skip
+        {
+            "ErrorCode": "Email",
+            "FieldName": "Contact[0].EmailWork",
+            "Message": f"'{PERSONAL['EmailWork']}' is not a valid email address.",
+            "Meta": {},
+        },
+        {
+            "ErrorCode": "Length",
+            "FieldName": "Contact[0].SSN",
+            "Message": f"'SSN' must be 9 digits. You entered '{PERSONAL['SSN']}'.",
+            "Meta": {},
+        },
+        {
+            "ErrorCode": "NotEmpty",
+            "FieldName": "Contact[0].LastName",
+            "Message": "'Last Name' must not be empty (was 'Contact01').",
+            "Meta": {},
+        },
+    ]
+    body = {
+        "ResponseStatus": {
+            "ErrorCode": "ValidationException",
+            "Message": errors[0]["Message"],
+            "Errors": errors,
+        }
+    }
     with respx.mock(base_url="https://api.test") as api:
         api.get("/v1/ContactConnections/1001").respond(
-            200, json={"Contact": [{"ContactId": 1001, "LastName": "Contact01"}]})
+            200, json={"Contact": [{"ContactId": 1001, "LastName": "Contact01"}]}
+        )
         api.post("/v1/ContactConnections/1001").respond(400, json=body)
         answer = connector("https://api.test", client, prefix, api_key="k-1").send(
-            job(EmailWork=PERSONAL["EmailWork"], SSN=PERSONAL["SSN"]))
+            job(EmailWork=PERSONAL["EmailWork"], SSN=PERSONAL["SSN"])
+        )
 
-    assert answer.outcome == Rejected("http-400", (
-        f"Trendsic answered HTTP 400 ValidationException to {UPDATE}: validation failed; fix "
-        "these fields in the job, then requeue: Contact[0].EmailWork (Email: '***' is not a "
-        "valid email address.); Contact[0].SSN (Length: 'SSN' must be 9 digits. You entered "
-        "'***'.); Contact[0].LastName (NotEmpty: 'Last Name' must not be empty (was '***').)"))
+    assert answer.outcome == Rejected(
+        "http-400",
+        (
+            f"Trendsic answered HTTP 400 ValidationException to {UPDATE}: validation failed; fix "
+            "these fields in the job, then requeue: Contact[0].EmailWork (Email: '***' is not a "
+            "valid email address.); Contact[0].SSN (Length: 'SSN' must be 9 digits. You entered "
+            "'***'.); Contact[0].LastName (NotEmpty: 'Last Name' must not be empty (was '***').)"
+        ),
+    )
     assert answer.answer == (
         'HTTP 400 {"ErrorCode": "ValidationException", "Message": "\'***\' is not a valid email '
-        'address.", "Errors": "Contact[0].EmailWork, Contact[0].SSN, Contact[0].LastName"}')
+        'address.", "Errors": "Contact[0].EmailWork, Contact[0].SSN, Contact[0].LastName"}'
+    )
     assert answer.measured
     assert_nothing_leaks(answer, ["Contact01"])
 
@@ -446,8 +551,10 @@ def test_nothing_listening_is_a_retry_towards_a_pause(
 
     answer = trendsic.send(job())
 
-    assert answer == Answer(Retry("ConnectError", "could not connect to Trendsic", bounded=True,
-                                  down=True), "ConnectError")  # fmt: skip
+    assert answer == Answer(
+        Retry("ConnectError", "could not connect to Trendsic", bounded=True, down=True),
+        "ConnectError",
+    )
 
 
 def test_no_answer_within_the_read_timeout_is_a_bounded_retry(
@@ -458,8 +565,12 @@ def test_no_answer_within_the_read_timeout_is_a_bounded_retry(
 
     outcome = trendsic.send(job()).outcome
 
-    assert outcome == Retry("ReadTimeout", "Trendsic did not answer within the read timeout; the "
-                            "call is safe to repeat, so it is sent again", bounded=True)
+    assert outcome == Retry(
+        "ReadTimeout",
+        "Trendsic did not answer within the read timeout; the "
+        "call is safe to repeat, so it is sent again",
+        bounded=True,
+    )
 
 
 # -- auth ---------------------------------------------------------------------------------------
@@ -523,10 +634,14 @@ def test_a_401_is_refreshed_once_resent_once_then_reauth_naming_the_settings(
 
     answer = connector(sim.base_url, client, prefix).send(job())
 
-    assert answer.outcome == Reauth("http-401", (
-        f"Trendsic answered HTTP 401 Unauthorized to {stage}: the bearer token was refused; so "
-        "was a fresh one fetched for the fleet: check CONTACTSYNC_TRENDSIC__USERNAME and "
-        "CONTACTSYNC_TRENDSIC__PASSWORD"))
+    assert answer.outcome == Reauth(
+        "http-401",
+        (
+            f"Trendsic answered HTTP 401 Unauthorized to {stage}: the bearer token was refused; so "
+            "was a fresh one fetched for the fleet: check CONTACTSYNC_TRENDSIC__USERNAME and "
+            "CONTACTSYNC_TRENDSIC__PASSWORD"
+        ),
+    )
     assert not answer.measured
     got = stats(sim)
     assert (got["logins"], got["refreshes"]) == (1, 1)
@@ -554,9 +669,14 @@ def test_a_refused_api_key_is_reauth_naming_it_without_any_login(
 
     answer = trendsic.send(job())
 
-    assert answer.outcome == Reauth("http-401", (
-        f"Trendsic answered HTTP 401 TokenException to {READ}: the bearer token was refused; the "
-        "API key is static, so there is nothing to refresh: check CONTACTSYNC_TRENDSIC__API_KEY"))
+    assert answer.outcome == Reauth(
+        "http-401",
+        (
+            f"Trendsic answered HTTP 401 TokenException to {READ}: the bearer token was refused; "
+            "the API key is static, so there is nothing to refresh: check "
+            "CONTACTSYNC_TRENDSIC__API_KEY"
+        ),
+    )
     assert (stats(sim)["logins"], stats(sim)["calls"]) == (0, 1)
     assert_nothing_leaks(answer, ["not-the-key"])
 
@@ -576,9 +696,13 @@ def test_a_refused_login_is_reauth_naming_the_settings_and_no_secret(
     wrong = "wrong-password-123"
     answer = connector(sim.base_url, client, prefix, password=wrong).send(job())
 
-    assert answer.outcome == Reauth("login-failed", (
-        "Trendsic login failed: HTTP 401 Unauthorized; check CONTACTSYNC_TRENDSIC__USERNAME and "
-        "CONTACTSYNC_TRENDSIC__PASSWORD"))
+    assert answer.outcome == Reauth(
+        "login-failed",
+        (
+            "Trendsic login failed: HTTP 401 Unauthorized; check "
+            "CONTACTSYNC_TRENDSIC__USERNAME and CONTACTSYNC_TRENDSIC__PASSWORD"
+        ),
+    )
     assert stats(sim)["login_failures"] == 1
     assert stats(sim)["calls"] == 0
     assert_nothing_leaks(answer, [wrong])
@@ -591,19 +715,24 @@ def test_a_login_while_trendsic_is_down_is_a_retry_not_a_credentials_problem(
 
     answer = connector(sim.base_url, client, prefix).send(job())
 
-    assert answer.outcome == Retry("http-503", "Trendsic answered HTTP 503 (down or overloaded)",
-                                   bounded=True, down=True)  # fmt: skip
+    assert answer.outcome == Retry(
+        "http-503", "Trendsic answered HTTP 503 (down or overloaded)", bounded=True, down=True
+    )
 
 
 def test_a_token_given_only_as_the_ss_tok_cookie_is_used(client: redis.Redis, prefix: str) -> None:
     with respx.mock(base_url="https://api.test", assert_all_called=True) as api:
-        api.post("/auth/credentials").respond(200, json={"SessionId": "s1", "ResponseStatus": {}},
-                                              headers=[("set-cookie", "ss-tok=jwt-from-cookie; "
-                                                        "path=/; HttpOnly"),
-                                                       ("set-cookie", "ss-reftok=rt-cookie; "
-                                                        "path=/; HttpOnly")])  # fmt: skip
+        api.post("/auth/credentials").respond(
+            200,
+            json={"SessionId": "s1", "ResponseStatus": {}},
+            headers=[
+                ("set-cookie", "ss-tok=jwt-from-cookie; path=/; HttpOnly"),
+                ("set-cookie", "ss-reftok=rt-cookie; path=/; HttpOnly"),
+            ],
+        )
         read = api.get("/v1/ContactConnections/1001").respond(
-            200, json={"Contact": [{"ContactId": 1001}]})
+            200, json={"Contact": [{"ContactId": 1001}]}
+        )
         api.post("/v1/ContactConnections/1001").respond(200, json={"Contact": []})
         trendsic = connector("https://api.test", client, prefix)
         answer = trendsic.send(job())
@@ -615,8 +744,9 @@ def test_a_token_given_only_as_the_ss_tok_cookie_is_used(client: redis.Redis, pr
 
 # -- secrets ------------------------------------------------------------------------------------
 def _cached_token(client: redis.Redis, prefix: str) -> dict[str, Any]:
-    keys = [k for k in client.scan_iter(f"{prefix}token:*")
-            if not str(k).endswith((":lock", ":logins"))]  # fmt: skip
+    keys = [
+        k for k in client.scan_iter(f"{prefix}token:*") if not str(k).endswith((":lock", ":logins"))
+    ]
     assert len(keys) == 1
     return dict(json.loads(str(client.get(keys[0]))))
 
@@ -635,8 +765,15 @@ def test_no_secret_or_token_reaches_an_answer_or_a_reason(
 
     secrets = trendsic.secrets()
     assert {PASSWORD, cached["value"], cached["data"]["refresh_token"]} <= set(secrets)
-    assert [type(a.outcome) for a in answers] == [Delivered, Delivered, Rejected, Reauth, Review,
-                                                  Retry, Retry]  # fmt: skip
+    assert [type(a.outcome) for a in answers] == [
+        Delivered,
+        Delivered,
+        Rejected,
+        Reauth,
+        Review,
+        Retry,
+        Retry,
+    ]
     for answer in answers:
         assert_nothing_leaks(answer, secrets)
 

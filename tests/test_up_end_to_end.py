@@ -25,9 +25,15 @@ pytestmark = pytest.mark.integration
 
 def _env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTACTSYNC_", "FLOWER_"))}
-    env.update({"CONTACTSYNC_FLOWER__PORT": "0", "CONTACTSYNC_FLOWER__PASSWORD": "pw-e2e",
-                "CONTACTSYNC_INTAKE__PORT": "0", "PYTHONUNBUFFERED": "1",
-                "COLUMNS": "200"})  # fmt: skip
+    env.update(
+        {
+            "CONTACTSYNC_FLOWER__PORT": "0",
+            "CONTACTSYNC_FLOWER__PASSWORD": "pw-e2e",
+            "CONTACTSYNC_INTAKE__PORT": "0",
+            "PYTHONUNBUFFERED": "1",
+            "COLUMNS": "200",
+        }
+    )
     return env
 
 
@@ -39,10 +45,15 @@ def _as_a_background_script_starts_it() -> None:
 def test_up_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
     env = _env(tmp_path)
     up = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "up"], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [sys.executable, "-m", "worker.cli", "up"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
         preexec_fn=_as_a_background_script_starts_it,
-    )  # fmt: skip
+    )
     lines: list[str] = []
     try:
         assert up.stdout is not None
@@ -61,19 +72,26 @@ def test_up_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
         # Plain Celery finds the embedded server through the settings alone.
         ping = subprocess.run(
             [sys.executable, "-m", "celery", "-A", "worker", "inspect", "ping", "--timeout", "5"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert ping.returncode == 0, ping.stdout + ping.stderr
         assert "pong" in ping.stdout
-        assert httpx.get(f"{flower_url}/api/workers", auth=("operator", "pw-e2e")).status_code \
-            == 200
+        assert (
+            httpx.get(f"{flower_url}/api/workers", auth=("operator", "pw-e2e")).status_code == 200
+        )
 
         # The intake, with the token `up` generated and printed (client "local", an operator).
         intake_line = next(line for line in lines if line.startswith("intake"))
         intake_url, token = intake_line.split()[1], intake_line.split()[4]
         assert httpx.get(f"{intake_url}/healthz").json() == {"status": "ok"}
-        job = {"kind": "missioncapital.contact_user",
-               "job": {"application_id": "00QEa00000ItVf8MAF"}}
+        job = {
+            "kind": "missioncapital.contact_user",
+            "job": {"application_id": "00QEa00000ItVf8MAF"},
+        }
         auth = {"Authorization": f"Bearer {token}"}
         answer = httpx.post(f"{intake_url}/v1/jobs", json=job, headers=auth)
         assert answer.status_code == 202, answer.text
@@ -96,9 +114,14 @@ def test_up_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
 
 def test_up_killed_with_sigkill_leaves_no_orphans(tmp_path: Path) -> None:
     up = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "up"], cwd=tmp_path, env=_env(tmp_path),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "worker.cli", "up"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     assert up.stdout is not None
     for line in up.stdout:
         if "Ctrl-C stops everything" in line:
@@ -132,14 +155,27 @@ def test_demo_prints_what_it_saw_every_time_and_never_touches_configured_endpoin
     for run in ("first", "second"):  # the second run in the same checkout tells its own story
         result = subprocess.run(
             [sys.executable, "-m", "worker.cli", "demo", "--jobs", "80", "--no-linger"],
-            cwd=tmp_path, env={**env, "COLUMNS": "400"}, capture_output=True, text=True,
+            cwd=tmp_path,
+            env={**env, "COLUMNS": "400"},
+            capture_output=True,
+            text=True,
             timeout=170,
-        )  # fmt: skip
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         out = result.stdout
-        for row in ("noojee", "missioncapital", "trendsic", "expandable", "answered busy (109)",
-                    "review", "rejected", "refused by the intake (422", "80 jobs settled in",
-                    "Flower: http://127.0.0.1:", "Intake: http://127.0.0.1:"):  # fmt: skip
+        for row in (
+            "noojee",
+            "missioncapital",
+            "trendsic",
+            "expandable",
+            "answered busy (109)",
+            "review",
+            "rejected",
+            "refused by the intake (422",
+            "80 jobs settled in",
+            "Flower: http://127.0.0.1:",
+            "Intake: http://127.0.0.1:",
+        ):
             assert row in out, (run, out)
         assert "LEAD_NOT_UPDATED_DUE_TO_CONFLICT" in out and "DNC" in out
         assert "Application not found" in out  # Mission Capital's scripted unknown application
@@ -182,10 +218,15 @@ def test_second_embedded_server_on_the_same_data_is_refused(tmp_path: Path) -> N
         assert first.url.startswith(f"redis://:{first.password}@127.0.0.1:")
 
 
-@pytest.mark.parametrize(("name", "option"), [
-    ("noojee", "--queue-timeout"), ("missioncapital", "--client-secret"),
-    ("trendsic", "--api-key"), ("expandable", "--data-source"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "option"),
+    [
+        ("noojee", "--queue-timeout"),
+        ("missioncapital", "--client-secret"),
+        ("trendsic", "--api-key"),
+        ("expandable", "--data-source"),
+    ],
+)
 def test_sandbox_help_is_the_simulators_own(tmp_path: Path, name: str, option: str) -> None:
     shown = run_cli("sandbox", name, "--help", cwd=tmp_path)
     assert shown.returncode == 0
@@ -200,8 +241,12 @@ def test_nothing_configured_means_a_clear_refusal_not_a_stranger_redis(tmp_path:
 
     worker = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "INFO"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert worker.returncode != 0
     assert "no Redis to use: set CONTACTSYNC_REDIS_URL" in worker.stdout + worker.stderr
 
@@ -217,8 +262,9 @@ class Output:
         self._queue: queue.Queue[str] = queue.Queue()
         assert proc.stdout is not None
         stream = proc.stdout
-        threading.Thread(target=lambda: [self._queue.put(line) for line in stream],
-                         daemon=True).start()  # fmt: skip
+        threading.Thread(
+            target=lambda: [self._queue.put(line) for line in stream], daemon=True
+        ).start()
 
     def wait_for(self, text: str, timeout_s: float = 90) -> str:
         import queue
@@ -238,9 +284,14 @@ class Output:
 
 def _start_up(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], Output]:
     up = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "up"], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "worker.cli", "up"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     output = Output(up)
     output.wait_for("Ctrl-C stops everything")
     return up, output
@@ -278,16 +329,23 @@ def test_up_starts_a_killed_worker_and_server_again(tmp_path: Path) -> None:
         assert "worker-w1 (exit code -9) died" in supervisor_log
 
         auth = {"Authorization": f"Bearer {token}"}
-        job = {"kind": "missioncapital.contact_user",
-               "job": {"application_id": "00QEa00000ItVf8MAF"}}
+        job = {
+            "kind": "missioncapital.contact_user",
+            "job": {"application_id": "00QEa00000ItVf8MAF"},
+        }
 
         def delivered() -> bool:
             with contextlib.suppress(httpx.HTTPError):
-                sent = httpx.post(f"{intake_url}/v1/jobs", json=job, headers={
-                    **auth, "Idempotency-Key": "after-the-crashes"}, timeout=5)
+                sent = httpx.post(
+                    f"{intake_url}/v1/jobs",
+                    json=job,
+                    headers={**auth, "Idempotency-Key": "after-the-crashes"},
+                    timeout=5,
+                )
                 if sent.status_code == 202:
-                    shown = httpx.get(f"{intake_url}/v1/jobs/{sent.json()['job_id']}",
-                                      headers=auth, timeout=5).json()  # fmt: skip
+                    shown = httpx.get(
+                        f"{intake_url}/v1/jobs/{sent.json()['job_id']}", headers=auth, timeout=5
+                    ).json()
                     return bool(shown["state"] == "delivered")
             return False
 
@@ -304,26 +362,49 @@ def test_a_backfill_through_a_redis_crash_finishes_with_resume_and_loses_nothing
     try:
         leads = [f"R-{n}" for n in range(600)]
         path = tmp_path / "leads.csv"
-        path.write_text("external_lead_id,FirstPhone\n" + "".join(
-            f"{lead},0383{n:06d}\n" for n, lead in enumerate(leads)))
-        args = [sys.executable, "-m", "worker.cli", "backfill", str(path), "-d", "noojee",
-                "--kind", "update", "--set", "template_id=41", "--set", "campaign_id=41",
-                "--set", "allocation_id=38", "--set", "disposition=Sale",
-                "--max-queue-depth", "50", "--wait"]  # fmt: skip
-        first = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        path.write_text(
+            "external_lead_id,FirstPhone\n"
+            + "".join(f"{lead},0383{n:06d}\n" for n, lead in enumerate(leads))
+        )
+        args = [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "backfill",
+            str(path),
+            "-d",
+            "noojee",
+            "--kind",
+            "update",
+            "--set",
+            "template_id=41",
+            "--set",
+            "campaign_id=41",
+            "--set",
+            "allocation_id=38",
+            "--set",
+            "disposition=Sale",
+            "--max-queue-depth",
+            "50",
+            "--wait",
+        ]
+        first = subprocess.Popen(
+            args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         state = tmp_path / ".contactsync" / "redis" / "embedded.json"
         server = json.loads(state.read_text())
         client = redis.Redis.from_url(server["url"], decode_responses=True)
         wait_for(lambda: any(client.scan_iter("cs:backfill:*")), 30, "the backfill to start")
-        wait_for(lambda: int(client.hget("cs:counts", "delivered") or 0) >= 60, 60,
-                 "some deliveries")  # fmt: skip
+        wait_for(
+            lambda: int(client.hget("cs:counts", "delivered") or 0) >= 60, 60, "some deliveries"
+        )
         os.kill(int(server["pid"]), signal.SIGKILL)  # mid-run: the queue is at its cap
         output.wait_for("the embedded server is back")
         first.communicate(timeout=120)  # it rides out the outage, or stops with an error
 
-        again = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True,
-                               text=True, timeout=180)  # fmt: skip
+        again = subprocess.run(
+            [*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+        )
         assert again.returncode == 0, again.stdout + again.stderr
         assert "600 delivered" in again.stdout.replace(",", ""), again.stdout
         noojee = next(line for line in output.lines if line.startswith("noojee"))

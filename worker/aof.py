@@ -70,11 +70,18 @@ class AofRewriter:
         try:
             self.r.bgrewriteaof()
         except redis.ResponseError as exc:  # a managed Redis may refuse (or rename) the command
-            log.warning("the server refused BGREWRITEAOF (%s): delivered data stays in its "
-                        "append-only file until it rewrites it itself", exc)  # fmt: skip
+            log.warning(
+                "the server refused BGREWRITEAOF (%s): delivered data stays in its "
+                "append-only file until it rewrites it itself",
+                exc,
+            )
             self.refused = True
             return False
         self.r.hset(self.key, mapping={"delivered": delivered, "at_ms": now_ms()})
-        log.info("asked the server to rewrite its append-only file: %d jobs delivered since the "
-                 "last rewrite, the file grew %.0f MB", delivered - last, growth / 1e6)
+        log.info(
+            "asked the server to rewrite its append-only file: %d jobs delivered since the "
+            "last rewrite, the file grew %.0f MB",
+            delivered - last,
+            growth / 1e6,
+        )
         return True

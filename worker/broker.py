@@ -86,8 +86,13 @@ class UntilFailedOver(Retry):
         finally:
             self._inside.active = False
 
-    def _retry(self, do: Callable[[], T], fail: Callable[..., Any],
-               is_retryable: Callable[[Exception], bool] | None, with_count: bool) -> T:
+    def _retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None,
+        with_count: bool,
+    ) -> T:
         self._backoff.reset()
         failures, give_up = 0, 0.0
         while True:
@@ -149,8 +154,12 @@ def connect(url: str, **options: Any) -> redis.Redis:
         where = parse_sentinel_url(url)
         retry = UntilFailedOver(get_settings().redis_failover_wait_s)
         client: redis.Redis = _sentinels(url).master_for(
-            where.service, redis_class=redis.Redis, connection_class=FollowingConnection,
-            retry=retry, **where.master_kwargs(), **options,
+            where.service,
+            redis_class=redis.Redis,
+            connection_class=FollowingConnection,
+            retry=retry,
+            **where.master_kwargs(),
+            **options,
         )
         return client
     return redis.Redis.from_url(url, **options)

@@ -67,13 +67,18 @@ class ClaimKeeper:
             log.warning("could not renew the claims of %d running job(s): %s", len(held), exc)
             return []
         with self._lock:  # a job that settled meanwhile gave its claim up: nothing was lost
-            lost = [job_id for job_id in lost
-                    if self._held.get(job_id) == held[job_id] and job_id not in self._settling]
+            lost = [
+                job_id
+                for job_id in lost
+                if self._held.get(job_id) == held[job_id] and job_id not in self._settling
+            ]
             for job_id in lost:
                 del self._held[job_id]
         for job_id in lost:
-            log.warning("job %s: this worker's claim expired while it ran (the job may run "
-                        "elsewhere now)", job_id)  # fmt: skip
+            log.warning(
+                "job %s: this worker's claim expired while it ran (the job may run elsewhere now)",
+                job_id,
+            )
         return lost
 
     def _run(self) -> None:

@@ -62,18 +62,22 @@ class PayloadCodec:
         """``text`` opened (plaintext, written before encryption was on, passes through)."""
         if not text.startswith(PREFIX):
             return text
-        name, _, body = text[len(PREFIX):].partition(":")
+        name, _, body = text[len(PREFIX) :].partition(":")
         sealer = self._sealers.get(name)
         if sealer is None:
-            raise PayloadKeyError(f"a payload is sealed with the key {name!r}, which "
-                                  "CONTACTSYNC_PAYLOAD_KEYS does not hold: add it back (after "
-                                  "the key that seals) until no payload uses it")  # fmt: skip
+            raise PayloadKeyError(
+                f"a payload is sealed with the key {name!r}, which "
+                "CONTACTSYNC_PAYLOAD_KEYS does not hold: add it back (after "
+                "the key that seals) until no payload uses it"
+            )
         try:
             raw = base64.b64decode(body, validate=True)
             return sealer.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _CONTEXT).decode()
         except (InvalidTag, binascii.Error, ValueError):
-            raise PayloadKeyError(f"a payload sealed with the key {name!r} does not open: it "
-                                  "was altered, or the key's value changed") from None
+            raise PayloadKeyError(
+                f"a payload sealed with the key {name!r} does not open: it "
+                "was altered, or the key's value changed"
+            ) from None
 
     def sealed_with_first(self, text: str) -> bool:
         """Whether ``text`` is sealed with the key that seals now (nothing to do on rotation)."""
@@ -86,8 +90,9 @@ class PayloadCodec:
 def payload_codec() -> PayloadCodec:
     """The process's codec, from ``CONTACTSYNC_PAYLOAD_KEYS`` (``get_settings``)."""
     keys = get_settings().payload_keys
-    return PayloadCodec({name: decode_key(secret.get_secret_value())
-                         for name, secret in keys.items()})  # fmt: skip
+    return PayloadCodec(
+        {name: decode_key(secret.get_secret_value()) for name, secret in keys.items()}
+    )
 
 
 def seal(text: str) -> str:
@@ -107,8 +112,10 @@ def decode_key(text: str) -> bytes:
     except (binascii.Error, ValueError):
         key = b""
     if len(key) != KEY_BYTES:
-        raise ValueError("each key must be 32 random bytes in base64, e.g. `python -c 'import "
-                         "base64, os; print(base64.b64encode(os.urandom(32)).decode())'`")
+        raise ValueError(
+            "each key must be 32 random bytes in base64, e.g. `python -c 'import "
+            "base64, os; print(base64.b64encode(os.urandom(32)).decode())'`"
+        )
     return key
 
 

@@ -35,7 +35,6 @@ WAIT_STEP_S = 0.02
 REFUSAL_MEMORY_S = 5.0
 
 
-
 class LoginFailed(Exception):
     """The destination refused the configured credentials; ``str(exc)`` says which settings to
     check and never contains a secret."""
@@ -113,13 +112,20 @@ class SharedToken:
                     try:
                         token = self._login(current or stale)
                     except LoginFailed as exc:
-                        self.client.set(self._refused_key, str(exc),
-                                        px=int(REFUSAL_MEMORY_S * 1000))  # fmt: skip
+                        self.client.set(
+                            self._refused_key, str(exc), px=int(REFUSAL_MEMORY_S * 1000)
+                        )
                         raise
-                    self.client.set(self._key, json.dumps({
-                        "value": token.value, "data": token.data,
-                        "refresh_at_ms": token.refresh_at_ms,
-                    }))  # fmt: skip
+                    self.client.set(
+                        self._key,
+                        json.dumps(
+                            {
+                                "value": token.value,
+                                "data": token.data,
+                                "refresh_at_ms": token.refresh_at_ms,
+                            }
+                        ),
+                    )
                     self.client.incr(self._logins_key)
                     self.client.delete(self._refused_key)
                     log.info("%s: logged in for the fleet", self.name)
@@ -127,8 +133,9 @@ class SharedToken:
                 finally:
                     self._unlock(keys=[self._lock_key], args=[lock])
             if time.monotonic() > deadline:
-                raise LoginFailed(f"{self.name}: another worker's login took over "
-                                  f"{LOGIN_LOCK_S:g} s")  # fmt: skip
+                raise LoginFailed(
+                    f"{self.name}: another worker's login took over {LOGIN_LOCK_S:g} s"
+                )
             time.sleep(WAIT_STEP_S)  # another worker is logging in
 
     def _raise_if_refused(self) -> None:

@@ -104,9 +104,11 @@ def _module_names() -> list[str]:
         module = importlib.import_module(name)
         names.append(name)
         if hasattr(module, "__path__"):  # a package: each of its modules
-            names.extend(f"{name}.{m.name}" for m in sorted(
-                pkgutil.iter_modules(module.__path__), key=lambda m: m.name
-            ) if not m.name.startswith("_"))  # fmt: skip
+            names.extend(
+                f"{name}.{m.name}"
+                for m in sorted(pkgutil.iter_modules(module.__path__), key=lambda m: m.name)
+                if not m.name.startswith("_")
+            )
     return list(dict.fromkeys(names))
 
 
@@ -118,8 +120,10 @@ def _registry() -> tuple[Destination, ...]:
         if declared is None:
             continue
         if declared.name in found and found[declared.name].module != name:
-            raise ValueError(f"two modules declare the destination {declared.name!r}: "
-                             f"{found[declared.name].module} and {name}")  # fmt: skip
+            raise ValueError(
+                f"two modules declare the destination {declared.name!r}: "
+                f"{found[declared.name].module} and {name}"
+            )
         object.__setattr__(declared, "module", name)
         found[declared.name] = declared
     return tuple(found.values())

@@ -72,20 +72,27 @@ class Messages:
         found = self._templates.get((task, queue, priority))
         if found is None:
             made = self.app.amqp.as_task_v2(
-                JOB_ID, task, args=[JOB_ID], reply_to=self.app.thread_oid,
-                argsrepr=f"['{JOB_ID}']", kwargsrepr="{}", ignore_result=None,
-            )  # fmt: skip
+                JOB_ID,
+                task,
+                args=[JOB_ID],
+                reply_to=self.app.thread_oid,
+                argsrepr=f"['{JOB_ID}']",
+                kwargsrepr="{}",
+                ignore_result=None,
+            )
             message = {
                 "body": json.dumps(made.body),
                 "content-encoding": "utf-8",
                 "content-type": "application/json",
                 "headers": made.headers,
                 "properties": {
-                    **made.properties, "delivery_mode": 2,
+                    **made.properties,
+                    "delivery_mode": 2,
                     "delivery_info": {"exchange": "", "routing_key": queue},
-                    "priority": PRIORITY[priority], "delivery_tag": f"{JOB_ID}.{PUSHED}",
+                    "priority": PRIORITY[priority],
+                    "delivery_tag": f"{JOB_ID}.{PUSHED}",
                 },
-            }  # fmt: skip
+            }
             found = Template(queue_key(self.app, queue, priority), json.dumps(message))
             self._templates[(task, queue, priority)] = found
         return found

@@ -155,8 +155,9 @@ class EmbeddedRedis:
         _lock_down(self.data_dir)
         # One server per data dir, held for its whole life: two on one append-only file would
         # split the jobs between them and corrupt the file.
-        self._lock = os.fdopen(os.open(self.data_dir / "server.lock", os.O_WRONLY | os.O_CREAT,
-                                       PRIVATE_FILE), "w")  # fmt: skip
+        self._lock = os.fdopen(
+            os.open(self.data_dir / "server.lock", os.O_WRONLY | os.O_CREAT, PRIVATE_FILE), "w"
+        )
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -207,15 +208,23 @@ class EmbeddedRedis:
         args = [
             str(server_binary()),
             str(self.data_dir / CONFIG_FILE),  # the password: not on the command line
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", self.appendfsync,
-            "--save", "",
-            "--logfile", "valkey.log",
-            "--protected-mode", "yes",
-        ]  # fmt: skip
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.appendfsync,
+            "--save",
+            "",
+            "--logfile",
+            "valkey.log",
+            "--protected-mode",
+            "yes",
+        ]
         self._process = subprocess.Popen(
             args,
             stdout=subprocess.DEVNULL,

@@ -212,14 +212,24 @@ class Gate:
         learn). Returns the limit after this release."""
         self._keeper.forget(self, permit.token)
         policy = self.config.policy
-        answer = self._scripts["release"](keys=self._keys, args=[
-            "" if now_ms is None else now_ms, permit.token, round(latency_s * 1000, 1), signal,
-            permit.held, permit.epoch, policy.window_ms, policy.min_samples,
-        ])  # fmt: skip
+        answer = self._scripts["release"](
+            keys=self._keys,
+            args=[
+                "" if now_ms is None else now_ms,
+                permit.token,
+                round(latency_s * 1000, 1),
+                signal,
+                permit.held,
+                permit.epoch,
+                policy.window_ms,
+                policy.min_samples,
+            ],
+        )
         held_before, limit = int(answer[0]), int(answer[1])
         if not held_before:
-            log.warning("gate %s: a call outlived its permit (lease expired while it ran)",
-                        self.name)  # fmt: skip
+            log.warning(
+                "gate %s: a call outlived its permit (lease expired while it ran)", self.name
+            )
         if len(answer) > 3:  # this release closed a window: decide the next limit
             try:
                 limit = self._adjust(_pairs(answer[3]), _pairs(answer[4]), now_ms)
@@ -230,20 +240,37 @@ class Gate:
     def _adjust(self, window: dict[str, str], policy: dict[str, str], now_ms: int | None) -> int:
         """Run the controller on a window this process closed, and apply its decision."""
         closed = Window(
-            limit=int(window["limit"]), n=int(window["n"]), log_sum=float(window["log_sum"]),
-            log_sq_sum=float(window["log_sq_sum"]), held_sum=float(window["held_sum"]),
-            busy=int(window["busy"]), end_ms=int(window["end_ms"]),
-        )  # fmt: skip
-        decision = decide(PolicyState.from_fields(policy), closed, self.config.policy,
-                          self.config.maximum)  # fmt: skip
+            limit=int(window["limit"]),
+            n=int(window["n"]),
+            log_sum=float(window["log_sum"]),
+            log_sq_sum=float(window["log_sq_sum"]),
+            held_sum=float(window["held_sum"]),
+            busy=int(window["busy"]),
+            end_ms=int(window["end_ms"]),
+        )
+        decision = decide(
+            PolicyState.from_fields(policy), closed, self.config.policy, self.config.maximum
+        )
         held = f"{closed.held_sum / closed.n:.2f}" if closed.n else "0.00"
         flat = [v for pair in decision.state.fields().items() for v in pair]
-        applied, limit = self._scripts["adjust"](keys=self._keys, args=[
-            "" if now_ms is None else now_ms, window["seq"], decision.limit, held, *flat,
-        ])  # fmt: skip
+        applied, limit = self._scripts["adjust"](
+            keys=self._keys,
+            args=[
+                "" if now_ms is None else now_ms,
+                window["seq"],
+                decision.limit,
+                held,
+                *flat,
+            ],
+        )
         if applied:
-            log.debug("gate %s: limit %s -> %s (%s)", self.name, closed.limit, decision.limit,
-                      decision.reason)  # fmt: skip
+            log.debug(
+                "gate %s: limit %s -> %s (%s)",
+                self.name,
+                closed.limit,
+                decision.limit,
+                decision.reason,
+            )
         return int(limit)
 
     @contextmanager
@@ -288,17 +315,27 @@ class Gate:
         ms, limit] (waiting), or [0, 0, 0] (not waiting). ``again``: this token asked before
         (it waits, and a release may have handed it a permit meanwhile)."""
         cfg = self.config
-        answer = self._scripts["acquire"](keys=self._keys, args=[
-            "" if now_ms is None else now_ms, token, PRIORITY.get(priority, 1),
-            int(cfg.ttl_s * 1000), int(wait_s * 1000), int(cfg.adaptive), cfg.initial,
-            cfg.maximum, self.target, self.name, int(again),
-        ])  # fmt: skip
+        answer = self._scripts["acquire"](
+            keys=self._keys,
+            args=[
+                "" if now_ms is None else now_ms,
+                token,
+                PRIORITY.get(priority, 1),
+                int(cfg.ttl_s * 1000),
+                int(wait_s * 1000),
+                int(cfg.adaptive),
+                cfg.initial,
+                cfg.maximum,
+                self.target,
+                self.name,
+                int(again),
+            ],
+        )
         values = [int(float(v)) for v in answer]
         return values + [0] * (3 - len(values))
 
     def _run(self, op: str, *args: Any, now_ms: int | None = None) -> tuple[int, int, int]:
-        answer = self._scripts[op](keys=self._keys, args=["" if now_ms is None else now_ms,
-                                                          *args])  # fmt: skip
+        answer = self._scripts[op](keys=self._keys, args=["" if now_ms is None else now_ms, *args])
         values = [int(float(v)) for v in answer] + [0, 0, 0]
         return values[0], values[1], values[2]
 
@@ -434,10 +471,11 @@ class LeaseKeeper:
         now = time.monotonic()
         with self._lock:
             due = {
-                gate: sorted(t for t, since in tokens.items()
-                             if now - since >= gate.config.ttl_s / 3)
+                gate: sorted(
+                    t for t, since in tokens.items() if now - since >= gate.config.ttl_s / 3
+                )
                 for gate, tokens in self._held.items()
-            }  # fmt: skip
+            }
         for gate, tokens in due.items():
             if not tokens:
                 continue

@@ -244,14 +244,16 @@ class _Controller:
 
     def go(self, mode: Mode, limit: int, reason: str, **changes: object) -> Decision:
         """A new decision starts: a new measurement, at ``limit``."""
-        state = replace(self.s, mode=mode, current=Measure(), since_ms=self.now,
-                        **changes)  # type: ignore[arg-type]  # fmt: skip
+        state = replace(self.s, mode=mode, current=Measure(), since_ms=self.now, **changes)  # type: ignore[arg-type]
         return Decision(limit, state, reason)
 
     def backed_off(self) -> dict[str, object]:
         """After a probe that found no room (or a cut): no doubling, and probe less often."""
-        return {"slow_start": False, "step": self.min_step(self.limit),
-                "gap": min(self.c.probe_gap, max(1, 2 * self.s.gap))}
+        return {
+            "slow_start": False,
+            "step": self.min_step(self.limit),
+            "gap": min(self.c.probe_gap, max(1, 2 * self.s.gap)),
+        }
 
     def min_step(self, limit: int) -> int:
         return max(1, nearest(limit * self.c.step_fraction))
@@ -285,16 +287,22 @@ class _Controller:
         var = max(0.0, (w.log_sq_sum - w.n * mean * mean) / (w.n - 1))
         weight = min(self.s.noise_n, self.c.memory_samples)
         total = weight + w.n - 1
-        self.s = replace(self.s, noise_var=(self.s.noise_var * weight + var * (w.n - 1)) / total,
-                         noise_n=total)  # fmt: skip
+        self.s = replace(
+            self.s, noise_var=(self.s.noise_var * weight + var * (w.n - 1)) / total, noise_n=total
+        )
 
     # -- the decision ----------------------------------------------------------------------
     def run(self) -> Decision:
         s, c, w = self.s, self.c, self.w
         if w.busy:
             cut = max(1, math.floor(self.limit * c.busy_cut))
-            return self.go("cruise", cut, f"busy answer: cut to {cut}", waited=0,
-                           **{**self.backed_off(), "gap": c.probe_gap})  # fmt: skip
+            return self.go(
+                "cruise",
+                cut,
+                f"busy answer: cut to {cut}",
+                waited=0,
+                **{**self.backed_off(), "gap": c.probe_gap},
+            )
         if w.n == 0:
             return self.stay("no answers")
         self.learn_noise()
@@ -325,8 +333,12 @@ class _Controller:
             # last slow calls).
             self.s = replace(s, floor=Measure(), verified_ms=-1)
             if s.mode == "probe":
-                return self.go("cruise", s.reference_limit, "faster PBX: floor measured again",
-                               **{**self.backed_off(), "gap": 0})  # fmt: skip
+                return self.go(
+                    "cruise",
+                    s.reference_limit,
+                    "faster PBX: floor measured again",
+                    **{**self.backed_off(), "gap": 0},
+                )
             if s.mode in ("cruise", "confirm"):
                 return self.go("cruise", self.limit, "faster PBX: floor measured again")
         handler = {"probe": self.probe, "check": self.check, "trial": self.trial}
@@ -338,8 +350,12 @@ class _Controller:
             return self.stay("measuring the floor")
         self.s = replace(s, floor=s.current.capped(self.c.memory_samples))
         if s.slow_start and s.current.held >= self.limit - 0.5:
-            return self.go("probe", min(self.maximum, 2 * self.limit), "floor measured: doubling",
-                           reference_limit=self.limit)  # fmt: skip
+            return self.go(
+                "probe",
+                min(self.maximum, 2 * self.limit),
+                "floor measured: doubling",
+                reference_limit=self.limit,
+            )
         return self.go("cruise", self.limit, "floor measured")
 
     def cruise(self, est: float, se: float) -> Decision:
@@ -349,11 +365,20 @@ class _Controller:
             if s.mode == "cruise":
                 return self.go("confirm", limit, f"queueing? {est:.1f} of {limit} served")
             if limit == 1:
-                return self.go("cruise", 1, "slower PBX at a limit of 1",
-                               floor=s.current.capped(c.memory_samples))  # fmt: skip
+                return self.go(
+                    "cruise",
+                    1,
+                    "slower PBX at a limit of 1",
+                    floor=s.current.capped(c.memory_samples),
+                )
             trial = max(1, min(limit - 1, nearest(est)))
-            return self.go("trial", trial, f"queueing: {est:.1f} of {limit} served, trying {trial}",
-                           reference=s.current, reference_limit=limit)  # fmt: skip
+            return self.go(
+                "trial",
+                trial,
+                f"queueing: {est:.1f} of {limit} served, trying {trial}",
+                reference=s.current,
+                reference_limit=limit,
+            )
         # Enough samples to see a change of the tolerance beyond doubt, were there one.
         sees_tolerance = s.noise_var * (c.alarm_z / math.log(1 + c.tolerance)) ** 2
         enough = max(c.min_samples, min(c.max_samples, sees_tolerance))
@@ -361,12 +386,18 @@ class _Controller:
         if measured:
             if est + c.z * se >= in_flight - 0.5:  # nothing queued, as far as it can tell
                 self.s = s = replace(s, floor=s.floor.plus(s.current).capped(c.memory_samples))
-            stale = (self.now - s.verified_ms >= c.recheck_ms if s.verified_ms >= 0
-                     else not s.slow_start)  # fmt: skip
+            stale = (
+                self.now - s.verified_ms >= c.recheck_ms if s.verified_ms >= 0 else not s.slow_start
+            )
             if stale and limit > 1 and in_flight >= limit - 0.5:  # (only a binding limit matters)
                 below = limit - self.min_step(limit)
-                return self.go("check", below, f"checking the floor at {below}",
-                               reference=s.current, reference_limit=limit)  # fmt: skip
+                return self.go(
+                    "check",
+                    below,
+                    f"checking the floor at {below}",
+                    reference=s.current,
+                    reference_limit=limit,
+                )
         # Probes are paced by windows, not by measurements: on a noisy PBX a measurement takes
         # seconds, and the room a probe may find is worth more than the queue it may cost.
         binds = s.current.held >= limit - 0.5 and limit < self.maximum
@@ -376,8 +407,9 @@ class _Controller:
             floor = s.floor
             if not measured and est + c.z * se >= in_flight - 0.5:  # what it measured so far
                 floor = floor.plus(s.current).capped(c.memory_samples)
-            return self.go("probe", up, f"probing {up}", reference_limit=limit, waited=0,
-                           floor=floor)  # fmt: skip
+            return self.go(
+                "probe", up, f"probing {up}", reference_limit=limit, waited=0, floor=floor
+            )
         waited = s.waited + 1 if binds else s.waited
         if measured:
             return self.go("cruise", limit, "cruising", waited=waited)
@@ -393,8 +425,13 @@ class _Controller:
         if s.current.held < limit - 0.5 and est + c.z * se >= s.current.held - 0.5:
             # Fewer jobs than permits: the probe cannot fill its limit, and nothing queued. The
             # limit stays up (it costs nothing while unused); no climbing on without evidence.
-            return self.go("cruise", limit, f"probe {limit}: not filled, nothing queued",
-                           waited=0, **self.backed_off())  # fmt: skip
+            return self.go(
+                "cruise",
+                limit,
+                f"probe {limit}: not filled, nothing queued",
+                waited=0,
+                **self.backed_off(),
+            )
         low, high = within(est - c.z * se), within(est + c.z * se)
         # A big step that did not serve them all: the low end will do, +1 probes refine it.
         wide = limit - below > 1 and high < limit
@@ -409,11 +446,24 @@ class _Controller:
                 if low == high:
                     step = limit if s.slow_start else 2 * s.step
                 up = min(self.maximum, limit + max(step, self.min_step(limit)))
-                return self.go("probe", up, f"{limit} all served: probing {up}", floor=floor,
-                               step=step, gap=0, waited=0, reference_limit=limit)  # fmt: skip
+                return self.go(
+                    "probe",
+                    up,
+                    f"{limit} all served: probing {up}",
+                    floor=floor,
+                    step=step,
+                    gap=0,
+                    waited=0,
+                    reference_limit=limit,
+                )
             self.s = replace(s, floor=floor)
-        return self.go("cruise", new, f"probe {limit}: {est:.1f} served, keeping {new}",
-                       waited=0, **self.backed_off())  # fmt: skip
+        return self.go(
+            "cruise",
+            new,
+            f"probe {limit}: {est:.1f} served, keeping {new}",
+            waited=0,
+            **self.backed_off(),
+        )
 
     def trial(self, est: float, se: float) -> Decision:
         s, c, limit = self.s, self.c, self.limit
@@ -426,15 +476,19 @@ class _Controller:
         changes = {**self.backed_off(), "waited": 0, "verified_ms": self.now}
         if at_above + c.z * se_above >= threshold:  # (or undecided): nothing of ours queued
             floor = s.reference.plus(s.current).capped(c.memory_samples)
-            return self.go("cruise", above, f"slower PBX: back to {above}", floor=floor,
-                           **changes)  # fmt: skip
+            return self.go("cruise", above, f"slower PBX: back to {above}", floor=floor, **changes)
         lift = s.current.log_mean - s.floor.log_mean - math.log(1 + c.tolerance)
         inflated = s.floor.n > 0 and lift > c.z * self.se(s.current, s.floor)
         if at_above < limit + 0.5 and limit > 1 and inflated:
             return self.go("trial", limit - 1, f"{limit} may queue too: trying {limit - 1}")
         new = max(limit, min(above - 1, nearest(at_above)))
-        return self.go("cruise", new, f"queueing: {at_above:.1f} of {above} served, keeping {new}",
-                       floor=s.current.capped(c.memory_samples), **changes)  # fmt: skip
+        return self.go(
+            "cruise",
+            new,
+            f"queueing: {at_above:.1f} of {above} served, keeping {new}",
+            floor=s.current.capped(c.memory_samples),
+            **changes,
+        )
 
     def check(self, est: float, se: float) -> Decision:
         s, c = self.s, self.c
@@ -444,9 +498,13 @@ class _Controller:
             return self.stay("checking the floor")
         if at_above + c.alarm_z * se_above < s.reference.held - 0.5:  # it was queueing after all
             new = max(self.limit, min(above - 1, nearest(at_above)))
-            return self.go("cruise", new, f"check: {above} queued, keeping {new}",
-                           floor=s.current.capped(c.memory_samples), verified_ms=self.now,
-                           **self.backed_off())  # fmt: skip
+            return self.go(
+                "cruise",
+                new,
+                f"check: {above} queued, keeping {new}",
+                floor=s.current.capped(c.memory_samples),
+                verified_ms=self.now,
+                **self.backed_off(),
+            )
         floor = s.floor.plus(s.reference).plus(s.current).capped(c.memory_samples)
-        return self.go("cruise", above, "check: the floor holds", floor=floor,
-                       verified_ms=self.now)
+        return self.go("cruise", above, "check: the floor holds", floor=floor, verified_ms=self.now)

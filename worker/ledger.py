@@ -169,9 +169,18 @@ class JobRecord:
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[str, str]) -> JobRecord:
-        ints = {"submitted_at_ms", "updated_at_ms", "retry_until_ms", "attempts", "faults",
-                "retries", "next_attempt_at_ms", "seq", "top_seq",
-                "calling_since_ms"}  # fmt: skip
+        ints = {
+            "submitted_at_ms",
+            "updated_at_ms",
+            "retry_until_ms",
+            "attempts",
+            "faults",
+            "retries",
+            "next_attempt_at_ms",
+            "seq",
+            "top_seq",
+            "calling_since_ms",
+        }
         known = cls.__dataclass_fields__
         values: dict[str, Any] = {
             k: (int(v) if k in ints else v) for k, v in raw.items() if k in known
@@ -355,23 +364,41 @@ class Ledger:
         order: list[int] = []
         for (queue, priority, key, text, batch, client), members in groups.items():
             for start in range(0, len(members), CREATE_GROUP):
-                chunk = members[start:start + CREATE_GROUP]
-                args: list[str | int] = [*self._common(), client, batch, queue, priority, key,
-                                         text, due_ms or at]  # fmt: skip
+                chunk = members[start : start + CREATE_GROUP]
+                args: list[str | int] = [
+                    *self._common(),
+                    client,
+                    batch,
+                    queue,
+                    priority,
+                    key,
+                    text,
+                    due_ms or at,
+                ]
                 for n in chunk:
                     job = jobs[n]
-                    args += [job.id, "1" if job.idempotency_key else "", job.kind, job.payload,
-                             job.retry_until_ms, job.idempotency_key or "", job.entity,
-                             job.version, job.vkey]  # fmt: skip
+                    args += [
+                        job.id,
+                        "1" if job.idempotency_key else "",
+                        job.kind,
+                        job.payload,
+                        job.retry_until_ms,
+                        job.idempotency_key or "",
+                        job.entity,
+                        job.version,
+                        job.vkey,
+                    ]
                 self._create(keys=[], args=args, client=pipe)
                 order += chunk
         if self.wait_replicas:  # on the connection that wrote them: WAIT counts its writes
             pipe.wait(self.wait_replicas, self.wait_timeout_ms)
         replies = pipe.execute()
         if self.wait_replicas and replies.pop() < self.wait_replicas:
-            raise NotReplicated(f"the jobs are written, but fewer than {self.wait_replicas} "
-                                f"replica(s) had them within {self.wait_timeout_ms} ms "
-                                "(CONTACTSYNC_REDIS_WAIT_REPLICAS)")  # fmt: skip
+            raise NotReplicated(
+                f"the jobs are written, but fewer than {self.wait_replicas} "
+                f"replica(s) had them within {self.wait_timeout_ms} ms "
+                "(CONTACTSYNC_REDIS_WAIT_REPLICAS)"
+            )
         flags = [flag for reply in replies for flag in reply]
         created = [False] * len(jobs)
         for n, flag in zip(order, flags, strict=True):
@@ -395,8 +422,10 @@ class Ledger:
         for job_id in job_ids:
             pipe.hgetall(self.job_key(job_id))
         raws = cast(list[dict[str, str]], pipe.execute())
-        return [JobRecord.from_hash(i, raw) if raw else None
-                for i, raw in zip(job_ids, raws, strict=True)]  # fmt: skip
+        return [
+            JobRecord.from_hash(i, raw) if raw else None
+            for i, raw in zip(job_ids, raws, strict=True)
+        ]
 
     def listing(
         self, name: str, offset: int = 0, limit: int = 50, newest_first: bool = False
@@ -406,9 +435,10 @@ class Ledger:
         their score: the time (ms) they got there, are due, or their lease ends."""
         rows = cast(
             list[tuple[str, float]],
-            self.r.zrange(self.set_key(name), offset, offset + limit - 1, withscores=True,
-                          desc=newest_first),
-        )  # fmt: skip
+            self.r.zrange(
+                self.set_key(name), offset, offset + limit - 1, withscores=True, desc=newest_first
+            ),
+        )
         return [(job_id, int(score)) for job_id, score in rows]
 
     def fields_of(
@@ -419,7 +449,7 @@ class Ledger:
         values: list[list[str | None]] = []
         for start in range(0, len(job_ids), chunk):
             pipe = self.r.pipeline(transaction=False)
-            for job_id in job_ids[start:start + chunk]:
+            for job_id in job_ids[start : start + chunk]:
                 pipe.hmget(self.job_key(job_id), names)
             values += cast(list[list[str | None]], pipe.execute())
         return values
@@ -449,8 +479,13 @@ class Ledger:
         raw = cast(dict[str, str], self.r.hgetall(f"{self.line_key(entity)}:last"))
         if not raw.get("d"):
             return None
-        return LastDelivery(raw["d"], int(raw.get("ds", 0)), int(raw.get("at", 0)),
-                            raw.get("v", ""), raw.get("vj", ""))  # fmt: skip
+        return LastDelivery(
+            raw["d"],
+            int(raw.get("ds", 0)),
+            int(raw.get("at", 0)),
+            raw.get("v", ""),
+            raw.get("vj", ""),
+        )
 
     def newer_delivered(self, record: JobRecord) -> LastDelivery | None:
         """The newest delivery of ``record``'s entity if it came from a job submitted after
@@ -471,8 +506,10 @@ class Ledger:
         facts: dict[str, Any] = {}
         if record.merged_into:
             carrier = self.get(record.merged_into)
-            facts["merged_into"] = {"job_id": record.merged_into,
-                                    "state": carrier.state if carrier else "expired"}
+            facts["merged_into"] = {
+                "job_id": record.merged_into,
+                "state": carrier.state if carrier else "expired",
+            }
         if record.superseded_by:
             facts["superseded_by"] = record.superseded_by
         if record.state == HELD and record.entity:
@@ -495,8 +532,15 @@ class Ledger:
             raw = reply[5]
             record = JobRecord.from_hash(job_id, dict(zip(raw[::2], raw[1::2], strict=True)))
             recent = tuple(json.loads(entry) for entry in reply[6])
-            return Claim(status, str(reply[1]), int(reply[2]), str(reply[3]), str(reply[4]),
-                         record=record, recent=recent)  # fmt: skip
+            return Claim(
+                status,
+                str(reply[1]),
+                int(reply[2]),
+                str(reply[3]),
+                str(reply[4]),
+                record=record,
+                recent=recent,
+            )
         if status == "locked":
             return Claim(status, lock_ms=max(0, int(reply[1])))
         return Claim(status, str(reply[1]))
@@ -504,8 +548,9 @@ class Ledger:
     def last_entry(self, job_id: str) -> dict[str, Any] | None:
         """The newest history entry of a job that says something about its calls (a note that
         its lease expired is skipped: the answer before it may still be unsettled)."""
-        return _last_entry([json.loads(raw) for raw in self.r.lrange(self.history_key(job_id),
-                                                                        0, 1)])  # fmt: skip
+        return _last_entry(
+            [json.loads(raw) for raw in self.r.lrange(self.history_key(job_id), 0, 1)]
+        )
 
     def unlock(self, job_id: str, token: str) -> None:
         """Give up this worker's claim on a job early (it keeps its state)."""
@@ -522,10 +567,14 @@ class Ledger:
             pipe.hincrby(self.job_key(job_id), "attempts", 1)
             if fault:
                 pipe.hincrby(self.job_key(job_id), "faults", 1)
-            pipe.hset(self.job_key(job_id), mapping={
-                "last_code": entry.get("code", ""), "last_reason": entry.get("reason", ""),
-                "last_answer": entry.get("answer", ""),
-            })  # fmt: skip
+            pipe.hset(
+                self.job_key(job_id),
+                mapping={
+                    "last_code": entry.get("code", ""),
+                    "last_reason": entry.get("reason", ""),
+                    "last_answer": entry.get("answer", ""),
+                },
+            )
             pipe.hdel(self.job_key(job_id), "calling_since_ms")
             pipe.lpush(self.history_key(job_id), json.dumps(entry))
             pipe.ltrim(self.history_key(job_id), 0, self.history_len - 1)
@@ -606,9 +655,19 @@ class Ledger:
         entry = {"at": at, "event": "absorbed", "merged": ",".join(merged)}
         if superseded:
             entry["superseded"] = ",".join(superseded)
-        args: list[str | int] = [*self._common(), job_id, token, payload, *version,
-                                 newest[0], newest[1], priority, retry_until_ms,
-                                 json.dumps(entry), carried]  # fmt: skip
+        args: list[str | int] = [
+            *self._common(),
+            job_id,
+            token,
+            payload,
+            *version,
+            newest[0],
+            newest[1],
+            priority,
+            retry_until_ms,
+            json.dumps(entry),
+            carried,
+        ]
         for t in taken:
             link = "into" if t.outcome == MERGED else "by"
             note = {"at": at, "event": t.outcome, link: t.by, "reason": t.reason}
@@ -642,9 +701,17 @@ class Ledger:
         one that is requeued (``queued`` from review or rejected) joins the end of its line,
         and is held if jobs are pending before it (``state_now`` tells).
         """
-        return self.transition_to(job_id, state, entry, token=token, allowed=allowed,
-                                  due_ms=due_ms, fields=fields, attempt=attempt,
-                                  fault=fault)[0]  # fmt: skip
+        return self.transition_to(
+            job_id,
+            state,
+            entry,
+            token=token,
+            allowed=allowed,
+            due_ms=due_ms,
+            fields=fields,
+            attempt=attempt,
+            fault=fault,
+        )[0]
 
     def transition_to(
         self,
@@ -673,10 +740,19 @@ class Ledger:
         flat = [str(x) for pair in changes.items() for x in pair]
         reply = self._transition(
             keys=[],
-            args=[*common, job_id, token, ",".join(allowed), state,
-                  "" if due_ms is None else due_ms, json.dumps({"at": common[1], **entry}),
-                  "" if attempt is None else json.dumps(attempt), int(fault), *flat],
-        )  # fmt: skip
+            args=[
+                *common,
+                job_id,
+                token,
+                ",".join(allowed),
+                state,
+                "" if due_ms is None else due_ms,
+                json.dumps({"at": common[1], **entry}),
+                "" if attempt is None else json.dumps(attempt),
+                int(fault),
+                *flat,
+            ],
+        )
         status, previous = str(reply[0]), str(reply[1])
         if status == "missing":
             raise LedgerConflict(f"job {job_id} does not exist (or its record has expired)")
@@ -700,8 +776,9 @@ class Ledger:
         """For one queue: feed ready jobs onto its broker lists, and push again the messages
         lost in transit or left with a dead worker (see reconcile.lua). Returns (jobs fed, ids
         sent again)."""
-        reply = self._reconcile(keys=[], args=[*self._common(), queue, grace_ms, unacked_key,
-                                               held_ms])  # fmt: skip
+        reply = self._reconcile(
+            keys=[], args=[*self._common(), queue, grace_ms, unacked_key, held_ms]
+        )
         return int(reply[0]), [str(i) for i in reply[1:]]
 
     def feed(self, queue: str) -> int:
@@ -713,8 +790,10 @@ class Ledger:
         on start; ``create`` stores its own as it goes)."""
         pipe = self.r.pipeline(transaction=False)
         for queue, priority, template in templates:
-            pipe.hset(f"{self.prefix}message:{queue}:{priority}",
-                      mapping={"list": template.key, "text": template.text})  # fmt: skip
+            pipe.hset(
+                f"{self.prefix}message:{queue}:{priority}",
+                mapping={"list": template.key, "text": template.text},
+            )
         pipe.execute()
 
     def waiting(self, queue: str) -> int:
@@ -732,5 +811,9 @@ class Ledger:
     def prune_rejected(self, limit: int = 500) -> int:
         """Forget rejected jobs whose records have expired; returns how many."""
         cutoff = now_ms() - self.retention_s * 1000
-        return int(self._prune(keys=[self.set_key("rejected"), self.counts_key],
-                               args=[cutoff, limit, self.job_key("")]))  # fmt: skip
+        return int(
+            self._prune(
+                keys=[self.set_key("rejected"), self.counts_key],
+                args=[cutoff, limit, self.job_key("")],
+            )
+        )

@@ -72,8 +72,12 @@ class Heartbeat:
         """The heartbeat's own client. Its reads may block a whole beat: redis-py (8 and later)
         gives up on a read after 5 s by default, which would drop the connection at the end of
         each beat and have the fleet take this process for dead for a moment."""
-        return connect_redis(self.url, client_name=f"{NAME_PREFIX}{owner()}",
-                             socket_connect_timeout=5, socket_timeout=BEAT_S + 10)  # fmt: skip
+        return connect_redis(
+            self.url,
+            client_name=f"{NAME_PREFIX}{owner()}",
+            socket_connect_timeout=5,
+            socket_timeout=BEAT_S + 10,
+        )
 
     def _run(self) -> None:
         me = owner()
@@ -87,8 +91,11 @@ class Heartbeat:
                     # Blocks on a key nobody writes: the connection stays open and named.
                     conn.blpop([f"{self.prefix}live:{me}:never"], timeout=BEAT_S)
             except redis.RedisError as exc:
-                log.warning("heartbeat connection lost (%s); connecting again: until it is back, "
-                            "the fleet may take this worker for dead", type(exc).__name__)
+                log.warning(
+                    "heartbeat connection lost (%s); connecting again: until it is back, "
+                    "the fleet may take this worker for dead",
+                    type(exc).__name__,
+                )
                 time.sleep(0.2)  # Redis is away: try again shortly, not in a tight loop
 
 
@@ -119,11 +126,13 @@ def dead_processes(client: redis.Redis, prefix: str) -> list[str]:
     except redis.ResponseError as exc:  # CLIENT LIST refused (ACLs): the leases will do
         log.debug("cannot list clients: %s", exc)
         return []
-    live = {str(c.get("name", ""))[len(NAME_PREFIX):] for c in clients
-            if str(c.get("name", "")).startswith(NAME_PREFIX)}  # fmt: skip
+    live = {
+        str(c.get("name", ""))[len(NAME_PREFIX) :]
+        for c in clients
+        if str(c.get("name", "")).startswith(NAME_PREFIX)
+    }
     settled = int(time.time() * 1000) - SETTLE_MS
-    registered = cast(list[str], client.zrange(registry_key(prefix), "-inf", settled,
-                                               byscore=True))  # fmt: skip
+    registered = cast(list[str], client.zrange(registry_key(prefix), "-inf", settled, byscore=True))
     return [process for process in registered if process not in live]
 
 
@@ -139,8 +148,12 @@ def sweep(
         gate = Gate(client, name, GateConfig(maximum=1), prefix=prefix)
         gone, passed = gate.sweep(dead)
         if gone or passed:
-            log.warning("gate %s: %d permit(s) of dead worker(s) given back, %d waiter(s) passed "
-                        "over", name, gone, passed)  # fmt: skip
+            log.warning(
+                "gate %s: %d permit(s) of dead worker(s) given back, %d waiter(s) passed over",
+                name,
+                gone,
+                passed,
+            )
     if reap is not None:
         reap(dead)
     client.zrem(registry_key(prefix), *dead)

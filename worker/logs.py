@@ -13,8 +13,20 @@ import logging
 from datetime import UTC, datetime
 
 #: The ``extra=`` fields a JSON line carries when a log call gives them.
-JOB_FIELDS = ("job_id", "destination", "kind", "outcome", "code", "latency_ms", "gate_wait_ms",
-              "attempts", "client", "by", "path", "status")  # fmt: skip
+JOB_FIELDS = (
+    "job_id",
+    "destination",
+    "kind",
+    "outcome",
+    "code",
+    "latency_ms",
+    "gate_wait_ms",
+    "attempts",
+    "client",
+    "by",
+    "path",
+    "status",
+)
 TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 
 

@@ -100,7 +100,7 @@ class FleetCollector:
         for s, answer in zip(statuses, answers, strict=False):
             if answer:
                 pauses[s.name] = answer
-        for name, answer in zip(destinations(), answers[len(statuses):], strict=False):
+        for name, answer in zip(destinations(), answers[len(statuses) :], strict=False):
             if answer:
                 usage[name] = answer
         return pauses, usage
@@ -122,22 +122,30 @@ class FleetCollector:
         up = gauge("up", "1 if every figure could be read from Redis at this scrape, else 0", [])
         up.add_metric([], 1 if ok else 0)
         limit = gauge("gate_limit", "Permits the fleet may hold on this gate now")
-        maximum = gauge("gate_max", "The highest the gate's limit may go (its fixed limit if "
-                        "not adaptive)")  # fmt: skip
+        maximum = gauge(
+            "gate_max", "The highest the gate's limit may go (its fixed limit if not adaptive)"
+        )
         adaptive = gauge("gate_adaptive", "1 if the limit follows latency and busy answers")
         in_flight = gauge("gate_in_flight", "Permits held now: calls in flight, fleet-wide")
-        waiting = gauge("gate_waiting", "Calls waiting for a permit, by priority",
-                        [*gate, "priority"])  # fmt: skip
-        floor = gauge("gate_latency_floor_seconds", "Typical (geometric mean) latency at the "
-                      "highest limit verified to queue nothing: the destination's service "
-                      "time")  # fmt: skip
-        latency = gauge("gate_latency_seconds", "Latency of the calls answered in the last "
-                        "minute, by quantile", [*gate, "quantile"])  # fmt: skip
-        busy_minute = gauge("gate_busy_last_minute", "Busy answers (Noojee 109) in the last "
-                            "minute")  # fmt: skip
+        waiting = gauge(
+            "gate_waiting", "Calls waiting for a permit, by priority", [*gate, "priority"]
+        )
+        floor = gauge(
+            "gate_latency_floor_seconds",
+            "Typical (geometric mean) latency at the "
+            "highest limit verified to queue nothing: the destination's service "
+            "time",
+        )
+        latency = gauge(
+            "gate_latency_seconds",
+            "Latency of the calls answered in the last minute, by quantile",
+            [*gate, "quantile"],
+        )
+        busy_minute = gauge("gate_busy_last_minute", "Busy answers (Noojee 109) in the last minute")
         busy_total = counter("gate_busy", "Busy answers (Noojee 109) since the gate was created")
-        expired = counter("gate_expired_leases", "Leases that ran out unrenewed (a worker "
-                          "killed mid-call)")  # fmt: skip
+        expired = counter(
+            "gate_expired_leases", "Leases that ran out unrenewed (a worker killed mid-call)"
+        )
         for s in statuses:
             labels = [s.name, s.target]
             limit.add_metric(labels, s.limit)
@@ -154,23 +162,49 @@ class FleetCollector:
             busy_minute.add_metric(labels, s.busy_last_minute)
             busy_total.add_metric(labels, s.busy_total)
             expired.add_metric(labels, s.expired_total)
-        paused = gauge("destination_paused", "1 while the destination is paused as down or "
-                       "misconfigured (its jobs wait; one call probes it)")  # fmt: skip
+        paused = gauge(
+            "destination_paused",
+            "1 while the destination is paused as down or "
+            "misconfigured (its jobs wait; one call probes it)",
+        )
         for s in statuses:
             paused.add_metric([s.name, s.target], 1 if s.name in pauses else 0)
-        api_used = gauge("api_usage_used", "API calls used of the allowance, as the destination "
-                         "last reported it (Salesforce Sforce-Limit-Info)", ["destination"])
-        api_allowed = gauge("api_usage_allowed", "The API allowance the destination last "
-                            "reported", ["destination"])  # fmt: skip
+        api_used = gauge(
+            "api_usage_used",
+            "API calls used of the allowance, as the destination "
+            "last reported it (Salesforce Sforce-Limit-Info)",
+            ["destination"],
+        )
+        api_allowed = gauge(
+            "api_usage_allowed", "The API allowance the destination last reported", ["destination"]
+        )
         for name, figures in sorted(usage.items()):
             api_used.add_metric([name], float(figures.get("used", 0)))
             api_allowed.add_metric([name], float(figures.get("allowed", 0)))
-        jobs = gauge("jobs", "Jobs per state in the ledger (delivered, merged, superseded: "
-                     "running totals)", ["state"])  # fmt: skip
+        jobs = gauge(
+            "jobs",
+            "Jobs per state in the ledger (delivered, merged, superseded: running totals)",
+            ["state"],
+        )
         for state, n in counts.items():
             jobs.add_metric([state], n)
-        return [up, limit, maximum, adaptive, in_flight, waiting, floor, latency, busy_minute,
-                busy_total, expired, paused, api_used, api_allowed, jobs]  # fmt: skip
+        return [
+            up,
+            limit,
+            maximum,
+            adaptive,
+            in_flight,
+            waiting,
+            floor,
+            latency,
+            busy_minute,
+            busy_total,
+            expired,
+            paused,
+            api_used,
+            api_allowed,
+            jobs,
+        ]
 
     def _read_counts(self) -> dict[str, int] | None:
         if self._job_counts is None:
@@ -200,8 +234,11 @@ def serve(port: int, registry: CollectorRegistry, addr: str = ALL_INTERFACES) ->
         server, _thread = start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            log.info("metrics: port %d is taken (another worker on this host serves the "
-                     "fleet-wide figures); this worker does not serve them", port)  # fmt: skip
+            log.info(
+                "metrics: port %d is taken (another worker on this host serves the "
+                "fleet-wide figures); this worker does not serve them",
+                port,
+            )
         else:
             log.warning("metrics: cannot serve on port %d (%s); running without them", port, exc)
         return None

@@ -118,20 +118,29 @@ class Pause:
         if not data:
             return PauseStatus(False, failures=failures)
         return PauseStatus(
-            True, str(data.get("reason", "")), int(data.get("since_ms", 0)),
-            int(data.get("until_ms", 0)), int(data.get("probes", 0)), failures,
-        )  # fmt: skip
+            True,
+            str(data.get("reason", "")),
+            int(data.get("since_ms", 0)),
+            int(data.get("until_ms", 0)),
+            int(data.get("probes", 0)),
+            failures,
+        )
 
     def _record(self, reason: str, interval_ms: int, after: int, now_ms: int | None) -> int:
         paused, until_ms, newly = (
-            int(v) for v in self._failure(
+            int(v)
+            for v in self._failure(
                 keys=self._keys,
                 args=[_now(now_ms), interval_ms, after, reason[:300], FAILURE_MEMORY_MS],
             )
-        )  # fmt: skip
+        )
         if newly:
-            log.error("%s paused: %s; its jobs wait in Redis and one call probes it every %g s",
-                      self.name, reason, interval_ms / 1000)  # fmt: skip
+            log.error(
+                "%s paused: %s; its jobs wait in Redis and one call probes it every %g s",
+                self.name,
+                reason,
+                interval_ms / 1000,
+            )
         return until_ms if paused else 0
 
 

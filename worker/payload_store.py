@@ -43,8 +43,11 @@ def _reseal(client: redis.Redis, key: str, codec: PayloadCodec) -> str:
             pipe.watch(key)
             values = cast(list[str | None], pipe.hmget(key, list(FIELDS)))
             found = {name: value for name, value in zip(FIELDS, values, strict=True) if value}
-            stale = {name: codec.seal(codec.unseal(value)) for name, value in found.items()
-                     if not codec.sealed_with_first(value)}  # fmt: skip
+            stale = {
+                name: codec.seal(codec.unseal(value))
+                for name, value in found.items()
+                if not codec.sealed_with_first(value)
+            }
             if not stale:
                 pipe.unwatch()
                 return "kept"

@@ -85,6 +85,7 @@ def scrub_personal(text: str, values: Iterable[str]) -> str:
     if not forms or not text:
         return text
     # Longest first, so a value that contains another is replaced whole.
-    pattern = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)),
-                         re.IGNORECASE)  # fmt: skip
+    pattern = re.compile(
+        "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)), re.IGNORECASE
+    )
     return pattern.sub(lambda found: forms[found.group(0).lower()], text)

@@ -32,26 +32,47 @@ def order_rows(
     rows = []
     if "merged_into" in facts:
         carrier = facts["merged_into"]
-        rows.append(("merged into", f"{carrier['job_id']} (now {carrier['state']}): its call "
-                                    "carries this job's changes"))  # fmt: skip
+        rows.append(
+            (
+                "merged into",
+                f"{carrier['job_id']} (now {carrier['state']}): its call "
+                "carries this job's changes",
+            )
+        )
     if "superseded_by" in facts:
-        rows.append(("superseded by", f"{facts['superseded_by']}, which delivered a newer "
-                                      "version of the record; this job was not sent"))
+        rows.append(
+            (
+                "superseded by",
+                f"{facts['superseded_by']}, which delivered a newer "
+                "version of the record; this job was not sent",
+            )
+        )
     if "waits_behind" in facts:
         behind = facts["waits_behind"]
-        rows.append(("waits behind", f"{behind['jobs']} earlier job(s) of the record; the "
-                                     f"first is {behind['head']}"))  # fmt: skip
+        rows.append(
+            (
+                "waits behind",
+                f"{behind['jobs']} earlier job(s) of the record; the first is {behind['head']}",
+            )
+        )
     if "newer_delivered" in facts:
         newer = facts["newer_delivered"]
-        rows.append(("newer delivered", f"{newer['job_id']} at {when(newer['at_ms'])}: a "
-                                        f"requeue would overwrite it (needs {force_hint})"))
+        rows.append(
+            (
+                "newer delivered",
+                f"{newer['job_id']} at {when(newer['at_ms'])}: a "
+                f"requeue would overwrite it (needs {force_hint})",
+            )
+        )
     return rows
 
 
 def limit_columns(
-    history: Sequence[tuple[int, int, float]], start_ms: int, end_ms: int,
+    history: Sequence[tuple[int, int, float]],
+    start_ms: int,
+    end_ms: int,
     columns: int = CHART_COLUMNS,
-) -> list[int | None]:  # fmt: skip
+) -> list[int | None]:
     """The limit over ``[start_ms, end_ms)`` in ``columns`` equal slices of time, the highest
     limit each slice saw. ``history`` is (ms, limit, in flight), oldest first; a limit holds
     until the next point, so a slice without a point keeps the one before it, and slices before
@@ -92,12 +113,22 @@ def chart_span_ms(status: GateStatus, now_ms: int, longest_ms: int = 600_000) ->
 def gate_json(status: GateStatus, since_ms: int) -> dict[str, Any]:
     """A gate's figures as `gate status --json` gives them, history since ``since_ms``."""
     return {
-        "name": status.name, "target": status.target, "limit": status.limit,
-        "max": status.maximum, "adaptive": status.adaptive, "in_flight": status.held,
-        "waiting": dict(status.waiting), "latency_floor_ms": status.floor_ms,
-        "latency_p50_ms": status.p50_ms, "latency_p95_ms": status.p95_ms,
-        "busy_last_minute": status.busy_last_minute, "busy_total": status.busy_total,
+        "name": status.name,
+        "target": status.target,
+        "limit": status.limit,
+        "max": status.maximum,
+        "adaptive": status.adaptive,
+        "in_flight": status.held,
+        "waiting": dict(status.waiting),
+        "latency_floor_ms": status.floor_ms,
+        "latency_p50_ms": status.p50_ms,
+        "latency_p95_ms": status.p95_ms,
+        "busy_last_minute": status.busy_last_minute,
+        "busy_total": status.busy_total,
         "expired_leases_total": status.expired_total,
-        "history": [{"at_ms": at, "limit": limit, "in_flight": inflight}
-                    for at, limit, inflight in status.history if at >= since_ms],
-    }  # fmt: skip
+        "history": [
+            {"at_ms": at, "limit": limit, "in_flight": inflight}
+            for at, limit, inflight in status.history
+            if at >= since_ms
+        ],
+    }

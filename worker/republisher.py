@@ -50,8 +50,9 @@ class Republisher:
         self.queues = queues
         self.aof = aof
         options = app.conf.broker_transport_options or {}
-        self.unacked_key = f"{options.get('global_keyprefix', '')}" \
-                           f"{options.get('unacked_key', 'unacked')}"  # fmt: skip
+        self.unacked_key = (
+            f"{options.get('global_keyprefix', '')}{options.get('unacked_key', 'unacked')}"
+        )
         self.stopped = threading.Event()
 
     def run_once(self) -> int:
@@ -62,30 +63,38 @@ class Republisher:
         if self.ledger.r.set(f"{self.ledger.prefix}sweep", "1", nx=True, px=SWEEP_MS):
             dead = liveness.sweep(self.ledger.r, self.ledger.prefix, self._reap_dead)
             if dead:
-                log.warning("worker process(es) %s died: their permits and jobs are back",
-                            ", ".join(dead))  # fmt: skip
+                log.warning(
+                    "worker process(es) %s died: their permits and jobs are back", ", ".join(dead)
+                )
         if reaped:
-            log.warning("queued %d job(s) again whose worker stopped renewing its claim (killed?): "
-                        "%s", len(reaped), ", ".join(reaped[:10]))  # fmt: skip
+            log.warning(
+                "queued %d job(s) again whose worker stopped renewing its claim (killed?): %s",
+                len(reaped),
+                ", ".join(reaped[:10]),
+            )
         lost: list[str] = []
         for queue in self.queues:
             turn = f"{self.ledger.prefix}reconcile:{queue}"
             if self.ledger.r.set(turn, "1", nx=True, px=int(RECONCILE_S * 1000)):
                 held_ms = max(TRANSIT_GRACE_MS, 3 * self.ledger.lease_ms)
-                lost += self.ledger.reconcile(queue, TRANSIT_GRACE_MS, self.unacked_key,
-                                              held_ms)[1]  # fmt: skip
+                lost += self.ledger.reconcile(queue, TRANSIT_GRACE_MS, self.unacked_key, held_ms)[1]
             else:
                 self.ledger.feed(queue)
         if lost:
-            log.warning("sent again %d job(s) whose message was lost in transit (a worker killed "
-                        "as it took it?): %s", len(lost), ", ".join(lost[:10]))  # fmt: skip
+            log.warning(
+                "sent again %d job(s) whose message was lost in transit (a worker killed "
+                "as it took it?): %s",
+                len(lost),
+                ", ".join(lost[:10]),
+            )
         return len(queued) + len(reaped) + len(lost)
 
     def _reap_dead(self, dead: list[str]) -> None:
         reaped = self.ledger.reap(dead=dead)
         if reaped:
-            log.warning("queued %d job(s) of dead worker(s) again: %s", len(reaped),
-                        ", ".join(reaped[:10]))  # fmt: skip
+            log.warning(
+                "queued %d job(s) of dead worker(s) again: %s", len(reaped), ", ".join(reaped[:10])
+            )
 
     def run(self) -> None:
         ticks = 0
@@ -110,9 +119,13 @@ def store_templates(app: Celery, ledger: Ledger, queues: list[str]) -> None:
     from worker.dispatch import Messages
 
     messages = Messages(app)
-    ledger.store_templates([(queue, priority, messages.template(f"{queue}.deliver", queue,
-                                                                 priority))
-                            for queue in queues for priority in PRIORITY])  # fmt: skip
+    ledger.store_templates(
+        [
+            (queue, priority, messages.template(f"{queue}.deliver", queue, priority))
+            for queue in queues
+            for priority in PRIORITY
+        ]
+    )
 
 
 class RepublisherStep(bootsteps.StartStopStep):

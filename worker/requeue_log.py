@@ -42,8 +42,9 @@ class NoPermitSummary(logging.Filter):
         _, marker, gate = str(data.get("exc", "")).partition(NO_PERMIT)
         if not marker:
             return True
-        log.debug("job %s went back to its queue: no permit at gate %s", data.get("id"),
-                  gate.strip())  # fmt: skip
+        log.debug(
+            "job %s went back to its queue: no permit at gate %s", data.get("id"), gate.strip()
+        )
         with self._lock:
             self._gates[gate.strip()] += 1
             now = self.clock()
@@ -52,9 +53,13 @@ class NoPermitSummary(logging.Filter):
             gates, since = self._gates, self._since
             self._gates, self._since = Counter(), now
         at = ", ".join(f"{name}: {n}" for name, n in gates.most_common())
-        log.info("%d job(s) went back to their queue without a gate permit in the last %.0f s "
-                 "(%s): the gate was full, they will be fetched again", sum(gates.values()),
-                 now - since, at)  # fmt: skip
+        log.info(
+            "%d job(s) went back to their queue without a gate permit in the last %.0f s "
+            "(%s): the gate was full, they will be fetched again",
+            sum(gates.values()),
+            now - since,
+            at,
+        )
         return False
 
 

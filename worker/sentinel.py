@@ -65,8 +65,10 @@ class SentinelURL:
         if self.password is not None or self.username:
             auth = f"{quote(self.username or '', safe='')}:{quote(self.password or '', safe='')}@"
         hosts = (f"[{h}]" if ":" in h else h for h, _ in self.sentinels)
-        return ";".join(f"{SCHEME}://{auth}{host}:{port}/{self.db}"
-                        for host, (_, port) in zip(hosts, self.sentinels, strict=True))  # fmt: skip
+        return ";".join(
+            f"{SCHEME}://{auth}{host}:{port}/{self.db}"
+            for host, (_, port) in zip(hosts, self.sentinels, strict=True)
+        )
 
     def kombu_transport_options(self) -> dict[str, Any]:
         """The transport options kombu's Sentinel transport needs on top of ours."""
@@ -115,7 +117,7 @@ def parse(url: str) -> SentinelURL:
     fix and never repeats the URL."""
     if not is_sentinel_url(url):
         raise ValueError(f"a Sentinel URL starts with {SCHEME}:// ({FORM})")
-    rest, _, query = url[len(SCHEME) + 3:].partition("?")
+    rest, _, query = url[len(SCHEME) + 3 :].partition("?")
     authority, slash, path = rest.partition("/")
     username, password, hosts = _split_auth(authority)
     if not slash:
@@ -125,5 +127,6 @@ def parse(url: str) -> SentinelURL:
     if unknown:
         raise ValueError(f"the only option a Sentinel URL takes is ?sentinel_password= ({FORM})")
     service, db = _service_and_db(path)
-    return SentinelURL(_sentinels(hosts), service, db, username, password,
-                       options.get("sentinel_password"))  # fmt: skip
+    return SentinelURL(
+        _sentinels(hosts), service, db, username, password, options.get("sentinel_password")
+    )

@@ -59,38 +59,69 @@ class PolicySettings(BaseModel):
 
     model_config = ConfigDict(hide_input_in_errors=True)
 
-    window_ms: int = Field(500, ge=50, description="a window of calls closes after at least this "
-                           "long (and min_samples answers, and twice the limit)")  # fmt: skip
+    window_ms: int = Field(
+        500,
+        ge=50,
+        description="a window of calls closes after at least this "
+        "long (and min_samples answers, and twice the limit)",
+    )
     min_samples: int = Field(10, ge=2, description="the fewest answers in a window or a decision")
     tolerance: float = Field(
-        0.25, gt=0, le=1, description="a latency change of more than this fraction, beyond "
+        0.25,
+        gt=0,
+        le=1,
+        description="a latency change of more than this fraction, beyond "
         "doubt, is a change of the PBX (the measurement starts again); cruise measurements are "
         "sized to see a change this large",
     )
     z: float = Field(1.5, gt=0, description="standard errors a probe's or a trial's verdict needs")
     alarm_z: float = Field(
-        3.0, gt=0, description="standard errors an alarm needs: queueing seen while cruising, a "
+        3.0,
+        gt=0,
+        description="standard errors an alarm needs: queueing seen while cruising, a "
         "check that finds the floor wrong, a window unlike the rest of its measurement",
     )
-    busy_cut: float = Field(0.5, gt=0, lt=1, description="a busy answer (109) multiplies the "
-                            "limit by this, once per limit")  # fmt: skip
-    probe_gap: int = Field(2, ge=0, description="at most this many windows between probes "
-                           "upward (0 after a probe that found room)")  # fmt: skip
-    max_samples: int = Field(300, ge=10, description="a decision still undecided after this many "
-                             "answers takes its best estimate")  # fmt: skip
+    busy_cut: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="a busy answer (109) multiplies the limit by this, once per limit",
+    )
+    probe_gap: int = Field(
+        2,
+        ge=0,
+        description="at most this many windows between probes "
+        "upward (0 after a probe that found room)",
+    )
+    max_samples: int = Field(
+        300,
+        ge=10,
+        description="a decision still undecided after this many answers takes its best estimate",
+    )
     max_decision_ms: int = Field(10_000, ge=100, description="the same, after this long")
     decision_precision: float = Field(
-        0.2, gt=0, description="no verdict before the mean log-latency's standard error is below "
+        0.2,
+        gt=0,
+        description="no verdict before the mean log-latency's standard error is below "
         "this (a heavy-tailed PBX needs more answers per decision)",
     )
-    floor_precision: float = Field(0.3, gt=0, description="the same for a measurement that "
-                                   "becomes the latency floor")  # fmt: skip
-    memory_samples: int = Field(200, ge=10, description="the floor and the noise estimate weigh "
-                                "at most this many past answers")  # fmt: skip
-    recheck_ms: int = Field(60_000, ge=1000, description="the floor is verified by one step "
-                            "down at least this often")  # fmt: skip
-    step_fraction: float = Field(0.125, gt=0, le=1, description="the smallest probe step, as a "
-                                 "fraction of the limit (at least one call)")  # fmt: skip
+    floor_precision: float = Field(
+        0.3, gt=0, description="the same for a measurement that becomes the latency floor"
+    )
+    memory_samples: int = Field(
+        200,
+        ge=10,
+        description="the floor and the noise estimate weigh at most this many past answers",
+    )
+    recheck_ms: int = Field(
+        60_000, ge=1000, description="the floor is verified by one step down at least this often"
+    )
+    step_fraction: float = Field(
+        0.125,
+        gt=0,
+        le=1,
+        description="the smallest probe step, as a fraction of the limit (at least one call)",
+    )
 
     def config(self) -> PolicyConfig:
         return PolicyConfig(**self.model_dump())
@@ -103,8 +134,10 @@ class GateSettings(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     lease_ttl_s: float = Field(
-        3.0, gt=0, description="a killed worker's permits come back, and its threads waiting "
-        "for one are passed over, after at most this long; live ones renew every third of it"
+        3.0,
+        gt=0,
+        description="a killed worker's permits come back, and its threads waiting "
+        "for one are passed over, after at most this long; live ones renew every third of it",
     )
     max_wait_s: float = Field(
         5.0,
@@ -176,18 +209,21 @@ class DestinationSettings(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     connect_timeout_s: float = Field(5.0, gt=0)
-    read_timeout_s: float = Field(30.0, gt=0, description="a call without an answer this long "
-                                  "ends with its outcome unknown")  # fmt: skip
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="a call without an answer this long ends with its outcome unknown"
+    )
     max_concurrency: int = Field(
         8, ge=1, description="most calls in flight to this destination from the whole fleet"
     )
     adaptive: bool = Field(
-        False, description="learn the limit from latency as for Noojee (max_concurrency stays "
-        "the ceiling); off: exactly max_concurrency"
+        False,
+        description="learn the limit from latency as for Noojee (max_concurrency stays "
+        "the ceiling); off: exactly max_concurrency",
     )
     coalesce: bool = Field(
-        True, description="pending jobs of one record become one call (newest value of each "
-        "field wins); false: one call each, in order"
+        True,
+        description="pending jobs of one record become one call (newest value of each "
+        "field wins); false: one call each, in order",
     )
 
     def missing(self) -> list[str]:
@@ -197,18 +233,21 @@ class DestinationSettings(BaseModel):
     @staticmethod
     def _unset(**values: object) -> list[str]:
         return [
-            name.upper() for name, value in values.items()
-            if value is None or (isinstance(value, SecretStr) and not value.get_secret_value())
+            name.upper()
+            for name, value in values.items()
+            if value is None
+            or (isinstance(value, SecretStr) and not value.get_secret_value())
             or value == ""
-        ]  # fmt: skip
+        ]
 
 
 class MissionCapitalSettings(DestinationSettings):
     """Mission Capital partner API (Salesforce Apex REST ``contactUser``)."""
 
     login_url: AnyHttpUrl | None = Field(
-        None, description="OAuth host: https://login.salesforce.com (production) or "
-        "https://test.salesforce.com (sandbox orgs)"
+        None,
+        description="OAuth host: https://login.salesforce.com (production) or "
+        "https://test.salesforce.com (sandbox orgs)",
     )
     client_id: str = ""
     client_secret: SecretStr = SecretStr("")
@@ -218,18 +257,25 @@ class MissionCapitalSettings(DestinationSettings):
     partner_id: str = Field("", description="sent as the PartnerId header")
     partner_name: str = Field("", description="sent as the PartnerName header")
     token_lifetime_s: float = Field(
-        7200.0, gt=60, description="how long a token lasts (Salesforce: about 2 h, never said "
-        "in the answer); a new one is fetched at 90 % of it"
+        7200.0,
+        gt=60,
+        description="how long a token lasts (Salesforce: about 2 h, never said "
+        "in the answer); a new one is fetched at 90 % of it",
     )
     max_concurrency: int = Field(
         10, ge=1, description="most calls in flight (an org allows 25 long-running ones)"
     )
 
     def missing(self) -> list[str]:
-        return self._unset(login_url=self.login_url, client_id=self.client_id,
-                           client_secret=self.client_secret, username=self.username,
-                           password=self.password, partner_id=self.partner_id,
-                           partner_name=self.partner_name)  # fmt: skip
+        return self._unset(
+            login_url=self.login_url,
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            username=self.username,
+            password=self.password,
+            partner_id=self.partner_id,
+            partner_name=self.partner_name,
+        )
 
 
 class TrendsicSettings(DestinationSettings):
@@ -246,8 +292,9 @@ class TrendsicSettings(DestinationSettings):
             return ["BASE_URL"]
         if self.api_key.get_secret_value():
             return []
-        return [f"API_KEY (or {n})" for n in self._unset(username=self.username,
-                                                         password=self.password)]  # fmt: skip
+        return [
+            f"API_KEY (or {n})" for n in self._unset(username=self.username, password=self.password)
+        ]
 
 
 class ExpandableSettings(DestinationSettings):
@@ -260,8 +307,12 @@ class ExpandableSettings(DestinationSettings):
     max_concurrency: int = Field(4, ge=1, description="most calls in flight")
 
     def missing(self) -> list[str]:
-        return self._unset(base_url=self.base_url, data_source=self.data_source,
-                           username=self.username, password=self.password)  # fmt: skip
+        return self._unset(
+            base_url=self.base_url,
+            data_source=self.data_source,
+            username=self.username,
+            password=self.password,
+        )
 
 
 class PauseSettings(BaseModel):
@@ -275,12 +326,16 @@ class PauseSettings(BaseModel):
     )
     probe_interval_s: float = Field(5.0, gt=0, description="one probe this often while down")
     config_probe_interval_s: float = Field(
-        60.0, gt=0, description="the same, when the pause is for a login or configuration error "
-        "(a person must fix it; Salesforce locks a user after 3,600 logins an hour)"
+        60.0,
+        gt=0,
+        description="the same, when the pause is for a login or configuration error "
+        "(a person must fix it; Salesforce locks a user after 3,600 logins an hour)",
     )
     limit_probe_interval_s: float = Field(
-        300.0, gt=0, description="the same, when the destination says its allowance of calls "
-        "is spent (Salesforce's REQUEST_LIMIT_EXCEEDED: the org's 24 h allowance)"
+        300.0,
+        gt=0,
+        description="the same, when the destination says its allowance of calls "
+        "is spent (Salesforce's REQUEST_LIMIT_EXCEEDED: the org's 24 h allowance)",
     )
 
 
@@ -327,27 +382,37 @@ class IntakeSettings(BaseModel):
         8 * 1024 * 1024, ge=1024, description="a larger request is refused with 413"
     )
     session_hours: float = Field(
-        12.0, gt=0, le=24 * 30,
+        12.0,
+        gt=0,
+        le=24 * 30,
         description="an operator's console login lasts this long (its signed cookie's age)",
-    )  # fmt: skip
+    )
     max_buffered_bytes: int = Field(
-        32 * 1024 * 1024, ge=1024, description="request bodies held in memory at once, every "
+        32 * 1024 * 1024,
+        ge=1024,
+        description="request bodies held in memory at once, every "
         "request together; a body that would pass it is refused with 503 and Retry-After, so "
         "many large uploads at once cannot exhaust the intake's memory",
     )
     header_timeout_s: float = Field(
-        10.0, gt=0, description="a client must send a request's headers within this long, and "
+        10.0,
+        gt=0,
+        description="a client must send a request's headers within this long, and "
         "a kept-alive connection idle this long is closed (slow-loris clients)",
     )
     body_timeout_s: float = Field(
         60.0, gt=0, description="a client must send a request's body within this long"
     )
     max_connections_per_client: int = Field(
-        64, ge=0, description="connections open at once from one client address; more are "
+        64,
+        ge=0,
+        description="connections open at once from one client address; more are "
         "closed on accept (0: no cap; behind a proxy, every client has the proxy's address)",
     )
     redis_deadline_s: float = Field(
-        1.5, gt=0, description="a request whose Redis work has not finished in this long is "
+        1.5,
+        gt=0,
+        description="a request whose Redis work has not finished in this long is "
         "answered 503 (a hung Redis never holds the intake); /healthz waits at most 0.8 s",
     )
 
@@ -405,12 +470,17 @@ class Settings(BaseSettings):
         description="broker and state; unset means the embedded server started by `contactsync up`",
     )
     redis_failover_wait_s: float = Field(
-        15.0, ge=0, description="sentinel:// only: how long a command that lost its primary "
-        "waits for the sentinels to name a new one before it fails")
+        15.0,
+        ge=0,
+        description="sentinel:// only: how long a command that lost its primary "
+        "waits for the sentinels to name a new one before it fails",
+    )
     redis_wait_replicas: int = Field(
-        0, ge=0, description="replicas that must have a new job before submit returns (WAIT)")
+        0, ge=0, description="replicas that must have a new job before submit returns (WAIT)"
+    )
     redis_wait_timeout_ms: int = Field(
-        1000, ge=1, description="how long submit waits for them; fewer: the submit fails")
+        1000, ge=1, description="how long submit waits for them; fewer: the submit fails"
+    )
     data_dir: Path = Field(Path(".contactsync"), description="embedded server data and AOF")
     key_prefix: str = Field("cs:", min_length=1, description="prefix of every ledger key")
     retention_days: float = Field(14.0, gt=0, description="how long finished jobs stay listed")
@@ -528,9 +598,12 @@ class Settings(BaseSettings):
             seconds = declared.longest_calls_s(config)
             if seconds > longest[0]:
                 calls = declared.calls_per_job
-                longest = (seconds, f"{declared.name}: {calls} call{'s' * (calls > 1)} of "
-                                    f"{config.connect_timeout_s:g} s connect + "
-                                    f"{config.read_timeout_s:g} s read")  # fmt: skip
+                longest = (
+                    seconds,
+                    f"{declared.name}: {calls} call{'s' * (calls > 1)} of "
+                    f"{config.connect_timeout_s:g} s connect + "
+                    f"{config.read_timeout_s:g} s read",
+                )
         return longest
 
     def _longest_calls_s(self) -> float:
@@ -578,8 +651,10 @@ def mask_url_password(url: str) -> str:
         netloc = parts.netloc.rsplit("@", 1)[1]
         parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
     if parts.query:
-        query = [(k, "***" if k in {"password", "sentinel_password"} else v)
-                 for k, v in parse_qsl(parts.query)]  # fmt: skip
+        query = [
+            (k, "***" if k in {"password", "sentinel_password"} else v)
+            for k, v in parse_qsl(parts.query)
+        ]
         parts = parts._replace(query=urlencode(query, safe="*"))
     return urlunsplit(parts)
 
@@ -592,8 +667,9 @@ def settings_model() -> type[Settings]:
 
     extra: dict[str, Any] = {
         d.name: (d.settings, Field(default_factory=d.settings))
-        for d in registry() if d.name not in Settings.model_fields
-    }  # fmt: skip
+        for d in registry()
+        if d.name not in Settings.model_fields
+    }
     if not extra:
         return Settings
     model: type[Settings] = create_model("Settings", __base__=Settings, **extra)
@@ -619,12 +695,17 @@ def settings_problem(exc: ValidationError | SettingsError) -> str:
     set it to, never the value given (it may be a secret). The same line wherever the settings
     are read: `contactsync`, `celery -A worker worker`, `celery -A worker flower`."""
     if isinstance(exc, SettingsError):  # e.g. a nested variable set to malformed JSON
-        return (f"invalid configuration: {exc}; nested settings take JSON, or set each field "
-                "with its own variable (CONTACTSYNC_NOOJEE__API_KEY=...)")  # fmt: skip
-    problems = [f"{settings_variable(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors(include_input=False, include_url=False)]  # fmt: skip
-    return ("invalid configuration (CONTACTSYNC_* variables or .env): "
-            + "; ".join(problems).replace("\n", " "))
+        return (
+            f"invalid configuration: {exc}; nested settings take JSON, or set each field "
+            "with its own variable (CONTACTSYNC_NOOJEE__API_KEY=...)"
+        )
+    problems = [
+        f"{settings_variable(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors(include_input=False, include_url=False)
+    ]
+    return "invalid configuration (CONTACTSYNC_* variables or .env): " + "; ".join(
+        problems
+    ).replace("\n", " ")
 
 
 def exit_for_settings(exc: ValidationError | SettingsError) -> NoReturn:

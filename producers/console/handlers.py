@@ -65,9 +65,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     # Only our own files: the console loads nothing from elsewhere and runs no inline script.
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
-                               "script-src 'self'; frame-ancestors 'none'; form-action 'self'; "
-                               "base-uri 'none'",
-}  # fmt: skip
+    "script-src 'self'; frame-ancestors 'none'; form-action 'self'; "
+    "base-uri 'none'",
+}
 
 
 class ConsoleHandler(tornado.web.RequestHandler):
@@ -121,15 +121,23 @@ class ConsoleHandler(tornado.web.RequestHandler):
             return await on_redis_threads(self.service, work, deadline_s)
         except TimeoutError:
             log.warning("console: Redis did not answer within %.1f s", deadline_s)
-            raise tornado.web.HTTPError(503, f"the job store (Redis) did not answer within "
-                                             f"{deadline_s:g} s; try again") from None
+            raise tornado.web.HTTPError(
+                503, f"the job store (Redis) did not answer within {deadline_s:g} s; try again"
+            ) from None
 
     def get_template_namespace(self) -> dict[str, Any]:
         namespace = super().get_template_namespace()
         session = self.current_user if isinstance(self.current_user, Session) else None
-        namespace.update(user=session.client if session else "", csrf=session.csrf if session
-                         else "", when=when, ago=ago, json=json, qs=urlencode,
-                         lists=queries.LISTS, destinations=destinations())  # fmt: skip
+        namespace.update(
+            user=session.client if session else "",
+            csrf=session.csrf if session else "",
+            when=when,
+            ago=ago,
+            json=json,
+            qs=urlencode,
+            lists=queries.LISTS,
+            destinations=destinations(),
+        )
         return namespace
 
     def page(self, template: str, status: int = 200, **values: Any) -> None:
@@ -146,11 +154,20 @@ class ConsoleHandler(tornado.web.RequestHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # tornado's own logs the whole URI: a search's query may hold personal data.
         if isinstance(value, tornado.web.HTTPError):
-            log.warning("%d %s %s: %s", value.status_code, self.request.method,
-                        self.request.path, value.log_message or "")  # fmt: skip
+            log.warning(
+                "%d %s %s: %s",
+                value.status_code,
+                self.request.method,
+                self.request.path,
+                value.log_message or "",
+            )
         else:
-            log.error("unexpected error in %s %s", self.request.method, self.request.path,
-                      exc_info=(typ, value, tb))  # fmt: skip
+            log.error(
+                "unexpected error in %s %s",
+                self.request.method,
+                self.request.path,
+                exc_info=(typ, value, tb),
+            )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         message = self._reason
@@ -215,8 +232,9 @@ class FormHandler(ConsoleHandler):
 
     def _refuse(self, status: int, message: str) -> None:
         self.held.give_back()
-        self.send_error(status, exc_info=(tornado.web.HTTPError, tornado.web.HTTPError(
-            status, message), None))  # fmt: skip
+        self.send_error(
+            status, exc_info=(tornado.web.HTTPError, tornado.web.HTTPError(status, message), None)
+        )
 
     def on_finish(self) -> None:
         self.held.give_back()
@@ -235,15 +253,20 @@ class FormHandler(ConsoleHandler):
         self.held.give_back()
         try:
             tornado.httputil.parse_body_arguments(
-                self.request.headers.get("Content-Type", ""), self.request.body,
-                self.request.body_arguments, self.request.files, self.request.headers)
+                self.request.headers.get("Content-Type", ""),
+                self.request.body,
+                self.request.body_arguments,
+                self.request.files,
+                self.request.headers,
+            )
         except tornado.httputil.HTTPInputError:
             raise tornado.web.HTTPError(400, "the form could not be read") from None
         for name, values in self.request.body_arguments.items():
             self.request.arguments.setdefault(name, []).extend(values)
         if not self.public and not self.session.csrf_ok(self.get_body_argument("_csrf", "")):
-            raise tornado.web.HTTPError(403, "the form's CSRF token is missing or stale: reload "
-                                             "the page and send it again")  # fmt: skip
+            raise tornado.web.HTTPError(
+                403, "the form's CSRF token is missing or stale: reload the page and send it again"
+            )
         act = getattr(self, "act", None)
         if act is None:  # a page with no form
             raise tornado.web.HTTPError(405)
@@ -258,8 +281,15 @@ def ago(ms: int, now: int | None = None) -> str:
     delta_s = ((now or now_ms()) - ms) / 1000
     ahead = delta_s < 0
     span = abs(delta_s)
-    text = (f"{span:.0f} s" if span < 90 else f"{span / 60:.0f} min" if span < 5400
-            else f"{span / 3600:.0f} h" if span < 172800 else f"{span / 86400:.0f} d")
+    text = (
+        f"{span:.0f} s"
+        if span < 90
+        else f"{span / 60:.0f} min"
+        if span < 5400
+        else f"{span / 3600:.0f} h"
+        if span < 172800
+        else f"{span / 86400:.0f} d"
+    )
     return f"in {text}" if ahead else f"{text} ago"
 
 
@@ -271,8 +301,11 @@ class LoginHandler(FormHandler):
     public = True
 
     def get(self) -> None:
-        self.page("login.html", error="", next=self.local(self.get_query_argument("next", ""),
-                                                          "/console/"))
+        self.page(
+            "login.html",
+            error="",
+            next=self.local(self.get_query_argument("next", ""), "/console/"),
+        )
 
     async def act(self) -> None:
         token = self.get_body_argument("token", "").strip()
@@ -280,14 +313,26 @@ class LoginHandler(FormHandler):
         client = self.tokens.client(f"Bearer {token}") if token else None
         if client is None or not client.operator:
             log.warning("console: a login was refused")
-            self.page("login.html", status=401, next=target, error=(
-                "That token is not an operator's: use a token of CONTACTSYNC_INTAKE__TOKENS "
-                "whose client is named in CONTACTSYNC_INTAKE__OPERATORS."))
+            self.page(
+                "login.html",
+                status=401,
+                next=target,
+                error=(
+                    "That token is not an operator's: use a token of CONTACTSYNC_INTAKE__TOKENS "
+                    "whose client is named in CONTACTSYNC_INTAKE__OPERATORS."
+                ),
+            )
             return
         session = Session.new(client.name)
-        self.set_signed_cookie(COOKIE, session.dump(), expires_days=None, httponly=True,
-                               samesite="Strict", path="/console",
-                               secure=self.request.protocol == "https")  # fmt: skip
+        self.set_signed_cookie(
+            COOKIE,
+            session.dump(),
+            expires_days=None,
+            httponly=True,
+            samesite="Strict",
+            path="/console",
+            secure=self.request.protocol == "https",
+        )
         log.info("console: %s logged in", client.name, extra={"client": client.name})
         self.redirect(target, status=303)
 
@@ -319,10 +364,12 @@ def chart_svg(values: list[int | None], maximum: int) -> str:
         y = height - 2 - (height - 4) * value / top
         points.append(f"{i * step:.1f},{y:.1f} {(i + 1) * step:.1f},{y:.1f}")
     line = " ".join(points)
-    return (f'<svg class="chart" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
-            f'role="img" aria-label="limit over time, highest {maximum}">'
-            f'<polyline fill="none" stroke="currentColor" stroke-width="2" points="{line}"/>'
-            "</svg>")
+    return (
+        f'<svg class="chart" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
+        f'role="img" aria-label="limit over time, highest {maximum}">'
+        f'<polyline fill="none" stroke="currentColor" stroke-width="2" points="{line}"/>'
+        "</svg>"
+    )
 
 
 def _filter(handler: ConsoleHandler, body: bool = False) -> queries.Filter:
@@ -345,11 +392,18 @@ class ListHandler(ConsoleHandler):
         wanted = _filter(self)
         raw = self.get_query_argument("offset", "0") or "0"
         offset = int(raw) if raw.isdigit() and int(raw) < 10**9 else 0
-        found = await self.redis(lambda: queries.job_page(ledger(), name, wanted, offset, PAGE,
-                                                          destinations()))  # fmt: skip
-        self.page("list.html", name=name, found=found, wanted=wanted, now=now_ms(),
-                  resolvable=name in queries.RESOLVABLE, done=DONE.get(
-                      self.get_query_argument("done", "") or "", ""))  # fmt: skip
+        found = await self.redis(
+            lambda: queries.job_page(ledger(), name, wanted, offset, PAGE, destinations())
+        )
+        self.page(
+            "list.html",
+            name=name,
+            found=found,
+            wanted=wanted,
+            now=now_ms(),
+            resolvable=name in queries.RESOLVABLE,
+            done=DONE.get(self.get_query_argument("done", "") or "", ""),
+        )
 
 
 class SearchHandler(ConsoleHandler):
@@ -382,8 +436,14 @@ def form_fields(record: JobRecord) -> list[dict[str, Any]]:
             for key, inner in value.items():
                 if isinstance(inner, dict | list):
                     continue
-                inputs.append(_input(f"{name}.{key}", inner, name in public or key in public,
-                                     f"{info.alias or name}: {key}"))  # fmt: skip
+                inputs.append(
+                    _input(
+                        f"{name}.{key}",
+                        inner,
+                        name in public or key in public,
+                        f"{info.alias or name}: {key}",
+                    )
+                )
         elif not isinstance(value, list):
             if value is None and "dict" in str(info.annotation):
                 continue
@@ -393,10 +453,14 @@ def form_fields(record: JobRecord) -> list[dict[str, Any]]:
 
 def _input(name: str, value: Any, public: bool, label: str) -> dict[str, Any]:
     shown = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-    return {"name": name, "label": label, "public": public,
-            "value": shown if public else "",
-            "hint": "" if public or value is None else f"{mask(shown)} (unchanged if empty)",
-            "current": shown}  # fmt: skip
+    return {
+        "name": name,
+        "label": label,
+        "public": public,
+        "value": shown if public else "",
+        "hint": "" if public or value is None else f"{mask(shown)} (unchanged if empty)",
+        "current": shown,
+    }
 
 
 class JobHandler(ConsoleHandler):
@@ -407,15 +471,23 @@ class JobHandler(ConsoleHandler):
         await self.show(job_id, done=DONE.get(self.get_query_argument("done", "") or "", ""))
 
     async def show(
-        self, job_id: str, status: int = 200, reveal: bool = False, errors: dict[str, str] |
-        None = None, problem: str = "", typed: dict[str, str] | None = None,
-        refused_newer: str = "", done: str = "",
-    ) -> None:  # fmt: skip
+        self,
+        job_id: str,
+        status: int = 200,
+        reveal: bool = False,
+        errors: dict[str, str] | None = None,
+        problem: str = "",
+        typed: dict[str, str] | None = None,
+        refused_newer: str = "",
+        done: str = "",
+    ) -> None:
         load_kinds()
         found = await self.redis(lambda: _with_facts(job_id))
         if found is None:
-            raise tornado.web.HTTPError(404, f"no job {job_id} (unknown id, or its record "
-                                             "expired after the retention period)")  # fmt: skip
+            raise tornado.web.HTTPError(
+                404,
+                f"no job {job_id} (unknown id, or its record expired after the retention period)",
+            )
         record, facts = found
         payload = None
         if record.payload:
@@ -425,11 +497,24 @@ class JobHandler(ConsoleHandler):
         for item in inputs:
             if typed and item["name"] in typed:
                 item["value"] = typed[item["name"]]
-        self.page("job.html", status=status, r=record, facts=order_rows(
-            facts, when, "force"), payload=payload, revealed=reveal, inputs=inputs,
-            errors=errors or {}, problem=problem, newer=facts.get("newer_delivered"),
-            refused_newer=refused_newer, done=done, phase=queries.phase(record), now=now_ms(),
-            mask_sign=MASK, typed=typed or {})  # fmt: skip
+        self.page(
+            "job.html",
+            status=status,
+            r=record,
+            facts=order_rows(facts, when, "force"),
+            payload=payload,
+            revealed=reveal,
+            inputs=inputs,
+            errors=errors or {},
+            problem=problem,
+            newer=facts.get("newer_delivered"),
+            refused_newer=refused_newer,
+            done=done,
+            phase=queries.phase(record),
+            now=now_ms(),
+            mask_sign=MASK,
+            typed=typed or {},
+        )
 
 
 def _with_facts(job_id: str) -> tuple[JobRecord, dict[str, Any]] | None:
@@ -466,16 +551,18 @@ class JobActionHandler(FormHandler, JobHandler):
         by = self.session.client
         if action == "reveal":
             await self.redis(lambda: _reveal(job_id, by))
-            log.info("console: %s revealed job %s", by, job_id, extra={"job_id": job_id,
-                                                                         "by": by})
+            log.info("console: %s revealed job %s", by, job_id, extra={"job_id": job_id, "by": by})
             await self.show(job_id, reveal=True)
         elif action == "requeue":
             await self._requeue(job_id, by)
         elif action == "discard":
             reason = self.get_body_argument("reason", "").strip()
             if not reason or len(reason) > 1000:
-                await self.show(job_id, status=422, errors={"reason": "required: why the job "
-                                                            "is discarded (1-1000 characters)"})
+                await self.show(
+                    job_id,
+                    status=422,
+                    errors={"reason": "required: why the job is discarded (1-1000 characters)"},
+                )
                 return
             try:
                 await self.redis(lambda: discard(job_id, reason, by))
@@ -491,11 +578,18 @@ class JobActionHandler(FormHandler, JobHandler):
 
     async def _requeue(self, job_id: str, by: str) -> None:
         record = await self.redis(lambda: _exists(job_id))
-        typed = {name[2:]: value for name, values in self.request.body_arguments.items()
-                 if name.startswith("f:") for value in [values[-1].decode("utf-8", "replace")]}
+        typed = {
+            name[2:]: value
+            for name, values in self.request.body_arguments.items()
+            if name.startswith("f:")
+            for value in [values[-1].decode("utf-8", "replace")]
+        }
         current = {item["name"]: item["current"] for item in form_fields(record)}
-        changes = {name: value for name, value in typed.items()
-                   if value.strip() and value != current.get(name)}  # fmt: skip
+        changes = {
+            name: value
+            for name, value in typed.items()
+            if value.strip() and value != current.get(name)
+        }
         new_name = self.get_body_argument("new_name", "").strip()
         if new_name:
             changes[new_name] = self.get_body_argument("new_value", "")
@@ -504,13 +598,19 @@ class JobActionHandler(FormHandler, JobHandler):
             if record.payload:  # validate first: errors belong next to the fields
                 from tasks.models import validate_job
 
-                validate_job(record.kind, apply_changes(record.kind, json.loads(record.payload),
-                                                        dict(changes)))  # fmt: skip
+                validate_job(
+                    record.kind,
+                    apply_changes(record.kind, json.loads(record.payload), dict(changes)),
+                )
             state = await self.redis(lambda: requeue(job_id, changes, by=by, force=force))
         except JobValidationError as exc:
-            await self.show(job_id, status=422, errors=_errors_by_input(record, exc.problems),
-                            problem="The edited job is invalid; nothing changed.",
-                            typed=typed)  # fmt: skip
+            await self.show(
+                job_id,
+                status=422,
+                errors=_errors_by_input(record, exc.problems),
+                problem="The edited job is invalid; nothing changed.",
+                typed=typed,
+            )
             return
         except NewerDelivered as exc:
             await self.show(job_id, status=409, refused_newer=str(exc), typed=typed)
@@ -518,16 +618,18 @@ class JobActionHandler(FormHandler, JobHandler):
         except LedgerConflict as exc:
             await self.show(job_id, status=409, problem=str(exc))
             return
-        self.redirect(f"/console/jobs/{job_id}?done={'held' if state == 'held' else 'requeued'}",
-                      status=303)  # fmt: skip
+        self.redirect(
+            f"/console/jobs/{job_id}?done={'held' if state == 'held' else 'requeued'}", status=303
+        )
 
 
 def _errors_by_input(record: JobRecord, problems: list[tuple[str, str]]) -> dict[str, str]:
     """Validation problems keyed by the form input they belong to (a field's name or wire
     name); the rest under ``""``, shown above the form."""
     model = model_for(record.kind)
-    names = {alias: name for name, f in model.model_fields.items() for alias in (name, f.alias)
-             if alias}  # fmt: skip
+    names = {
+        alias: name for name, f in model.model_fields.items() for alias in (name, f.alias) if alias
+    }
     errors: dict[str, str] = {}
     for path, message in problems:
         head, _, rest = path.partition(".")
@@ -550,43 +652,86 @@ class BulkHandler(FormHandler):
     async def act(self) -> None:
         name = self.get_body_argument("list", "")
         action = self.get_body_argument("action", "")
-        if name not in queries.RESOLVABLE or action not in ("requeue", "discard") or (
-            action == "discard" and name != "review"
+        if (
+            name not in queries.RESOLVABLE
+            or action not in ("requeue", "discard")
+            or (action == "discard" and name != "review")
         ):
-            raise tornado.web.HTTPError(400, "bulk actions: requeue (review, rejected) or "
-                                             "discard (review)")  # fmt: skip
+            raise tornado.web.HTTPError(
+                400, "bulk actions: requeue (review, rejected) or discard (review)"
+            )
         wanted = _filter(self, body=True)
         scope = self.get_body_argument("scope", "selected")
         if scope == "matching":
-            ids = await self.redis(lambda: queries.matching_ids(ledger(), name, wanted,
-                                                                destinations()))  # fmt: skip
+            ids = await self.redis(
+                lambda: queries.matching_ids(ledger(), name, wanted, destinations())
+            )
         else:
             ids = [i for i in self.get_body_arguments("ids") if _JOB_ID.match(i)]
         reason = self.get_body_argument("reason", "").strip()[:1000]
         force = self.get_body_argument("force", "") == "1"
         expected = self.get_body_argument("expected", "")
-        form: dict[str, Any] = {"list": name, "action": action, "scope": scope, "ids": ids,
-                                "wanted": wanted, "reason": reason, "force": force}
+        form: dict[str, Any] = {
+            "list": name,
+            "action": action,
+            "scope": scope,
+            "ids": ids,
+            "wanted": wanted,
+            "reason": reason,
+            "force": force,
+        }
         if not ids:
-            self.page("confirm.html", status=422, count=0, note="Nothing is selected: tick "
-                      "jobs, or act on every job the filter matches.", **form)  # fmt: skip
+            self.page(
+                "confirm.html",
+                status=422,
+                count=0,
+                note="Nothing is selected: tick jobs, or act on every job the filter matches.",
+                **form,
+            )
             return
         if self.get_body_argument("confirm", "") != "1" or expected != str(len(ids)):
-            note = "" if not expected else (f"The selection changed since you confirmed "
-                                            f"{expected}: {len(ids)} jobs match now.")
+            note = (
+                ""
+                if not expected
+                else (
+                    f"The selection changed since you confirmed "
+                    f"{expected}: {len(ids)} jobs match now."
+                )
+            )
             self.page("confirm.html", count=len(ids), note=note, **form)
             return
         if action == "discard" and not reason:
-            self.page("confirm.html", status=422, count=len(ids), note="A reason is required "
-                      "to discard.", **form)  # fmt: skip
+            self.page(
+                "confirm.html",
+                status=422,
+                count=len(ids),
+                note="A reason is required to discard.",
+                **form,
+            )
             return
         by = self.session.client
         outcome, refused = await self.redis(
-            lambda: _bulk(ids, action, by, force, reason), BULK_DEADLINE_S)
-        log.info("console: %s bulk %s of %d %s jobs: %s, %d refused", by, action, len(ids), name,
-                 outcome, len(refused), extra={"by": by})  # fmt: skip
-        self.page("bulk_done.html", action=action, name=name, count=len(ids), outcome=outcome,
-                  refused=refused, wanted=wanted)  # fmt: skip
+            lambda: _bulk(ids, action, by, force, reason), BULK_DEADLINE_S
+        )
+        log.info(
+            "console: %s bulk %s of %d %s jobs: %s, %d refused",
+            by,
+            action,
+            len(ids),
+            name,
+            outcome,
+            len(refused),
+            extra={"by": by},
+        )
+        self.page(
+            "bulk_done.html",
+            action=action,
+            name=name,
+            count=len(ids),
+            outcome=outcome,
+            refused=refused,
+            wanted=wanted,
+        )
 
 
 def _bulk(

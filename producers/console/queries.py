@@ -50,9 +50,13 @@ class Filter:
 
     def params(self) -> dict[str, str]:
         """As query parameters (only those set)."""
-        shown = {"destination": self.destination, "code": self.code, "q": self.text,
-                 "sort": "" if self.sort == "age" else self.sort,
-                 "order": "desc" if self.newest_first else ""}  # fmt: skip
+        shown = {
+            "destination": self.destination,
+            "code": self.code,
+            "q": self.text,
+            "sort": "" if self.sort == "age" else self.sort,
+            "order": "desc" if self.newest_first else "",
+        }
         return {k: v for k, v in shown.items() if v}
 
     def admits(self, kind: str, code: str, reason: str, entity: str) -> bool:
@@ -96,8 +100,11 @@ def sets_of(ledger: Ledger, name: str, destinations: list[str]) -> list[str]:
     if name in ("merged", "superseded"):
         return [f"recent:{name}"]
     if name == "queued":
-        return [s for d in destinations for s in
-                (f"dispatched:{d}", f"ready:{d}:realtime", f"ready:{d}:bulk")]  # fmt: skip
+        return [
+            s
+            for d in destinations
+            for s in (f"dispatched:{d}", f"ready:{d}:realtime", f"ready:{d}:bulk")
+        ]
     raise ValueError(f"no list {name}")
 
 
@@ -114,21 +121,25 @@ def job_page(
         slice_ = ledger.listing(keys[0], offset, limit, newest_first=wanted.newest_first)
         return Page(_rows(ledger, name, slice_), total, offset, limit, scanned=False)
     scored = _scan(ledger, name, keys, wanted)
-    chosen = scored[offset:offset + limit]
-    return Page(_rows(ledger, name, [(i, s) for i, s, _ in chosen]), len(scored), offset, limit,
-                scanned=True)  # fmt: skip
+    chosen = scored[offset : offset + limit]
+    return Page(
+        _rows(ledger, name, [(i, s) for i, s, _ in chosen]),
+        len(scored),
+        offset,
+        limit,
+        scanned=True,
+    )
 
 
 def matching_ids(ledger: Ledger, name: str, wanted: Filter, destinations: list[str]) -> list[str]:
     """Every job of a list that ``wanted`` admits, in the list's order (a bulk action's
     selection)."""
-    return [job_id for job_id, _, _ in _scan(ledger, name, sets_of(ledger, name, destinations),
-                                             wanted)]  # fmt: skip
+    return [
+        job_id for job_id, _, _ in _scan(ledger, name, sets_of(ledger, name, destinations), wanted)
+    ]
 
 
-def _scan(
-    ledger: Ledger, name: str, keys: list[str], wanted: Filter
-) -> list[tuple[str, int, int]]:
+def _scan(ledger: Ledger, name: str, keys: list[str], wanted: Filter) -> list[tuple[str, int, int]]:
     """(id, score, attempts) of every job in ``keys`` that ``wanted`` admits, sorted."""
     members: list[tuple[str, int]] = []
     for key in keys:
@@ -153,8 +164,11 @@ def _scan(
 
 def _rows(ledger: Ledger, name: str, slice_: list[tuple[str, int]]) -> list[Row]:
     records = ledger.get_many([job_id for job_id, _ in slice_])
-    rows = [Row(record, score) for (_, score), record in zip(slice_, records, strict=True)
-            if record is not None]  # fmt: skip
+    rows = [
+        Row(record, score)
+        for (_, score), record in zip(slice_, records, strict=True)
+        if record is not None
+    ]
     if name == "running" and rows:
         pipe = ledger.r.pipeline(transaction=False)
         for row in rows:
@@ -221,8 +235,11 @@ def overview(ledger: Ledger, destinations: list[str], minutes: int = 10) -> Over
         pause = Pause(client, name, prefix=ledger.prefix).status()
         span = chart_span_ms(status, now, minutes * 60_000)
         seen = [limit for at, limit, _ in status.history if at >= now - span] + [status.limit]
-        gates.append(GateView(status, pause, chart_points(status, now, span), span // 1000,
-                              min(seen), max(seen)))  # fmt: skip
+        gates.append(
+            GateView(
+                status, pause, chart_points(status, now, span), span // 1000, min(seen), max(seen)
+            )
+        )
     by_destination, age = _breakdown(ledger, destinations)
     return Overview(ledger.counts(), by_destination, gates, now, age)
 
@@ -231,18 +248,24 @@ def _breakdown(ledger: Ledger, destinations: list[str]) -> tuple[dict[str, dict[
     """Jobs per destination in each listed state: queued from each queue's sets, the others by
     reading each job's kind. A set of more than ``LIVE_COUNT_MAX`` (the review set may hold
     100,000) is recounted at most every ``BREAKDOWN_TTL_S``; returns the oldest count's age."""
-    table = {d: dict.fromkeys(("queued", "running", "retrying", "review", "rejected"), 0)
-             for d in destinations}  # fmt: skip
+    table = {
+        d: dict.fromkeys(("queued", "running", "retrying", "review", "rejected"), 0)
+        for d in destinations
+    }
     pipe = ledger.r.pipeline(transaction=False)
     for d in destinations:
         for key in (f"dispatched:{d}", f"ready:{d}:realtime", f"ready:{d}:bulk"):
             pipe.zcard(ledger.set_key(key))
     sizes = pipe.execute()
     for i, d in enumerate(destinations):
-        table[d]["queued"] = sum(int(n) for n in sizes[3 * i:3 * i + 3])
+        table[d]["queued"] = sum(int(n) for n in sizes[3 * i : 3 * i + 3])
     oldest = 0.0
-    for name, key in (("running", "running"), ("retrying", "schedule"), ("review", "review"),
-                      ("rejected", "rejected")):  # fmt: skip
+    for name, key in (
+        ("running", "running"),
+        ("retrying", "schedule"),
+        ("review", "review"),
+        ("rejected", "rejected"),
+    ):
         counted = _per_destination(ledger, name, key)
         oldest = max(oldest, counted[1])
         for destination, n in counted[0].items():
@@ -254,8 +277,11 @@ def _breakdown(ledger: Ledger, destinations: list[str]) -> tuple[dict[str, dict[
 def _per_destination(ledger: Ledger, name: str, key: str) -> tuple[dict[str, int], float]:
     cached = _breakdown_cache.get((ledger.prefix, key))
     now = time.monotonic()
-    if cached is not None and now - cached[0] < BREAKDOWN_TTL_S and \
-            ledger.size(key) > LIVE_COUNT_MAX:  # fmt: skip
+    if (
+        cached is not None
+        and now - cached[0] < BREAKDOWN_TTL_S
+        and ledger.size(key) > LIVE_COUNT_MAX
+    ):
         return cached[1], now - cached[0]
     counts: dict[str, int] = {}
     ids = [job_id for job_id, _ in ledger.listing(key, 0, 10**9)]
@@ -289,8 +315,9 @@ def search(ledger: Ledger, text: str, destinations: list[str], clients: list[str
         candidates.append(("job id", text.lower()))
     for d in destinations:
         candidates.append((f"idempotency key at {d}", job_id_for(d, text)))
-        candidates += [(f"idempotency key of client {c} at {d}", job_id_for(d, f"{c}:{text}"))
-                       for c in clients]  # fmt: skip
+        candidates += [
+            (f"idempotency key of client {c} at {d}", job_id_for(d, f"{c}:{text}")) for c in clients
+        ]
     records = ledger.get_many([job_id for _, job_id in candidates])
     seen = set()
     for (how, _), record in zip(candidates, records, strict=True):
@@ -298,8 +325,11 @@ def search(ledger: Ledger, text: str, destinations: list[str], clients: list[str
             seen.add(record.id)
             found.jobs.append((how, record))
     prefix, sep, _ = text.partition(":")
-    entities = [text] if sep and prefix in destinations else [
-        f"{d}:{quote(text, safe='/')}" for d in destinations]  # fmt: skip
+    entities = (
+        [text]
+        if sep and prefix in destinations
+        else [f"{d}:{quote(text, safe='/')}" for d in destinations]
+    )
     for entity in entities:
         line = ledger.line(entity, 1000)
         last = ledger.last_delivery(entity)

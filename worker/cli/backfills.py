@@ -15,35 +15,79 @@ from worker.cli.common import console, fail, main, pairs
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--destination", "-d", required=True, metavar="NAME|KIND",
-              help="A destination (noojee, missioncapital, ...: every registered one) or a job "
-                   "kind (noojee.insert).")
-@click.option("--kind", "action", metavar="ACTION",
-              help="The destination's action when it has several (noojee: update or insert).")
-@click.option("--format", "file_format", type=click.Choice(["csv", "jsonl"]),
-              help="Default: by FILE's extension (.csv; .jsonl or .ndjson).")
-@click.option("--mapping", type=click.Path(exists=True, dir_okay=False), metavar="FILE.json",
-              help='{"file column": "field path", ...}; null or "" ignores the column.')
-@click.option("--set", "constants", multiple=True, metavar="FIELD=VALUE",
-              help="A value for every row, repeatable: --set template_id=41.")
-@click.option("--resume", is_flag=True,
-              help="Skip the rows an interrupted run of the same file already submitted.")
-@click.option("--dry-run", is_flag=True,
-              help="Validate every row and write the rejects file; send nothing (no Redis).")
-@click.option("--wait", is_flag=True,
-              help="After the last row, wait until every job of the run has ended.")
-@click.option("--max-queue-depth", type=click.IntRange(min=0), metavar="N",
-              help="Pause while the destination's queue holds N jobs or more (default: "
-                   "CONTACTSYNC_BACKFILL__MAX_QUEUE_DEPTH, 10000; 0: never pause).")
-@click.option("--version-column", metavar="COLUMN",
-              help="The column (JSONL: key) with each row's version of its data, an integer or "
-                   "an RFC 3339 timestamp: a row older than what was delivered for its record "
-                   "is not sent (superseded).")
+@click.option(
+    "--destination",
+    "-d",
+    required=True,
+    metavar="NAME|KIND",
+    help="A destination (noojee, missioncapital, ...: every registered one) or a job "
+    "kind (noojee.insert).",
+)
+@click.option(
+    "--kind",
+    "action",
+    metavar="ACTION",
+    help="The destination's action when it has several (noojee: update or insert).",
+)
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["csv", "jsonl"]),
+    help="Default: by FILE's extension (.csv; .jsonl or .ndjson).",
+)
+@click.option(
+    "--mapping",
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="FILE.json",
+    help='{"file column": "field path", ...}; null or "" ignores the column.',
+)
+@click.option(
+    "--set",
+    "constants",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="A value for every row, repeatable: --set template_id=41.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Skip the rows an interrupted run of the same file already submitted.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate every row and write the rejects file; send nothing (no Redis).",
+)
+@click.option(
+    "--wait", is_flag=True, help="After the last row, wait until every job of the run has ended."
+)
+@click.option(
+    "--max-queue-depth",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Pause while the destination's queue holds N jobs or more (default: "
+    "CONTACTSYNC_BACKFILL__MAX_QUEUE_DEPTH, 10000; 0: never pause).",
+)
+@click.option(
+    "--version-column",
+    metavar="COLUMN",
+    help="The column (JSONL: key) with each row's version of its data, an integer or "
+    "an RFC 3339 timestamp: a row older than what was delivered for its record "
+    "is not sent (superseded).",
+)
 def backfill(
-    file: str, destination: str, action: str | None, file_format: str | None,
-    mapping: str | None, constants: tuple[str, ...], resume: bool, dry_run: bool, wait: bool,
-    max_queue_depth: int | None, version_column: str | None,
-) -> None:  # fmt: skip
+    file: str,
+    destination: str,
+    action: str | None,
+    file_format: str | None,
+    mapping: str | None,
+    constants: tuple[str, ...],
+    resume: bool,
+    dry_run: bool,
+    wait: bool,
+    max_queue_depth: int | None,
+    version_column: str | None,
+) -> None:
     """Queue one bulk job per row of FILE (CSV or JSONL), streamed in constant memory.
 
     CSV: the header names a field in each column (after --mapping): a job field by its name
@@ -85,9 +129,14 @@ def backfill(
     )
 
     errors = Console(stderr=True)
-    bar = rp.Progress(rp.TextColumn("{task.description:<26}"), rp.BarColumn(),
-                      rp.TaskProgressColumn(), rp.TextColumn("{task.fields[figures]}"),
-                      rp.TimeElapsedColumn(), console=errors)  # fmt: skip
+    bar = rp.Progress(
+        rp.TextColumn("{task.description:<26}"),
+        rp.BarColumn(),
+        rp.TaskProgressColumn(),
+        rp.TextColumn("{task.fields[figures]}"),
+        rp.TimeElapsedColumn(),
+        console=errors,
+    )
     task = bar.add_task("starting", total=None, figures="", start=False)
     seen: list[BackfillProgress] = []
 
@@ -96,31 +145,52 @@ def backfill(
             seen.append(p)
             bar.start()
             bar.start_task(task)
-        figures = (f"{p.rows_read:,} read  {p.enqueued:,} enqueued  {p.already_queued:,} "
-                   f"already queued  {p.rejected:,} rejected  {p.rows_per_s:,.0f} rows/s")
+        figures = (
+            f"{p.rows_read:,} read  {p.enqueued:,} enqueued  {p.already_queued:,} "
+            f"already queued  {p.rejected:,} rejected  {p.rows_per_s:,.0f} rows/s"
+        )
         if p.jobs:
             figures += f"  {p.jobs['delivered'] + p.jobs['merged']:,} delivered"
         if p.phase == "waiting":
             ended = p.jobs["jobs"] - p.jobs["pending"]
-            bar.update(task, description=f"delivering ({p.jobs['pending']:,} to go)",
-                       total=max(p.jobs["jobs"], 1), completed=ended, figures=figures)
+            bar.update(
+                task,
+                description=f"delivering ({p.jobs['pending']:,} to go)",
+                total=max(p.jobs["jobs"], 1),
+                completed=ended,
+                figures=figures,
+            )
             return
-        described = {"hashing": "hashing the file", "done": "done",
-                     "reading": "validating" if dry_run else "sending",
-                     "paused": f"paused: queue {p.queue_depth or 0:,} ≥ {p.queue_cap:,}"}
-        bar.update(task, description=described[p.phase], total=max(p.bytes_total, 1),
-                   completed=p.bytes_read, figures=figures)  # fmt: skip
+        described = {
+            "hashing": "hashing the file",
+            "done": "done",
+            "reading": "validating" if dry_run else "sending",
+            "paused": f"paused: queue {p.queue_depth or 0:,} ≥ {p.queue_cap:,}",
+        }
+        bar.update(
+            task,
+            description=described[p.phase],
+            total=max(p.bytes_total, 1),
+            completed=p.bytes_read,
+            figures=figures,
+        )
 
     def note(text: str) -> None:
         errors.print(f"[yellow]note:[/yellow] {escape(text)}")
 
     try:
         spec = Backfill(
-            path=Path(file), kind=resolve_kind(destination, action), format=file_format,
+            path=Path(file),
+            kind=resolve_kind(destination, action),
+            format=file_format,
             mapping=load_mapping(Path(mapping)) if mapping else {},
-            constants=pairs(constants, "--set"), resume=resume, dry_run=dry_run, wait=wait,
-            max_queue_depth=max_queue_depth, version_column=version_column,
-        )  # fmt: skip
+            constants=pairs(constants, "--set"),
+            resume=resume,
+            dry_run=dry_run,
+            wait=wait,
+            max_queue_depth=max_queue_depth,
+            version_column=version_column,
+        )
         try:
             result = run(spec, show, note)
         finally:
@@ -130,8 +200,11 @@ def backfill(
         return
     except KeyboardInterrupt:
         done = f" after row {seen[0].last_row}" if seen and seen[0].last_row else ""
-        console.print("interrupted" if dry_run else f"interrupted{done}: run the same command "
-                      "with --resume to go on from there")  # fmt: skip
+        console.print(
+            "interrupted"
+            if dry_run
+            else f"interrupted{done}: run the same command with --resume to go on from there"
+        )
         sys.exit(130)
     _print_backfill(result, dry_run)
     if not result.ok:
@@ -149,22 +222,39 @@ def _print_backfill(result: Any, dry_run: bool) -> None:
         rejected += f"  (rows and reasons in {result.rejects_path})"
     rows = [("rows read", f"{result.rows_read:,}")]
     if result.resumed_after:
-        rows.append(("resumed", f"after row {result.resumed_after:,} ({result.skipped:,} rows "
-                                "submitted before, counted here)"))  # fmt: skip
+        rows.append(
+            (
+                "resumed",
+                f"after row {result.resumed_after:,} ({result.skipped:,} rows "
+                "submitted before, counted here)",
+            )
+        )
     if not dry_run:
-        rows += [("enqueued", f"{result.enqueued:,}"),
-                 ("already queued", f"{result.already_queued:,} (by an earlier run)")]
+        rows += [
+            ("enqueued", f"{result.enqueued:,}"),
+            ("already queued", f"{result.already_queued:,} (by an earlier run)"),
+        ]
     rows += [("rejected", rejected), ("rows/s", f"{result.rows_per_s:,.0f}")]
     if result.pauses:
-        rows.append(("paused", f"{result.pauses} time(s), {result.paused_s:.1f} s in all "
-                               "(the queue was at its cap)"))  # fmt: skip
+        rows.append(
+            (
+                "paused",
+                f"{result.pauses} time(s), {result.paused_s:.1f} s in all "
+                "(the queue was at its cap)",
+            )
+        )
     if result.jobs:
         jobs = result.jobs
         merged = f" (+{jobs['merged']:,} merged into them)" if jobs["merged"] else ""
         superseded = f", {jobs['superseded']:,} superseded" if jobs["superseded"] else ""
-        rows.append(("jobs", f"{jobs['delivered']:,} delivered{merged}, {jobs['review']:,} in "
-                             f"review, {jobs['rejected']:,} rejected{superseded}, "
-                             f"{jobs['pending']:,} on their way"))
+        rows.append(
+            (
+                "jobs",
+                f"{jobs['delivered']:,} delivered{merged}, {jobs['review']:,} in "
+                f"review, {jobs['rejected']:,} rejected{superseded}, "
+                f"{jobs['pending']:,} on their way",
+            )
+        )
     for label, value in rows:
         table.add_row(f"  [bold]{label}[/bold]", escape(value))
     console.print(table)
@@ -172,7 +262,11 @@ def _print_backfill(result: Any, dry_run: bool) -> None:
         console.print("nothing was sent (--dry-run)")
         return
     key = checkpoint_key(get_settings().key_prefix, result.run_id)
-    console.print(f"interrupted runs: the same command with --resume skips what was submitted "
-                  f"(checkpoint: Redis hash {key}); running it again sends no row twice.\n"
-                  "jobs that did not deliver: `contactsync review list`, `contactsync rejected "
-                  "list`", highlight=False, markup=False)  # fmt: skip
+    console.print(
+        f"interrupted runs: the same command with --resume skips what was submitted "
+        f"(checkpoint: Redis hash {key}); running it again sends no row twice.\n"
+        "jobs that did not deliver: `contactsync review list`, `contactsync rejected "
+        "list`",
+        highlight=False,
+        markup=False,
+    )

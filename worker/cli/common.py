@@ -59,8 +59,10 @@ class _Main(click.Group):
             from worker.broker import redis_url
             from worker.settings import mask_url_password
 
-            fail(f"cannot reach Redis at {mask_url_password(redis_url())}: start the system with "
-                  "`contactsync up`, or set CONTACTSYNC_REDIS_URL to a running server")  # fmt: skip
+            fail(
+                f"cannot reach Redis at {mask_url_password(redis_url())}: start the system with "
+                "`contactsync up`, or set CONTACTSYNC_REDIS_URL to a running server"
+            )
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})

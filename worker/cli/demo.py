@@ -53,13 +53,23 @@ def sample_jobs(count: int, rng: random.Random) -> tuple[list[Any], dict[str, li
         elif n == 99:
             scripts[lead] = [101]  # no such lead in the campaign
         first, last = rng.choice(FIRST), rng.choice(LAST)
-        fields = {"FirstPhone": f"03 9{rng.randrange(10**7):07d}", "Name": f"{first} {last}",
-                  "Email": f"{first}.{last}@example.com".lower()}  # fmt: skip
-        jobs.append(NoojeeLeadUpdate(
-            template_id=41, campaign_id=41, allocation_id=38, external_lead_id=lead,
-            disposition=rng.choice(DISPOSITIONS), priority=rng.randrange(5, 30), fields=fields,
-            callback_date=f"2026/12/{rng.randrange(1, 29):02d} {rng.randrange(9, 17):02d}:30",
-        ))  # fmt: skip
+        fields = {
+            "FirstPhone": f"03 9{rng.randrange(10**7):07d}",
+            "Name": f"{first} {last}",
+            "Email": f"{first}.{last}@example.com".lower(),
+        }
+        jobs.append(
+            NoojeeLeadUpdate(
+                template_id=41,
+                campaign_id=41,
+                allocation_id=38,
+                external_lead_id=lead,
+                disposition=rng.choice(DISPOSITIONS),
+                priority=rng.randrange(5, 30),
+                fields=fields,
+                callback_date=f"2026/12/{rng.randrange(1, 29):02d} {rng.randrange(9, 17):02d}:30",
+            )
+        )
     return jobs, scripts
 
 
@@ -83,19 +93,38 @@ def other_jobs(count: int, rng: random.Random) -> tuple[list[Any], dict[str, lis
 
     jobs: list[Any] = []
     for n in range(count):
-        jobs.append(validate_job("missioncapital.contact_user",
-                                 {"application_id": salesforce_id(n)}))  # fmt: skip
+        jobs.append(
+            validate_job("missioncapital.contact_user", {"application_id": salesforce_id(n)})
+        )
         first, last = rng.choice(FIRST), rng.choice(LAST)
-        jobs.append(validate_job("trendsic.contact_connection", {
-            "contact_id": 1001 + n % 10, "agent_id": 7,
-            "contact": {"FirstName": first, "LastName": last,
-                        "Phone": f"(03) 9{rng.randrange(10**7):07d}"},
-        }))  # fmt: skip
+        jobs.append(
+            validate_job(
+                "trendsic.contact_connection",
+                {
+                    "contact_id": 1001 + n % 10,
+                    "agent_id": 7,
+                    "contact": {
+                        "FirstName": first,
+                        "LastName": last,
+                        "Phone": f"(03) 9{rng.randrange(10**7):07d}",
+                    },
+                },
+            )
+        )
         customer, person = EXPANDABLE_CONTACTS[n % len(EXPANDABLE_CONTACTS)]
-        jobs.append(validate_job("expandable.contact_update", {
-            "CUSTOMER_ID": customer, "CUST_CONTACT": person, "CONTACT_STATUS": "A",
-            "NOTES": f"Called {rng.choice(DISPOSITIONS).lower()} on 2026-11-{n % 28 + 1:02d}",
-        }))  # fmt: skip
+        jobs.append(
+            validate_job(
+                "expandable.contact_update",
+                {
+                    "CUSTOMER_ID": customer,
+                    "CUST_CONTACT": person,
+                    "CONTACT_STATUS": "A",
+                    "NOTES": (
+                        f"Called {rng.choice(DISPOSITIONS).lower()} on 2026-11-{n % 28 + 1:02d}"
+                    ),
+                },
+            )
+        )
     scripts: dict[str, list[Any]] = {
         # Staging and production mixed up: this application does not exist in this org.
         "missioncapital": [{"id": salesforce_id(3), "answers": ["not-found"]}],
@@ -114,11 +143,11 @@ def run_demo(console: Console, count: int, linger: bool) -> None:
     # backfill's idempotency keys would name them) and report those again.
     sandbox = get_settings().data_dir / "demo"
     if running_url(sandbox):
-        raise click.ClickException(f"a demo already runs on {sandbox}: stop it first (Ctrl-C in "
-                                   "its terminal)")  # fmt: skip
+        raise click.ClickException(
+            f"a demo already runs on {sandbox}: stop it first (Ctrl-C in its terminal)"
+        )
     shutil.rmtree(sandbox, ignore_errors=True)
-    stack = Stack(sandbox, sandboxed=True,
-                  simulator_args=["--slots", "4", "--latency", "0.1"])  # fmt: skip
+    stack = Stack(sandbox, sandboxed=True, simulator_args=["--slots", "4", "--latency", "0.1"])
     with console.status("starting embedded Redis, the Noojee simulator, a worker and Flower..."):
         stack.start()
     try:
@@ -133,11 +162,14 @@ def run_demo(console: Console, count: int, linger: bool) -> None:
                 f"{stack.intake_url}/v1/review",
                 highlight=False,
             )
-            stack.keep_running(lambda event: console.print(f"[yellow]{event}[/yellow]",
-                                                            highlight=False))
+            stack.keep_running(
+                lambda event: console.print(f"[yellow]{event}[/yellow]", highlight=False)
+            )
         else:
-            console.print("`contactsync demo --linger` keeps the system running afterwards, to "
-                          "look around in Flower and resolve the review jobs.")  # fmt: skip
+            console.print(
+                "`contactsync demo --linger` keeps the system running afterwards, to "
+                "look around in Flower and resolve the review jobs."
+            )
     except KeyboardInterrupt:
         pass
     finally:
@@ -153,12 +185,20 @@ def _run(console: Console, stack: Stack, count: int) -> None:
     jobs, scripts = sample_jobs(count - 3 * others, rng)
     more, other_scripts = other_jobs(others, rng)
     _script_simulators(stack, scripts, other_scripts)
-    intake = httpx.Client(base_url=stack.intake_url, timeout=30,
-                          headers={"Authorization": f"Bearer {stack.intake_token}"})  # fmt: skip
+    intake = httpx.Client(
+        base_url=stack.intake_url,
+        timeout=30,
+        headers={"Authorization": f"Bearer {stack.intake_token}"},
+    )
     refused = _refused(intake)
     started = time.monotonic()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         noojee_ids, other_ids = _submit(stack, intake, progress, jobs, more)
         _settle(stack, progress, noojee_ids, other_ids, len(more), started)
@@ -183,10 +223,21 @@ def _script_simulators(
 
 def _refused(intake: httpx.Client) -> list[str]:
     """A job that cannot succeed never reaches the queue: the intake names every bad field."""
-    answer = intake.post("/v1/jobs", json={"kind": "noojee.update", "job": {
-        "template_id": 41, "campaign_id": 41, "allocation_id": 38, "external_lead_id": "X-1",
-        "disposition": "Sale", "callback_date": "24/12/2026", "fields": {"Name": "Al Bo"},
-    }})  # fmt: skip
+    answer = intake.post(
+        "/v1/jobs",
+        json={
+            "kind": "noojee.update",
+            "job": {
+                "template_id": 41,
+                "campaign_id": 41,
+                "allocation_id": 38,
+                "external_lead_id": "X-1",
+                "disposition": "Sale",
+                "callback_date": "24/12/2026",
+                "fields": {"Name": "Al Bo"},
+            },
+        },
+    )
     return [f"{e['path']}: {e['reason']}" for e in answer.json().get("errors", [])]
 
 
@@ -204,18 +255,25 @@ def _submit(
     posting = progress.add_task("intake   ", total=len(live), detail="HTTP, realtime")
     posted = []
     for job in live:
-        answer = intake.post("/v1/jobs", json={
-            "kind": job.kind, "job": job.model_dump(mode="json", exclude_none=True)})
+        answer = intake.post(
+            "/v1/jobs",
+            json={"kind": job.kind, "job": job.model_dump(mode="json", exclude_none=True)},
+        )
         answer.raise_for_status()
         posted.append(answer.json()["job_id"])
         progress.advance(posting)
     backfilled = [job for n, job in enumerate(jobs) if n % 10]
     filling = progress.add_task("backfill ", total=len(backfilled), detail="")
-    noojee_ids = posted[:len(live_noojee)] + _backfill(
-        stack, backfilled, lambda p: progress.update(
-            filling, completed=p.rows_read, detail=f"{p.enqueued} enqueued, bulk"))
-    other_ids = posted[len(live_noojee):] + submit_many(
-        [job for n, job in enumerate(more) if n % 3], client="demo")
+    noojee_ids = posted[: len(live_noojee)] + _backfill(
+        stack,
+        backfilled,
+        lambda p: progress.update(
+            filling, completed=p.rows_read, detail=f"{p.enqueued} enqueued, bulk"
+        ),
+    )
+    other_ids = posted[len(live_noojee) :] + submit_many(
+        [job for n, job in enumerate(more) if n % 3], client="demo"
+    )
     return noojee_ids, other_ids
 
 
@@ -243,7 +301,7 @@ def _settle(
         done = sum(states[s] for s in TERMINAL)
         detail = "  ".join(f"{s} {states[s]}" for s in SHOWN_STATES if states[s])
         progress.update(settling, completed=done, detail=detail)
-        others_done = sum(state in TERMINAL for state in answers[len(noojee_ids):])
+        others_done = sum(state in TERMINAL for state in answers[len(noojee_ids) :])
         if not expired and others_done >= others // 3:
             for declared in registry():
                 if declared.token_login and declared.name in stack.simulator_urls:
@@ -275,11 +333,19 @@ def _backfill(stack: Stack, jobs: list[Any], progress: Any) -> list[str]:
         out.writerow(names + lead_fields)
         for job in jobs:
             out.writerow([getattr(job, n) for n in names] + [job.fields[n] for n in lead_fields])
-    result = run(Backfill(path, "noojee.update", max_queue_depth=0, constants={
-        "template_id": "41", "campaign_id": "41", "allocation_id": "38"}), progress)
+    result = run(
+        Backfill(
+            path,
+            "noojee.update",
+            max_queue_depth=0,
+            constants={"template_id": "41", "campaign_id": "41", "allocation_id": "38"},
+        ),
+        progress,
+    )
     # The spreadsheet's row numbers: the header is row 1.
-    return [job_id_for("noojee", f"backfill:{result.run_id}:{row}")
-            for row in range(2, len(jobs) + 2)]  # fmt: skip
+    return [
+        job_id_for("noojee", f"backfill:{result.run_id}:{row}") for row in range(2, len(jobs) + 2)
+    ]
 
 
 def _report(
@@ -289,45 +355,63 @@ def _report(
     console.print(table)
     merged = sum(r.state == "merged" for r in records)
     if merged:
-        console.print(f"  {merged} updates of a record that was already being updated were "
-                      "merged into one call with it (newest value of each field wins)",
-                      highlight=False)  # fmt: skip
+        console.print(
+            f"  {merged} updates of a record that was already being updated were "
+            "merged into one call with it (newest value of each field wins)",
+            highlight=False,
+        )
     busy = [r for r in records if any(e.get("code") == "109" for e in r.history)]
     n109 = sum(1 for r in busy for e in r.history if e.get("code") == "109")
     pbx = httpx.get(f"{stack.simulator_urls['noojee']}/_stats", timeout=10).json()
-    console.print(f"  noojee: {len(busy)} leads answered busy (109) {n109} times (the PBX "
-                  f"counted {pbx['answers'].get('109', 0)} in {pbx['calls']} calls), retried "
-                  "with backoff, then delivered", highlight=False)  # fmt: skip
+    console.print(
+        f"  noojee: {len(busy)} leads answered busy (109) {n109} times (the PBX "
+        f"counted {pbx['answers'].get('109', 0)} in {pbx['calls']} calls), retried "
+        "with backoff, then delivered",
+        highlight=False,
+    )
     for destination, state, n, reason in details:
         colour = {"review": "yellow", "rejected": "red"}.get(state, "blue")
-        console.print(f"  {destination}: [{colour}]{n} {state}[/{colour}]: {reason}",
-                      highlight=False)  # fmt: skip
+        console.print(
+            f"  {destination}: [{colour}]{n} {state}[/{colour}]: {reason}", highlight=False
+        )
     if refused:
-        console.print(f"  [red]refused by the intake[/red] (422, never queued): "
-                      f"{'; '.join(refused)}", highlight=False)  # fmt: skip
+        console.print(
+            f"  [red]refused by the intake[/red] (422, never queued): {'; '.join(refused)}",
+            highlight=False,
+        )
     if unsettled:
         console.print(f"  [red]{unsettled} not settled in time[/red]: see `contactsync jobs`")
-    console.print(f"  {len(records)} jobs settled in {elapsed:.1f} s. Every token expired a "
-                  "third of the way through and was fetched again once for the whole fleet "
-                  "(logins, token refreshes included). The gate column is the fleet's limit "
-                  "of calls in flight now (its range over the run).",
-                  highlight=False)  # fmt: skip
+    console.print(
+        f"  {len(records)} jobs settled in {elapsed:.1f} s. Every token expired a "
+        "third of the way through and was fetched again once for the whole fleet "
+        "(logins, token refreshes included). The gate column is the fleet's limit "
+        "of calls in flight now (its range over the run).",
+        highlight=False,
+    )
     user, password = stack.flower_credentials[0], stack.flower_password_shown
-    console.print(f"Flower: {stack.flower_url}  user [bold]{user}[/bold]  password "
-                  f"[bold]{password}[/bold]")  # fmt: skip
-    console.print(f"Intake: {stack.intake_url}  bearer token [bold]{stack.intake_token}[/bold] "
-                  f"(OpenAPI at {stack.intake_url}/openapi.json)", highlight=False)
+    console.print(
+        f"Flower: {stack.flower_url}  user [bold]{user}[/bold]  password [bold]{password}[/bold]"
+    )
+    console.print(
+        f"Intake: {stack.intake_url}  bearer token [bold]{stack.intake_token}[/bold] "
+        f"(OpenAPI at {stack.intake_url}/openapi.json)",
+        highlight=False,
+    )
 
 
-def _table(
-    stack: Stack, records: list[Any]
-) -> tuple[Table, list[tuple[str, str, int, str]], int]:
+def _table(stack: Stack, records: list[Any]) -> tuple[Table, list[tuple[str, str, int, str]], int]:
     """Where every job went, destination by destination: (the table, the reasons of the jobs
     that did not deliver, how many have not ended)."""
     table = Table(title=f"contactsync demo: {len(records)} contact updates to four destinations")
-    for column, justify in (("destination", "left"), ("delivered", "right"), ("merged", "right"),
-                            ("review", "right"), ("rejected", "right"), ("gate", "left"),
-                            ("logins", "right")):  # fmt: skip
+    for column, justify in (
+        ("destination", "left"),
+        ("delivered", "right"),
+        ("merged", "right"),
+        ("review", "right"),
+        ("rejected", "right"),
+        ("gate", "left"),
+        ("logins", "right"),
+    ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     details: list[tuple[str, str, int, str]] = []
     unsettled = 0
@@ -341,10 +425,15 @@ def _table(
             for reason, n in Counter(r.last_reason for r in mine if r.state == state).items():
                 details.append((destination, state, n, reason))
         logins = _logins(stack, destination)
-        table.add_row(destination, str(states["delivered"]), str(states["merged"]),
-                      str(states["review"]), str(states["rejected"]),
-                      _gate_summary(destination),
-                      "-" if logins is None else str(logins))  # fmt: skip
+        table.add_row(
+            destination,
+            str(states["delivered"]),
+            str(states["merged"]),
+            str(states["review"]),
+            str(states["rejected"]),
+            _gate_summary(destination),
+            "-" if logins is None else str(logins),
+        )
     return table, details, unsettled
 
 

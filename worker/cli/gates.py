@@ -74,11 +74,13 @@ def _print_gate(status: GateStatus, now_ms: int, minutes: int) -> None:
         ("waiting", f"{waiting.get('realtime', 0)} realtime, {waiting.get('bulk', 0)} bulk"),
         ("latency floor", _ms(status.floor_ms)),
         ("latency p50 / p95", f"{_ms(status.p50_ms)} / {_ms(status.p95_ms)}"),
-        ("busy answers", f"{status.busy_last_minute} in the last minute, "
-                         f"{status.busy_total} in total"),
+        (
+            "busy answers",
+            f"{status.busy_last_minute} in the last minute, {status.busy_total} in total",
+        ),
         ("expired leases", f"{status.expired_total} in total"),
         (f"limit, last {minutes} min", _chart(status, now_ms, minutes)),
-    ]:  # fmt: skip
+    ]:
         table.add_row(f"  {label}", escape(value))
     console.print(table)
     console.print()
@@ -96,8 +98,13 @@ def gate(ctx: click.Context) -> None:
 @gate.command("status")
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output, history included.")
-@click.option("--minutes", default=10, show_default=True, type=click.IntRange(1, 24 * 60),
-              help="How far back the limit chart (and the JSON history) goes.")  # fmt: skip
+@click.option(
+    "--minutes",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 24 * 60),
+    help="How far back the limit chart (and the JSON history) goes.",
+)
 def gate_status(name: str | None, as_json: bool, minutes: int) -> None:
     """Each gate's figures, fleet-wide, read from Redis. NAME is a gate (noojee:3f2a9c1e0b)
     or a destination (noojee: all its gates); without it, every gate.
@@ -139,8 +146,10 @@ def gate_status(name: str | None, as_json: bool, minutes: int) -> None:
         click.echo(json.dumps({"now_ms": now_ms, "minutes": minutes, "gates": gates}, indent=2))
         return
     if not statuses:
-        console.print("no gates yet: a destination's gate appears in Redis with its first "
-                      "delivery (`contactsync jobs` shows whether any job ran)")  # fmt: skip
+        console.print(
+            "no gates yet: a destination's gate appears in Redis with its first "
+            "delivery (`contactsync jobs` shows whether any job ran)"
+        )
         return
     for status in statuses:
         _print_gate(status, now_ms, minutes)

@@ -33,16 +33,22 @@ def _show_job(job_id: str, reveal: bool) -> None:
     facts = _ledger().order_facts(record)
     table = Table(show_header=False, box=None)
     for label, value in [
-        ("job", record.id), ("kind", record.kind), ("state", record.state),
-        ("record", record.entity or "-"), ("version", record.version or "-"),
+        ("job", record.id),
+        ("kind", record.kind),
+        ("state", record.state),
+        ("record", record.entity or "-"),
+        ("version", record.version or "-"),
         *order_rows(facts, when),
-        ("priority", record.priority), ("client", record.client or "-"),
-        ("submitted", when(record.submitted_at_ms)), ("updated", when(record.updated_at_ms)),
-        ("attempts", str(record.attempts)), ("faults", str(record.faults)),
+        ("priority", record.priority),
+        ("client", record.client or "-"),
+        ("submitted", when(record.submitted_at_ms)),
+        ("updated", when(record.updated_at_ms)),
+        ("attempts", str(record.attempts)),
+        ("faults", str(record.faults)),
         ("last answer", f"{record.last_code} {record.last_reason}".strip() or "-"),
         ("next attempt", when(record.next_attempt_at_ms) if record.state == "retrying" else "-"),
         ("retry until", when(record.retry_until_ms)),
-    ]:  # fmt: skip
+    ]:
         table.add_row(f"[bold]{label}[/bold]", escape(value))
     console.print(table)
     if record.payload:
@@ -68,9 +74,13 @@ def jobs(ctx: click.Context) -> None:
     """Job counts by state (`jobs show ID` for one job)."""
     if ctx.invoked_subcommand is None:
         counts = _ledger().counts()
-        table = Table("state", "jobs", caption="delivered, merged, superseded: every job so far "
-                      "(records expire after the retention; the counts do not). held: waiting "
-                      "for an earlier job of the same record")  # fmt: skip
+        table = Table(
+            "state",
+            "jobs",
+            caption="delivered, merged, superseded: every job so far "
+            "(records expire after the retention; the counts do not). held: waiting "
+            "for an earlier job of the same record",
+        )
         for state, n in counts.items():
             table.add_row(state, str(n))
         console.print(table)
@@ -87,14 +97,26 @@ def jobs_show(job_id: str, reveal: bool) -> None:
 def _listing(name: str, limit: int, offset: int) -> None:
     ledger = _ledger()
     rows = ledger.listing(name, offset, limit)
-    table = Table("job", "since", "kind", "record", "attempts", "reason", title=f"{name}: "
-                  f"{ledger.size(name)} job(s)")  # fmt: skip
+    table = Table(
+        "job",
+        "since",
+        "kind",
+        "record",
+        "attempts",
+        "reason",
+        title=f"{name}: {ledger.size(name)} job(s)",
+    )
     records = ledger.get_many([job_id for job_id, _ in rows])
     for (job_id, at), record in zip(rows, records, strict=True):
         if record is not None:
-            table.add_row(job_id, when(at), record.kind, escape(record.entity or "-"),
-                          str(record.attempts),
-                          escape(f"{record.last_code} {record.last_reason}"))  # fmt: skip
+            table.add_row(
+                job_id,
+                when(at),
+                record.kind,
+                escape(record.entity or "-"),
+                str(record.attempts),
+                escape(f"{record.last_code} {record.last_reason}"),
+            )
     console.print(table)
 
 
@@ -121,13 +143,21 @@ def review_show(job_id: str, reveal: bool) -> None:
 
 @review.command("requeue")
 @click.argument("job_id")
-@click.option("--set", "changes", multiple=True, metavar="FIELD=VALUE",
-              help="Edit before requeueing, repeatable: a job field (disposition=Sale) or a lead "
-                   "field (FirstPhone=0383218199).")  # fmt: skip
+@click.option(
+    "--set",
+    "changes",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Edit before requeueing, repeatable: a job field (disposition=Sale) or a lead "
+    "field (FirstPhone=0383218199).",
+)
 @click.option("--by", default=getpass.getuser, help="Who resolves it (recorded).")
-@click.option("--force", is_flag=True,
-              help="Send it even though a newer job of the same record was delivered since: "
-                   "it overwrites that newer data (recorded).")  # fmt: skip
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Send it even though a newer job of the same record was delivered since: "
+    "it overwrites that newer data (recorded).",
+)
 def review_requeue(job_id: str, changes: tuple[str, ...], by: str, force: bool) -> None:
     """Send a job in review (or rejected) to its destination again, optionally edited.
 
@@ -186,8 +216,10 @@ def payloads_reseal() -> None:
 
     done = reseal_all(_ledger(), payload_codec())
     key = "the first key" if payload_codec().enabled else "no key (plaintext)"
-    console.print(f"{done.changed:,} job(s) sealed again with {key}, {done.kept:,} already "
-                  f"were, {done.skipped:,} changed meanwhile (and so are)")  # fmt: skip
+    console.print(
+        f"{done.changed:,} job(s) sealed again with {key}, {done.kept:,} already "
+        f"were, {done.skipped:,} changed meanwhile (and so are)"
+    )
 
 
 @main.group()

@@ -42,8 +42,10 @@ def up(workers: int) -> None:
         with console.status("starting contactsync..."):
             stack.start()
         _print_stack(stack)
-        console.print("Ctrl-C stops everything. A server or worker that dies is started again "
-                      f"(and noted in {stack.log_dir / 'supervisor.log'}).")  # fmt: skip
+        console.print(
+            "Ctrl-C stops everything. A server or worker that dies is started again "
+            f"(and noted in {stack.log_dir / 'supervisor.log'})."
+        )
         stack.keep_running(lambda event: console.print(f"[yellow]{escape(event)}[/yellow]"))
     except KeyboardInterrupt:
         console.print("stopping...")
@@ -61,18 +63,26 @@ def _print_stack(stack: Any) -> None:
         console.print(f"{name:<10} {url}  (simulator)", highlight=False)
     console.print(f"workers    {stack.workers}, logs under {stack.log_dir}")
     if stack.flower_url:
-        console.print(f"flower     {stack.flower_url}  user [bold]{user}[/bold] "
-                      f"password [bold]{password}[/bold]")  # fmt: skip
+        console.print(
+            f"flower     {stack.flower_url}  user [bold]{user}[/bold] "
+            f"password [bold]{password}[/bold]"
+        )
     if stack.intake_url:
-        token = (f"bearer token [bold]{stack.intake_token}[/bold] (client local, an operator)"
-                 if stack.intake_token else "tokens from CONTACTSYNC_INTAKE__TOKENS")
+        token = (
+            f"bearer token [bold]{stack.intake_token}[/bold] (client local, an operator)"
+            if stack.intake_token
+            else "tokens from CONTACTSYNC_INTAKE__TOKENS"
+        )
         console.print(f"intake     {stack.intake_url}  {token}", highlight=False)
 
 
 @main.command()
 @click.option("--jobs", "count", default=300, show_default=True, help="Sample updates to send.")
-@click.option("--linger/--no-linger", default=None,
-              help="Keep the system running after the table (default: only on a terminal).")
+@click.option(
+    "--linger/--no-linger",
+    default=None,
+    help="Keep the system running after the table (default: only on a terminal).",
+)
 def demo(count: int, linger: bool | None) -> None:
     """Start the whole system, deliver a realistic sample through it, and print what happened."""
     from worker.cli.demo import run_demo
@@ -84,8 +94,12 @@ def demo(count: int, linger: bool | None) -> None:
 @main.command()
 @click.option("--host", help="Address to listen on (default: CONTACTSYNC_INTAKE__HOST).")
 @click.option("--port", type=int, help="Port (default: CONTACTSYNC_INTAKE__PORT; 0: any free).")
-@click.option("--port-file", type=click.Path(dir_okay=False), hidden=True,
-              help="Write the port listened on to this file (for `up`).")  # fmt: skip
+@click.option(
+    "--port-file",
+    type=click.Path(dir_okay=False),
+    hidden=True,
+    help="Write the port listened on to this file (for `up`).",
+)
 def intake(host: str | None, port: int | None, port_file: str | None) -> None:
     """Serve the HTTP intake: POST /v1/jobs (one job or up to 1,000), GET /v1/jobs/ID,
     GET /v1/review, POST /v1/review/ID/requeue|discard, GET /healthz, GET /openapi.json.
@@ -104,8 +118,11 @@ def intake(host: str | None, port: int | None, port_file: str | None) -> None:
     settings = settings.model_copy(update=overrides)
 
     def ready(bound: int) -> None:
-        console.print(f"intake listening on http://{settings.host}:{bound} "
-                      f"({len(settings.tokens)} client token(s))", highlight=False)  # fmt: skip
+        console.print(
+            f"intake listening on http://{settings.host}:{bound} "
+            f"({len(settings.tokens)} client token(s))",
+            highlight=False,
+        )
         if port_file:
             write_port_file(port_file, bound)
 

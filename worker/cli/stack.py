@@ -129,10 +129,13 @@ class Stack:
                 ).start()
                 self._started_at["redis"] = time.monotonic()
                 self.env["CONTACTSYNC_REDIS_URL"] = self.redis.url
-            self._start_simulators([
-                d.name for d in simulated()
-                if self.sandboxed or not d.configured(settings.destination_settings(d.name))
-            ])  # fmt: skip
+            self._start_simulators(
+                [
+                    d.name
+                    for d in simulated()
+                    if self.sandboxed or not d.configured(settings.destination_settings(d.name))
+                ]
+            )
             self._apply_env()
             for n in range(1, self.workers + 1):
                 self.start_worker(f"w{n}")
@@ -162,17 +165,20 @@ class Stack:
                 try:
                     self.redis.restart()
                     self._started_at["redis"] = time.monotonic()
-                    events.append(f"the embedded server is back on "
-                                  f"{mask_url_password(self.redis.url)} (its append-only file "
-                                  "replayed)")  # fmt: skip
+                    events.append(
+                        f"the embedded server is back on "
+                        f"{mask_url_password(self.redis.url)} (its append-only file "
+                        "replayed)"
+                    )
                 except RuntimeError as exc:
                     events.append(f"the embedded server did not start again: {exc}")
         for name, proc, log in list(self._children):
             if proc.poll() is None:
                 continue
             restart = self._restarts.setdefault(name, Restart())
-            if restart.due(now, events, f"{name} (exit code {proc.returncode})",
-                           self._started_at.get(name)):  # fmt: skip
+            if restart.due(
+                now, events, f"{name} (exit code {proc.returncode})", self._started_at.get(name)
+            ):
                 log.close()
                 self._children.remove((name, proc, log))
                 self._spawn(name, self._commands[name])
@@ -197,9 +203,13 @@ class Stack:
         os.chmod(log.fileno(), PRIVATE_FILE)
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
             preexec_fn=die_with_parent(),
-        )  # fmt: skip
+        )
         self._children.append((name, proc, log))
         return proc
 
@@ -211,10 +221,21 @@ class Stack:
             port_file = port_files[name] = self.data_dir / f"simulator-{name}.port"
             port_file.unlink(missing_ok=True)
             extra = self.simulator_args if name == "noojee" else []
-            self._spawn(f"simulator-{name}", [
-                sys.executable, "-m", str(sim.simulator), "--port", "0", "--port-file",
-                str(port_file), *sim.sandbox_args, *extra, *self.simulator_options.get(name, []),
-            ])  # fmt: skip
+            self._spawn(
+                f"simulator-{name}",
+                [
+                    sys.executable,
+                    "-m",
+                    str(sim.simulator),
+                    "--port",
+                    "0",
+                    "--port-file",
+                    str(port_file),
+                    *sim.sandbox_args,
+                    *extra,
+                    *self.simulator_options.get(name, []),
+                ],
+            )
         for name, port_file in port_files.items():
             wait_until(functools.partial(self._started, port_file), 20, f"the {name} simulator")
             url = self.simulator_urls[name] = f"http://127.0.0.1:{port_file.read_text().strip()}"
@@ -230,10 +251,23 @@ class Stack:
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
         """Start one Celery worker process (``celery -A worker worker``) named ``name@host``,
         without gossip and mingle (worker state we do not use; less work for its main thread)."""
-        return self._spawn(f"worker-{name}", [
-            sys.executable, "-m", "celery", "-A", "worker", "worker", "-n", f"{name}@%h",
-            "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-        ])  # fmt: skip
+        return self._spawn(
+            f"worker-{name}",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "-n",
+                f"{name}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
 
     def wait_for_workers(self, count: int) -> None:
         """Until ``count`` workers answer a ping."""
@@ -255,8 +289,19 @@ class Stack:
         port = flower.port if flower.port and _port_free(flower.port) else free_port()
         self.env["FLOWER_BASIC_AUTH"] = f"{flower.user}:{password}"
         self.env["FLOWER_PORT"] = str(port)
-        self._spawn("flower", [sys.executable, "-m", "celery", "-A", "worker", "flower",
-                               "--address=127.0.0.1", f"--port={port}"])  # fmt: skip
+        self._spawn(
+            "flower",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "flower",
+                "--address=127.0.0.1",
+                f"--port={port}",
+            ],
+        )
         self.flower_url = f"http://127.0.0.1:{port}"
 
         def answers() -> bool:
@@ -280,8 +325,19 @@ class Stack:
         port = intake.port if intake.port and _port_free(intake.port) else 0
         port_file = self.data_dir / "intake.port"
         port_file.unlink(missing_ok=True)
-        self._spawn("intake", [sys.executable, "-m", "worker.cli", "intake", "--port", str(port),
-                               "--port-file", str(port_file)])  # fmt: skip
+        self._spawn(
+            "intake",
+            [
+                sys.executable,
+                "-m",
+                "worker.cli",
+                "intake",
+                "--port",
+                str(port),
+                "--port-file",
+                str(port_file),
+            ],
+        )
         wait_until(functools.partial(self._started, port_file), 30, "the intake")
         self.intake_url = f"http://{intake.host}:{port_file.read_text().strip()}"
 
@@ -345,9 +401,7 @@ class Restart:
     not_before: float = 0.0
     noticed: bool = False
 
-    def due(
-        self, now: float, events: list[str], what: str, started_at: float | None
-    ) -> bool:
+    def due(self, now: float, events: list[str], what: str, started_at: float | None) -> bool:
         """Whether to start it now; notes the death once (in ``events``) when first seen."""
         if not self.noticed:
             lived = now - started_at if started_at is not None else 0.0

@@ -16,19 +16,30 @@ def _noojee_options(func: Any) -> Any:
         click.option("--campaign-id", type=int, required=True, help="fCampaignId"),
         click.option("--allocation-id", type=int, required=True, help="fAllocationId"),
         click.option("--lead-id", required=True, help="njExternalLeadId"),
-        click.option("--disposition", help="njDisposition (required on update; <No Change> "
-                                           "keeps the current one)"),
+        click.option(
+            "--disposition",
+            help="njDisposition (required on update; <No Change> keeps the current one)",
+        ),
         click.option("--callback-date", help="njCallBackDate, yyyy/MM/dd HH:mm"),
         click.option("--priority", "lead_priority", type=int, help="njPriority, 0-100"),
         click.option("--contact-hours", help="njContactHours (timezone name)"),
-        click.option("--field", "fields", multiple=True, metavar="NAME=VALUE",
-                     help="A lead field, repeatable; at least one ...Phone field."),
+        click.option(
+            "--field",
+            "fields",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="A lead field, repeatable; at least one ...Phone field.",
+        ),
         click.option("--bulk", is_flag=True, help="Submit as bulk (default realtime)."),
         click.option("--idempotency-key", help="Same key twice: delivered once."),
-        click.option("--version", "version", metavar="V",
-                     help="Your version of this data (integer, or RFC 3339 timestamp with its "
-                          "offset): older than one delivered for the lead → not sent."),
-    ]  # fmt: skip
+        click.option(
+            "--version",
+            "version",
+            metavar="V",
+            help="Your version of this data (integer, or RFC 3339 timestamp with its "
+            "offset): older than one delivered for the lead → not sent.",
+        ),
+    ]
     for option in reversed(options):
         func = option(func)
     return func
@@ -41,12 +52,16 @@ def submit() -> None:
 
 def _submit(kind: str, opts: dict[str, Any]) -> None:
     data: dict[str, Any] = {
-        "template_id": opts["template_id"], "campaign_id": opts["campaign_id"],
-        "allocation_id": opts["allocation_id"], "external_lead_id": opts["lead_id"],
-        "disposition": opts["disposition"], "callback_date": opts["callback_date"],
-        "priority": opts["lead_priority"], "contact_hours": opts["contact_hours"],
+        "template_id": opts["template_id"],
+        "campaign_id": opts["campaign_id"],
+        "allocation_id": opts["allocation_id"],
+        "external_lead_id": opts["lead_id"],
+        "disposition": opts["disposition"],
+        "callback_date": opts["callback_date"],
+        "priority": opts["lead_priority"],
+        "contact_hours": opts["contact_hours"],
         "fields": pairs(opts["fields"], "--field"),
-    }  # fmt: skip
+    }
     _queue(kind, {k: v for k, v in data.items() if v is not None}, opts)
 
 
@@ -60,9 +75,13 @@ def _queue(kind: str, data: dict[str, Any], opts: dict[str, Any]) -> None:
         fail(f"{exc}\nnothing was queued.")
         return
     try:
-        job_id = submit_job(job, priority="bulk" if opts["bulk"] else "realtime",
-                            idempotency_key=opts["idempotency_key"], client="cli",
-                            version=opts["version"])  # fmt: skip
+        job_id = submit_job(
+            job,
+            priority="bulk" if opts["bulk"] else "realtime",
+            idempotency_key=opts["idempotency_key"],
+            client="cli",
+            version=opts["version"],
+        )
     except ValueError as exc:
         fail(f"{exc}\nnothing was queued.")
         return
@@ -87,15 +106,26 @@ def _kind_command(kind: str, summary: str) -> None:
     """`contactsync submit KIND-NAME --job JSON`: a job of any registered kind, its fields as
     the intake takes them (``POST /v1/jobs``)."""
 
-    @submit.command(kind.replace(".", "-").replace("_", "-"),
-                    help=f"{summary} (`{kind}`; the fields as the intake takes them).")
-    @click.option("--job", "job_json", required=True, metavar="JSON",
-                  help="The job's fields, a JSON object; @FILE reads it from FILE.")
+    @submit.command(
+        kind.replace(".", "-").replace("_", "-"),
+        help=f"{summary} (`{kind}`; the fields as the intake takes them).",
+    )
+    @click.option(
+        "--job",
+        "job_json",
+        required=True,
+        metavar="JSON",
+        help="The job's fields, a JSON object; @FILE reads it from FILE.",
+    )
     @click.option("--bulk", is_flag=True, help="Submit as bulk (default realtime).")
     @click.option("--idempotency-key", help="Same key twice: delivered once.")
-    @click.option("--version", "version", metavar="V",
-                  help="Your version of this data (integer, or RFC 3339 timestamp with its "
-                       "offset): older than one delivered for the record → not sent.")
+    @click.option(
+        "--version",
+        "version",
+        metavar="V",
+        help="Your version of this data (integer, or RFC 3339 timestamp with its "
+        "offset): older than one delivered for the record → not sent.",
+    )
     def run(job_json: str, **opts: Any) -> None:
         from pathlib import Path
 
@@ -103,12 +133,14 @@ def _kind_command(kind: str, summary: str) -> None:
         try:
             data = json.loads(text)
         except ValueError as exc:  # the message names a position, never the text
-            fail(f"--job is not JSON ({exc.__class__.__name__} at character "
-                  f"{getattr(exc, 'pos', '?')}); nothing was queued.")
+            fail(
+                f"--job is not JSON ({exc.__class__.__name__} at character "
+                f"{getattr(exc, 'pos', '?')}); nothing was queued."
+            )
             return
         if not isinstance(data, dict):
             fail("--job must be a JSON object of the job's fields; nothing was queued.")
-        _queue(kind, data, opts)  # fmt: skip
+        _queue(kind, data, opts)
 
 
 def _kind_commands() -> None:
