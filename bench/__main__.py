@@ -1,19 +1,19 @@
 """`make bench`: the ways in (enqueue rates, Redis memory per job, the intake, a million-row
 dry-run backfill), the framework's own cost per job against plain Celery and Dramatiq, the
 gate's scenarios A-J and L (plain Celery and the gate side by side), order per record
-(coalescing, the hand-off), chaos (workers and the Redis server SIGKILLed), the fairness of the
-other destinations beside a Noojee backfill, the operator's console with 100,000 jobs in review,
-and what payload encryption at rest costs.
+(coalescing, the hand-off), chaos (workers and the Redis server SIGKILLed), the reconciler's
+rounds with 1,000,000 jobs queued, the fairness of the other destinations beside a Noojee
+backfill, the operator's console with 100,000 jobs in review, and what payload encryption at
+rest costs.
 
 ``python -m bench`` runs them all; ``python -m bench enqueue`` the ways in alone; ``python -m
 bench cost`` the cost per job of contactsync (gate on and off), plain Celery and Dramatiq
 (``python -m bench cost contactsync [celery ...] [JOBS]``: those systems, with JOBS jobs instead
 of 10,000; the targets then compare with plain Celery's figures of the last full run);
 ``python -m bench C D`` some gate scenarios (``python -m bench A L``: L's target compares with
-A's figure); ``python -m bench order`` / ``chaos`` / ``durability`` / ``fairness`` /
-``console`` / ``codec`` / ``commands`` (a delivered job's Redis commands, by script) that
-benchmark. Results are
-printed and written under ``bench/results/``.
+A's figure); ``python -m bench order`` / ``chaos`` / ``durability`` / ``reconcile`` /
+``fairness`` / ``console`` / ``codec`` / ``commands`` (a delivered job's Redis commands, by
+script) that benchmark. Results are printed and written under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import chaos, codec, commands, console, cost, durability, enqueue, fairness, gate, order
+from bench import (
+    chaos,
+    codec,
+    commands,
+    console,
+    cost,
+    durability,
+    enqueue,
+    fairness,
+    gate,
+    order,
+    reconcile,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -251,6 +263,7 @@ def main(argv: list[str]) -> int:
         "ORDER",
         "CHAOS",
         "DURABILITY",
+        "RECONCILE",
         "CONSOLE",
         "CODEC",
         "COST",
@@ -267,6 +280,7 @@ def main(argv: list[str]) -> int:
     order_wanted = not wanted or "ORDER" in wanted
     chaos_wanted = not wanted or "CHAOS" in wanted
     durability_wanted = not wanted or "DURABILITY" in wanted
+    reconcile_wanted = not wanted or "RECONCILE" in wanted
     console_wanted = not wanted or "CONSOLE" in wanted
     codec_wanted = not wanted or "CODEC" in wanted
     cost_wanted = not wanted or "COST" in wanted
@@ -347,6 +361,14 @@ def main(argv: list[str]) -> int:
             durability.run,
             lambda r: "\n".join(f"   {k:30}{show(v):>40}" for k, v in r.items()),
         )
+        met = met and entry["met"]
+    if reconcile_wanted:
+        print(
+            f"\nreconcile benchmark: the rounds that keep 'queued' a promise, with "
+            f"{reconcile.BACKLOG:,} jobs queued",
+            flush=True,
+        )
+        entry = _run("reconcile.json", "reconcile", machine, reconcile.run, reconcile.table)
         met = met and entry["met"]
     if chaos_wanted:
         print(
