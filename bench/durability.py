@@ -20,32 +20,39 @@ from typing import Any
 JOBS, SETTLED, THREADS = 20_000, 4_000, 8
 
 
+def noojee_jobs(count: int, first: int = 0) -> list[Any]:
+    """``count`` Noojee updates, each of a lead of its own (``NewJob``s for ``create_many``)."""
+    from worker.ledger import NewJob, now_ms
+
+    return [
+        NewJob(
+            id=uuid.uuid4().hex,
+            kind="noojee.update",
+            destination="noojee",
+            task="noojee.deliver",
+            queue="noojee",
+            priority="bulk",
+            payload='{"fields": {"FirstPhone": "0383218199"}}',
+            retry_until_ms=now_ms() + 86_400_000,
+            entity=f"noojee:L{first + n}",
+        )
+        for n in range(count)
+    ]
+
+
 def measure(appendfsync: str) -> dict[str, Any]:
     import redis
 
     from worker.dispatch import Template
     from worker.embedded import EmbeddedRedis
-    from worker.ledger import Ledger, NewJob, now_ms
+    from worker.ledger import Ledger
 
     with EmbeddedRedis.under(Path(tempfile.mkdtemp(prefix="contactsync-fsync-"))) as server:
         client = redis.Redis.from_url(server.url, decode_responses=True)
         client.config_set("appendfsync", appendfsync)
         ledger = Ledger(client, prefix="d:")
         template = Template("noojee", '{"headers": {"id": "@@job@@"}}')
-        jobs = [
-            NewJob(
-                id=uuid.uuid4().hex,
-                kind="noojee.update",
-                destination="noojee",
-                task="noojee.deliver",
-                queue="noojee",
-                priority="bulk",
-                payload='{"fields": {"FirstPhone": "0383218199"}}',
-                retry_until_ms=now_ms() + 86_400_000,
-                entity=f"noojee:L{n}",
-            )
-            for n in range(JOBS)
-        ]
+        jobs = noojee_jobs(JOBS)
         started = time.perf_counter()
         for start in range(0, JOBS, 1000):
             chunk = jobs[start : start + 1000]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,10 @@ def _rounds(ledger: Any) -> dict[str, dict[str, float]]:
 def run() -> dict[str, Any]:
     import redis
 
+    from bench.durability import noojee_jobs
     from worker.dispatch import Template
     from worker.embedded import EmbeddedRedis
-    from worker.ledger import Ledger, NewJob, now_ms
+    from worker.ledger import Ledger
 
     root = Path(tempfile.mkdtemp(prefix="contactsync-reconcile-"))
     with EmbeddedRedis.under(root) as server:
@@ -57,20 +57,7 @@ def run() -> dict[str, Any]:
         empty = _rounds(ledger)
         started = time.perf_counter()
         for first in range(0, BACKLOG, CHUNK):
-            jobs = [
-                NewJob(
-                    id=uuid.uuid4().hex,
-                    kind="noojee.update",
-                    destination="noojee",
-                    task="noojee.deliver",
-                    queue="noojee",
-                    priority="bulk",
-                    payload='{"fields": {"FirstPhone": "0383218199"}}',
-                    retry_until_ms=now_ms() + 86_400_000,
-                    entity=f"noojee:L{first + n}",
-                )
-                for n in range(CHUNK)
-            ]
+            jobs = noojee_jobs(CHUNK, first)
             ledger.create_many(jobs, [template] * CHUNK)
         filled_s = time.perf_counter() - started
         on_list = client.llen("noojee:9")

@@ -135,6 +135,24 @@ def simulator(stack: Any) -> Simulator:
     return Simulator(stack.simulator_url)
 
 
+def celery_worker(*args: str) -> list[str]:
+    """The command of a real Celery worker of this project, at INFO, without gossip or mingle
+    (they only slow a test's start); ``args`` add queues (-Q), a name (-n), threads (-c)."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+        *args,
+    ]
+
+
 def wait_for(check: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
     """Poll until ``check()`` returns something truthy; fail naming ``what`` after the deadline."""
     deadline = time.monotonic() + timeout_s

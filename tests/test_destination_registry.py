@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_ENV, wait_for
+from tests.conftest import TEST_ENV, celery_worker, wait_for
 from worker.destinations import destination_of, registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,20 +242,7 @@ def test_a_sixth_destination_in_its_own_package_is_delivered_by_a_real_worker(
 
     log = tmp_path / "worker.log"
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-n",
-            "notes@%h",
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-        ],
+        celery_worker("-n", "notes@%h"),
         cwd=ROOT,
         env=env,
         stdout=log.open("wb"),

@@ -39,7 +39,7 @@ import pytest
 import redis
 
 from sandbox.noojee import NoojeeSimConfig, serve
-from tests.conftest import TEST_ENV, simulator_in_thread, wait_for
+from tests.conftest import TEST_ENV, celery_worker, simulator_in_thread, wait_for
 from worker.embedded import free_port, server_binary
 from worker.ledger import TERMINAL, job_id_for
 
@@ -350,22 +350,7 @@ def _run_failover(tmp_path: Path, wait_replicas: int, behind: bool) -> dict[str,
         )
         log = tmp_path / "worker.log"
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "worker",
-                "-Q",
-                "noojee",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "-n",
-                "ha@%h",
-            ],
+            celery_worker("-Q", "noojee", "-n", "ha@%h"),
             env=env,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import new_lead_id, sample_update, wait_for, wait_for_state
+from tests.conftest import celery_worker, new_lead_id, sample_update, wait_for, wait_for_state
 from worker.logs import JsonFormatter
 
 
@@ -52,24 +52,7 @@ def test_a_worker_with_json_logs_writes_only_json_lines_with_job_fields(
     env = {**os.environ, "CONTACTSYNC_LOG_FORMAT": "json", "CONTACTSYNC_METRICS_PORT": "0"}
     with errors.open("w") as sink:
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "worker",
-                "-Q",
-                "noojee",
-                "-c",
-                "2",
-                "-n",
-                "jsonlogs@%h",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-            ],
+            celery_worker("-Q", "noojee", "-c", "2", "-n", "jsonlogs@%h"),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=sink,

@@ -23,7 +23,7 @@ from celery.app.trace import build_tracer
 from celery.exceptions import Reject
 
 from sandbox.noojee import NoojeeSimConfig, serve
-from tests.conftest import TEST_ENV, simulator_in_thread, wait_for
+from tests.conftest import TEST_ENV, celery_worker, simulator_in_thread, wait_for
 from worker.requeue_log import CELERY_TRACE_LOGGER, NO_PERMIT, SUMMARY, NoPermitSummary
 
 app = Celery("requeue-log-test", set_as_current=False)
@@ -142,23 +142,9 @@ def test_a_fleet_waiting_at_a_gate_of_1_writes_almost_no_log_lines(
             }
         )
         logs = [tmp_path / f"w{n}.log" for n in (1, 2)]
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-Q",
-            "noojee",
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-        ]
         workers = [
             subprocess.Popen(
-                [*command, "-n", f"q{n}@%h"],
+                celery_worker("-Q", "noojee", "-n", f"q{n}@%h"),
                 env=env,
                 stdout=log.open("wb"),
                 stderr=subprocess.STDOUT,
