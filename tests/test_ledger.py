@@ -151,6 +151,27 @@ def test_republisher_queues_due_jobs_and_skips_settled_ones(ledger: Ledger) -> N
     assert ledger.size("schedule") == 0
 
 
+def test_just_after_a_worker_died_what_it_had_taken_comes_back_within_seconds(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from worker import republisher
+
+    ledger.create(new_job("taken"), Template(QUEUE, '{"headers": {"id": "@@job@@"}}'))
+    ledger.r.delete(QUEUE)  # a worker took its message 2 s ago, and never claimed its job
+    ledger.r.hset("unacked", "taken.1", "[...]")
+    ledger.r.zadd("unacked_index", {"taken.1": time.time() - 2})
+    later = now_ms() + 2_000
+    monkeypatch.setattr("worker.ledger.now_ms", lambda: later)
+    keeper = republisher.Republisher(FakeApp(), ledger, ["noojee"])  # type: ignore[arg-type]
+    assert keeper.run_once() == 0  # it may just be busy: ten seconds' grace
+    ledger.r.delete("t:reconcile:noojee")
+    ledger.r.set("t:died", "1", px=republisher.QUICK_WINDOW_MS)  # the sweep found it dead
+    assert keeper.run_once() == 1
+    assert ledger.r.lrange(QUEUE, 0, -1) == ['{"headers": {"id": "taken"}}']
+
+
 def test_a_due_retry_is_queued_with_its_message_in_the_step_that_takes_it_off(
     ledger: Ledger,
 ) -> None:

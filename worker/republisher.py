@@ -33,6 +33,13 @@ RECONCILE_S = 5.0
 TRANSIT_GRACE_MS = 10_000
 #: How often one worker of the fleet looks for dead worker processes (worker/liveness.py).
 SWEEP_MS = 400
+#: For this long after a worker was found dead, every round reconciles every queue with
+#: ``QUICK_GRACE_MS`` instead of ``TRANSIT_GRACE_MS``: the messages the dead worker had taken
+#: but not claimed (or was taking) are sent again within seconds, not ten. A live worker claims
+#: a message within milliseconds of taking it (it takes one only when a thread is free); one
+#: slower than this makes a duplicate, which its claim drops.
+QUICK_WINDOW_MS = 4_000
+QUICK_GRACE_MS = 1_000
 #: Every this many ticks (a minute), forget rejected jobs whose records have expired.
 PRUNE_EVERY_TICKS = 120
 #: Every this many ticks (10 s), see whether the fleet's AOF rewrite is due (``worker/aof.py``).
@@ -63,6 +70,7 @@ class Republisher:
         if self.ledger.r.set(f"{self.ledger.prefix}sweep", "1", nx=True, px=SWEEP_MS):
             dead = liveness.sweep(self.ledger.r, self.ledger.prefix, self._reap_dead)
             if dead:
+                self.ledger.r.set(f"{self.ledger.prefix}died", "1", px=QUICK_WINDOW_MS)
                 log.warning(
                     "worker process(es) %s died: their permits and jobs are back", ", ".join(dead)
                 )
@@ -73,9 +81,14 @@ class Republisher:
                 ", ".join(reaped[:10]),
             )
         lost: list[str] = []
+        quick = bool(self.ledger.r.exists(f"{self.ledger.prefix}died"))
         for queue in self.queues:
             turn = f"{self.ledger.prefix}reconcile:{queue}"
-            if self.ledger.r.set(turn, "1", nx=True, px=int(RECONCILE_S * 1000)):
+            if quick:  # a worker died just now: what it had taken comes back within seconds
+                lost += self.ledger.reconcile(
+                    queue, QUICK_GRACE_MS, self.unacked_key, QUICK_GRACE_MS
+                )[1]
+            elif self.ledger.r.set(turn, "1", nx=True, px=int(RECONCILE_S * 1000)):
                 held_ms = max(TRANSIT_GRACE_MS, 3 * self.ledger.lease_ms)
                 lost += self.ledger.reconcile(queue, TRANSIT_GRACE_MS, self.unacked_key, held_ms)[1]
             else:
