@@ -2,9 +2,9 @@
 dry-run backfill), the framework's own cost per job against plain Celery and Dramatiq, the
 gate's scenarios A-J and L (plain Celery and the gate side by side), order per record
 (coalescing, the hand-off), chaos (workers and the Redis server SIGKILLed), the reconciler's
-rounds with 1,000,000 jobs queued, the fairness of the other destinations beside a Noojee
-backfill, the operator's console with 100,000 jobs in review, and what payload encryption at
-rest costs.
+rounds with 1,000,000 jobs queued, a Sentinel failover, the fairness of the other destinations
+beside a Noojee backfill, the operator's console with 100,000 jobs in review, and what payload
+encryption at rest costs.
 
 ``python -m bench`` runs them all; ``python -m bench enqueue`` the ways in alone; ``python -m
 bench cost`` the cost per job of contactsync (gate on and off), plain Celery and Dramatiq
@@ -12,8 +12,8 @@ bench cost`` the cost per job of contactsync (gate on and off), plain Celery and
 of 10,000; the targets then compare with plain Celery's figures of the last full run);
 ``python -m bench C D`` some gate scenarios (``python -m bench A L``: L's target compares with
 A's figure); ``python -m bench order`` / ``chaos`` / ``durability`` / ``reconcile`` /
-``fairness`` / ``console`` / ``codec`` / ``commands`` (a delivered job's Redis commands, by
-script) that benchmark. Results are printed and written under ``bench/results/``.
+``failover`` / ``fairness`` / ``console`` / ``codec`` / ``commands`` (a delivered job's Redis
+commands, by script) that benchmark. Results are printed and written under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from bench import (
     cost,
     durability,
     enqueue,
+    failover,
     fairness,
     gate,
     order,
@@ -264,6 +265,7 @@ def main(argv: list[str]) -> int:
         "CHAOS",
         "DURABILITY",
         "RECONCILE",
+        "FAILOVER",
         "CONSOLE",
         "CODEC",
         "COST",
@@ -281,6 +283,7 @@ def main(argv: list[str]) -> int:
     chaos_wanted = not wanted or "CHAOS" in wanted
     durability_wanted = not wanted or "DURABILITY" in wanted
     reconcile_wanted = not wanted or "RECONCILE" in wanted
+    failover_wanted = not wanted or "FAILOVER" in wanted
     console_wanted = not wanted or "CONSOLE" in wanted
     codec_wanted = not wanted or "CODEC" in wanted
     cost_wanted = not wanted or "COST" in wanted
@@ -369,6 +372,10 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
         entry = _run("reconcile.json", "reconcile", machine, reconcile.run, reconcile.table)
+        met = met and entry["met"]
+    if failover_wanted:
+        print("\nfailover benchmark: the Sentinel primary SIGKILLed while jobs deliver", flush=True)
+        entry = _run("failover.json", "failover", machine, failover.run, failover.table)
         met = met and entry["met"]
     if chaos_wanted:
         print(

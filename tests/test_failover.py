@@ -458,14 +458,15 @@ def _run_failover(tmp_path: Path, wait_replicas: int, behind: bool) -> dict[str,
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
     ("wait_replicas", "behind"),
-    [(0, False), (0, True), (1, True)],
-    ids=["async", "async-replicas-behind", "wait-replicas-behind"],
+    [(0, False), (1, True)],
+    ids=["async", "wait-replicas-behind"],
 )
 def test_failover_the_worker_and_a_producer_carry_on(
     tmp_path: Path, wait_replicas: int, behind: bool
 ) -> None:
     """``behind``: the replicas are cut off for a while before the primary dies (replication
-    lag, made long enough to count what it costs)."""
+    lag, made long enough to count what it costs). What it costs without ``WAIT`` (jobs lost) is
+    measured by ``python -m bench failover``, which runs this harness in all three cases."""
     figures = _run_failover(tmp_path, wait_replicas, behind)
     print(
         f"failover, CONTACTSYNC_REDIS_WAIT_REPLICAS={wait_replicas}, replicas behind: "
@@ -474,8 +475,6 @@ def test_failover_the_worker_and_a_producer_carry_on(
     assert figures["accepted"] == BEFORE
     if wait_replicas:  # a job the producer was told is queued is on a replica too
         assert figures["lost"] == 0
-    elif behind:  # what it submitted while the replicas were behind is gone with the primary
-        assert figures["lost"] > 0
 
 
 @pytest.mark.integration

@@ -31,8 +31,8 @@ ALERTS = {
 def exported_metrics() -> set[str]:
     """The metric names worker/metrics.py exposes (counters get _total)."""
     source = (ROOT / "worker" / "metrics.py").read_text()
-    gauges = set(re.findall(r'gauge\("([a-z_]+)"', source))
-    counters = {f"{n}_total" for n in re.findall(r'counter\("([a-z_]+)"', source)}
+    gauges = set(re.findall(r'gauge\(\s*"([a-z_]+)"', source))
+    counters = {f"{n}_total" for n in re.findall(r'counter\(\s*"([a-z_]+)"', source)}
     return {f"contactsync_{n}" for n in gauges | counters}
 
 
