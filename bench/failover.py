@@ -7,7 +7,7 @@ replicas in step; with the replicas cut off for a while first and no ``WAIT`` (w
 replication loses); and the same with ``CONTACTSYNC_REDIS_WAIT_REPLICAS=1``. Reported: jobs
 accepted and lost, duplicate calls, when a replica was promoted, the longest time without a
 delivery, and how long the producer stalled. Target: 0 lost with ``WAIT`` on. (``make test``
-runs the first and the last case; the middle one is a measurement, here.)
+runs the first case; the other two, slower, are measured here.)
 """
 
 from __future__ import annotations

@@ -456,25 +456,13 @@ def _run_failover(tmp_path: Path, wait_replicas: int, behind: bool) -> dict[str,
 
 @pytest.mark.integration
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize(
-    ("wait_replicas", "behind"),
-    [(0, False), (1, True)],
-    ids=["async", "wait-replicas-behind"],
-)
-def test_failover_the_worker_and_a_producer_carry_on(
-    tmp_path: Path, wait_replicas: int, behind: bool
-) -> None:
-    """``behind``: the replicas are cut off for a while before the primary dies (replication
-    lag, made long enough to count what it costs). What it costs without ``WAIT`` (jobs lost) is
-    measured by ``python -m bench failover``, which runs this harness in all three cases."""
-    figures = _run_failover(tmp_path, wait_replicas, behind)
-    print(
-        f"failover, CONTACTSYNC_REDIS_WAIT_REPLICAS={wait_replicas}, replicas behind: "
-        f"{behind}: {figures}"
-    )
-    assert figures["accepted"] == BEFORE
-    if wait_replicas:  # a job the producer was told is queued is on a replica too
-        assert figures["lost"] == 0
+def test_failover_the_worker_and_a_producer_carry_on(tmp_path: Path) -> None:
+    """The primary dies with its replica in step. ``python -m bench failover`` runs this
+    harness with the replicas cut off for a while first (replication lag, made long enough to
+    count what it costs), without and with ``WAIT``: jobs lost, and 0 lost with ``WAIT``."""
+    figures = _run_failover(tmp_path, wait_replicas=0, behind=False)
+    print(f"failover, replicas in step: {figures}")
+    assert figures["accepted"] == BEFORE  # (and _run_failover: every process carried on)
 
 
 @pytest.mark.integration
