@@ -40,6 +40,7 @@ SWEEP_MS = 400
 #: slower than this makes a duplicate, which its claim drops.
 QUICK_WINDOW_MS = 4_000
 QUICK_GRACE_MS = 1_000
+QUICK_TURN_MS = int(TICK_S * 1000)
 #: Every this many ticks (a minute), forget rejected jobs whose records have expired.
 PRUNE_EVERY_TICKS = 120
 #: Every this many ticks (10 s), see whether the fleet's AOF rewrite is due (``worker/aof.py``).
@@ -84,11 +85,13 @@ class Republisher:
         quick = bool(self.ledger.r.exists(f"{self.ledger.prefix}died"))
         for queue in self.queues:
             turn = f"{self.ledger.prefix}reconcile:{queue}"
-            if quick:  # a worker died just now: what it had taken comes back within seconds
+            if quick and self.ledger.r.set(f"{turn}:quick", "1", nx=True, px=QUICK_TURN_MS):
+                # A worker died just now: what it had taken comes back within seconds (one
+                # worker of the fleet a round).
                 lost += self.ledger.reconcile(
                     queue, QUICK_GRACE_MS, self.unacked_key, QUICK_GRACE_MS
                 )[1]
-            elif self.ledger.r.set(turn, "1", nx=True, px=int(RECONCILE_S * 1000)):
+            elif not quick and self.ledger.r.set(turn, "1", nx=True, px=int(RECONCILE_S * 1000)):
                 held_ms = max(TRANSIT_GRACE_MS, 3 * self.ledger.lease_ms)
                 lost += self.ledger.reconcile(queue, TRANSIT_GRACE_MS, self.unacked_key, held_ms)[1]
             else:
