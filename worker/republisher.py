@@ -28,16 +28,16 @@ TICK_S = 0.5
 RECONCILE_S = 5.0
 #: How long a message may be between the broker list and kombu's unacked hash (a BRPOP answer
 #: on its way to the worker) before its job is found to have none. A worker may also hold a
-#: message it took without claiming its job (all its threads busy) for three claim leases: past
-#: that, its worker is taken for dead and the job is sent again.
+#: message it took without claiming its job (all its threads busy, at a full gate): the ordinary
+#: round leaves it that long, up to kombu's visibility timeout (``Republisher.held_ms``).
 TRANSIT_GRACE_MS = 10_000
 #: How often one worker of the fleet looks for dead worker processes (worker/liveness.py).
 SWEEP_MS = 400
 #: For this long after a worker was found dead, every round reconciles every queue with
 #: ``QUICK_GRACE_MS`` instead of ``TRANSIT_GRACE_MS``: the messages the dead worker had taken
-#: but not claimed (or was taking) are sent again within seconds, not ten. A live worker claims
-#: a message within milliseconds of taking it (it takes one only when a thread is free); one
-#: slower than this makes a duplicate, which its claim drops.
+#: but not claimed (or was taking) are sent again within seconds, not ten. A live worker
+#: usually claims a message within milliseconds of taking it; one slower than this (its threads
+#: busy) gets a duplicate, which its claim drops.
 QUICK_WINDOW_MS = 4_000
 QUICK_GRACE_MS = 1_000
 QUICK_TURN_MS = int(TICK_S * 1000)
@@ -61,6 +61,12 @@ class Republisher:
         self.unacked_key = (
             f"{options.get('global_keyprefix', '')}{options.get('unacked_key', 'unacked')}"
         )
+        # A message a live worker holds without claiming its job (its threads all busy) is not
+        # lost: kombu puts it back after its visibility timeout. A dead worker's are found
+        # within seconds of its death (the quick round above), so the ordinary round waits
+        # that long before it sends one again.
+        visibility_ms = int(float(options.get("visibility_timeout", 0)) * 1000)
+        self.held_ms = max(TRANSIT_GRACE_MS, 3 * ledger.lease_ms, visibility_ms)
         self.stopped = threading.Event()
 
     def run_once(self) -> int:
@@ -92,8 +98,9 @@ class Republisher:
                     queue, QUICK_GRACE_MS, self.unacked_key, QUICK_GRACE_MS
                 )[1]
             elif not quick and self.ledger.r.set(turn, "1", nx=True, px=int(RECONCILE_S * 1000)):
-                held_ms = max(TRANSIT_GRACE_MS, 3 * self.ledger.lease_ms)
-                lost += self.ledger.reconcile(queue, TRANSIT_GRACE_MS, self.unacked_key, held_ms)[1]
+                lost += self.ledger.reconcile(
+                    queue, TRANSIT_GRACE_MS, self.unacked_key, self.held_ms
+                )[1]
             else:
                 self.ledger.feed(queue)
         if lost:
