@@ -135,6 +135,10 @@ def simulator(stack: Any) -> Simulator:
     return Simulator(stack.simulator_url)
 
 
+#: Where a Noojee lead is placed, as `contactsync submit noojee-update` takes it.
+NOOJEE_PLACE = ("--template-id", "41", "--campaign-id", "41", "--allocation-id", "38")
+
+
 def celery_worker(*args: str) -> list[str]:
     """The command of a real Celery worker of this project, at INFO, without gossip or mingle
     (they only slow a test's start); ``args`` add queues (-Q), a name (-n), threads (-c)."""

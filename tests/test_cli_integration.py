@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PERSONAL_VALUES, Simulator, new_lead_id, run_cli, wait_for_state
+from tests.conftest import (
+    NOOJEE_PLACE,
+    PERSONAL_VALUES,
+    Simulator,
+    new_lead_id,
+    run_cli,
+    wait_for_state,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -15,12 +22,7 @@ def submit_by_cli(lead: str) -> str:
     result = run_cli(
         "submit",
         "noojee-update",
-        "--template-id",
-        "41",
-        "--campaign-id",
-        "41",
-        "--allocation-id",
-        "38",
+        *NOOJEE_PLACE,
         "--lead-id",
         lead,
         "--disposition",

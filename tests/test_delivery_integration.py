@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import (
+    NOOJEE_PLACE,
     PERSONAL_VALUES,
     Simulator,
     log_text,
@@ -142,12 +143,7 @@ def test_invalid_job_is_refused_at_submit_and_nothing_is_enqueued(stack: Any, le
     result = run_cli(
         "submit",
         "noojee-update",
-        "--template-id",
-        "41",
-        "--campaign-id",
-        "41",
-        "--allocation-id",
-        "38",
+        *NOOJEE_PLACE,
         "--lead-id",
         new_lead_id(),
         "--disposition",

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from producers.intake import Problem, parse_submission
 from tasks.models import JobValidationError, model_for, validate_job
-from tests.conftest import run_cli
+from tests.conftest import NOOJEE_PLACE, run_cli
 
 PHONE, NAME = "0412345678", "Jane Smith"
 VALID = {
@@ -196,12 +196,7 @@ def test_the_cli_submit_names_bad_fields_never_their_values(tmp_path: Path) -> N
     done = run_cli(
         "submit",
         "noojee-update",
-        "--template-id",
-        "41",
-        "--campaign-id",
-        "41",
-        "--allocation-id",
-        "38",
+        *NOOJEE_PLACE,
         "--lead-id",
         f"L\x01{PHONE}",
         "--disposition",
