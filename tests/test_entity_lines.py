@@ -323,6 +323,35 @@ def test_a_message_lost_in_transit_is_pushed_again_and_one_in_flight_is_not(
     assert ledger.reconcile("noojee", 0, "unacked", HELD_MS) == (0, [])  # it is there now
 
 
+def test_a_message_missing_at_one_round_is_sent_again_only_if_still_missing_later(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message BRPOP has just answered is on neither the list nor kombu's record until
+    kombu's next round trip, however long it waited on the list: one sighting is not a loss."""
+    import worker.ledger
+
+    clock = [now_ms()]
+    monkeypatch.setattr(worker.ledger, "now_ms", lambda: clock[0])
+    for job_id in ("lost", "taken"):
+        submit(ledger, job_id, entity=f"noojee:{job_id}")
+    ledger.r.delete(BULK_LIST)  # both popped by workers; kombu has recorded neither yet
+    assert ledger.reconcile("noojee", 0, "unacked", HELD_MS, confirm_ms=400) == (0, [])
+    took("taken", ledger, "unacked")  # kombu's record of one arrives
+    clock[0] += 399
+    assert ledger.reconcile("noojee", 0, "unacked", HELD_MS, confirm_ms=400) == (0, [])  # soon
+    clock[0] += 1
+    assert ledger.reconcile("noojee", 0, "unacked", HELD_MS, confirm_ms=400) == (0, ["lost"])
+    assert messages(ledger) == ["lost"]
+    assert ledger.reconcile("noojee", 0, "unacked", HELD_MS, confirm_ms=400) == (0, [])
+    # "taken" was missing once; if its worker now dies with it, a sighting that old does not
+    # count (every round forgets what it did not see missing): it takes two rounds again.
+    ledger.r.delete("unacked", "unacked_index")
+    clock[0] += 1000
+    assert ledger.reconcile("noojee", 0, "unacked", HELD_MS, confirm_ms=400) == (0, [])
+    clock[0] += 400
+    assert ledger.reconcile("noojee", 0, "unacked", HELD_MS, confirm_ms=400) == (0, ["taken"])
+
+
 def test_a_message_a_worker_took_long_ago_without_claiming_its_job_is_pushed_again(
     ledger: Ledger,
 ) -> None:

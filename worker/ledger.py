@@ -771,13 +771,14 @@ class Ledger:
         return [str(i) for i in self._due(keys=[], args=[*self._common(), limit])]
 
     def reconcile(
-        self, queue: str, grace_ms: int, unacked_key: str, held_ms: int
+        self, queue: str, grace_ms: int, unacked_key: str, held_ms: int, confirm_ms: int = 0
     ) -> tuple[int, list[str]]:
         """For one queue: feed ready jobs onto its broker lists, and push again the messages
-        lost in transit or left with a dead worker (see reconcile.lua). Returns (jobs fed, ids
-        sent again)."""
+        lost in transit or left with a dead worker (see reconcile.lua): those found missing at
+        an earlier call too, at least ``confirm_ms`` before (0: the first time). Returns (jobs
+        fed, ids sent again)."""
         reply = self._reconcile(
-            keys=[], args=[*self._common(), queue, grace_ms, unacked_key, held_ms]
+            keys=[], args=[*self._common(), queue, grace_ms, unacked_key, held_ms, confirm_ms]
         )
         return int(reply[0]), [str(i) for i in reply[1:]]
 

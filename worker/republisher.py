@@ -41,6 +41,11 @@ SWEEP_MS = 400
 QUICK_WINDOW_MS = 4_000
 QUICK_GRACE_MS = 1_000
 QUICK_TURN_MS = int(TICK_S * 1000)
+#: A job is sent again only if its message was missing at two rounds at least this far apart:
+#: a message BRPOP has just answered is on neither the list nor kombu's record of it until
+#: kombu's next round trip, however long it had waited on the list (a backlog at a full gate).
+#: Less than ``QUICK_TURN_MS``, so two quick rounds in a row can confirm a dead worker's.
+CONFIRM_MS = 400
 #: Every this many ticks (a minute), forget rejected jobs whose records have expired.
 PRUNE_EVERY_TICKS = 120
 #: Every this many ticks (10 s), see whether the fleet's AOF rewrite is due (``worker/aof.py``).
@@ -95,11 +100,11 @@ class Republisher:
                 # A worker died just now: what it had taken comes back within seconds (one
                 # worker of the fleet a round).
                 lost += self.ledger.reconcile(
-                    queue, QUICK_GRACE_MS, self.unacked_key, QUICK_GRACE_MS
+                    queue, QUICK_GRACE_MS, self.unacked_key, QUICK_GRACE_MS, CONFIRM_MS
                 )[1]
             elif not quick and self.ledger.r.set(turn, "1", nx=True, px=int(RECONCILE_S * 1000)):
                 lost += self.ledger.reconcile(
-                    queue, TRANSIT_GRACE_MS, self.unacked_key, self.held_ms
+                    queue, TRANSIT_GRACE_MS, self.unacked_key, self.held_ms, CONFIRM_MS
                 )[1]
             else:
                 self.ledger.feed(queue)

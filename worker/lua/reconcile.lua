@@ -7,11 +7,21 @@
 -- message a worker took more than `held` ago without claiming its job counts as lost too. A
 -- job found so is sent again; a message that was only in transit or with a slow worker becomes
 -- a duplicate, which its claim drops.
+--
+-- A message a worker is taking as this script runs is in neither place for a moment (BRPOP has
+-- answered, kombu's record of it follows in a second round trip), however long it waited on
+-- the list before: so a job is sent again only if it was missing at an earlier round too, at
+-- least `confirm` ms before (P..'missing:'..queue: id -> when first seen missing, rewritten
+-- every round, so it holds only the jobs missing since the round before).
 -- ARGV[1..5] as every ledger script (ledger_lib.lua)
 local queue, grace, unacked, held = ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 -- the queue, how long a message may be in transit (ms), kombu's unacked hash (its index is
 -- the same name with '_index': delivery tag -> when a worker took it, in seconds), how long a
 -- worker may hold a message without claiming its job (ms)
+local confirm = tonumber(ARGV[10])
+-- how long a job must have been missing, seen at two rounds, before it is sent again (ms; 0:
+-- at once)
+local MISSING = P .. 'missing:' .. queue
 -- Returns {ready jobs fed onto the lists, id of each job whose message was pushed again...}
 local fed = top_up(queue, 1000)
 local present = {}
@@ -31,13 +41,20 @@ end
 local taken_before = (NOW - held) / 1000
 local with_workers = redis.call('ZRANGE', unacked .. '_index', taken_before, '+inf', 'BYSCORE')
 for _, tag in ipairs(with_workers) do present[string.match(tag, '^[^.]+')] = true end
+local seen_before = {}
+local flat = redis.call('HGETALL', MISSING)
+for i = 1, #flat, 2 do seen_before[flat[i]] = tonumber(flat[i + 1]) end
+local still_missing = {}
 local result = {fed}
 local dispatched = dispatched_key(queue)
 for _, id in ipairs(redis.call('ZRANGE', dispatched, '-inf', NOW - grace, 'BYSCORE')) do
   if not present[id] then
     local job = read(id, {'state', 'priority'})
+    local since = seen_before[id] or NOW
     if job.state ~= 'queued' then
       redis.call('ZREM', dispatched, id)  -- claimed, ended or moved on since
+    elseif NOW - since < confirm then  -- maybe being taken right now: look again next round
+      still_missing[#still_missing + 1] = {id, since}
     else
       redis.call('ZREM', dispatched, id)
       if not push(id, queue, job.priority) then redis.call('ZADD', SCHEDULE, NOW + 1000, id) end
@@ -47,4 +64,15 @@ for _, id in ipairs(redis.call('ZRANGE', dispatched, '-inf', NOW - grace, 'BYSCO
     end
   end
 end
+redis.call('DEL', MISSING)
+for start = 1, #still_missing, 500 do  -- a bounded number of arguments a command
+  local fields = {}
+  for i = start, math.min(start + 499, #still_missing) do
+    fields[#fields + 1] = still_missing[i][1]
+    fields[#fields + 1] = still_missing[i][2]
+  end
+  redis.call('HSET', MISSING, unpack(fields))
+end
+-- A sighting counts only from the round before: one left by a fleet stopped long ago does not.
+if #still_missing > 0 then redis.call('PEXPIRE', MISSING, 60000) end
 return result
