@@ -232,16 +232,20 @@ def test_an_older_job_answered_busy_never_lands_after_a_newer_one(
 
     target = targets(fleet)[destination]
     field = target.fields[0]
-    records = [target.new_record() for _ in range(5)]
+    # Mission Capital's busy answer (REQUEST_LIMIT_EXCEEDED) pauses it fleet-wide for
+    # limit_probe_interval_s, so its records are answered busy one pause after another: three
+    # show the order as well as five, in half the time.
+    records = [target.new_record() for _ in range(3 if destination == "missioncapital" else 5)]
     ids = []
     for record in records:
         target.script(record, [target.busy, target.ok])
-        older = target.job(record, {field: "older"} if field else {})
-        newer = target.job(record, {field: "newer"} if field else {})
-        ids.append(submit(older))
-        if newer_after_busy:  # submitted once the older one was answered busy
+        ids.append(submit(target.job(record, {field: "older"} if field else {})))
+        if not newer_after_busy:
+            ids.append(submit(target.job(record, {field: "newer"} if field else {})))
+    if newer_after_busy:  # each newer job submitted once its older one was answered busy
+        for record in records:
             wait_for(lambda r=record: target.arrivals(r), 20, "the busy answer")
-        ids.append(submit(newer))
+            ids.append(submit(target.job(record, {field: "newer"} if field else {})))
     settled(ledger, ids)
     for record in records:
         calls = target.arrivals(record)
