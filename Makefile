@@ -20,8 +20,13 @@ demo: $(STAMP)             ## run the whole system on the embedded default and s
 up: $(STAMP)               ## run the whole system until Ctrl-C
 	$(BIN)/contactsync up
 
+# Two pytest processes, each module's tests in one of them (its fleet is started once): most
+# integration tests wait on workers, servers and timers, so two share 2 cores well.
+# TEST_WORKERS=0 runs them in this process, one after another.
+TEST_WORKERS ?= 2
+
 test: lint typecheck test-tools  ## lint, type-check and run every test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 # The console's browser tests drive Debian's chromium, and the alert rules' tests run promtool
 # (Debian's prometheus package): installed here when missing, where apt-get runs as root. Where
