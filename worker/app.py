@@ -60,7 +60,9 @@ def broker_settings() -> dict[str, Any]:
         # Check for the messages of dead workers every 10 s, not every 100 s.
         "unacked_restore_throttle": 1,
     }
-    transport = None
+    # kombu's Redis transport, one client object a channel (worker/transport.py); rediss://
+    # keeps kombu's own, which is where kombu turns that scheme into TLS.
+    transport = "worker.transport:Transport" if url.startswith("redis://") else None
     if is_sentinel_url(url):
         where = parse_sentinel_url(url)
         url = where.kombu_url()

@@ -6,7 +6,8 @@ keeps asking the sentinels (for up to ``CONTACTSYNC_REDIS_FAILOVER_WAIT_S``), so
 attempt succeeds as soon as the new primary is named. Commands are not retried: a command on a
 broken connection fails at once, as kombu expects (it rebuilds its channel, and the worker's
 event loop must not be reconnected under its poller's feet). ``worker.app`` selects it for a
-``sentinel://`` URL (``broker_transport``).
+``sentinel://`` URL (``broker_transport``). Like ``worker.transport``, a channel keeps one
+client for the commands kombu sends outside its event loop.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from redis.sentinel import SentinelManagedConnection
 
 from worker.broker import UntilFailedOver
 from worker.settings import get_settings
+from worker.transport import SharedClient
 
 
 class Connection(SentinelManagedConnection):
@@ -30,7 +32,7 @@ class Connection(SentinelManagedConnection):
         budget.call_with_retry(self._connect_retry, lambda error: None)
 
 
-class Channel(SentinelChannel):
+class Channel(SharedClient, SentinelChannel):
     connection_class = Connection
     _given_sentinel_kwargs: dict[str, Any] | None = None
 
