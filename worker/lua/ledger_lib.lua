@@ -24,6 +24,9 @@
 --   P..'ready:'..Q..':'..PRI zset  queued jobs waiting for room on the broker list (more than
 --                                  the window), by when they were queued: fed in as messages
 --                                  are taken
+--   P..'missing:'..Q         hash  queued jobs of queue Q whose message the last reconcile round
+--                                  found on neither a list nor a worker -> when first found so
+--                                  (reconcile.lua sends one again when a later round agrees)
 --   P..'running'             zset  job id -> when its runner's lease ends (ms)
 --   P..'counts'              hash  jobs per state; P..'batch:'..B the same for one batch
 
