@@ -6,8 +6,9 @@ keeps asking the sentinels (for up to ``CONTACTSYNC_REDIS_FAILOVER_WAIT_S``), so
 attempt succeeds as soon as the new primary is named. Commands are not retried: a command on a
 broken connection fails at once, as kombu expects (it rebuilds its channel, and the worker's
 event loop must not be reconnected under its poller's feet). ``worker.app`` selects it for a
-``sentinel://`` URL (``broker_transport``). Like ``worker.transport``, a channel keeps one
-client for the commands kombu sends outside its event loop.
+``sentinel://`` URL (``broker_transport``). As in ``worker.transport``, a channel keeps one
+client for the commands kombu sends outside its event loop, and its record of the messages it
+took without transactions.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from redis.sentinel import SentinelManagedConnection
 
 from worker.broker import UntilFailedOver
 from worker.settings import get_settings
-from worker.transport import SharedClient
+from worker.transport import QoS, SharedClient
 
 
 class Connection(SentinelManagedConnection):
@@ -33,6 +34,7 @@ class Connection(SentinelManagedConnection):
 
 
 class Channel(SharedClient, SentinelChannel):
+    QoS = QoS
     connection_class = Connection
     _given_sentinel_kwargs: dict[str, Any] | None = None
 
