@@ -216,6 +216,8 @@ class Fleet:
     delivered: Callable[[], int] | None = None
     ledger_latencies_ms: Callable[[list[str]], list[float]] | None = None
     describe: Callable[[], dict[str, Any]] = dict
+    #: What the system's own records say, when a phase does not finish (contactsync: its ledger)
+    diagnose: Callable[[], dict[str, Any]] = dict
     worker_logs: list[Path] = field(default_factory=list)
 
     def stats(self) -> dict[str, Any]:
@@ -252,7 +254,27 @@ def contactsync_fleet(env: dict[str, str]) -> Iterator[Fleet]:
         }
         return {"gate_limit_at_end": limits or "no gate"}
 
+    def diagnose() -> dict[str, Any]:
+        """The ledger's counts, its sets, the broker lists and kombu's record of taken
+        messages, and the workers' warnings."""
+        client, prefix = redis_client(), get_settings().key_prefix
+        return {
+            "ledger_counts": ledger().counts(),
+            "sets": {
+                key: client.zcard(key)
+                for key in sorted(client.scan_iter(f"{prefix}*", _type="zset"))
+                if f"{prefix}gate:" not in key
+            },
+            "broker_lists": {
+                key: client.llen(key) for key in sorted(client.scan_iter("noojee*", _type="list"))
+            },
+            "unacked": client.hlen("unacked"),
+            "missing": client.hgetall(f"{prefix}missing:noojee"),
+            **log_warnings([stack.log_dir / f"{name}.log" for name, _ in run.workers()]),
+        }
+
     data_dirs: list[Path] = []
+    failed = False
     try:
         with fresh_stack("cost", SLOTS, env, SIMULATOR_ARGS) as run:
             stack = run.stack
@@ -269,11 +291,18 @@ def contactsync_fleet(env: dict[str, str]) -> Iterator[Fleet]:
                 delivered=lambda: ledger().counts()["delivered"],
                 ledger_latencies_ms=latencies_ms,
                 describe=describe,
+                diagnose=diagnose,
                 worker_logs=[stack.log_dir / f"{name}.log" for name, _ in run.workers()],
             )
+    except BaseException:
+        failed = True
+        raise
     finally:  # once the stack has stopped: fresh_stack keeps its data dir (AOF and logs)
         for data_dir in data_dirs:
-            shutil.rmtree(data_dir, ignore_errors=True)
+            if failed:  # the evidence stays
+                print(f"kept {data_dir}: the server's append-only file and the workers' logs")
+            else:
+                shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -540,11 +569,15 @@ def wait_delivered(fleet: Fleet, jobs: int, settled_before: int | None) -> None:
     wait_for(lambda: fleet.stats()["calls"] >= jobs, f"{jobs} calls at the simulator")
     if fleet.delivered is not None and settled_before is not None:
         count = fleet.delivered
-        wait_for(
-            lambda: count() - settled_before >= jobs,
-            f"{jobs} delivered in the ledger",
-            interval_s=0.01,
-        )
+        try:
+            wait_for(
+                lambda: count() - settled_before >= jobs,
+                f"{jobs} delivered in the ledger",
+                interval_s=0.01,
+            )
+        except RuntimeError as exc:
+            found = {"delivered_since": count() - settled_before, **fleet.diagnose()}
+            raise RuntimeError(f"{exc}; {json.dumps(found, default=str)}") from None
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
