@@ -121,8 +121,8 @@ def test_schemathesis_finds_no_server_error_against_the_openapi_document(
             "--seed",
             "20261201",
             # One worker: schemathesis's threads call hypothesis's lambda_description, whose
-            # ast.parse from two threads at once can raise CPython 3.11's "AST constructor
-            # recursion depth mismatch" SystemError (a runtime error of the tool, not a finding).
+            # ast.parse in threads can raise "AST constructor recursion depth mismatch" on
+            # CPython 3.11 (python/cpython#106905): a runtime error of the tool, not a finding.
             "--workers",
             "1",
             "--checks",
