@@ -1,4 +1,5 @@
-"""The broker transport keeps one redis-py client per channel (worker/transport.py)."""
+"""The broker transport (worker/transport.py): one redis-py client per channel, and kombu's record
+of taken messages kept without MULTI/EXEC."""
 
 from __future__ import annotations
 
