@@ -310,10 +310,11 @@ def test_a_realtime_job_from_the_intake_overtakes_a_running_backfill(
     overtaken = sum(r.state != "delivered" or r.updated_at_ms > delivered for r in bulk)
     ahead = sum(r.state == "delivered" and submitted <= r.updated_at_ms <= delivered for r in bulk)
     assert overtaken > 200
-    # Only the bulk jobs already fetched or holding a permit finish first: one per worker thread
-    # of the fleet (a test of another module in this session may have started more workers than
-    # the stack's one).
-    assert ahead <= threads, (ahead, threads)
+    # Only bulk jobs already under way finish first: one per worker thread of the fleet, and,
+    # once the first freed thread has taken the realtime job, one more per other thread that
+    # reaches the gate before the realtime job does (past it, the gate serves realtime first).
+    # Seen here: 4 or 5 with 4 threads.
+    assert ahead <= 2 * threads - 1, (ahead, threads)
     wait_for(
         lambda: ledger.batch_counts(result.run_id)["pending"] == 0,
         120,
