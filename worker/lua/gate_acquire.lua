@@ -48,7 +48,7 @@ if held < limit then
 end
 if wait <= 0 then return finish({0, 0}) end
 local set = WAITING[prio + 1]
-if not redis.call('ZSCORE', set, token) then
+if not (asked_before and redis.call('ZSCORE', set, token)) then
   redis.call('ZADD', set, redis.call('INCR', P .. 'seq'), token)
 end
 -- A waiter is leased too: its place lasts one lease unless it asks again (a live waiter looks

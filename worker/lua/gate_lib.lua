@@ -100,10 +100,9 @@ end
 local function pop_waiter(now)
   for _, set in ipairs(WAITING) do
     while true do
-      local head = redis.call('ZRANGE', set, 0, 0)
+      local head = redis.call('ZPOPMIN', set)
       if #head == 0 then break end
       local token = head[1]
-      redis.call('ZREM', set, token)
       local deadline = redis.call('HGET', DEADLINE, token)
       redis.call('HDEL', DEADLINE, token)
       if deadline and tonumber(deadline) >= now then return token end
@@ -117,9 +116,11 @@ end
 -- the caller knew, maybe nil) comes back.
 local function hand_off(now, held)
   if not anyone_waiting() then return held end
-  reap(now)
   local limit, ttl = limit_now(), num('ttl_ms', 10000)
   held = redis.call('ZCARD', LEASES)
+  -- Leases of holders that stopped renewing (killed workers) count only while the gate looks
+  -- full: a release usually leaves room, and then there is nothing to drop first.
+  if held >= limit and reap(now) > 0 then held = redis.call('ZCARD', LEASES) end
   while held < limit do
     local token = pop_waiter(now)
     if not token then break end
