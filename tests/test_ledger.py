@@ -101,6 +101,30 @@ def test_a_worker_whose_claim_expired_cannot_settle(ledger: Ledger) -> None:
         ledger.transition("j1", "delivered", {"event": "delivered"}, token="a")
 
 
+def test_running_jobs_are_counted_by_the_running_set_whoever_ends_their_run(
+    ledger: Ledger,
+) -> None:
+    """No script keeps a count of running jobs: the ``running`` set is it, so a claim and a
+    settle each spare a command. Every way a run ends takes the job out of the set."""
+    for n in range(4):
+        queue(ledger, new_job(f"j{n}"))
+        ledger.claim(f"j{n}", f"host/{n}/token", 10_000)
+    assert ledger.counts()["running"] == 4
+    assert ledger.counts()["queued"] == 0
+    assert ledger.r.hget(ledger.counts_key, "running") is None
+    ledger.transition("j0", "delivered", {"event": "delivered"}, token="host/0/token")
+    ledger.unclaim("j1", "host/1/token")  # handed back at a full gate
+    ledger.transition("j2", "review", {"event": "review"})  # an operator, without the lock
+    assert ledger.counts()["running"] == 1
+    assert ledger.reap(dead=["host/3"]) == ["j3"]  # its worker died
+    assert ledger.counts() == {
+        **dict.fromkeys(ledger.counts(), 0),
+        "queued": 2,
+        "delivered": 1,
+        "review": 1,
+    }
+
+
 def test_transitions_keep_counts_sets_and_history_in_step(ledger: Ledger) -> None:
     queue(ledger, new_job())
     ledger.claim("j1", "a", 10_000)

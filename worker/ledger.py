@@ -40,9 +40,10 @@ Keys, under ``prefix`` (``cs:`` by default):
   pushed; ``ready:{queue}:{priority}`` zset: queued jobs waiting for room on the broker list
   (``window`` messages a list), fed in as workers take messages. ``reconcile.lua`` pushes again
   the message of a dispatched job that is on neither the list nor kombu's unacked hash.
-- ``counts`` hash: number of jobs in each state. ``delivered``, ``merged`` and ``superseded``
-  are running totals (their records expire, the counts do not); rejected jobs leave the count
-  and the set when their records expire (``prune_rejected``).
+- ``counts`` hash: number of jobs in each state, except ``running``: that is the size of the
+  ``running`` zset (job id -> when its runner's lease ends). ``delivered``, ``merged`` and
+  ``superseded`` are running totals (their records expire, the counts do not); rejected jobs
+  leave the count and the set when their records expire (``prune_rejected``).
 - ``batch:{name}`` hash: ``jobs`` (recorded in the batch, a backfill run) and how many of them
   have ended in each state.
 
@@ -458,8 +459,15 @@ class Ledger:
         return int(self.r.zcard(self.set_key(name)))
 
     def counts(self) -> dict[str, int]:
-        raw = cast(dict[str, str], self.r.hgetall(self.counts_key))
-        return {state: int(raw.get(state, 0)) for state in STATES}
+        """Jobs per state. Running jobs are the size of the ``running`` set, not a count the
+        scripts keep (``recount`` in ledger_lib.lua)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.counts_key)
+        pipe.zcard(self.set_key("running"))
+        raw, running = cast(tuple[dict[str, str], int], pipe.execute())
+        counts = {state: int(raw.get(state, 0)) for state in STATES}
+        counts[RUNNING] = int(running)
+        return counts
 
     def batch_counts(self, batch: str) -> dict[str, int]:
         """Of the jobs recorded in ``batch``: how many (``jobs``), how many ended in each state

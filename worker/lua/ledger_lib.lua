@@ -28,7 +28,8 @@
 --                                  found on neither a list nor a worker -> when first found so
 --                                  (reconcile.lua sends one again when a later round agrees)
 --   P..'running'             zset  job id -> when its runner's lease ends (ms)
---   P..'counts'              hash  jobs per state; P..'batch:'..B the same for one batch
+--   P..'counts'              hash  jobs per state, except running (the size of P..'running'
+--                                  says that); P..'batch:'..B the same for one batch
 
 local P, NOW = ARGV[1], tonumber(ARGV[2])
 local RETENTION_S, HISTORY_LEN, WINDOW = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -43,9 +44,12 @@ local function lock_key(id) return P .. 'job:' .. id .. ':lock' end
 local function line_key(entity) return P .. 'entity:' .. entity end
 
 -- Move one job's count from state `from` (nil: a new job) to `to`, in the ledger and its batch.
+-- Running jobs are not counted here: every one is in RUNNING (claim.lua adds it, whatever ends
+-- its run removes it), whose size is their count; that spares a claim and a settle a command
+-- each.
 local function recount(from, to, batch)
-  if from then redis.call('HINCRBY', COUNTS, from, -1) end
-  redis.call('HINCRBY', COUNTS, to, 1)
+  if from and from ~= 'running' then redis.call('HINCRBY', COUNTS, from, -1) end
+  if to ~= 'running' then redis.call('HINCRBY', COUNTS, to, 1) end
   if batch and batch ~= '' then
     local counts = P .. 'batch:' .. batch
     if from and ENDED[from] then redis.call('HINCRBY', counts, from, -1) end

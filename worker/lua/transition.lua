@@ -76,10 +76,9 @@ else
   if attempt ~= '' then note(id, attempt) end
   note(id, entry)
 end
-if token ~= '' then
-  redis.call('DEL', lock_key(id))
-  redis.call('ZREM', RUNNING, id)
-end
+if token ~= '' then redis.call('DEL', lock_key(id)) end
+-- (RUNNING counts the running jobs: one an operator moves leaves it too.)
+if token ~= '' or current == 'running' then redis.call('ZREM', RUNNING, id) end
 
 if ENDED[new] then
   leave_line(id, job.entity)
