@@ -199,6 +199,21 @@ def test_just_after_a_worker_died_what_it_had_taken_comes_back_within_seconds(
     assert ledger.r.lrange(QUEUE, 0, -1) == ['{"headers": {"id": "taken"}}']
 
 
+def test_the_unacked_index_forgets_takes_older_than_the_longest_hold(ledger: Ledger) -> None:
+    """Workers list the messages they hold in the index and drop them as they ack; a killed
+    worker's stay behind, and go once older than the longest a live worker may hold one."""
+    import time
+
+    keeper = Republisher(FakeApp(), ledger, ["noojee"])  # type: ignore[arg-type]
+    held_s = keeper.held_ms / 1000
+    ledger.r.zadd(
+        "unacked_index",
+        {"dead.1": time.time() - held_s - 5, "held.1": time.time() - held_s + 60},
+    )
+    keeper.forget_old_takes()
+    assert ledger.r.zrange("unacked_index", 0, -1) == ["held.1"]
+
+
 def test_a_due_retry_is_queued_with_its_message_in_the_step_that_takes_it_off(
     ledger: Ledger,
 ) -> None:

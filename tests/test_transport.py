@@ -1,11 +1,13 @@
-"""The broker transport (worker/transport.py): one redis-py client per channel, and kombu's record
-of taken messages kept without MULTI/EXEC."""
+"""The broker transport (worker/transport.py): one redis-py client per channel, and the messages a
+worker took kept in memory, with the unacked index brought up to date in batches."""
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kombu import Connection
@@ -37,32 +39,77 @@ def test_a_channel_sends_its_commands_through_one_client_until_its_pool_is_repla
         queue.close()
 
 
-def test_a_taken_message_is_recorded_and_acked_without_transactions_and_restored_if_not(
+def wait_until(check: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_taking_and_acking_costs_no_command_and_the_index_follows_in_batches(
     tmp_path: Path,
 ) -> None:
     import redis
 
     from worker.embedded import EmbeddedRedis
+    from worker.transport import REPORT_S
 
     with EmbeddedRedis.under(tmp_path) as server:
         stats = redis.Redis.from_url(server.url, decode_responses=True)
         with Connection(server.url, transport="worker.transport:Transport") as connection:
             queue = connection.SimpleQueue("transport-acks")
-            for n in range(3):
+            for n in range(4):
                 queue.put({"n": n})
+            qos = connection.default_channel.qos
+            qos._closed.set()  # no reporter thread: this test reports by hand
             stats.config_resetstat()
             taken = [queue.get(timeout=5) for _ in range(3)]
-            assert stats.hlen("unacked") == 3 and stats.zcard("unacked_index") == 3
             taken[0].ack()
             taken[1].reject(requeue=False)
-            assert stats.hlen("unacked") == 1 and stats.zcard("unacked_index") == 1
-            commands = stats.info("commandstats")
-            assert "cmdstat_multi" not in commands and "cmdstat_exec" not in commands
-            assert commands["cmdstat_zadd"]["calls"] == 3 and commands["cmdstat_hdel"]["calls"] == 2
+            commands = set(stats.info("commandstats")) - {"cmdstat_config|resetstat"}
+            assert commands == {"cmdstat_brpop"}, commands  # 3 taken, 1 acked, 1 rejected
+            assert stats.exists("unacked", "unacked_index") == 0
+            qos.report()  # one round trip: only the message still held
+            started = time.time()
+            assert stats.zrange("unacked_index", 0, -1) == [taken[2].delivery_tag]
+            assert stats.zscore("unacked_index", taken[2].delivery_tag) <= started
+            fourth = queue.get(timeout=5)
+            taken[2].ack()
+            qos.report()
+            assert stats.zrange("unacked_index", 0, -1) == [fourth.delivery_tag]
+            assert stats.info("commandstats")["cmdstat_zadd"]["calls"] == 2
+            assert "cmdstat_multi" not in stats.info("commandstats")
             queue.close()  # the channel closes: the message it took and did not ack goes back
-        assert stats.hlen("unacked") == 0 and stats.zcard("unacked_index") == 0
+        assert stats.exists("unacked", "unacked_index") == 0
         [back] = stats.lrange("transport-acks", 0, -1)
-        assert base64.b64decode(json.loads(back)["body"]) == taken[2].body
+        assert base64.b64decode(json.loads(back)["body"]) == fourth.body
+        assert REPORT_S * 1000 < 400  # within reconcile's CONFIRM_MS (below)
+
+
+def test_the_reporter_records_a_held_message_within_its_period_and_a_requeue_puts_it_back(
+    tmp_path: Path,
+) -> None:
+    import redis
+
+    from worker.embedded import EmbeddedRedis
+    from worker.republisher import CONFIRM_MS
+    from worker.transport import REPORT_S
+
+    assert REPORT_S * 1000 < CONFIRM_MS
+    with EmbeddedRedis.under(tmp_path) as server:
+        stats = redis.Redis.from_url(server.url, decode_responses=True)
+        with Connection(server.url, transport="worker.transport:Transport") as connection:
+            queue = connection.SimpleQueue("transport-held")
+            queue.put({"n": 1})
+            message = queue.get(timeout=5)
+            wait_until(lambda: stats.zcard("unacked_index") == 1, timeout_s=REPORT_S * 10)
+            message.requeue()  # (kombu's reject with requeue) back at the head, from memory
+            [back] = stats.lrange("transport-held", 0, -1)
+            assert base64.b64decode(json.loads(back)["body"]) == message.body
+            assert json.loads(back)["headers"]["redelivered"] is True
+            wait_until(lambda: stats.zcard("unacked_index") == 0, timeout_s=REPORT_S * 10)
+            assert queue.get(timeout=5).body == message.body
+            queue.close()
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ Every message is pushed by one of the ledger's scripts, in the same atomic step 
 job's state (no window in which a job is queued without a message, and one round trip for a
 thousand new jobs), from a ``Template`` of what ``send_task`` would put on kombu's Redis list,
 stored in Redis for the scripts (``message:{queue}:{priority}``). Its delivery tag is the job id
-and when it was pushed (``{id}.{ms}``): ``reconcile.lua`` finds a queue's jobs in kombu's unacked
-hash by it, and no two messages of one job share a tag (see ``Messages``).
+and when it was pushed (``{id}.{ms}``): ``reconcile.lua`` finds a queue's jobs in the unacked
+index by it, and no two messages of one job share a tag (see ``Messages``).
 """
 
 from __future__ import annotations

@@ -19,17 +19,18 @@ from celery import Celery, bootsteps
 
 from worker import liveness
 from worker.aof import AofRewriter
-from worker.ledger import Ledger
+from worker.ledger import Ledger, now_ms
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
 #: How often one worker of the fleet checks each queue for lost messages.
 RECONCILE_S = 5.0
-#: How long a message may be between the broker list and kombu's unacked hash (a BRPOP answer
-#: on its way to the worker) before its job is found to have none. A worker may also hold a
-#: message it took without claiming its job (all its threads busy, at a full gate): the ordinary
-#: round leaves it that long, up to kombu's visibility timeout (``Republisher.held_ms``).
+#: How long a message may be between the broker list and the unacked index (a BRPOP answer on
+#: its way to the worker, and the index brought up to date within worker/transport.py's
+#: ``REPORT_S``) before its job is found to have none. A worker may also hold a message it took
+#: without claiming its job (all its threads busy, at a full gate): the ordinary round leaves
+#: it that long, up to kombu's visibility timeout (``Republisher.held_ms``).
 TRANSIT_GRACE_MS = 10_000
 #: How often one worker of the fleet looks for dead worker processes (worker/liveness.py).
 SWEEP_MS = 400
@@ -42,8 +43,9 @@ QUICK_WINDOW_MS = 4_000
 QUICK_GRACE_MS = 1_000
 QUICK_TURN_MS = int(TICK_S * 1000)
 #: A job is sent again only if its message was missing at two rounds at least this far apart:
-#: a message BRPOP has just answered is on neither the list nor kombu's record of it until
-#: kombu's next round trip, however long it had waited on the list (a backlog at a full gate).
+#: a message BRPOP has just answered is on neither the list nor the unacked index until its
+#: channel's next report (``REPORT_S``, less than this), however long it had waited on the list
+#: (a backlog at a full gate).
 #: Less than ``QUICK_TURN_MS``, so two quick rounds in a row can confirm a dead worker's.
 CONFIRM_MS = 400
 #: Every this many ticks (a minute), forget rejected jobs whose records have expired.
@@ -66,10 +68,11 @@ class Republisher:
         self.unacked_key = (
             f"{options.get('global_keyprefix', '')}{options.get('unacked_key', 'unacked')}"
         )
-        # A message a live worker holds without claiming its job (its threads all busy) is not
-        # lost: kombu puts it back after its visibility timeout. A dead worker's are found
-        # within seconds of its death (the quick round above), so the ordinary round waits
-        # that long before it sends one again.
+        # A message a live worker holds without claiming its job (its threads all busy) counts
+        # as with it up to kombu's visibility timeout (one held longer is sent again, and a
+        # claim drops one of the two). A dead worker's are found within seconds of its death
+        # (the quick round above), so the ordinary round waits that long before it sends one
+        # again.
         visibility_ms = int(float(options.get("visibility_timeout", 0)) * 1000)
         self.held_ms = max(TRANSIT_GRACE_MS, 3 * ledger.lease_ms, visibility_ms)
         self.stopped = threading.Event()
@@ -117,6 +120,13 @@ class Republisher:
             )
         return len(queued) + len(reaped) + len(lost)
 
+    def forget_old_takes(self) -> None:
+        """Drop the unacked index's entries older than ``held_ms``: messages a killed worker
+        held (nobody acks them; reconcile no longer counts them as with a worker either)."""
+        self.ledger.r.zremrangebyscore(
+            f"{self.unacked_key}_index", "-inf", (now_ms() - self.held_ms) / 1000
+        )
+
     def _reap_dead(self, dead: list[str]) -> None:
         reaped = self.ledger.reap(dead=dead)
         if reaped:
@@ -131,6 +141,7 @@ class Republisher:
                 self.run_once()
                 if ticks % PRUNE_EVERY_TICKS == 0:
                     self.ledger.prune_rejected()
+                    self.forget_old_takes()
                 if self.aof is not None and ticks % AOF_EVERY_TICKS == 0:
                     self.aof.check()
             except Exception:  # keep going: a Redis blip must not stop retries for good

@@ -7,8 +7,8 @@ attempt succeeds as soon as the new primary is named. Commands are not retried: 
 broken connection fails at once, as kombu expects (it rebuilds its channel, and the worker's
 event loop must not be reconnected under its poller's feet). ``worker.app`` selects it for a
 ``sentinel://`` URL (``broker_transport``). As in ``worker.transport``, a channel keeps one
-client for the commands kombu sends outside its event loop, and its record of the messages it
-took without transactions.
+client for the commands kombu sends outside its event loop, and keeps the messages it took in
+memory, with the unacked index brought up to date in batches.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from redis.sentinel import SentinelManagedConnection
 
 from worker.broker import UntilFailedOver
 from worker.settings import get_settings
-from worker.transport import QoS, SharedClient
+from worker.transport import SharedClient, TakenInMemory
 
 
 class Connection(SentinelManagedConnection):
@@ -33,8 +33,7 @@ class Connection(SentinelManagedConnection):
         budget.call_with_retry(self._connect_retry, lambda error: None)
 
 
-class Channel(SharedClient, SentinelChannel):
-    QoS = QoS
+class Channel(SharedClient, TakenInMemory, SentinelChannel):
     connection_class = Connection
     _given_sentinel_kwargs: dict[str, Any] | None = None
 

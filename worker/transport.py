@@ -12,22 +12,44 @@ fork, or a lost connection). ``worker.app`` selects this transport for ``redis:/
 channel. ``rediss://`` keeps kombu's own transport, which is where kombu turns that scheme into
 TLS.
 
-kombu records each message a worker takes (ZADD to the unacked index, HSET of the message) and
-drops the record on the ack (ZREM, HDEL), each pair in MULTI/EXEC: 8 commands a job, 4 of them
-MULTI and EXEC. Nothing needs the pairs atomic. Both commands of a pair still go in one round
-trip, and a connection lost between them can leave only an index entry without its message,
-which kombu's restore drops: the ack removes the message before its index entry, the reverse
-of the order the record is written in. (kombu's restore of a message, which must be atomic,
-runs its own WATCH/MULTI transaction and is unchanged.)
+kombu records each message a worker takes in Redis (ZADD to the unacked index, HSET of the
+whole message) and drops the record on the ack (ZREM, HDEL): 4 commands and 2 round trips a
+job, a quarter of a worker's CPU against a destination that answers at once (py-spy, ``python
+-m bench cost``). That record exists so that a message a dead worker took comes back. Here it
+is not needed for that: the ledger knows every job whose message is out (its ``dispatched``
+set), a claimed job is the ledger's from its claim on (a lease, ``reap``), and ``reconcile``
+sends again the message of a queued job that is on neither a broker list nor with a worker.
+
+So this QoS keeps the messages a channel took in memory only (kombu's own in-memory state,
+which also applies the prefetch limit), and puts them back from there when the channel closes
+or a message is rejected with requeue. What ``reconcile`` needs to know, which messages live
+workers hold and since when, it gets from the unacked index, which a reporter thread per
+channel brings up to date every ``REPORT_S`` in one round trip (ZADD of the tags taken since,
+ZREM of those acked since). A message acked within ``REPORT_S``, nearly every one, costs no
+command at all. The index lags the worker by at most ``REPORT_S``, less than ``CONFIRM_MS``
+(worker/republisher.py): a job is sent again only when two reconcile rounds that far apart
+found its message nowhere, so a message being taken is seen with its worker by the second.
+A worker that dies loses what it held unclaimed: ``reconcile`` sends those again, within
+seconds of the death (the quick rounds after the liveness sweep finds it).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+#: How often a channel brings the unacked index up to date with the messages it holds (s).
+REPORT_S = 0.2
 
 
 class SharedClient:
@@ -51,28 +73,113 @@ class SharedClient:
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's record of the messages a channel took, kept without MULTI/EXEC."""
+    """The messages a channel took, in memory; the unacked index brought up to date in batches
+    (see the module's docstring). No unacked hash: nothing reads the messages back from Redis."""
 
-    unacked_key: str
     unacked_index_key: str
+    _dirty: set[str]
 
-    @contextmanager
-    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
-        if pipe:
-            yield pipe
-        else:
-            with self.channel.conn_or_acquire(client) as client:
-                yield client.pipeline(transaction=False)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._taken: dict[str, float] = {}  # delivery tag -> when taken (s): not yet acked
+        self._reported: set[str] = set()  # the tags the index holds for this channel
+        self._report_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._reporter: threading.Thread | None = None
 
-    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
-        with self.pipe_or_acquire(pipe) as pipe:
-            return pipe.hdel(self.unacked_key, delivery_tag).zrem(
-                self.unacked_index_key, delivery_tag
+    def append(self, message: Any, delivery_tag: str) -> None:
+        self._taken[delivery_tag] = time.time()
+        virtual.QoS.append(self, message, delivery_tag)
+        if self._reporter is None and not self._closed.is_set():
+            self._reporter = threading.Thread(
+                target=self._report_until_closed, name="contactsync-taken", daemon=True
             )
+            self._reporter.start()
+
+    def ack(self, delivery_tag: str) -> None:
+        self._taken.pop(delivery_tag, None)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        self.ack(delivery_tag)
+
+    def restore_unacked_once(self, stderr: Any = None) -> Any:
+        self._closed.set()  # the channel closes: its reporter stops, whether or not it restores
+        return super().restore_unacked_once(stderr)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        """Put every message taken and not acked back on its list (the channel closes)."""
+        self._flush()  # (acked ones leave the in-memory state)
+        with self.channel.conn_or_acquire(client) as client:
+            for tag in list(self._delivered):
+                self.restore_by_tag(tag, client)
+        self._delivered.clear()
+        self._taken.clear()
+        try:
+            self.report()  # their index entries go
+        except RedisError as exc:  # reconcile finds their jobs on the lists all the same
+            log.debug("could not clear the record of the messages taken: %s", exc)
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        message = self._delivered.get(tag)
+        if message is None or tag in self._dirty:
+            return
+        self._taken.pop(tag, None)
+        info = message.delivery_info
+        with self.channel.conn_or_acquire(client) as client:
+            pipe = client.pipeline(transaction=False)
+            self.channel._do_restore_message(
+                message._raw, info["exchange"], info["routing_key"], pipe, leftmost
+            )
+            pipe.execute()
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        """kombu restores the recorded messages of workers that died; there are none to restore
+        (``reconcile`` sends a lost job's message again)."""
+
+    def report(self) -> None:
+        """Bring the unacked index up to date: the tags taken and not yet acked, by when."""
+        with self._report_lock:
+            taken = dict(self._taken)
+            added = {tag: at for tag, at in taken.items() if tag not in self._reported}
+            gone = [tag for tag in self._reported if tag not in taken]
+            if not (added or gone):
+                return
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+                if added:
+                    pipe.zadd(self.unacked_index_key, added)
+                if gone:
+                    pipe.zrem(self.unacked_index_key, *gone)
+                pipe.execute()
+            self._reported.difference_update(gone)
+            self._reported.update(added)
+
+    def _report_until_closed(self) -> None:
+        while not self._closed.wait(REPORT_S):
+            try:
+                self.report()
+            except RedisError as exc:  # the broker is away: the next round tries again
+                log.debug("could not record the messages taken: %s", exc)
+            except Exception:  # never let the thread die: reconcile relies on the index
+                log.exception("could not record the messages taken")
 
 
-class Channel(SharedClient, kombu_redis.Channel):
+class TakenInMemory:
+    """A kombu Redis channel mixin: this module's QoS, and kombu's other way of putting a
+    message back (recover, requeue) through it, from memory."""
+
     QoS = QoS
+    qos: Any
+
+    def _restore(self, message: Any, leftmost: bool = False) -> None:
+        self.qos.restore_by_tag(message.delivery_tag, leftmost=leftmost)
+
+
+class Channel(SharedClient, TakenInMemory, kombu_redis.Channel):
+    pass
 
 
 class Transport(kombu_redis.Transport):

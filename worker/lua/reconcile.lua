@@ -1,22 +1,23 @@
 -- Keep "queued" a promise for one queue: feed ready jobs onto its broker lists while they have
 -- room, and push again the message of every queued job that was dispatched more than `grace`
--- ago but is neither on a list nor with a worker. kombu takes a message with BRPOP and records
--- it in its unacked hash only afterwards: a worker killed in between loses the message (and a
--- Redis restart can lose the last second of writes). And a worker killed with messages it had
--- taken but not started leaves them in unacked until kombu's visibility timeout (minutes): a
--- message a worker took more than `held` ago without claiming its job counts as lost too. A
--- job found so is sent again; a message that was only in transit or with a slow worker becomes
--- a duplicate, which its claim drops.
+-- ago but is neither on a list nor with a worker. A worker takes a message with BRPOP and
+-- keeps it in memory; its channel adds it to the unacked index (tag -> when taken) within
+-- worker/transport.py's REPORT_S, and only if it still holds it by then (a claimed job is the
+-- ledger's: nearly every message is acked before it is ever listed). A worker killed with
+-- messages it had taken but not claimed loses them (and a Redis restart can lose the last
+-- second of writes): a message a worker took more than `held` ago without claiming its job
+-- counts as lost too. A job found so is sent again; a message that was only in transit or with
+-- a slow worker becomes a duplicate, which its claim drops.
 --
--- A message a worker is taking as this script runs is in neither place for a moment (BRPOP has
--- answered, kombu's record of it follows in a second round trip), however long it waited on
--- the list before: so a job is sent again only if it was missing at an earlier round too, at
--- least `confirm` ms before (P..'missing:'..queue: id -> when first seen missing, rewritten
--- every round, so it holds only the jobs missing since the round before).
+-- A message a worker has just taken is in neither place for a moment (BRPOP has answered, the
+-- index follows within REPORT_S), however long it waited on the list before: so a job is sent
+-- again only if it was missing at an earlier round too, at least `confirm` ms before
+-- (P..'missing:'..queue: id -> when first seen missing, rewritten every round, so it holds
+-- only the jobs missing since the round before).
 -- ARGV[1..5] as every ledger script (ledger_lib.lua)
 local queue, grace, unacked, held = ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
--- the queue, how long a message may be in transit (ms), kombu's unacked hash (its index is
--- the same name with '_index': delivery tag -> when a worker took it, in seconds), how long a
+-- the queue, how long a message may be in transit (ms), kombu's unacked hash (its index, the
+-- same name with '_index': delivery tag -> when a worker took it, in seconds), how long a
 -- worker may hold a message without claiming its job (ms)
 local confirm = tonumber(ARGV[10])
 -- how long a job must have been missing, seen at two rounds, before it is sent again (ms; 0:
