@@ -312,8 +312,9 @@ class Gate:
         self, token: str, priority: str, wait_s: float, now_ms: int | None, again: bool = False
     ) -> list[int]:
         """[1, held, epoch] (granted), or [0, ms to look again, waiters ahead, mean latency in
-        ms, limit] (waiting), or [0, 0, 0] (not waiting). ``again``: this token asked before
-        (it waits, and a release may have handed it a permit meanwhile)."""
+        ms, limit] (waiting; only [0, ms to look again, 0] when ``again``), or [0, 0, 0] (not
+        waiting). ``again``: this token asked before (it waits, and a release may have handed it
+        a permit meanwhile)."""
         cfg = self.config
         answer = self._scripts["acquire"](
             keys=self._keys,

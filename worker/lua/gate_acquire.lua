@@ -6,7 +6,8 @@
 -- ARGV[11] '1' if this token asked before (it waits: a release may have handed it a permit)
 -- Returns {1, permits held after the grant, limit epoch} | {0, ms until the waiter should look
 -- again, waiters ahead of it, the calls' mean latency (ms, 0 if none yet), limit}: how long its
--- turn should take. A waiter that pops its wake list gets "permits held:epoch" instead.
+-- turn should take (only {0, ms} to a token that asked before). A waiter that pops its wake
+-- list gets "permits held:epoch" instead.
 local now, token, prio = clock(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local ttl_text, wait = ARGV[4], tonumber(ARGV[5])
 local adaptive, initial, max_text = ARGV[6], tonumber(ARGV[7]), ARGV[8]
@@ -35,7 +36,16 @@ end
 set_limit(limit)
 
 local held = redis.call('ZCARD', LEASES)
-if held >= limit and reap(now) > 0 then held = redis.call('ZCARD', LEASES) end
+local oldest = nil  -- the lease that expires first, {token, expiry}, once read
+if held >= limit then
+  -- Leases whose holders stopped renewing them (killed workers) come back first; the oldest
+  -- lease says whether there are any, and a waiter needs it below anyway.
+  oldest = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
+  if #oldest == 2 and tonumber(oldest[2]) <= now then
+    held = held - reap(now)
+    oldest = nil
+  end
+end
 -- Waiters go first: a free permit goes to them (hand_off) before anyone new.
 if held < limit then held = hand_off(now, held) end
 if asked_before and redis.call('ZSCORE', LEASES, token) then  -- handed to us (now or before)
@@ -55,10 +65,13 @@ end
 -- again within a third of one), so a killed worker's waiters are passed over within a lease
 -- instead of being handed permits nobody will use until the end of their whole wait.
 redis.call('HSET', DEADLINE, token, now + math.min(wait, ttl))
-local ahead = redis.call('ZRANK', set, token)
-if prio == 1 then ahead = ahead + redis.call('ZCARD', WAITING[1]) end
 -- Look again when the waiting ends or when the oldest lease would expire (a dead holder's).
-local oldest = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
+if not oldest then oldest = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES') end
 local recheck = math.min(wait, math.floor(ttl / 3))
 if #oldest == 2 then recheck = math.min(recheck, tonumber(oldest[2]) - now + 1) end
-return finish({0, math.max(1, recheck), ahead, math.floor(num('lat_ms', 0)), limit})
+recheck = math.max(1, recheck)
+-- How long its turn should take is asked once, on arrival (worker/gate.py's patience).
+if asked_before then return finish({0, recheck}) end
+local ahead = redis.call('ZRANK', set, token)
+if prio == 1 then ahead = ahead + redis.call('ZCARD', WAITING[1]) end
+return finish({0, recheck, ahead, math.floor(num('lat_ms', 0)), limit})
