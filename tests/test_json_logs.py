@@ -80,3 +80,24 @@ def test_a_worker_with_json_logs_writes_only_json_lines_with_job_fields(
         and line["latency_ms"] >= 0
         for line in delivered
     )
+    # One line per job: Celery's own per-message lines are off at INFO (worker/app.py).
+    assert not [
+        line
+        for line in lines
+        if line["logger"] == "celery.worker.strategy" or "succeeded in" in line["message"]
+    ]
+
+
+@pytest.mark.parametrize(("root", "celery"), [(logging.INFO, logging.WARNING), (logging.DEBUG, 0)])
+def test_celerys_per_message_lines_are_off_unless_debugging(root: int, celery: int) -> None:
+    from worker.app import _quiet_http_logs
+
+    before = logging.getLogger().level
+    logging.getLogger().setLevel(root)
+    try:
+        _quiet_http_logs()
+        for name in ("celery.worker.strategy", "celery.app.trace"):
+            assert logging.getLogger(name).level == celery
+    finally:
+        logging.getLogger().setLevel(before)
+        _quiet_http_logs()

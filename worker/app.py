@@ -128,6 +128,12 @@ def _quiet_http_logs(**_: Any) -> None:
     # httpx logs every request URL at INFO, and Noojee's apiKey travels in the URL.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Celery logs two INFO lines per message ("received", "succeeded in"): they say nothing the
+    # one line per job that settles (tasks/delivery.py) does not, and cost 5 % of a worker's CPU
+    # against a destination that answers at once. Kept at --loglevel DEBUG.
+    debugging = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    for name in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(logging.NOTSET if debugging else logging.WARNING)
     # A job that found its gate full goes back to its queue: a summary, not a traceback each.
     requeue_log.install()
 
