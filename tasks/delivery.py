@@ -540,8 +540,10 @@ class DeliveryTask(Task):
             permit = gate.acquire(priority)
             if permit is None:
                 raise NoPermit(gate.name)
-        if self.request.id:  # the console tells a job calling from one waiting at the gate
-            runtime_ledger().calling(self.request.id)
+        # The console tells a job calling from one waiting at the gate (a long call is marked).
+        keeper = ClaimKeeper.for_process(runtime_ledger())
+        if self.request.id:
+            keeper.calling(self.request.id, now_ms())
         answer = Answer(Review("internal-error", "contactsync error; see the worker log"))
         started = time.monotonic()
         try:
@@ -552,6 +554,8 @@ class DeliveryTask(Task):
                 log.error("%s: the connector answered %s, not an Answer", self.name, type(sent))
         finally:
             latency_s = time.monotonic() - started
+            if self.request.id:
+                keeper.called(self.request.id)
             if gate is not None and permit is not None:
                 self._release(gate, permit, latency_s, answer)
         paused_until = self._judge(pause, verdict, answer.outcome)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import fakeredis
@@ -370,3 +371,37 @@ def test_a_batch_counts_its_jobs_by_state(ledger: Ledger) -> None:
     ledger.transition("b", "queued", {"event": "requeued"}, allowed=("review",))
     assert ledger.batch_counts("run-1")["pending"] == 2
     assert set(ledger.batch_counts("never").values()) == {0}
+
+
+def test_a_call_is_marked_calling_once_it_has_run_a_second_and_never_if_it_ends_sooner(
+    ledger: Ledger,
+) -> None:
+    """The claim keeper writes the calling mark (what the console's running list shows): only
+    for calls that outlast ``CALLING_AFTER_MS``, with the time the call started, and only while
+    the claim is still this worker's."""
+    from producers.console.queries import phase
+    from worker.claims import CALLING_AFTER_MS, ClaimKeeper
+
+    keeper = ClaimKeeper(ledger)
+    keeper._thread = threading.current_thread()  # (no renewing thread: this test drives it)
+    for job_id in ("long", "short", "lost"):
+        queue(ledger, new_job(job_id))
+        ledger.claim(job_id, f"h/1/{job_id}", 10_000)
+        keeper.hold(job_id, f"h/1/{job_id}")
+    started = now_ms()
+    for job_id in ("long", "short", "lost"):
+        keeper.calling(job_id, started)
+    assert keeper.due_marks(started + CALLING_AFTER_MS - 1) == {}
+    keeper.called("short")  # its answer came back first
+    ledger.r.delete(ledger.lock_key("lost"))  # its claim ran out
+    marks = keeper.due_marks(started + CALLING_AFTER_MS)
+    assert marks == {"long": started, "lost": started}
+    assert keeper.renew_once(marks) == ["lost"]
+    calling = {job_id: ledger.get(job_id) for job_id in ("long", "short", "lost")}
+    assert calling["long"] is not None and calling["long"].calling_since_ms == started
+    assert phase(calling["long"]) == "calling"
+    assert all(r is not None and phase(r) == "waiting" for r in (calling["short"],))
+    assert calling["lost"] is not None and calling["lost"].calling_since_ms == 0
+    assert keeper.due_marks(started + 10 * CALLING_AFTER_MS) == {}  # written once
+    keeper.calling("long", started + 5_000)  # a busy answer, and the call is made again
+    assert keeper.due_marks(started + 6_000) == {"long": started + 5_000}

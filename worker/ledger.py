@@ -589,12 +589,6 @@ class Ledger:
             pipe.ltrim(self.history_key(job_id), 0, self.history_len - 1)
             pipe.execute()
 
-    def calling(self, job_id: str, at_ms: int | None = None) -> None:
-        """A running job holds its gate's permit and its call starts now: until the call's
-        answer is recorded (``record_attempt`` clears it), the job is calling, not waiting at
-        the gate (what an operator's list of running jobs tells apart)."""
-        self.r.hset(self.job_key(job_id), "calling_since_ms", now_ms() if at_ms is None else at_ms)
-
     def note(self, job_id: str, entry: dict[str, Any]) -> None:
         """Add an entry to a job's history without changing its state (an operator revealed
         its payload, asked for its retry now): who did what to it stays on record."""
@@ -625,13 +619,15 @@ class Ledger:
             pipe.zremrangebyrank(key, 0, -RECENT_ENDED - 1)
             pipe.execute()
 
-    def renew(self, leases: dict[str, str]) -> list[str]:
-        """Extend this process's claims (job id → lock token) by one lease; returns the ids
-        whose claim was already gone."""
+    def renew(self, leases: dict[str, str], calling: dict[str, int] | None = None) -> list[str]:
+        """Extend this process's claims (job id → lock token) by one lease, and mark the jobs in
+        ``calling`` (job id → when its call started, ms) as calling their destination; returns
+        the ids whose claim was already gone."""
         if not leases:
             return []
-        pairs = [x for item in leases.items() for x in item]
-        lost = self._renew(keys=[], args=[*self._common(), self.lease_ms, *pairs])
+        calling = calling or {}
+        triples = [x for id_, token in leases.items() for x in (id_, token, calling.get(id_, ""))]
+        lost = self._renew(keys=[], args=[*self._common(), self.lease_ms, *triples])
         return [str(job_id) for job_id in lost]
 
     def reap(self, limit: int = 500, dead: list[str] | tuple[str, ...] = ()) -> list[str]:

@@ -184,8 +184,8 @@ def _rows(ledger: Ledger, name: str, slice_: list[tuple[str, int]]) -> list[Row]
 
 def phase(record: JobRecord) -> str:
     """What a running job is doing: ``calling`` its destination (it holds a permit and its call
-    started; ``Ledger.calling``), or ``waiting`` (for a permit at the gate, or for the pause's
-    verdict: both take no call)."""
+    has run for a second or more: worker/claims.py marks it), or ``waiting`` (for a permit at
+    the gate, or for the pause's verdict: both take no call; or its call started just now)."""
     if record.state != "running":
         return ""
     if record.calling_since_ms and record.calling_since_ms >= record.updated_at_ms:

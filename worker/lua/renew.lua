@@ -3,15 +3,17 @@
 -- timeout.
 -- ARGV[1..5] as every ledger script (ledger_lib.lua)
 local lease_ms = tonumber(ARGV[6])
--- ARGV[7..]: job id, lock token pairs
+-- ARGV[7..]: job id, lock token, and when its call started (ms) if it is to be marked as
+-- calling now (worker/claims.py), else ''
 -- Returns the ids whose lease was already gone (expired and maybe reaped: the job may run
 -- elsewhere now)
 local lost = {}
-for a = 7, #ARGV, 2 do
-  local id, token = ARGV[a], ARGV[a + 1]
+for a = 7, #ARGV, 3 do
+  local id, token, calling = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   if redis.call('GET', lock_key(id)) == token then
     redis.call('PEXPIRE', lock_key(id), lease_ms)
     redis.call('ZADD', RUNNING, NOW + lease_ms, id)
+    if calling ~= '' then redis.call('HSET', job_key(id), 'calling_since_ms', calling) end
   else
     lost[#lost + 1] = id
   end
