@@ -321,7 +321,7 @@ def test_worker_killed_mid_call_does_not_lose_the_job(
         assert record.state == "delivered"
         assert simulator.calls(lead) >= 1  # at least once: the killed call may have applied too
         w2_log = (stack.log_dir / "worker-w2.log").read_text()
-        assert f"noojee.deliver[{job_id}] succeeded" in w2_log
+        assert f"job {job_id} settled: delivered" in w2_log
     finally:
         simulator.configure(latency_s=0.03, jitter_s=0.005)
 

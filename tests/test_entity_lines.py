@@ -374,6 +374,7 @@ def test_a_job_handed_back_at_the_gate_gets_a_new_message_in_the_same_step(
     assert ledger.reconcile("noojee", 0, "unacked", HELD_MS) == (0, [])
     assert not ledger.unclaim("a", "w")  # a claim that ended: nothing more is pushed
     assert messages(ledger) == ["a"]
+    assert ledger.r.get(f"{ledger.prefix}handed-back") == "1"  # counted once
 
 
 def test_two_messages_of_one_job_never_share_a_delivery_tag(

@@ -28,6 +28,7 @@
 --                                  found on neither a list nor a worker -> when first found so
 --                                  (reconcile.lua sends one again when a later round agrees)
 --   P..'running'             zset  job id -> when its runner's lease ends (ms)
+--   P..'handed-back'         string jobs handed back to their queue at a full gate, in all
 --   P..'counts'              hash  jobs per state, except running (the size of P..'running'
 --                                  says that); P..'batch:'..B the same for one batch
 

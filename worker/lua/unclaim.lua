@@ -12,6 +12,7 @@ if job[1] == 'running' then
   redis.call('HSET', key, 'state', 'queued', 'updated_at_ms', NOW)
   recount('running', 'queued', job[2])
   dispatch(id, job[3], job[4])
+  redis.call('INCR', P .. 'handed-back')  -- how often, for `python -m bench L` and operators
 end
 redis.call('DEL', lock_key(id))
 redis.call('ZREM', RUNNING, id)
