@@ -315,7 +315,8 @@ class DeliveryTask(Task):
 
     def _deliver(self, job_id: str, token: str) -> dict[str, Any]:
         ledger = runtime_ledger()
-        claim = ledger.claim(job_id, token)
+        pause = self._configured_pause()
+        claim = ledger.claim(job_id, token, pause=pause.claim_args if pause else None)
         if claim.status == "missing":
             log.error("job %s has no ledger record (expired or never recorded); dropped", job_id)
             raise Ignore()
@@ -338,6 +339,14 @@ class DeliveryTask(Task):
             return self._run_claimed(ledger, job_id, token, claim)
         finally:
             keeper.forget(job_id)
+
+    def _configured_pause(self) -> Pause | None:
+        """The destination's pause, to be checked in the claim's step; None if the destination
+        is not configured (its jobs wait without calling: ``_call_once``)."""
+        try:
+            return self.pause_for(self.connector)
+        except NotConfigured:
+            return None
 
     def _run_claimed(self, ledger: Ledger, job_id: str, token: str, claim: Claim) -> dict[str, Any]:
         unsettled = _unsettled_answer(claim.last_entry())
@@ -384,9 +393,11 @@ class DeliveryTask(Task):
                 token,
                 Superseded("superseded", decided.superseded, claim.delivered_by),
             )
+        # The pause's answer for the first call came with the claim.
+        verdict = self.pause_for(self.connector).verdict(*claim.pause) if claim.pause else None
         try:
             outcome, attempt = self._attempt(
-                ledger, job_id, decided.job, decided.priority or record.priority
+                ledger, job_id, decided.job, decided.priority or record.priority, verdict
             )
         except NoPermit as full:
             # The destination is at its limit: back to the queue (unclaim queues a new message),
@@ -450,20 +461,28 @@ class DeliveryTask(Task):
 
     # -- calling ------------------------------------------------------------------------------
     def _attempt(
-        self, ledger: Ledger, job_id: str, job: JobModel, priority: str
+        self,
+        ledger: Ledger,
+        job_id: str,
+        job: JobModel,
+        priority: str,
+        verdict: Verdict | None = None,
     ) -> tuple[Outcome, Attempt]:
         """Call the destination: the last call's outcome, and its answer to record as the job
         settles. Only "busy" answers (Noojee 109) are retried in-process, for
         ``retry.fast_window_s``: the destination is up and a slot frees within moments; each
         busy answer is recorded as the next call starts. Faults (a destination that is down)
         back off through Redis from the first one, so a short outage does not burn through the
-        fault budget in seconds."""
+        fault budget in seconds. ``verdict``: the pause's answer for the first call, if the
+        claim checked it; every other call checks the pause itself."""
         made: list[Attempt] = []
 
         def call() -> Outcome:
             if made:  # the call before was busy, and is made again: its answer goes on record
                 ledger.record_attempt(job_id, made[-1].entry, fault=made[-1].fault)
-            answer, latency_s, waited_s, paused_until = self._call_once(job, priority)
+            answer, latency_s, waited_s, paused_until = self._call_once(
+                job, priority, None if made else verdict
+            )
             outcome = answer.outcome
             # A failure that paused the destination is the destination's, not the job's.
             fault = not paused_until and isinstance(outcome, Retry) and outcome.bounded
@@ -516,18 +535,22 @@ class DeliveryTask(Task):
         outcome: Outcome = retrying(call)
         return outcome, made[-1]
 
-    def _call_once(self, job: JobModel, priority: str) -> tuple[Answer, float, float, int]:
+    def _call_once(
+        self, job: JobModel, priority: str, verdict: Verdict | None = None
+    ) -> tuple[Answer, float, float, int]:
         """One call, behind the destination's pause and gate: (answer, call latency, gate wait
         in s, and the time the destination is paused until if this answer paused it, else 0).
         Raises ``Deferred`` without calling if the destination is paused, ``NoPermit`` if the
-        gate gave no permit in time."""
+        gate gave no permit in time. ``verdict``: the pause's answer already given (by the
+        claim), else the pause is asked here."""
         try:
             connector = self.connector
         except NotConfigured as exc:
             log.error("%s cannot deliver: %s", self.name, exc)
             return Answer(Retry("not-configured", str(exc))), 0.0, 0.0, 0
         pause = self.pause_for(connector)
-        verdict = pause.check()
+        if verdict is None:
+            verdict = pause.check()
         if verdict.wait_until_ms:
             raise Deferred(
                 verdict.wait_until_ms, f"{pause.name} is paused: {pause.status().reason or 'down'}"

@@ -202,3 +202,34 @@ def test_a_refused_login_is_tried_once_and_every_waiting_thread_takes_its_answer
 
 def test_a_token_never_shows_in_its_repr() -> None:
     assert "secret-value" not in repr(Token("secret-value"))
+
+
+def test_a_claim_answers_the_pause_check_of_the_first_call_in_its_own_step(client: Any) -> None:
+    """The claim script checks the destination's pause (pause_lib.lua) and hands the verdict to
+    the first call: the same answers as ``Pause.check``, a probe taken at most once."""
+    from tests.test_ledger import new_job
+    from worker.dispatch import Template
+    from worker.ledger import Ledger, now_ms
+    from worker.pause import Verdict
+
+    prefix = fresh_prefix()
+    p = Pause(client, "dest", prefix=prefix, after_failures=3, probe_interval_s=5.0)
+    ledger = Ledger(client, prefix=prefix)
+    for n in range(5):
+        ledger.create(new_job(f"j{n}"), Template(f"{prefix}list", '{"job": "@@job@@"}'))
+
+    def first_call(job_id: str) -> Verdict:
+        claim = ledger.claim(job_id, f"h/1/{job_id}", pause=p.claim_args)
+        assert claim.status == "claimed" and claim.pause is not None
+        return p.verdict(*claim.pause)
+
+    p.failed("503")
+    assert first_call("j0") == Verdict(failures=1)
+    assert ledger.claim("j1", "h/1/j1").pause is None  # no pause given, none checked
+    p.failed("503")
+    until = p.failed("503")
+    assert first_call("j2") == Verdict(paused=True, wait_until_ms=until)
+    client.hset(f"{prefix}pause:dest", "until_ms", now_ms() - 1)  # the probe is due
+    assert first_call("j3").probe
+    assert not first_call("j4").probe  # one probe an interval
+    assert p.status().probes == 1

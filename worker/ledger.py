@@ -213,7 +213,8 @@ class Claim:
     line), and the highest version delivered for its entity (sort key) and by which job. Locked:
     ``lock_ms`` left on the other runner's lease. Terminal: ``previous`` is the state it ended
     in. Claimed also carries the job's ``record`` and its newest ``recent`` history entries
-    (newest first), read in the same step."""
+    (newest first), read in the same step, and, when the claim was given a pause to check, the
+    pause's answer for the first call (``pause``: state, until, failures; ``Pause.verdict``)."""
 
     status: str
     previous: str = ""
@@ -223,6 +224,7 @@ class Claim:
     lock_ms: int = 0
     record: JobRecord | None = None
     recent: tuple[dict[str, Any], ...] = ()
+    pause: tuple[int, ...] | None = None
 
     def last_entry(self) -> dict[str, Any] | None:
         """``Ledger.last_entry`` as of the claim."""
@@ -294,7 +296,7 @@ class Ledger:
         self.window = window
         lib = "ledger_lib"
         self._create = scripts.load(client, "create", lib)
-        self._claim = scripts.load(client, "claim", lib)
+        self._claim = scripts.load(client, "claim", (lib, "pause_lib"))
         self._transition = scripts.load(client, "transition", lib)
         self._absorb = scripts.load(client, "absorb", lib)
         self._renew = scripts.load(client, "renew", lib)
@@ -532,10 +534,21 @@ class Ledger:
         return facts
 
     # -- workers ------------------------------------------------------------------------------
-    def claim(self, job_id: str, token: str, lease_ms: int | None = None) -> Claim:
-        """Take a job to run it (one runner at a time, only the head of its entity's line)."""
+    def claim(
+        self,
+        job_id: str,
+        token: str,
+        lease_ms: int | None = None,
+        pause: tuple[str, int] | None = None,
+    ) -> Claim:
+        """Take a job to run it (one runner at a time, only the head of its entity's line).
+        ``pause``: its destination's (``Pause.claim_args``), checked in the same step for the
+        job's first call (``Claim.pause``)."""
         lease = self.lease_ms if lease_ms is None else lease_ms
-        reply = self._claim(keys=[], args=[*self._common(), job_id, token, lease])
+        pause_key, probe_interval_ms = pause or ("", 0)
+        reply = self._claim(
+            keys=[], args=[*self._common(), job_id, token, lease, pause_key, probe_interval_ms]
+        )
         status = str(reply[0])
         if status == "claimed":
             raw = reply[5]
@@ -549,6 +562,7 @@ class Ledger:
                 str(reply[4]),
                 record=record,
                 recent=recent,
+                pause=tuple(int(v) for v in reply[7]) if len(reply) > 7 and reply[7] else None,
             )
         if status == "locked":
             return Claim(status, lock_ms=max(0, int(reply[1])))

@@ -73,16 +73,25 @@ class Pause:
         self.config_probe_interval_ms = int(config_probe_interval_s * 1000)
         self.limit_probe_interval_ms = int(limit_probe_interval_s * 1000)
         self._keys = [f"{prefix}pause:{name}", f"{prefix}pause:{name}:failures"]
-        self._check = scripts.load(client, "pause_check")
+        self._check = scripts.load(client, "pause_check", "pause_lib")
         self._failure = scripts.load(client, "pause_failure")
 
     def check(self, now_ms: int | None = None) -> Verdict:
         """Before a call. Not paused: go. Paused: wait until ``wait_until_ms``, unless this call
         is the probe."""
         now = _now(now_ms)
-        state, until_ms, failures = (
-            int(v) for v in self._check(keys=self._keys, args=[now, self.probe_interval_ms])
-        )
+        answer = self._check(keys=self._keys, args=[now, self.probe_interval_ms])
+        return self.verdict(*(int(v) for v in answer))
+
+    @property
+    def claim_args(self) -> tuple[str, int]:
+        """What ``Ledger.claim`` needs to check this pause in the step that claims a job (the
+        pause's hash, and the probe interval when the pause names none); its answer is turned
+        into a ``Verdict`` by ``verdict``."""
+        return self._keys[0], self.probe_interval_ms
+
+    def verdict(self, state: int, until_ms: int, failures: int) -> Verdict:
+        """``pause_verdict``'s answer (pause_lib.lua) as a ``Verdict``."""
         if state == 0:
             return Verdict(failures=failures)
         if state == 2:

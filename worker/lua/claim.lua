@@ -3,10 +3,14 @@
 -- queued again when the job before it ends).
 -- ARGV[1..5] as every ledger script (ledger_lib.lua)
 local id, token, lease_ms = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local pause, probe_interval = ARGV[9], ARGV[10]
+-- ARGV[9] its destination's pause hash ('' = none), ARGV[10] the pause's probe interval (ms)
+-- when it names none: the first call's pause check is made here, in this round trip
+-- (pause_lib.lua; its failures counter is the hash's name .. ':failures')
 -- Returns {'claimed', previous state, jobs held behind it, highest version delivered for its
 -- entity or '', the job that delivered it or '', the job's hash (field, value, ...), its newest
--- two history entries} | {'terminal', state} | {'held', ''} | {'locked', lease ms left} |
--- {'missing', ''}
+-- two history entries, the pause's verdict {state, until_ms, failures} or {}} |
+-- {'terminal', state} | {'held', ''} | {'locked', lease ms left} | {'missing', ''}
 local key = job_key(id)
 local job = redis.call('HMGET', key, 'state', 'entity', 'batch', 'kind')
 local state, entity = job[1], job[2]
@@ -32,5 +36,9 @@ if entity then
 end
 -- What the worker reads next, in this round trip: the record, and the history entries that say
 -- whether an answer was recorded but never settled (a worker died between the two).
+local verdict = {}
+if pause and pause ~= '' then
+  verdict = pause_verdict(pause, pause .. ':failures', NOW, probe_interval)
+end
 return {'claimed', state, behind, version, by, redis.call('HGETALL', key),
-        redis.call('LRANGE', history_key(id), 0, 1)}
+        redis.call('LRANGE', history_key(id), 0, 1), verdict}
