@@ -128,9 +128,8 @@ local function top_up(queue, most)
     local ready = ready_key(queue, priority)
     local list = template_of(queue, priority)[1]
     while list and moved < most and list_length(list) < WINDOW do
-      local next = redis.call('ZRANGE', ready, 0, 0)[1]
+      local next = redis.call('ZPOPMIN', ready)[1]
       if not next then break end
-      redis.call('ZREM', ready, next)
       if redis.call('HGET', job_key(next), 'state') == 'queued' then
         push(next, queue, priority)
         moved = moved + 1
