@@ -38,8 +38,8 @@ Keys, under ``prefix`` (``cs:`` by default):
   and kombu's list it goes on: every script queues a job from it.
 - ``dispatched:{queue}`` zset: queued jobs whose message is on the broker, by when it was
   pushed; ``ready:{queue}:{priority}`` zset: queued jobs waiting for room on the broker list
-  (``window`` messages a list), fed in as workers take messages. ``reconcile.lua`` pushes again
-  the message of a dispatched job that is on neither the list nor the unacked index (the
+  (``window`` messages a list), fed in by the rounds and the claims. ``reconcile.lua`` pushes
+  again the message of a dispatched job that is on neither the list nor the unacked index (the
   messages workers hold, ``worker/transport.py``).
 - ``counts`` hash: number of jobs in each state, except ``running``: that is the size of the
   ``running`` zset (job id -> when its runner's lease ends). ``delivered``, ``merged`` and

@@ -494,7 +494,7 @@ class Settings(BaseSettings):
         1000,
         ge=0,
         description="most messages kept on each broker list (a queue at one priority); a larger "
-        "backlog waits in the ledger (no message copy) and is fed in as workers take messages, "
+        "backlog waits in the ledger (no message copy) and is fed in by the workers' rounds, "
         "which keeps the check for lost messages cheap; 0: no limit",
     )
     job_lease_ttl_s: float = Field(

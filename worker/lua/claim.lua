@@ -12,7 +12,7 @@ local pause, probe_interval = ARGV[9], ARGV[10]
 -- two history entries, the pause's verdict {state, until_ms, failures} or {}} |
 -- {'terminal', state} | {'held', ''} | {'locked', lease ms left} | {'missing', ''}
 local key = job_key(id)
-local job = redis.call('HMGET', key, 'state', 'entity', 'batch', 'kind')
+local job = redis.call('HMGET', key, 'state', 'entity', 'batch', 'kind', 'priority')
 local state, entity = job[1], job[2]
 if not state then return {'missing', ''} end
 if ENDED[state] then return {'terminal', state} end
@@ -25,9 +25,9 @@ redis.call('HSET', key, 'state', 'running', 'updated_at_ms', NOW)
 recount(state, 'running', job[3])
 local queue = queue_of(job[4])
 redis.call('ZREM', dispatched_key(queue), id)
--- A message was taken off the broker: feed in the next ready job, and one more, so the list
--- keeps up with the workers.
-top_up(queue, 2)
+-- A message was taken off the broker: if its list runs low, feed in the next ready job, and
+-- one more, so the list keeps up with the workers.
+top_up_after_take(queue, job[5] or 'bulk', 2)
 local behind, version, by = 0, '', ''
 if entity then
   behind = math.max(0, redis.call('LLEN', line_key(entity)) - 1)

@@ -104,8 +104,8 @@ end
 
 -- Queue a job: its message goes on the broker list while the list holds fewer than WINDOW
 -- messages; beyond that it waits in the ready set, without a message (no 1.3 kB copy of what
--- the ledger knows), and is fed in as workers take messages (top_up). Without a stored
--- template the job waits on the schedule for a second.
+-- the ledger knows), and is fed in by the rounds and as workers take messages (top_up,
+-- top_up_after_take). Without a stored template the job waits on the schedule for a second.
 local function dispatch(id, kind, priority)
   local queue = queue_of(kind)
   local list = template_of(queue, priority)[1]
@@ -116,27 +116,44 @@ local function dispatch(id, kind, priority)
   end
 end
 
--- Feed ready jobs of `queue` onto its broker lists while they have room (at most `most`
--- messages; realtime first). A ready job that is no longer queued is dropped from the set.
-local function top_up(queue, most)
+-- Feed ready jobs of `queue` at `priority` onto its broker list while it holds fewer than
+-- `below` messages (at most `most` of them). A ready job that is no longer queued is dropped
+-- from the set. Returns how many were fed.
+local function feed_list(queue, priority, most, below)
+  local ready = ready_key(queue, priority)
+  local list = template_of(queue, priority)[1]
   local moved = 0
-  -- Most takes find nothing waiting: one command says so.
-  if redis.call('EXISTS', ready_key(queue, 'realtime'), ready_key(queue, 'bulk')) == 0 then
-    return 0
-  end
-  for _, priority in ipairs({'realtime', 'bulk'}) do
-    local ready = ready_key(queue, priority)
-    local list = template_of(queue, priority)[1]
-    while list and moved < most and list_length(list) < WINDOW do
-      local next = redis.call('ZPOPMIN', ready)[1]
-      if not next then break end
-      if redis.call('HGET', job_key(next), 'state') == 'queued' then
-        push(next, queue, priority)
-        moved = moved + 1
-      end
+  while list and moved < most and list_length(list) < below do
+    local next = redis.call('ZPOPMIN', ready)[1]
+    if not next then break end
+    if redis.call('HGET', job_key(next), 'state') == 'queued' then
+      push(next, queue, priority)
+      moved = moved + 1
     end
   end
   return moved
+end
+
+-- Feed ready jobs of `queue` onto its broker lists while they have room (at most `most`
+-- messages; realtime first): the republisher's rounds (feed.lua, reconcile.lua).
+local function top_up(queue, most)
+  -- Most rounds find nothing waiting: one command says so.
+  if redis.call('EXISTS', ready_key(queue, 'realtime'), ready_key(queue, 'bulk')) == 0 then
+    return 0
+  end
+  local moved = feed_list(queue, 'realtime', most, WINDOW)
+  return moved + feed_list(queue, 'bulk', most - moved, WINDOW)
+end
+
+-- A worker took a message of `queue` at `priority` (claim.lua): feed that list only once it
+-- runs low, down to half the window. Every worker's republisher tops the lists up twice a
+-- second (feed.lua), so a claim rarely has to: a claim in a backlog costs four commands, not
+-- ten.
+local function top_up_after_take(queue, priority, most)
+  if WINDOW <= 0 or redis.call('EXISTS', ready_key(queue, priority)) == 0 then return 0 end
+  local list = template_of(queue, priority)[1]
+  if not list or list_length(list) > WINDOW / 2 then return 0 end
+  return feed_list(queue, priority, most, WINDOW)
 end
 
 -- The head of an entity's line may run: if it was held, it is queued now (its message pushed).
