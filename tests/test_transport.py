@@ -124,3 +124,29 @@ def test_the_app_uses_the_shared_client_transport_for_plain_redis_urls(
 ) -> None:
     monkeypatch.setattr("worker.app.broker_url", lambda: url)
     assert broker_settings()["broker_transport"] == transport
+
+
+def test_a_requeue_that_fails_leaves_the_message_no_longer_held(
+    redis_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker requeues when Redis fails; if putting the message back fails too, the channel
+    must not go on saying it holds it (reconcile would wait the visibility timeout)."""
+    import redis
+
+    with Connection(redis_server, transport="worker.transport:Transport") as connection:
+        queue = connection.SimpleQueue("transport-failed-requeue")
+        queue.put({"n": 1})
+        message = queue.get(timeout=5)
+        qos = connection.default_channel.qos
+        assert message.delivery_tag in qos._taken
+
+        def broken(*_: Any, **__: Any) -> None:
+            raise redis.ConnectionError("Redis is away")
+
+        monkeypatch.setattr(connection.default_channel, "_do_restore_message", broken)
+        with pytest.raises(redis.ConnectionError):
+            message.requeue()
+        assert message.delivery_tag not in qos._taken
+        qos.report()
+        assert message.delivery_tag not in qos._reported
+        queue.close()

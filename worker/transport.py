@@ -101,9 +101,14 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        if requeue:
-            self.restore_by_tag(delivery_tag, leftmost=True)
-        self.ack(delivery_tag)
+        try:
+            if requeue:
+                self.restore_by_tag(delivery_tag, leftmost=True)
+        finally:
+            # Even if putting it back failed (Redis is failing: that is when a worker requeues),
+            # the worker no longer holds it, and the index must not say it does: reconcile then
+            # sends its job's message again, instead of waiting out kombu's visibility timeout.
+            self.ack(delivery_tag)
 
     def restore_unacked_once(self, stderr: Any = None) -> Any:
         self._closed.set()  # the channel closes: its reporter stops, whether or not it restores
