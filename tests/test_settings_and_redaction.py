@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from worker.redaction import MASK, mask, mask_fields, scrub
@@ -340,3 +343,27 @@ def test_payload_keys_never_appear(env: pytest.MonkeyPatch) -> None:
     settings = Settings()
     for shown in (str(settings), repr(settings), json.dumps(settings.masked())):
         assert not shows_any_of(key, shown)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.text(min_size=4, max_size=12),
+    before=st.text(max_size=8),
+    after=st.text(max_size=8),
+    swap=st.booleans(),
+)
+def test_scrub_personal_quick_path_never_lets_a_quoted_value_through(
+    value: str, before: str, after: str, swap: bool
+) -> None:
+    """A text that quotes the value in any letter case (or as JSON escapes it) is changed; the
+    quick check that skips the pattern only skips texts that quote nothing."""
+    from worker.redaction import SCRUB_MIN_CHARS, scrub_personal
+
+    quoted = value.swapcase() if swap else value
+    text = f"{before}{quoted}{after}"
+    scrubbed = scrub_personal(text, [value])
+    if len(value) < SCRUB_MIN_CHARS:
+        return
+    pattern = re.compile(re.escape(value), re.IGNORECASE)
+    if pattern.search(text):
+        assert scrubbed != text or mask(value) == value

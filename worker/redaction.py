@@ -76,16 +76,28 @@ def scrub_personal(text: str, values: Iterable[str]) -> str:
     would escape it) replaced by its mask, as ``mask`` shows it in a payload: a destination's
     message that quotes the lead ("0412345678 is on the DNC list") keeps its meaning
     ("0***78 is on the DNC list") and loses the data."""
-    forms: dict[str, str] = {}
+    forms: dict[str, str] = {}  # each form of a value as given -> its mask
     for value in values:
         shown = mask(value)
         for form in (value, json.dumps(value)[1:-1]):
             if len(form) >= SCRUB_MIN_CHARS:
-                forms.setdefault(form.lower(), shown)
+                forms.setdefault(form, shown)
     if not forms or not text:
+        return text
+    # Most texts quote none of the values: say so without building a pattern (a new one per
+    # job, which Python's cache of compiled patterns cannot keep: 2 % of a worker's CPU).
+    # casefold() folds at least every pair of letters IGNORECASE matches, so no text the
+    # pattern would change is let through here.
+    folded = {form.casefold(): shown for form, shown in forms.items()}
+    text_folded = text.casefold()
+    if not any(form in text_folded for form in folded):
         return text
     # Longest first, so a value that contains another is replaced whole.
     pattern = re.compile(
         "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)), re.IGNORECASE
     )
-    return pattern.sub(lambda found: forms[found.group(0).lower()], text)
+    # (Should some letter IGNORECASE matched not fold to its value's form, the text found is
+    # masked as it stands rather than let through.)
+    return pattern.sub(
+        lambda found: folded.get(found.group(0).casefold()) or mask(found.group(0)), text
+    )
