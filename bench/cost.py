@@ -255,8 +255,9 @@ def contactsync_fleet(env: dict[str, str]) -> Iterator[Fleet]:
         return {"gate_limit_at_end": limits or "no gate"}
 
     def diagnose() -> dict[str, Any]:
-        """The ledger's counts, its sets, the broker lists and kombu's record of taken
-        messages, and the workers' warnings."""
+        """The ledger's counts, its sets, the broker lists and the record of taken messages
+        (the unacked index; kombu's hash, which nothing writes now), and the workers'
+        warnings."""
         client, prefix = redis_client(), get_settings().key_prefix
         return {
             "ledger_counts": ledger().counts(),

@@ -1,7 +1,7 @@
 """What keeping "queued" a promise costs with a backlog of 1,000,000 jobs.
 
 The rounds every worker makes (``worker/republisher.py``): ``due`` (the schedule), ``reap``
-(expired claims), ``reconcile`` (one queue's broker lists and kombu's unacked hash against the
+(expired claims), ``reconcile`` (one queue's broker lists and the unacked index against the
 jobs said to have a message, once every ``RECONCILE_S`` for the fleet) and ``feed`` (ready jobs
 onto the lists as they empty). A backlog waits in the ledger's ready set without a message; the
 broker lists hold at most the window. Each round is timed here with an empty queue and with

@@ -385,9 +385,10 @@ def test_a_retry_waiting_in_redis_needs_no_worker_memory_to_happen(
 def test_a_message_taken_by_a_worker_killed_before_kombu_recorded_it_is_sent_again(
     stack: Any, simulator: Simulator, ledger: Any
 ) -> None:
-    """kombu takes a message with BRPOP and records it in its unacked hash only afterwards; a
-    worker killed in between took the message with it. Here the "worker" that takes it is a
-    plain client that never records it: from Redis's side, exactly what that kill leaves."""
+    """A worker takes a message with BRPOP and lists it in the unacked index only afterwards (at
+    its channel's next report); a worker killed in between took the message with it. Here the
+    "worker" that takes it is a plain client that never lists it: from Redis's side, exactly
+    what that kill leaves."""
     from producers import submit
     from worker.app import app
     from worker.broker import redis_client

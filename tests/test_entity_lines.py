@@ -280,8 +280,9 @@ HELD_MS = 30_000
 
 
 def took(job_id: str, ledger: Ledger, unacked: str, seconds_ago: float = 0) -> None:
-    """What kombu records when a worker takes a message: its delivery tag (the job id) in the
-    unacked hash, and when, in seconds, in the hash's index."""
+    """What a worker's channel lists when it holds a message (worker/transport.py): its delivery
+    tag (the job id) and when it took it, in seconds, in the unacked index (and kombu's own
+    transport, for rediss://, the message in the hash too)."""
     ledger.r.hset(unacked, job_id, "[...]")
     ledger.r.zadd(f"{unacked}_index", {job_id: time.time() - seconds_ago})
 
@@ -326,17 +327,18 @@ def test_a_message_lost_in_transit_is_pushed_again_and_one_in_flight_is_not(
 def test_a_message_missing_at_one_round_is_sent_again_only_if_still_missing_later(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A message BRPOP has just answered is on neither the list nor kombu's record until
-    kombu's next round trip, however long it waited on the list: one sighting is not a loss."""
+    """A message BRPOP has just answered is on neither the list nor the unacked index until
+    its channel's next report, however long it waited on the list: one sighting is not a
+    loss."""
     import worker.ledger
 
     clock = [now_ms()]
     monkeypatch.setattr(worker.ledger, "now_ms", lambda: clock[0])
     for job_id in ("lost", "taken"):
         submit(ledger, job_id, entity=f"noojee:{job_id}")
-    ledger.r.delete(BULK_LIST)  # both popped by workers; kombu has recorded neither yet
+    ledger.r.delete(BULK_LIST)  # both popped by workers; neither is listed yet
     assert ledger.reconcile("noojee", 0, "unacked", HELD_MS, confirm_ms=400) == (0, [])
-    took("taken", ledger, "unacked")  # kombu's record of one arrives
+    took("taken", ledger, "unacked")  # one worker's report arrives
     clock[0] += 399
     assert ledger.reconcile("noojee", 0, "unacked", HELD_MS, confirm_ms=400) == (0, [])  # soon
     clock[0] += 1

@@ -19,7 +19,7 @@
 --   P..'message:'..Q..':'..PRI hash  list (kombu's Redis list) and text (the Celery message with
 --                                  @@job@@ for the id, @@pushed@@ in its delivery tag for when) of queue Q at priority PRI
 --   P..'dispatched:'..Q      zset  queued jobs of queue Q whose message is on the broker (its
---                                  list, or kombu's unacked hash once a worker has it), by when
+--                                  list, or with a worker: the unacked index), by when
 --                                  it was pushed: what reconcile.lua checks
 --   P..'ready:'..Q..':'..PRI zset  queued jobs waiting for room on the broker list (more than
 --                                  the window), by when they were queued: fed in as messages

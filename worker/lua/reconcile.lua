@@ -16,9 +16,9 @@
 -- only the jobs missing since the round before).
 -- ARGV[1..5] as every ledger script (ledger_lib.lua)
 local queue, grace, unacked, held = ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
--- the queue, how long a message may be in transit (ms), kombu's unacked hash (its index, the
--- same name with '_index': delivery tag -> when a worker took it, in seconds), how long a
--- worker may hold a message without claiming its job (ms)
+-- the queue, how long a message may be in transit (ms), kombu's unacked hash name (its index,
+-- the same name with '_index', which workers keep: delivery tag -> when a worker took it, in
+-- seconds), how long a worker may hold a message without claiming its job (ms)
 local confirm = tonumber(ARGV[10])
 -- how long a job must have been missing, seen at two rounds, before it is sent again (ms; 0:
 -- at once)
