@@ -405,3 +405,20 @@ def test_a_call_is_marked_calling_once_it_has_run_a_second_and_never_if_it_ends_
     assert keeper.due_marks(started + 10 * CALLING_AFTER_MS) == {}  # written once
     keeper.calling("long", started + 5_000)  # a busy answer, and the call is made again
     assert keeper.due_marks(started + 6_000) == {"long": started + 5_000}
+
+
+def test_a_recheck_left_on_the_schedule_by_a_job_that_ended_is_dropped_when_due(
+    ledger: Ledger,
+) -> None:
+    """A settle leaves a running job's recheck on the schedule (one command less a job); the
+    due round drops it without touching the job."""
+    queue(ledger, new_job("j1"))
+    ledger.claim("j1", "a", 10_000)
+    ledger.recheck("j1", due_ms=now_ms())  # a duplicate message found it locked
+    ledger.transition("j1", "delivered", {"event": "delivered"}, token="a")
+    assert ledger.size("schedule") == 1
+    ledger.r.delete(QUEUE)
+    assert ledger.due() == []
+    assert ledger.size("schedule") == 0
+    assert ledger.get("j1").state == "delivered"  # type: ignore[union-attr]
+    assert ledger.r.lrange(QUEUE, 0, -1) == []

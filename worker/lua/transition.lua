@@ -52,7 +52,9 @@ recount(current, new, job.batch)
 -- Only a job in review or rejected is listed there (this script is the one that lists it).
 if current == 'review' then redis.call('ZREM', P .. 'review', id) end
 if current == 'rejected' then redis.call('ZREM', P .. 'rejected', id) end
-redis.call('ZREM', SCHEDULE, id)
+-- (A running job that ends may still be on the schedule, to be looked at again by a worker
+-- that found it locked: due.lua drops an ended job, so that entry is left to it.)
+if not (current == 'running' and ENDED[new]) then redis.call('ZREM', SCHEDULE, id) end
 if current == 'queued' then  -- no longer waits for its message (an operator's discard, say)
   local queue = queue_of(job.kind)
   redis.call('ZREM', dispatched_key(queue), id)
