@@ -422,3 +422,16 @@ def test_a_recheck_left_on_the_schedule_by_a_job_that_ended_is_dropped_when_due(
     assert ledger.size("schedule") == 0
     assert ledger.get("j1").state == "delivered"  # type: ignore[union-attr]
     assert ledger.r.lrange(QUEUE, 0, -1) == []
+
+
+def test_a_job_with_an_attempt_on_record_gets_its_newest_entries_with_its_claim(
+    ledger: Ledger,
+) -> None:
+    queue(ledger, new_job("first"))
+    assert ledger.claim("first", "a", 10_000).recent == ()  # nothing to read: no attempt yet
+    queue(ledger, new_job("again"))
+    ledger.claim("again", "a", 10_000)
+    ledger.record_attempt("again", {"event": "attempt", "outcome": "delivered"}, fault=False)
+    ledger.r.delete(ledger.lock_key("again"))  # its worker died before settling
+    claim = ledger.claim("again", "b", 10_000)
+    assert claim.last_entry() == {"event": "attempt", "outcome": "delivered"}

@@ -35,10 +35,16 @@ if entity then
   version, by = last[1] or '', last[2] or ''
 end
 -- What the worker reads next, in this round trip: the record, and the history entries that say
--- whether an answer was recorded but never settled (a worker died between the two).
+-- whether an answer was recorded but never settled (a worker died between the two). Only a job
+-- with an attempt on record can have one: a first attempt, nearly every job, reads none.
+local record, recent = redis.call('HGETALL', key), {}
+for i = 1, #record, 2 do
+  if record[i] == 'attempts' and (tonumber(record[i + 1]) or 0) > 0 then
+    recent = redis.call('LRANGE', history_key(id), 0, 1)
+  end
+end
 local verdict = {}
 if pause and pause ~= '' then
   verdict = pause_verdict(pause, pause .. ':failures', NOW, probe_interval)
 end
-return {'claimed', state, behind, version, by, redis.call('HGETALL', key),
-        redis.call('LRANGE', history_key(id), 0, 1), verdict}
+return {'claimed', state, behind, version, by, record, recent, verdict}
