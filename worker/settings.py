@@ -487,7 +487,8 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(
         600,
         ge=5,
-        description="a job whose worker died is redelivered after this long (kombu's setting)",
+        description="a message a worker took and holds this long without claiming its job is "
+        "sent again (by the check for lost messages; by kombu itself for rediss://)",
     )
     worker_concurrency: int = Field(8, ge=1, description="threads per worker process")
     broker_window: int = Field(
@@ -621,8 +622,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _visibility_covers_longest_task(self) -> Settings:
-        # Redis redelivers an unacknowledged message after visibility_timeout; a task that runs
-        # longer than that would run twice. The longest task is the fast-retry window plus one
+        # kombu's own transport (rediss://) redelivers an unacknowledged message after
+        # visibility_timeout: a task that runs longer than that would run twice. (For redis://
+        # and sentinel:// the bound only applies to messages held unclaimed; it is kept the
+        # same for every URL.) The longest task is the fast-retry window plus one
         # wait at the gate and the longest call (a waiter near its turn may wait longer, up to
         # what this leaves room for: gate_patience_s).
         calls_s, whose = self.longest_calls()
