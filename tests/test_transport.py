@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from kombu import Connection
 
+from tests.conftest import wait_for
 from worker.app import broker_settings
 
 pytestmark = pytest.mark.integration
@@ -37,13 +38,6 @@ def test_a_channel_sends_its_commands_through_one_client_until_its_pool_is_repla
         queue.put({"n": 1})
         assert queue.get(timeout=5).payload == {"n": 1}
         queue.close()
-
-
-def wait_until(check: Any, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_taking_and_acking_costs_no_command_and_the_index_follows_in_batches(
@@ -102,12 +96,12 @@ def test_the_reporter_records_a_held_message_within_its_period_and_a_requeue_put
             queue = connection.SimpleQueue("transport-held")
             queue.put({"n": 1})
             message = queue.get(timeout=5)
-            wait_until(lambda: stats.zcard("unacked_index") == 1, timeout_s=REPORT_S * 10)
+            wait_for(lambda: stats.zcard("unacked_index") == 1, REPORT_S * 10, "the report")
             message.requeue()  # (kombu's reject with requeue) back at the head, from memory
             [back] = stats.lrange("transport-held", 0, -1)
             assert base64.b64decode(json.loads(back)["body"]) == message.body
             assert json.loads(back)["headers"]["redelivered"] is True
-            wait_until(lambda: stats.zcard("unacked_index") == 0, timeout_s=REPORT_S * 10)
+            wait_for(lambda: stats.zcard("unacked_index") == 0, REPORT_S * 10, "the report")
             assert queue.get(timeout=5).body == message.body
             queue.close()
 

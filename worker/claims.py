@@ -99,11 +99,11 @@ class ClaimKeeper:
         except Exception as exc:  # keep renewing: this thread must not die
             log.warning("could not renew the claims of %d running job(s): %s", len(held), exc)
             return []
-        with self._lock:  # marked, unless a new call of the job started meanwhile
-            for job_id, at in marks.items():
+        with self._lock:
+            for job_id, at in marks.items():  # marked, unless a new call of it started meanwhile
                 if self._calling.get(job_id) == at:
                     del self._calling[job_id]
-        with self._lock:  # a job that settled meanwhile gave its claim up: nothing was lost
+            # A job that settled meanwhile gave its claim up: nothing was lost.
             lost = [
                 job_id
                 for job_id in lost
