@@ -215,7 +215,7 @@ def test_every_call_holds_a_permit_and_a_job_without_one_goes_back_unspent(
         seen: set[str] = set()
 
         def waited_twice() -> bool:
-            seen.update(str(t) for t in gate.client.zrange(f"{gate.prefix}waiting:0", 0, -1))
+            seen.update(str(t) for t in gate.client.zrange(f"{gate.prefix}waiters", 0, -1))
             return len(seen) >= 2
 
         wait_for(waited_twice, 20, "the job to wait at the gate twice")

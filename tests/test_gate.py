@@ -204,6 +204,22 @@ def test_realtime_waiters_are_served_before_bulk_waiters(client: redis.Redis) ->
     assert order == ["realtime-1", "realtime-2", "bulk-1", "bulk-2", "bulk-3"]
 
 
+def test_a_waiter_is_told_how_many_wait_ahead_of_it_realtime_ones_first(
+    client: redis.Redis,
+) -> None:
+    # The count sizes a waiter's patience (GateConfig.patience_s): a bulk waiter has every
+    # realtime waiter ahead of it, whenever they came; a realtime one only the realtime ones.
+    gate = new_gate(client, maximum=1)
+    holder = gate.acquire()
+    assert holder is not None
+    arrivals = [("b1", "bulk"), ("r1", "realtime"), ("b2", "bulk"), ("r2", "realtime")]
+    ahead = {t: gate._acquire(t, p, wait_s=5, now_ms=None)[2] for t, p in arrivals}
+    assert ahead == {"b1": 0, "r1": 0, "b2": 2, "r2": 1}
+    assert gate.status().waiting == {"realtime": 2, "bulk": 2}
+    gate.release(holder, 0.001)  # handed to r1, the first realtime waiter
+    assert client.zscore(f"{gate.prefix}leases", "r1") is not None
+
+
 def test_a_release_wakes_a_waiter_at_once(client: redis.Redis) -> None:
     # With a 30 s lease, a waiter that polled would look again only after seconds.
     gate = new_gate(client, maximum=1, ttl_s=30)

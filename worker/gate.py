@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 OK, BUSY, NONE = "ok", "busy", "none"
 #: Gate priority of each job priority: realtime waiters are served first.
 PRIORITY = {"realtime": 0, "bulk": 1}
+#: Added to a bulk waiter's place in the waiters set (gate_lib.lua's BULK).
+BULK_PLACE = 2**40
 HOST = socket.gethostname()
 #: How far back `status` counts busy answers and latency samples.
 RECENT_MS = 60_000
@@ -352,13 +354,14 @@ def read_status(client: redis.Redis, prefix: str, name: str) -> GateStatus:
     pipe.hgetall(f"{prefix}state")
     pipe.zcount(f"{prefix}leases", f"({now}", "+inf")
     pipe.hgetall(f"{prefix}deadline")
-    pipe.zrange(f"{prefix}waiting:0", 0, -1)
-    pipe.zrange(f"{prefix}waiting:1", 0, -1)
+    pipe.zrange(f"{prefix}waiters", 0, -1, withscores=True)
     pipe.hgetall(f"{prefix}policy")
     pipe.lrange(f"{prefix}samples", 0, -1)
     pipe.zcount(f"{prefix}busy", now - RECENT_MS, "+inf")
     pipe.lrange(f"{prefix}history", 0, -1)
-    state, held, deadlines, realtime, bulk, policy, samples, busy, history = pipe.execute()
+    state, held, deadlines, waiters, policy, samples, busy, history = pipe.execute()
+    realtime = [str(t) for t, place in waiters if place < BULK_PLACE]
+    bulk = [str(t) for t, place in waiters if place >= BULK_PLACE]
 
     def still_waiting(tokens: list[str]) -> int:
         return sum(1 for t in tokens if int(deadlines.get(t, 0)) >= now)

@@ -57,9 +57,9 @@ if held < limit then
   return finish({1, held + 1, num('epoch', 0)})
 end
 if wait <= 0 then return finish({0, 0}) end
-local set = WAITING[prio + 1]
-if not (asked_before and redis.call('ZSCORE', set, token)) then
-  redis.call('ZADD', set, redis.call('INCR', P .. 'seq'), token)
+if not (asked_before and redis.call('ZSCORE', WAITERS, token)) then
+  local place = redis.call('INCR', P .. 'seq') + prio * BULK
+  redis.call('ZADD', WAITERS, string.format('%.0f', place), token)
 end
 -- A waiter is leased too: its place lasts one lease unless it asks again (a live waiter looks
 -- again within a third of one), so a killed worker's waiters are passed over within a lease
@@ -72,6 +72,5 @@ if #oldest == 2 then recheck = math.min(recheck, tonumber(oldest[2]) - now + 1) 
 recheck = math.max(1, recheck)
 -- How long its turn should take is asked once, on arrival (worker/gate.py's patience).
 if asked_before then return finish({0, recheck}) end
-local ahead = redis.call('ZRANK', set, token)
-if prio == 1 then ahead = ahead + redis.call('ZCARD', WAITING[1]) end
+local ahead = redis.call('ZRANK', WAITERS, token)  -- (a bulk waiter: every realtime one too)
 return finish({0, recheck, ahead, math.floor(num('lat_ms', 0)), limit})

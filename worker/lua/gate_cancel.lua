@@ -8,6 +8,6 @@ redis.call('DEL', wake_key(token))
 if redis.call('ZSCORE', LEASES, token) then
   return finish({1, held or redis.call('ZCARD', LEASES), num('epoch', 0)})
 end
-for _, set in ipairs(WAITING) do redis.call('ZREM', set, token) end
+redis.call('ZREM', WAITERS, token)
 redis.call('HDEL', DEADLINE, token)
 return finish({0, 0, 0})

@@ -4,8 +4,9 @@
 -- KEYS[1] is the gate's key prefix P (e.g. "cs:gate:noojee:3f2a9c1e0b:"); KEYS[2] the set of
 -- every gate's name (e.g. "cs:gates"). The gate's keys:
 --   P.."leases"     zset  lease token -> expiry (ms)            permits held now
---   P.."waiting:0"  zset  token -> arrival number               realtime waiters, FIFO
---   P.."waiting:1"  zset  token -> arrival number               bulk waiters, FIFO
+--   P.."waiters"    zset  token -> place in line: its arrival number, plus BULK for a bulk
+--                         waiter (realtime waiters come first, each priority first come first
+--                         served; one set, so a hand-off pops the next with one ZPOPMIN)
 --   P.."deadline"   hash  waiter token -> when it stops waiting (ms)
 --   P.."seq"        string, arrival counter
 --   P.."wake:"..tok list  a permit handed to a waiter (one element; the waiter BLPOPs it)
@@ -21,7 +22,11 @@
 
 local P = KEYS[1]
 local LEASES, STATE = P .. 'leases', P .. 'state'
-local WAITING = {P .. 'waiting:0', P .. 'waiting:1'}
+local WAITERS = P .. 'waiters'
+-- Added to a bulk waiter's arrival number: every realtime waiter sorts before every bulk one
+-- (2^40: a score stays an exact integer, and the arrival counter would need 35 years at a
+-- thousand waiters a second to reach it).
+local BULK = 1099511627776
 local DEADLINE = P .. 'deadline'
 local POLICY = P .. 'policy'
 
@@ -93,22 +98,19 @@ local function reap(now)
 end
 
 local function anyone_waiting()
-  return redis.call('EXISTS', WAITING[1], WAITING[2]) > 0
+  return redis.call('EXISTS', WAITERS) > 0
 end
 
 -- The next waiter still waiting, realtime before bulk, first come first served.
 local function pop_waiter(now)
-  for _, set in ipairs(WAITING) do
-    while true do
-      local head = redis.call('ZPOPMIN', set)
-      if #head == 0 then break end
-      local token = head[1]
-      local deadline = redis.call('HGET', DEADLINE, token)
-      redis.call('HDEL', DEADLINE, token)
-      if deadline and tonumber(deadline) >= now then return token end
-    end
+  while true do
+    local head = redis.call('ZPOPMIN', WAITERS)
+    if #head == 0 then return nil end
+    local token = head[1]
+    local deadline = redis.call('HGET', DEADLINE, token)
+    redis.call('HDEL', DEADLINE, token)
+    if deadline and tonumber(deadline) >= now then return token end
   end
-  return nil
 end
 
 -- Hand free permits to waiters: the lease is theirs before they wake (no race, no polling).

@@ -16,13 +16,11 @@ for _, token in ipairs(redis.call('ZRANGE', LEASES, 0, -1)) do
   end
 end
 if gone > 0 then put('expired', num('expired', 0) + gone) end
-for _, set in ipairs(WAITING) do
-  for _, token in ipairs(redis.call('ZRANGE', set, 0, -1)) do
-    if dead[owner(token) or ''] then
-      redis.call('ZREM', set, token)
-      redis.call('HDEL', DEADLINE, token)
-      passed = passed + 1
-    end
+for _, token in ipairs(redis.call('ZRANGE', WAITERS, 0, -1)) do
+  if dead[owner(token) or ''] then
+    redis.call('ZREM', WAITERS, token)
+    redis.call('HDEL', DEADLINE, token)
+    passed = passed + 1
   end
 end
 if gone > 0 then hand_off(now) end
