@@ -157,8 +157,9 @@ local function top_up_after_take(queue, priority, most)
 end
 
 -- The head of an entity's line may run: if it was held, it is queued now (its message pushed).
-local function release_head(entity)
-  local head = redis.call('LINDEX', line_key(entity), 0)
+-- `head`: the line's head if the caller knows it (false: the line is empty), nil: read here.
+local function release_head(entity, head)
+  if head == nil then head = redis.call('LINDEX', line_key(entity), 0) end
   if not head then return nil end
   local key = job_key(head)
   local job = redis.call('HMGET', key, 'state', 'kind', 'priority', 'batch')
@@ -174,10 +175,15 @@ end
 local function leave_line(id, entity)
   if not entity or entity == '' then return end
   local line = line_key(entity)
-  local head = redis.call('LPOP', line)  -- the job that ends is the head, nearly always
+  -- The job that ends is the head, nearly always, and nearly always alone in its line: the
+  -- first two say both in one command (the second, if any, goes back: it is the new head).
+  local first = redis.call('LPOP', line, 2)
+  if not first then return end
+  local head, next = first[1], first[2] or false
+  if next then redis.call('LPUSH', line, next) end
   if head == id then
-    release_head(entity)
-  elseif head then  -- a held job discarded: the head stays, the job leaves from where it was
+    release_head(entity, next)
+  else  -- a held job discarded: the head stays, the job leaves from where it was
     redis.call('LPUSH', line, head)
     redis.call('LREM', line, 1, id)
   end
