@@ -301,7 +301,7 @@ class DeliveryTask(Task):
     def deliver(self, job_id: str) -> dict[str, Any]:
         """Deliver the job; a Redis error on the way puts its message back on the queue, so a
         blip between claiming and settling cannot strand the job without a message."""
-        # host/pid/random: whose claim it is shows in Redis (job:{id}:lock).
+        # host/pid/random: whose claim it is shows in Redis (the job hash's lock field).
         token = f"{HOST}/{os.getpid()}/{uuid.uuid4().hex[:16]}"
         try:
             return self._deliver(job_id, token)

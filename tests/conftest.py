@@ -157,6 +157,12 @@ def celery_worker(*args: str) -> list[str]:
     ]
 
 
+def end_lease(ledger: Any, job_id: str) -> None:
+    """Make a claimed job's lease run out now: its score in the ``running`` set is its lease
+    (the claim itself, the job hash's lock field, stays until a script clears or replaces it)."""
+    ledger.r.zadd(ledger.set_key("running"), {job_id: 0})
+
+
 def wait_for(check: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
     """Poll until ``check()`` returns something truthy; fail naming ``what`` after the deadline."""
     deadline = time.monotonic() + timeout_s

@@ -9,6 +9,7 @@ from typing import Any
 import fakeredis
 import pytest
 
+from tests.conftest import end_lease
 from worker.dispatch import Template
 from worker.ledger import Ledger, LedgerConflict, NewJob, job_id_for, now_ms
 from worker.republisher import Republisher
@@ -96,10 +97,44 @@ def test_one_runner_per_job_and_terminal_jobs_are_not_claimed(ledger: Ledger) ->
 def test_a_worker_whose_claim_expired_cannot_settle(ledger: Ledger) -> None:
     queue(ledger, new_job())
     ledger.claim("j1", "a", 10_000)
-    ledger.r.delete(ledger.lock_key("j1"))  # the lease ran out
+    end_lease(ledger, "j1")  # the lease ran out
     ledger.claim("j1", "b", 10_000)
     with pytest.raises(LedgerConflict, match="claim expired"):
         ledger.transition("j1", "delivered", {"event": "delivered"}, token="a")
+    assert ledger.get("j1").lock == "b"  # type: ignore[union-attr]
+
+
+def test_a_claim_whose_lease_ran_out_still_settles_if_nobody_took_the_job(ledger: Ledger) -> None:
+    """The claim is the job hash's lock field; its lease only says when others may take it. A
+    worker that was slow to renew, but whose job nobody claimed or reaped meanwhile, still
+    records its answer: the call did happen, and nobody else made it."""
+    queue(ledger, new_job())
+    ledger.claim("j1", "a", 10_000)
+    end_lease(ledger, "j1")
+    assert ledger.renew({"j1": "a"}) == []  # renewing takes the lease up again
+    end_lease(ledger, "j1")
+    assert ledger.transition("j1", "delivered", {"event": "delivered"}, token="a") == "running"
+    assert ledger.size("running") == 0
+
+
+def test_a_claim_given_up_early_lets_the_next_worker_claim_at_once(ledger: Ledger) -> None:
+    queue(ledger, new_job())
+    ledger.claim("j1", "a", 10_000)
+    ledger.unlock("j1", "someone else")  # not its claim: nothing changes
+    assert ledger.claim("j1", "b", 10_000).status == "locked"
+    ledger.unlock("j1", "a")
+    assert ledger.claim("j1", "b", 10_000).status == "claimed"
+    assert ledger.get("j1").lock == "b"  # type: ignore[union-attr]
+
+
+def test_the_lock_field_lives_while_the_job_runs(ledger: Ledger) -> None:
+    queue(ledger, new_job())
+    assert ledger.get("j1").lock == ""  # type: ignore[union-attr]
+    ledger.claim("j1", "h/1/a", 10_000)
+    assert ledger.get("j1").lock == "h/1/a"  # type: ignore[union-attr]
+    ledger.transition("j1", "retrying", {"event": "retry"}, token="h/1/a", due_ms=now_ms())
+    record = ledger.get("j1")
+    assert record is not None and record.state == "retrying" and record.lock == ""
 
 
 def test_running_jobs_are_counted_by_the_running_set_whoever_ends_their_run(
@@ -393,7 +428,8 @@ def test_a_call_is_marked_calling_once_it_has_run_a_second_and_never_if_it_ends_
         keeper.calling(job_id, started)
     assert keeper.due_marks(started + CALLING_AFTER_MS - 1) == {}
     keeper.called("short")  # its answer came back first
-    ledger.r.delete(ledger.lock_key("lost"))  # its claim ran out
+    end_lease(ledger, "lost")  # its claim ran out, and another worker took the job
+    ledger.claim("lost", "h/2/other", 10_000)
     marks = keeper.due_marks(started + CALLING_AFTER_MS)
     assert marks == {"long": started, "lost": started}
     assert keeper.renew_once(marks) == ["lost"]
@@ -432,6 +468,6 @@ def test_a_job_with_an_attempt_on_record_gets_its_newest_entries_with_its_claim(
     queue(ledger, new_job("again"))
     ledger.claim("again", "a", 10_000)
     ledger.record_attempt("again", {"event": "attempt", "outcome": "delivered"}, fault=False)
-    ledger.r.delete(ledger.lock_key("again"))  # its worker died before settling
+    end_lease(ledger, "again")  # its worker died before settling
     claim = ledger.claim("again", "b", 10_000)
     assert claim.last_entry() == {"event": "attempt", "outcome": "delivered"}

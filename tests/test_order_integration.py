@@ -326,9 +326,8 @@ def test_a_worker_killed_while_it_holds_a_record_holds_it_one_lease_at_most(
     assert ledger.get(second).state == "held"
 
     # The claim's token says whose it is: host/pid/random.
-    pid = int(
-        wait_for(lambda: fleet_redis().get(ledger.lock_key(first)), 5, "its claim").split("/")[1]
-    )
+    claim = wait_for(lambda: fleet_redis().hget(ledger.job_key(first), "lock"), 5, "its claim")
+    pid = int(claim.split("/")[1])
     name = next(n for n, proc, _ in fleet._children if proc.pid == pid).removeprefix("worker-")
     killed_at = time.monotonic()
     fleet.kill_child(f"worker-{name}")

@@ -19,9 +19,10 @@ Keys, under ``prefix`` (``cs:`` by default):
   the first attempt on (a queued job's record says when and by whom it was submitted). Gone once
   a bulk job is delivered at its first attempt (the record says all it said); a realtime job
   keeps it (a service's job is the one someone asks about, and they are few).
-- ``job:{id}:lock`` string: the token of the worker running the job (a lease of
-  ``lease_ms``, renewed while it runs); ``running`` zset: those jobs by the time their lease
-  ends, so a job whose worker died is queued again within one lease (``reap``).
+- ``running`` zset: the claimed jobs by the time their runner's lease ends (a lease of
+  ``lease_ms``, renewed while it runs), so a job whose worker died is queued again within one
+  lease (``reap``). The runner is the job hash's ``lock`` field (its token, ``host/pid/random``);
+  a claim holds while that field is set and its lease lasts.
 - ``entity:{key}`` list: the pending jobs of one entity, oldest first. Only the head may run
   (queued, running or retrying); the jobs behind it are ``held``: no message, no worker thread,
   no permit. When the head ends or goes to review, the next is released in the same script.
@@ -167,6 +168,8 @@ class JobRecord:
     superseded_by: str = ""
     force: str = ""
     calling_since_ms: int = 0
+    #: The token of the worker that claimed it (``host/pid/random``) while it runs.
+    lock: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -318,9 +321,6 @@ class Ledger:
 
     def history_key(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}:history"
-
-    def lock_key(self, job_id: str) -> str:
-        return f"{self.prefix}job:{job_id}:lock"
 
     def batch_key(self, batch: str) -> str:
         return f"{self.prefix}batch:{batch}"
@@ -577,7 +577,7 @@ class Ledger:
 
     def unlock(self, job_id: str, token: str) -> None:
         """Give up this worker's claim on a job early (it keeps its state)."""
-        self._unlock(keys=[self.lock_key(job_id)], args=[token])
+        self._unlock(keys=[self.job_key(job_id)], args=[token])
 
     def unclaim(self, job_id: str, token: str) -> bool:
         """Hand a claimed job back untouched: queued again, with a new message (its worker drops

@@ -172,11 +172,9 @@ def _rows(ledger: Ledger, name: str, slice_: list[tuple[str, int]]) -> list[Row]
     if name == "running" and rows:
         pipe = ledger.r.pipeline(transaction=False)
         for row in rows:
-            pipe.get(ledger.lock_key(row.record.id))
             pipe.lindex(ledger.history_key(row.record.id), 0)
-        answers = pipe.execute()
-        for row, lock, latest in zip(rows, answers[::2], answers[1::2], strict=True):
-            row.worker = str(lock or "").rsplit("/", 1)[0]
+        for row, latest in zip(rows, pipe.execute(), strict=True):
+            row.worker = row.record.lock.rsplit("/", 1)[0]
             row.latest = json.loads(latest) if latest else {}
             row.phase = phase(row.record)
     return rows

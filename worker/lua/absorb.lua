@@ -16,8 +16,8 @@ local FIRST, PER_JOB = 18, 5
 -- then PER_JOB per job taken over: id, 'merged' or 'superseded', the job that carries or
 -- supersedes it, its reason, its history entry (JSON)
 -- Returns 'ok' | 'lost' (our lock is gone) | 'changed' (a job is no longer held behind us)
-if redis.call('GET', lock_key(id)) ~= token then return 'lost' end
-local head = read(id, {'entity', 'state'})
+local head = read(id, {'entity', 'state', 'lock'})
+if head.lock ~= token then return 'lost' end
 if head.state ~= 'running' or not head.entity then return 'changed' end
 local line = line_key(head.entity)
 for a = FIRST, #ARGV, PER_JOB do

@@ -12,16 +12,15 @@ local pause, probe_interval = ARGV[9], ARGV[10]
 -- two history entries, the pause's verdict {state, until_ms, failures} or {}} |
 -- {'terminal', state} | {'held', ''} | {'locked', lease ms left} | {'missing', ''}
 local key = job_key(id)
-local job = redis.call('HMGET', key, 'state', 'entity', 'batch', 'kind', 'priority')
+local job = redis.call('HMGET', key, 'state', 'entity', 'batch', 'kind', 'priority', 'lock')
 local state, entity = job[1], job[2]
 if not state then return {'missing', ''} end
 if ENDED[state] then return {'terminal', state} end
 if state == 'held' then return {'held', ''} end
-if not redis.call('SET', lock_key(id), token, 'NX', 'PX', lease_ms) then
-  return {'locked', tostring(redis.call('PTTL', lock_key(id)))}
-end
+local left = claim_left(id, job[6])
+if left > 0 then return {'locked', tostring(left)} end
 redis.call('ZADD', RUNNING, NOW + lease_ms, id)
-redis.call('HSET', key, 'state', 'running', 'updated_at_ms', NOW)
+redis.call('HSET', key, 'state', 'running', 'updated_at_ms', NOW, 'lock', token)
 recount(state, 'running', job[3])
 local queue = queue_of(job[4])
 redis.call('ZREM', dispatched_key(queue), id)

@@ -10,7 +10,6 @@
 --
 --   P..'job:'..id            hash  the job's record (worker/ledger.py documents its fields)
 --   P..'job:'..id..':history' list newest first
---   P..'job:'..id..':lock'   string the token of the worker running it (a lease, PX)
 --   P..'entity:'..E          list  the line of pending jobs of entity E, oldest first; only the
 --                                  first (the head) may run, the others are 'held'
 --   P..'entity:'..E..':last' hash  the newest delivery of E: d (job id), ds (its submission
@@ -27,7 +26,9 @@
 --   P..'missing:'..Q         hash  queued jobs of queue Q whose message the last reconcile round
 --                                  found on neither a list nor a worker -> when first found so
 --                                  (reconcile.lua sends one again when a later round agrees)
---   P..'running'             zset  job id -> when its runner's lease ends (ms)
+--   P..'running'             zset  job id -> when its runner's lease ends (ms). The runner is
+--                                  the job hash's 'lock' field (its token): a claim holds while
+--                                  the field is set and the lease has not ended (claim_left)
 --   P..'handed-back'         string jobs handed back to their queue at a full gate, in all
 --   P..'counts'              hash  jobs per state, except running (the size of P..'running'
 --                                  says that); P..'batch:'..B the same for one batch
@@ -41,8 +42,17 @@ local ENDED = {delivered = true, merged = true, superseded = true, review = true
 
 local function job_key(id) return P .. 'job:' .. id end
 local function history_key(id) return P .. 'job:' .. id .. ':history' end
-local function lock_key(id) return P .. 'job:' .. id .. ':lock' end
 local function line_key(entity) return P .. 'entity:' .. entity end
+
+-- How long the claim on job `id` still holds (ms; 0: none), given its hash's 'lock' field: a
+-- worker's token, good while its lease (the job's score in RUNNING) lasts. The lock lives in the
+-- job hash, which every script that checks it reads anyway, and its lease in RUNNING, which
+-- reap.lua sweeps: no key of its own to set, read and delete per job.
+local function claim_left(id, lock)
+  if not lock or lock == '' then return 0 end
+  local lease = tonumber(redis.call('ZSCORE', RUNNING, id) or '0')
+  return math.max(0, lease - NOW)
+end
 
 -- Move one job's count from state `from` (nil: a new job) to `to`, in the ledger and its batch.
 -- Running jobs are not counted here: every one is in RUNNING (claim.lua adds it, whatever ends

@@ -13,21 +13,16 @@ for i = 7, #ARGV do dead[ARGV[i]] = true end
 local due = redis.call('ZRANGE', RUNNING, '-inf', NOW, 'BYSCORE', 'LIMIT', 0, most)
 if #ARGV >= 7 then
   for _, id in ipairs(redis.call('ZRANGE', RUNNING, 0, -1)) do
-    local holder = redis.call('GET', lock_key(id))
-    if holder and dead[string.match(holder, '^(.-/%d+)/') or ''] then
-      redis.call('DEL', lock_key(id))
-      due[#due + 1] = id
-    end
+    local holder = redis.call('HGET', job_key(id), 'lock')
+    if holder and dead[string.match(holder, '^(.-/%d+)/') or ''] then due[#due + 1] = id end
   end
 end
 local reaped = {}
 for _, id in ipairs(due) do
-  local left = redis.call('PTTL', lock_key(id))
-  if left > 0 then
-    redis.call('ZADD', RUNNING, NOW + left, id)  -- claimed again meanwhile: still running
-  else
-    redis.call('ZREM', RUNNING, id)
+  -- Its score is its lease: due, the claim has ended (one id may be due twice: listed once)
+  if redis.call('ZREM', RUNNING, id) == 1 then
     local job = read(id, {'state', 'kind', 'priority', 'batch'})
+    redis.call('HDEL', job_key(id), 'lock')
     if job.state == 'running' then
       redis.call('HSET', job_key(id), 'state', 'queued', 'updated_at_ms', NOW)
       recount('running', 'queued', job.batch)

@@ -25,10 +25,13 @@ local FIELDS = 14  -- ARGV[14..]: field, value pairs to set on the job hash
 local key = job_key(id)
 local job = read(id, {'state', 'batch', 'entity', 'kind', 'priority', 'seq', 'top_seq',
                       'top_id', 'vkey', 'vjob', 'attempts', 'faults', 'retries', 'client',
-                      'submitted_at_ms'})
+                      'submitted_at_ms', 'lock'})
 local current = job.state
 if not current then return {'missing', ''} end
-if token ~= '' and redis.call('GET', lock_key(id)) ~= token then return {'lost', current} end
+-- Our claim holds while the lock field is our token: a lease that ran out without another
+-- worker claiming the job, or reap.lua queueing it again (either clears or replaces the field),
+-- leaves the answer ours to record.
+if token ~= '' and job.lock ~= token then return {'lost', current} end
 if allowed ~= '' and not string.find(',' .. allowed .. ',', ',' .. current .. ',', 1, true) then
   return {'conflict', current}
 end
@@ -42,11 +45,15 @@ if attempt ~= '' then
     fields[#fields + 1], fields[#fields + 2] = 'faults', job.faults
   end
 end
--- A delivered job is cut down to its outline below: the fields given here would go with it.
+-- A delivered job is cut down to its outline below: the fields given here, and the lock, would
+-- go with it.
 if new ~= 'delivered' then
   for i = FIELDS, #ARGV do fields[#fields + 1] = ARGV[i] end
   redis.call('HSET', key, unpack(fields))
-  if attempt ~= '' then redis.call('HDEL', key, 'calling_since_ms') end
+  local gone = {}
+  if token ~= '' or current == 'running' then gone[#gone + 1] = 'lock' end  -- (as RUNNING below)
+  if attempt ~= '' then gone[#gone + 1] = 'calling_since_ms' end
+  if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
 end
 recount(current, new, job.batch)
 -- Only a job in review or rejected is listed there (this script is the one that lists it).
@@ -78,7 +85,6 @@ else
   if attempt ~= '' then note(id, attempt) end
   note(id, entry)
 end
-if token ~= '' then redis.call('DEL', lock_key(id)) end
 -- (RUNNING counts the running jobs: one an operator moves leaves it too.)
 if token ~= '' or current == 'running' then redis.call('ZREM', RUNNING, id) end
 

@@ -5,15 +5,15 @@
 -- ARGV[1..5] as every ledger script (ledger_lib.lua)
 local id, token = ARGV[6], ARGV[7]
 -- Returns 1 if handed back, 0 if the lock was no longer ours (nothing changed)
-if redis.call('GET', lock_key(id)) ~= token then return 0 end
 local key = job_key(id)
-local job = redis.call('HMGET', key, 'state', 'batch', 'kind', 'priority')
+local job = redis.call('HMGET', key, 'state', 'batch', 'kind', 'priority', 'lock')
+if job[5] ~= token then return 0 end
+redis.call('HDEL', key, 'lock')
 if job[1] == 'running' then
   redis.call('HSET', key, 'state', 'queued', 'updated_at_ms', NOW)
   recount('running', 'queued', job[2])
   dispatch(id, job[3], job[4])
   redis.call('INCR', P .. 'handed-back')  -- how often, for `python -m bench L` and operators
 end
-redis.call('DEL', lock_key(id))
 redis.call('ZREM', RUNNING, id)
 return 1
