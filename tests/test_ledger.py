@@ -127,6 +127,20 @@ def test_a_claim_given_up_early_lets_the_next_worker_claim_at_once(ledger: Ledge
     assert ledger.get("j1").lock == "b"  # type: ignore[union-attr]
 
 
+def test_a_claim_answers_the_record_as_it_left_it(ledger: Ledger) -> None:
+    """The claim reads the record once, before it changes it: what it answers must still be
+    what the ledger holds after it."""
+    queue(ledger, new_job())
+    claim = ledger.claim("j1", "h/1/a", 10_000)
+    assert claim.record == ledger.get("j1")
+    assert claim.record is not None and claim.record.state == "running"
+    # Again after a lease that ran out: every field the claim writes is in the record already.
+    end_lease(ledger, "j1")
+    again = ledger.claim("j1", "h/2/b", 10_000)
+    assert again.status == "claimed" and again.record == ledger.get("j1")
+    assert again.record is not None and again.record.lock == "h/2/b"
+
+
 def test_the_lock_field_lives_while_the_job_runs(ledger: Ledger) -> None:
     queue(ledger, new_job())
     assert ledger.get("j1").lock == ""  # type: ignore[union-attr]

@@ -12,36 +12,49 @@ local pause, probe_interval = ARGV[9], ARGV[10]
 -- two history entries, the pause's verdict {state, until_ms, failures} or {}} |
 -- {'terminal', state} | {'held', ''} | {'locked', lease ms left} | {'missing', ''}
 local key = job_key(id)
-local job = redis.call('HMGET', key, 'state', 'entity', 'batch', 'kind', 'priority', 'lock')
-local state, entity = job[1], job[2]
+-- The whole record, read once: the claim needs a few fields, and the worker reads it next.
+local record = redis.call('HGETALL', key)
+local job = {}
+for i = 1, #record, 2 do job[record[i]] = record[i + 1] end
+local state, entity = job.state, job.entity
 if not state then return {'missing', ''} end
 if ENDED[state] then return {'terminal', state} end
 if state == 'held' then return {'held', ''} end
-local left = claim_left(id, job[6])
+local left = claim_left(id, job.lock)
 if left > 0 then return {'locked', tostring(left)} end
 redis.call('ZADD', RUNNING, NOW + lease_ms, id)
-redis.call('HSET', key, 'state', 'running', 'updated_at_ms', NOW, 'lock', token)
-recount(state, 'running', job[3])
-local queue = queue_of(job[4])
+local claimed = {state = 'running', updated_at_ms = tostring(NOW), lock = token}
+redis.call('HSET', key, 'state', claimed.state, 'updated_at_ms', claimed.updated_at_ms,
+           'lock', token)
+recount(state, 'running', job.batch)
+local queue = queue_of(job.kind)
 redis.call('ZREM', dispatched_key(queue), id)
 -- A message was taken off the broker: if its list runs low, feed in the next ready job, and
 -- one more, so the list keeps up with the workers.
-top_up_after_take(queue, job[5] or 'bulk', 2)
+top_up_after_take(queue, job.priority or 'bulk', 2)
 local behind, version, by = 0, '', ''
 if entity then
   behind = math.max(0, redis.call('LLEN', line_key(entity)) - 1)
   local last = redis.call('HMGET', line_key(entity) .. ':last', 'v', 'vj')
   version, by = last[1] or '', last[2] or ''
 end
--- What the worker reads next, in this round trip: the record, and the history entries that say
--- whether an answer was recorded but never settled (a worker died between the two). Only a job
--- with an attempt on record can have one: a first attempt, nearly every job, reads none.
-local record, recent = redis.call('HGETALL', key), {}
+-- What the worker reads next, in this round trip: the record as the claim left it, and the
+-- history entries that say whether an answer was recorded but never settled (a worker died
+-- between the two). Only a job with an attempt on record can have one: a first attempt, nearly
+-- every job, reads none.
 for i = 1, #record, 2 do
-  if record[i] == 'attempts' and (tonumber(record[i + 1]) or 0) > 0 then
-    recent = redis.call('LRANGE', history_key(id), 0, 1)
+  local name = record[i]
+  if claimed[name] then
+    record[i + 1] = claimed[name]
+    claimed[name] = nil
   end
 end
+for name, value in pairs(claimed) do
+  record[#record + 1] = name
+  record[#record + 1] = value
+end
+local recent = {}
+if (tonumber(job.attempts) or 0) > 0 then recent = redis.call('LRANGE', history_key(id), 0, 1) end
 local verdict = {}
 if pause and pause ~= '' then
   verdict = pause_verdict(pause, pause .. ':failures', NOW, probe_interval)
