@@ -308,7 +308,7 @@ class Ledger:
         self._due = scripts.load(client, "due", lib)
         self._reconcile = scripts.load(client, "reconcile", lib)
         self._feed = scripts.load(client, "feed", lib)
-        self._unlock = scripts.load(client, "unlock")
+        self._give_up = scripts.load(client, "give_up")
         self._prune = scripts.load(client, "prune")
 
     def _common(self) -> list[str | int]:
@@ -577,7 +577,7 @@ class Ledger:
 
     def unlock(self, job_id: str, token: str) -> None:
         """Give up this worker's claim on a job early (it keeps its state)."""
-        self._unlock(keys=[self.job_key(job_id)], args=[token])
+        self._give_up(keys=[self.job_key(job_id)], args=[token])
 
     def unclaim(self, job_id: str, token: str) -> bool:
         """Hand a claimed job back untouched: queued again, with a new message (its worker drops

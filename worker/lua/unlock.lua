@@ -1,5 +1,6 @@
--- Give up this worker's claim on a job if it still holds it (a worker giving up on a job early):
--- the job keeps its state, and whoever takes its message next may claim it at once.
--- KEYS[1] the job hash; ARGV[1] the worker's token
-if redis.call('HGET', KEYS[1], 'lock') == ARGV[1] then return redis.call('HDEL', KEYS[1], 'lock') end
+-- Release a lock (a string key holding its owner's token) if this owner still holds it: the
+-- credentials' login lock (worker/credentials.py).
+-- KEYS[1] lock; ARGV[1] token
+local lock, token = KEYS[1], ARGV[1]
+if redis.call('GET', lock) == token then return redis.call('DEL', lock) end
 return 0
