@@ -6,6 +6,8 @@
 -- 1 = paused until until_ms (wait), 2 = paused but due for a probe: this caller makes the one
 -- call, and the next probe is due at until_ms.
 local function pause_verdict(pause, counter, now, default_interval)
+  -- A healthy destination has neither key: one command says so.
+  if redis.call('EXISTS', pause, counter) == 0 then return {0, 0, 0} end
   local until_ms = tonumber(redis.call('HGET', pause, 'until_ms') or '0')
   if until_ms == 0 then
     return {0, 0, tonumber(redis.call('GET', counter) or '0')}
