@@ -15,6 +15,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from tests.conftest import end_lease
 from worker.dispatch import Template
 from worker.ledger import (
     HELD,
@@ -24,6 +25,7 @@ from worker.ledger import (
     SUPERSEDED,
     TERMINAL,
     Ledger,
+    LedgerConflict,
     NewJob,
     Taken,
     now_ms,
@@ -406,8 +408,10 @@ ENTITIES = ["noojee:A", "noojee:B", "noojee:C"]
 
 
 class LineMachine(RuleBasedStateMachine):
-    """Random submissions, claims, answers, absorptions, requeues and dead workers; after each
-    step the ledger must agree with a plain model of the lines and of every job's state."""
+    """Random submissions, claims, answers, absorptions, requeues, leases that run out, claims
+    given up, reaps and late answers of workers whose claim has ended; after each step the
+    ledger must agree with a plain model of the lines, of every job's state and of who holds
+    each claim."""
 
     @initialize()
     def start(self) -> None:
@@ -416,8 +420,21 @@ class LineMachine(RuleBasedStateMachine):
         self.entity_of: dict[str, str] = {}
         self.ended: dict[str, str] = {}
         self.parked: set[str] = set()  # review or rejected: out of every line
-        self.running: dict[str, str] = {}  # job -> token
+        # job -> the token of the claim on it; None: its worker gave the claim up (the job
+        # stays running until someone claims it again or its lease runs out and it is reaped)
+        self.running: dict[str, str | None] = {}
+        self.expired: set[str] = set()  # running jobs whose lease ran out (not reaped yet)
+        self.stale: list[tuple[str, str]] = []  # (job, token) of claims that have ended
         self.n = 0
+        self.tokens = 0
+
+    def _token(self) -> str:
+        self.tokens += 1
+        return f"h/1/t{self.tokens}"
+
+    def _holders(self) -> list[str]:
+        """Running jobs whose claim a worker holds."""
+        return sorted(j for j, token in self.running.items() if token is not None)
 
     def _head(self, entity: str) -> str | None:
         return self.lines[entity][0] if self.lines[entity] else None
@@ -436,10 +453,29 @@ class LineMachine(RuleBasedStateMachine):
         if head is None or head in self.running or state(self.ledger, head) != QUEUED:
             return
         self._take_message(head)
-        claim = self.ledger.claim(head, f"t-{head}")
+        token = self._token()
+        claim = self.ledger.claim(head, token)
         assert claim.status == "claimed"
         assert claim.behind == len(self.lines[entity]) - 1
-        self.running[head] = f"t-{head}"
+        self.running[head] = token
+
+    @precondition(lambda self: bool(self.running))
+    @rule(data=st.data())
+    def claim_a_running_job(self, data: st.DataObject) -> None:
+        """A duplicate message of a running job: locked while its claim holds; taken over once
+        the claim was given up or its lease ran out."""
+        job_id = data.draw(st.sampled_from(sorted(self.running)))
+        token = self._token()
+        claim = self.ledger.claim(job_id, token)
+        old = self.running[job_id]
+        if old is not None and job_id not in self.expired:
+            assert claim.status == "locked" and claim.lock_ms > 0
+            return
+        assert claim.status == "claimed"
+        if old is not None:
+            self.stale.append((job_id, old))
+        self.running[job_id] = token
+        self.expired.discard(job_id)
 
     @rule(data=st.data())
     def claim_a_held_job(self, data: st.DataObject) -> None:
@@ -447,15 +483,19 @@ class LineMachine(RuleBasedStateMachine):
         if held:
             assert self.ledger.claim(data.draw(st.sampled_from(held)), "x").status == "held"
 
-    @precondition(lambda self: bool(self.running))
+    @precondition(lambda self: bool(self._holders()))
     @rule(
         data=st.data(),
         outcome=st.sampled_from(["delivered", "review", "rejected", "retrying", "superseded"]),
     )
     def answer(self, data: st.DataObject, outcome: str) -> None:
-        job_id = data.draw(st.sampled_from(sorted(self.running)))
+        """Its worker settles the job (a lease that ran out without anyone taking the job
+        meanwhile still lets it)."""
+        job_id = data.draw(st.sampled_from(self._holders()))
         token = self.running.pop(job_id)
+        self.expired.discard(job_id)
         due = now_ms() if outcome == "retrying" else None
+        assert token is not None
         self.ledger.transition(job_id, outcome, {"event": outcome}, token=token, due_ms=due)
         if outcome == "retrying":
             return
@@ -465,10 +505,10 @@ class LineMachine(RuleBasedStateMachine):
         else:
             self.ended[job_id] = outcome
 
-    @precondition(lambda self: bool(self.running))
+    @precondition(lambda self: bool(self._holders()))
     @rule(data=st.data(), take=st.integers(1, 3))
     def absorb(self, data: st.DataObject, take: int) -> None:
-        job_id = data.draw(st.sampled_from(sorted(self.running)))
+        job_id = data.draw(st.sampled_from(self._holders()))
         line = self.lines[self.entity_of[job_id]]
         behind = line[1 : 1 + take]
         if not behind:
@@ -498,11 +538,49 @@ class LineMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: bool(self.running))
     @rule(data=st.data())
-    def worker_dies(self, data: st.DataObject) -> None:
+    def lease_runs_out(self, data: st.DataObject) -> None:
+        """Its worker died or stopped renewing."""
         job_id = data.draw(st.sampled_from(sorted(self.running)))
-        self.running.pop(job_id)
-        self.ledger.r.zadd(self.ledger.set_key("running"), {job_id: 0})
-        assert job_id in self.ledger.reap()
+        end_lease(self.ledger, job_id)
+        self.expired.add(job_id)
+
+    @precondition(lambda self: bool(self._holders()))
+    @rule(data=st.data())
+    def renew(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(self._holders()))
+        assert self.ledger.renew({job_id: str(self.running[job_id])}) == []
+        self.expired.discard(job_id)
+
+    @precondition(lambda self: bool(self._holders()))
+    @rule(data=st.data())
+    def give_up(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(self._holders()))
+        token = self.running[job_id]
+        assert token is not None
+        self.ledger.unlock(job_id, token)
+        self.stale.append((job_id, token))
+        self.running[job_id] = None
+
+    @rule()
+    def reap(self) -> None:
+        """Every running job whose lease ran out is queued again, and only those."""
+        assert sorted(self.ledger.reap()) == sorted(self.expired)
+        for job_id in self.expired:
+            token = self.running.pop(job_id)
+            if token is not None:
+                self.stale.append((job_id, token))
+        self.expired.clear()
+
+    @precondition(lambda self: bool(self.stale))
+    @rule(data=st.data(), outcome=st.sampled_from(["delivered", "review", "retrying"]))
+    def a_late_answer_is_refused(self, data: st.DataObject, outcome: str) -> None:
+        """A worker whose claim ended (given up, taken over, reaped) changes nothing."""
+        job_id, token = data.draw(st.sampled_from(self.stale))
+        before = self.ledger.get(job_id)
+        assert self.ledger.renew({job_id: token}) == [job_id]
+        with pytest.raises(LedgerConflict):
+            self.ledger.transition(job_id, outcome, {"event": outcome}, token=token)
+        assert self.ledger.get(job_id) == before
 
     def _take_message(self, job_id: str) -> None:
         """What a worker's BRPOP does: the job's message leaves the broker list."""
@@ -563,6 +641,16 @@ class LineMachine(RuleBasedStateMachine):
             counts[state(self.ledger, job_id)] += 1
         assert self.ledger.counts() == counts
         assert set(TERMINAL) >= set(self.ended.values())
+
+    @invariant()
+    def each_claim_is_held_by_its_model_token(self) -> None:
+        if not hasattr(self, "ledger"):
+            return
+        assert set(self.ledger.r.zrange(self.ledger.set_key("running"), 0, -1)) == set(self.running)
+        for job_id in self.entity_of:
+            record = self.ledger.get(job_id)
+            assert record is not None
+            assert record.lock == (self.running.get(job_id) or ""), job_id
 
 
 TestLineMachine = LineMachine.TestCase
