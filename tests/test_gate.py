@@ -124,14 +124,37 @@ def test_a_dead_waiter_is_passed_over_after_one_lease_and_gets_no_permit(
     assert gate._acquire("holder", "bulk", 0, t0)[0] == 1
     # A waiter that will never ask again (its worker was killed), then a live one.
     assert gate._acquire("dead", "bulk", 60, t0)[0] == 0
-    assert gate._acquire("live", "bulk", 60, t0 + 500)[0] == 0
+    live = gate._acquire("live", "bulk", 60, t0 + 500)
+    assert live.granted == 0 and live.lapses == str(t0 + 500 + 3000)
     assert gate.renew(["holder"], now_ms=t0 + 1000) == []  # the holder's call runs on
     for at in (t0 + 1500, t0 + 2500, t0 + 3200):  # the live one asks again, a third of a lease
-        assert gate._acquire("live", "bulk", 60, at)[0] == 0
+        live = gate._acquire("live", "bulk", 60, at, live.lapses)
+        assert live.granted == 0 and live.lapses == str(at + 3000)
+    assert client.zcard(f"{gate.prefix}waiters") == 2  # its place, moved: no second one
     # It ends after the dead waiter's lease ran out: the permit goes to the live one.
     gate._run("release", "holder", 100, "none", 1, 0, 500, 10, now_ms=t0 + 3300)
     assert client.zscore(f"{gate.prefix}leases", "live") is not None
     assert client.zscore(f"{gate.prefix}leases", "dead") is None
+
+
+def test_a_waiter_that_asks_again_keeps_its_place_and_one_that_lapsed_goes_to_the_back(
+    client: redis.Redis,
+) -> None:
+    gate = new_gate(client, ttl_s=3, max_wait_s=60)
+    t0 = 10_000_000
+    assert gate._acquire("holder", "bulk", 0, t0).granted == 1
+    first = gate._acquire("first", "bulk", 60, t0)
+    second = gate._acquire("second", "bulk", 60, t0 + 10)
+    first = gate._acquire("first", "bulk", 60, t0 + 1000, first.lapses)  # a third of a lease on
+    assert (first.granted, first.lapses) == (0, str(t0 + 4000))
+    gate._run("release", "holder", 100, "none", 1, 0, 500, 10, now_ms=t0 + 1100)
+    assert client.zscore(f"{gate.prefix}leases", "first") is not None  # it kept its place
+    # "second" never asked again: past its lapse it is passed over; asking then, it starts over.
+    gate._run("release", "first", 100, "none", 1, 0, 500, 10, now_ms=t0 + 3100)
+    assert client.zscore(f"{gate.prefix}leases", "second") is None
+    assert client.zcard(f"{gate.prefix}waiters") == 0
+    late = gate._acquire("second", "bulk", 60, t0 + 3200, second.lapses)
+    assert late.granted == 1  # (the permit is free now)
 
 
 def test_a_killed_process_gives_its_permits_back_within_the_ttl(
@@ -213,8 +236,8 @@ def test_a_waiter_is_told_how_many_wait_ahead_of_it_realtime_ones_first(
     holder = gate.acquire()
     assert holder is not None
     arrivals = [("b1", "bulk"), ("r1", "realtime"), ("b2", "bulk"), ("r2", "realtime")]
-    ahead = {t: gate._acquire(t, p, wait_s=5, now_ms=None)[2] for t, p in arrivals}
-    assert ahead == {"b1": 0, "r1": 0, "b2": 2, "r2": 1}
+    turns = {t: gate._acquire(t, p, wait_s=5, now_ms=None).turn for t, p in arrivals}
+    assert {t: turn[0] for t, turn in turns.items() if turn} == {"b1": 0, "r1": 0, "b2": 2, "r2": 1}
     assert gate.status().waiting == {"realtime": 2, "bulk": 2}
     gate.release(holder, 0.001)  # handed to r1, the first realtime waiter
     assert client.zscore(f"{gate.prefix}leases", "r1") is not None

@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import redis
 
@@ -94,6 +94,19 @@ class Permit:
     held: int
     epoch: int
     waited_s: float
+
+
+class Answer(NamedTuple):
+    """What the acquire script said."""
+
+    granted: int
+    #: granted: the permits held after the grant; waiting: ms until the waiter looks again
+    value: int
+    epoch: int = 0
+    #: waiting: when its place in line lapses unless it asks again (ms), as its member names it
+    lapses: str = ""
+    #: its first ask, waiting: (waiters ahead of it, the calls' mean latency in ms, the limit)
+    turn: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -167,19 +180,19 @@ class Gate:
         token = f"{HOST}/{os.getpid()}/{uuid.uuid4().hex[:16]}"
         started = time.monotonic()
         answer = self._acquire(token, priority, wait_s, now_ms)
+        if patient and answer.turn and cfg.patience_s(*answer.turn) > wait_s:
+            # Its turn takes longer than max_wait_s, but not too long: keep its place, longer.
+            wait_s = cfg.patience_s(*answer.turn)
+            answer = self._acquire(token, priority, wait_s, now_ms, answer.lapses)
         # Granted: the permits held after the grant; not granted: how long to wait (ms) before
         # looking again. Each answer of the scripts says which by its first field.
-        granted, held_or_wait_ms, epoch = answer[:3]
-        if patient and not granted and len(answer) == 5 and cfg.patience_s(*answer[2:]) > wait_s:
-            # Its turn takes longer than max_wait_s, but not too long: keep its place, longer.
-            wait_s = cfg.patience_s(*answer[2:])
-            answer = self._acquire(token, priority, wait_s, now_ms, True)
-            granted, held_or_wait_ms, epoch = answer[:3]
+        granted, held_or_wait_ms, epoch, lapses = answer.granted, answer.value, answer.epoch, ""
         deadline = started + wait_s
         while not granted:
+            lapses = answer.lapses or lapses  # (its place in line names it)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                granted, held_or_wait_ms, epoch = self._run("cancel", token, now_ms=now_ms)
+                granted, held_or_wait_ms, epoch = self._run("cancel", token, lapses, now_ms=now_ms)
                 if not granted:
                     return None
                 break
@@ -191,7 +204,7 @@ class Gate:
                 keys.append(self.make_way_key)
             woken = self.client.blpop(keys, timeout=timeout)
             if woken is not None and woken[0] == self.make_way_key:
-                granted, held_or_wait_ms, epoch = self._run("cancel", token, now_ms=now_ms)
+                granted, held_or_wait_ms, epoch = self._run("cancel", token, lapses, now_ms=now_ms)
                 if not granted:  # (a permit handed over at that very moment is kept)
                     return None
                 break
@@ -199,9 +212,10 @@ class Gate:
                 held, _, handed_epoch = str(woken[1]).partition(":")
                 granted, held_or_wait_ms, epoch = 1, int(held), int(handed_epoch or 0)
             else:
-                granted, held_or_wait_ms, epoch = self._acquire(
-                    token, priority, max(0.0, deadline - time.monotonic()), now_ms, True
-                )[:3]
+                answer = self._acquire(
+                    token, priority, max(0.0, deadline - time.monotonic()), now_ms, lapses
+                )
+                granted, held_or_wait_ms, epoch = answer.granted, answer.value, answer.epoch
         permit = Permit(token, held_or_wait_ms, epoch, time.monotonic() - started)
         self._keeper.hold(self, token)
         return permit
@@ -311,12 +325,16 @@ class Gate:
         return read_status(self.client, self.prefix, self.name)
 
     def _acquire(
-        self, token: str, priority: str, wait_s: float, now_ms: int | None, again: bool = False
-    ) -> list[int]:
-        """[1, held, epoch] (granted), or [0, ms to look again, waiters ahead, mean latency in
-        ms, limit] (waiting; only [0, ms to look again, 0] when ``again``), or [0, 0, 0] (not
-        waiting). ``again``: this token asked before (it waits, and a release may have handed it
-        a permit meanwhile)."""
+        self,
+        token: str,
+        priority: str,
+        wait_s: float,
+        now_ms: int | None,
+        lapses: str | None = None,
+    ) -> Answer:
+        """Ask for a permit. ``lapses``: this token asked before and waits (a release may
+        have handed it a permit meanwhile); when its place lapses, as the last answer said ('':
+        it has none)."""
         cfg = self.config
         answer = self._scripts["acquire"](
             keys=self._keys,
@@ -331,11 +349,15 @@ class Gate:
                 cfg.maximum,
                 self.target,
                 self.name,
-                int(again),
+                int(lapses is not None),
+                lapses or "",
             ],
         )
-        values = [int(float(v)) for v in answer]
-        return values + [0] * (3 - len(values))
+        values = [int(float(v)) for v in answer] + [0, 0]
+        if values[0] or len(answer) < 3:
+            return Answer(values[0], values[1], values[2])
+        turn = (values[3], values[4], values[5]) if len(answer) == 6 else None
+        return Answer(0, values[1], 0, str(values[2]), turn)
 
     def _run(self, op: str, *args: Any, now_ms: int | None = None) -> tuple[int, int, int]:
         answer = self._scripts[op](keys=self._keys, args=["" if now_ms is None else now_ms, *args])
@@ -353,18 +375,14 @@ def read_status(client: redis.Redis, prefix: str, name: str) -> GateStatus:
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(f"{prefix}state")
     pipe.zcount(f"{prefix}leases", f"({now}", "+inf")
-    pipe.hgetall(f"{prefix}deadline")
     pipe.zrange(f"{prefix}waiters", 0, -1, withscores=True)
     pipe.hgetall(f"{prefix}policy")
     pipe.lrange(f"{prefix}samples", 0, -1)
     pipe.zcount(f"{prefix}busy", now - RECENT_MS, "+inf")
     pipe.lrange(f"{prefix}history", 0, -1)
-    state, held, deadlines, waiters, policy, samples, busy, history = pipe.execute()
-    realtime = [str(t) for t, place in waiters if place < BULK_PLACE]
-    bulk = [str(t) for t, place in waiters if place >= BULK_PLACE]
-
-    def still_waiting(tokens: list[str]) -> int:
-        return sum(1 for t in tokens if int(deadlines.get(t, 0)) >= now)
+    state, held, waiters, policy, samples, busy, history = pipe.execute()
+    # A member is "token|when its place lapses (ms)".
+    still = [place for member, place in waiters if int(str(member).rpartition("|")[2]) >= now]
 
     def recent(items: list[str]) -> list[float]:
         pairs = (item.split(":", 1) for item in items)
@@ -383,7 +401,10 @@ def read_status(client: redis.Redis, prefix: str, name: str) -> GateStatus:
         maximum=int(state.get("max", 0)),
         adaptive=state.get("adaptive") == "1",
         held=int(held),
-        waiting={"realtime": still_waiting(realtime), "bulk": still_waiting(bulk)},
+        waiting={
+            "realtime": sum(1 for place in still if place < BULK_PLACE),
+            "bulk": sum(1 for place in still if place >= BULK_PLACE),
+        },
         floor_ms=round(floor.ms, 1) if floor.n else None,
         p50_ms=_percentile(latencies, 0.50),
         p95_ms=_percentile(latencies, 0.95),

@@ -4,10 +4,11 @@
 -- KEYS[1] is the gate's key prefix P (e.g. "cs:gate:noojee:3f2a9c1e0b:"); KEYS[2] the set of
 -- every gate's name (e.g. "cs:gates"). The gate's keys:
 --   P.."leases"     zset  lease token -> expiry (ms)            permits held now
---   P.."waiters"    zset  token -> place in line: its arrival number, plus BULK for a bulk
---                         waiter (realtime waiters come first, each priority first come first
---                         served; one set, so a hand-off pops the next with one ZPOPMIN)
---   P.."deadline"   hash  waiter token -> when it stops waiting (ms)
+--   P.."waiters"    zset  "token|until" -> place in line: its arrival number, plus BULK for a
+--                         bulk waiter (realtime waiters come first, each priority first come
+--                         first served; one set, so a hand-off pops the next with one ZPOPMIN).
+--                         until: when the waiter stops waiting (ms), in the member itself, so
+--                         the pop that hands a permit over says whether the waiter still waits
 --   P.."seq"        string, arrival counter
 --   P.."wake:"..tok list  a permit handed to a waiter (one element; the waiter BLPOPs it)
 --   P.."state"      hash  limit, epoch, config, calls' mean latency, the adaptive limit's window
@@ -27,7 +28,6 @@ local WAITERS = P .. 'waiters'
 -- (2^40: a score stays an exact integer, and the arrival counter would need 35 years at a
 -- thousand waiters a second to reach it).
 local BULK = 1099511627776
-local DEADLINE = P .. 'deadline'
 local POLICY = P .. 'policy'
 
 local function clock(given)
@@ -97,6 +97,13 @@ local function reap(now)
   return gone
 end
 
+-- A waiter's member in WAITERS, and back.
+local function waiter(token, until_ms) return token .. '|' .. string.format('%d', until_ms) end
+local function parse_waiter(member)
+  local token, until_ms = string.match(member, '^(.*)|(%d+)$')
+  return token or member, tonumber(until_ms or '0')
+end
+
 local function anyone_waiting()
   return redis.call('EXISTS', WAITERS) > 0
 end
@@ -106,10 +113,8 @@ local function pop_waiter(now)
   while true do
     local head = redis.call('ZPOPMIN', WAITERS)
     if #head == 0 then return nil end
-    local token = head[1]
-    local deadline = redis.call('HGET', DEADLINE, token)
-    redis.call('HDEL', DEADLINE, token)
-    if deadline and tonumber(deadline) >= now then return token end
+    local token, until_ms = parse_waiter(head[1])
+    if until_ms >= now then return token end
   end
 end
 

@@ -16,10 +16,9 @@ for _, token in ipairs(redis.call('ZRANGE', LEASES, 0, -1)) do
   end
 end
 if gone > 0 then put('expired', num('expired', 0) + gone) end
-for _, token in ipairs(redis.call('ZRANGE', WAITERS, 0, -1)) do
-  if dead[owner(token) or ''] then
-    redis.call('ZREM', WAITERS, token)
-    redis.call('HDEL', DEADLINE, token)
+for _, member in ipairs(redis.call('ZRANGE', WAITERS, 0, -1)) do
+  if dead[owner(parse_waiter(member)) or ''] then
+    redis.call('ZREM', WAITERS, member)
     passed = passed + 1
   end
 end
