@@ -157,6 +157,17 @@ def test_a_waiter_that_asks_again_keeps_its_place_and_one_that_lapsed_goes_to_th
     assert late.granted == 1  # (the permit is free now)
 
 
+def test_status_counts_only_waiters_whose_place_has_not_lapsed(client: redis.Redis) -> None:
+    gate = new_gate(client, ttl_s=3, max_wait_s=60)
+    holder = gate.acquire()
+    assert holder is not None
+    assert gate._acquire("live", "bulk", 60, None).granted == 0
+    # A place that lapsed long ago, and a member of no known shape: neither waits.
+    client.zadd(f"{gate.prefix}waiters", {"gone|1000": 5, "not-a-waiter": 6})
+    assert gate.status().waiting == {"realtime": 0, "bulk": 1}
+    gate.release(holder, 0.001)
+
+
 def test_a_killed_process_gives_its_permits_back_within_the_ttl(
     client: redis.Redis, redis_server: str
 ) -> None:

@@ -381,8 +381,12 @@ def read_status(client: redis.Redis, prefix: str, name: str) -> GateStatus:
     pipe.zcount(f"{prefix}busy", now - RECENT_MS, "+inf")
     pipe.lrange(f"{prefix}history", 0, -1)
     state, held, waiters, policy, samples, busy, history = pipe.execute()
-    # A member is "token|when its place lapses (ms)".
-    still = [place for member, place in waiters if int(str(member).rpartition("|")[2]) >= now]
+
+    def still_waits(member: str) -> bool:  # "token|when its place lapses (ms)", gate_lib's
+        at = member.rpartition("|")[2]
+        return at.isdigit() and int(at) >= now
+
+    still = [place for member, place in waiters if still_waits(str(member))]
 
     def recent(items: list[str]) -> list[float]:
         pairs = (item.split(":", 1) for item in items)
