@@ -47,7 +47,7 @@ lint: $(STAMP)
 	$(BIN)/xenon --max-absolute C worker tasks producers
 
 typecheck: $(STAMP)
-	$(BIN)/mypy worker tasks producers
+	$(BIN)/mypy worker tasks producers bench
 
 unit: $(STAMP)             ## tests that need no server
 	$(BIN)/python -m pytest -m "not integration"

@@ -72,8 +72,10 @@ def one_run(chaos: bool, seed: int) -> dict[str, Any]:
                 next_kill = now + rng.uniform(2, 4)
             if chaos and crashed_at is None and ended >= len(ids) // 2:
                 assert stack.redis is not None
-                stack.redis._process.kill()  # type: ignore[union-attr]  (SIGKILL)
-                stack.redis._process.wait()  # type: ignore[union-attr]
+                server = stack.redis._process
+                assert server is not None
+                server.kill()  # SIGKILL
+                server.wait()
                 crashed_at = time.time()
                 stack.redis.restart()
             if calm_since is None and (not chaos or ended >= len(ids) * 0.95):

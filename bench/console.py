@@ -122,7 +122,7 @@ def _measure(fill_s: float) -> dict[str, Any]:
     from worker.serving import serve_app
     from worker.settings import IntakeSettings
 
-    settings = IntakeSettings(tokens={"bench": TOKEN}, operators=["bench"])  # type: ignore[arg-type]
+    settings = IntakeSettings(tokens={"bench": TOKEN}, operators=["bench"])
     timings: dict[str, list[float]] = {}
 
     def timed_app() -> Any:

@@ -342,7 +342,7 @@ def dry_run_backfill(tmp: Path) -> dict[str, Any]:
 def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp_dir, server() as redis:
         tmp = Path(tmp_dir)
-        results = {
+        results: dict[str, Any] = {
             "enqueue": enqueue_rates(tmp),
             "memory": memory_per_job(),
             "intake": intake_rates(redis.url),

@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.gate import BASE_ENV, THREADS, WORKERS
+from producers.submit import Priority
 
 #: Jobs per second submitted to each of the three destinations, and for how long.
 RATE, SECONDS = 15, 20
 BACKFILL = 20_000
 TARGET = 0.90
-PRIORITIES = ("realtime", "bulk")
+PRIORITIES: tuple[Priority, ...] = ("realtime", "bulk")
 OTHERS = ("missioncapital", "trendsic", "expandable")
 SIMULATOR_OPTIONS = {
     "missioncapital": ["--latency", "0.05", "--jitter", "0.01"],
@@ -67,7 +68,7 @@ def other_job(destination: str, n: int) -> Any:
     )
 
 
-def stream(tag: int, priority: str) -> dict[str, list[str]]:
+def stream(tag: int, priority: Priority) -> dict[str, list[str]]:
     """Submit RATE jobs a second to each destination for SECONDS; returns the job ids."""
     from producers import submit_many
 

@@ -92,4 +92,4 @@ def main(url: str, token: str, batches: int, size: int, singles: int, connection
 
 if __name__ == "__main__":
     url, token, *numbers = sys.argv[1:]
-    main(url, token, *(int(n) for n in numbers))  # type: ignore[call-arg]
+    main(url, token, *(int(n) for n in numbers))

@@ -187,6 +187,10 @@ def _quantile(ordered: list[float], q: float) -> float:
 
 
 def run() -> dict[str, Any]:
-    results = {"coalescing": coalescing(), "hand_off": hand_off(), "unique": unique()}
+    results: dict[str, Any] = {
+        "coalescing": coalescing(),
+        "hand_off": hand_off(),
+        "unique": unique(),
+    }
     results["met"] = all(entry["met"] for entry in results.values() if isinstance(entry, dict))
     return results

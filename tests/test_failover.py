@@ -31,8 +31,9 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -88,6 +89,18 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _link_is(replica: redis.Redis, status: str) -> bool:
+    """Whether a replica's link to its primary is ``up`` or ``down``, as it says."""
+    return bool(replica.info("replication")["master_link_status"] == status)
+
+
+def _knows(sentinel: redis.Redis, replicas: int) -> bool:
+    """Whether a sentinel knows every replica and the two other sentinels."""
+    slaves = sentinel.sentinel_slaves(SERVICE)
+    others = cast(list[dict[str, Any]], sentinel.sentinel_sentinels(SERVICE))
+    return len(slaves) == replicas and len(others) == 2
 
 
 def _answers(port: int, password: str | None = None) -> bool:
@@ -166,21 +179,14 @@ class Cluster:
         for port in self.sentinels:
             self._sentinel(port)
         for port in (self.primary, *self.replicas):
-            wait_for(lambda p=port: _answers(p, self.password), 15, f"server on {port}")
+            wait_for(partial(_answers, port, self.password), 15, f"server on {port}")
         for port in self.replicas:
             replica = redis.Redis(port=port, password=self.password, decode_responses=True)
-            wait_for(
-                lambda r=replica: r.info("replication")["master_link_status"] == "up",
-                15,
-                "the replicas in sync",
-            )
+            wait_for(partial(_link_is, replica, "up"), 15, "the replicas in sync")
         for port in self.sentinels:  # each knows the replicas and the two other sentinels
             sentinel = redis.Redis(port=port, decode_responses=True)
             wait_for(
-                lambda s=sentinel: (
-                    len(s.sentinel_slaves(SERVICE)) == self.count
-                    and len(s.sentinel_sentinels(SERVICE)) == 2
-                ),
+                partial(_knows, sentinel, self.count),
                 30,
                 f"sentinel {port} to know the replicas and the other sentinels",
             )
@@ -190,11 +196,9 @@ class Cluster:
         named = []
         for port in self.sentinels:
             try:
-                named.append(
-                    redis.Redis(port=port, socket_timeout=1).sentinel_get_master_addr_by_name(
-                        SERVICE
-                    )[1]
-                )
+                sentinel = redis.Redis(port=port, socket_timeout=1)
+                address = cast(tuple[str, int], sentinel.sentinel_get_master_addr_by_name(SERVICE))
+                named.append(address[1])
             except redis.RedisError:
                 continue
         return max(set(named), key=named.count) if named else 0
@@ -274,11 +278,7 @@ def _replicas_fall_behind(ha: Cluster, out: Lines) -> None:
         replica = redis.Redis(port=port, password=ha.password, decode_responses=True)
         replica.config_set("masterauth", "not-the-password")
         replica.client_kill_filter(_type="master")
-        wait_for(
-            lambda r=replica: r.info("replication")["master_link_status"] == "down",
-            10,
-            "the replica cut off",
-        )
+        wait_for(partial(_link_is, replica, "down"), 10, "the replica cut off")
     counted = len(out.drain())
     wait_for(lambda: len(out.drain()) >= counted + 10, 30, "10 more submits or refusals")
 
