@@ -23,9 +23,8 @@ if state == 'held' then return {'held', ''} end
 local left = claim_left(id, job.lock)
 if left > 0 then return {'locked', tostring(left)} end
 redis.call('ZADD', RUNNING, NOW + lease_ms, id)
-local claimed = {state = 'running', updated_at_ms = tostring(NOW), lock = token}
-redis.call('HSET', key, 'state', claimed.state, 'updated_at_ms', claimed.updated_at_ms,
-           'lock', token)
+job.state, job.updated_at_ms, job.lock = 'running', tostring(NOW), token
+redis.call('HSET', key, 'state', job.state, 'updated_at_ms', job.updated_at_ms, 'lock', token)
 recount(state, 'running', job.batch)
 local queue = queue_of(job.kind)
 redis.call('ZREM', dispatched_key(queue), id)
@@ -42,16 +41,10 @@ end
 -- history entries that say whether an answer was recorded but never settled (a worker died
 -- between the two). Only a job with an attempt on record can have one: a first attempt, nearly
 -- every job, reads none.
-for i = 1, #record, 2 do
-  local name = record[i]
-  if claimed[name] then
-    record[i + 1] = claimed[name]
-    claimed[name] = nil
-  end
-end
-for name, value in pairs(claimed) do
-  record[#record + 1] = name
-  record[#record + 1] = value
+local now_held = {}
+for name, value in pairs(job) do
+  now_held[#now_held + 1] = name
+  now_held[#now_held + 1] = value
 end
 local recent = {}
 if (tonumber(job.attempts) or 0) > 0 then recent = redis.call('LRANGE', history_key(id), 0, 1) end
@@ -59,4 +52,4 @@ local verdict = {}
 if pause and pause ~= '' then
   verdict = pause_verdict(pause, pause .. ':failures', NOW, probe_interval)
 end
-return {'claimed', state, behind, version, by, record, recent, verdict}
+return {'claimed', state, behind, version, by, now_held, recent, verdict}
